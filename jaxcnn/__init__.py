@@ -1,0 +1,23 @@
+"""jaxcnn: convolutional networks whose gradients are derived by hand and proven right.
+
+Every layer is a ``Layer`` of pure functions ``init / forward / backward / apply`` (see
+``jaxcnn.core``); every ``backward`` is written from the residual equations numbered in
+``docs/derivation.md`` and tested against ``jax.grad`` of its forward.
+"""
+from jaxcnn.activations import ReLU, Sigmoid, Softmax, Tanh
+from jaxcnn.conv import Conv2D
+from jaxcnn.core import HWIO, NHWC, Layer
+from jaxcnn.dense import Dense, Flatten
+from jaxcnn.losses import Loss, softmax_cross_entropy, squared_error
+from jaxcnn.network import bridge, serial, value_and_grad
+from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Layer", "NHWC", "HWIO",
+    "Conv2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D",
+    "Sigmoid", "Tanh", "ReLU", "Softmax", "Dense", "Flatten",
+    "serial", "value_and_grad", "bridge",
+    "Loss", "softmax_cross_entropy", "squared_error",
+]

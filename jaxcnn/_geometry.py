@@ -1,0 +1,155 @@
+"""Geometry of a 2-D sliding window, shared by the forward and backward passes.
+
+Convolution and pooling both slide a (possibly dilated) window over a padded input.  Everything
+that depends on the window's placement -- output size, padding amounts, pad / unpad, the
+gather of every window and its transpose, the scatter-add back -- lives here, so that a forward
+and its backward cannot disagree about it.  All quantities are static Python ints.
+
+Notation (``docs/derivation.md`` section 3): input ``H x W``, window ``k``, stride ``s``,
+dilation ``d``, effective window ``k_eff = d (k - 1) + 1``, padding ``(lo, hi)``,
+output ``H_out = floor((H + lo + hi - k_eff) / s) + 1``  (eq. 3.1).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn.core import Array
+
+PADDINGS = ("VALID", "SAME")
+
+
+class Window(NamedTuple):
+    """Static placement of a 2-D window over an ``(H, W)`` input."""
+
+    in_hw: tuple[int, int]
+    size: tuple[int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    out_hw: tuple[int, int]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return tuple(n + lo + hi for n, (lo, hi) in zip(self.in_hw, self.padding))
+
+    @property
+    def effective_size(self) -> tuple[int, int]:
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.size, self.dilation))
+
+    @property
+    def count(self) -> int:
+        """Number of positions in one window."""
+        return self.size[0] * self.size[1]
+
+
+def normalize_padding(layer: str, padding):
+    """``"VALID"``, ``"SAME"`` or explicit ``((top, bottom), (left, right))`` of ints >= 0."""
+    if isinstance(padding, str):
+        if padding.upper() not in PADDINGS:
+            raise ValueError(f"{layer}: unknown padding {padding!r}; expected one of "
+                             f"{PADDINGS} or ((top, bottom), (left, right))")
+        return padding.upper()
+    try:
+        (t, b), (l, r) = padding
+        pads = tuple(int(v) for v in (t, b, l, r))
+        if any(int(v) != v or isinstance(v, bool) for v in (t, b, l, r)):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: unknown padding {padding!r}; expected one of {PADDINGS} "
+                         f"or ((top, bottom), (left, right))") from None
+    if min(pads) < 0:
+        raise ValueError(f"{layer}: padding amounts must be >= 0, got {padding!r}")
+    return ((pads[0], pads[1]), (pads[2], pads[3]))
+
+
+def window(layer: str, in_hw, size, strides, dilation, padding) -> Window:
+    """Place a window over an ``in_hw`` input (eq. 3.1); raise if it does not fit.
+
+    ``padding`` is normalised already (see ``normalize_padding``).  ``"SAME"`` follows XLA's
+    rule: ``H_out = ceil(H / s)`` and the total padding ``max((H_out - 1) s + k_eff - H, 0)`` is
+    split with the extra row at the bottom/right (eq. 3.2).
+    """
+    in_hw = tuple(int(n) for n in in_hw)
+    size, strides, dilation = tuple(size), tuple(strides), tuple(dilation)
+    k_eff = tuple(d * (k - 1) + 1 for k, d in zip(size, dilation))
+    if padding == "VALID":
+        pads = ((0, 0), (0, 0))
+    elif padding == "SAME":
+        pads = []
+        for n, k, s in zip(in_hw, k_eff, strides):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        pads = tuple(pads)
+    else:
+        pads = padding
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    if any(k > p for k, p in zip(k_eff, padded)):
+        raise ValueError(f"{layer}: window {size} (dilated extent {k_eff}) is larger than the "
+                         f"padded input {padded} (input {in_hw}, padding {pads})")
+    out_hw = tuple((p - k) // s + 1 for p, k, s in zip(padded, k_eff, strides))
+    return Window(in_hw, size, strides, dilation, pads, out_hw)
+
+
+def pad(x: Array, g: Window, value=0.0) -> Array:
+    """Pad the spatial axes of an NHWC array by ``g.padding`` with ``value``."""
+    (t, b), (l, r) = g.padding
+    if t == b == l == r == 0:
+        return x
+    return lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
+
+
+def unpad(x_pad: Array, g: Window) -> Array:
+    """The transpose of ``pad``: crop the padding away (gradients on padding are dropped)."""
+    (t, _), (l, _) = g.padding
+    h, w = g.in_hw
+    return lax.slice(x_pad, (0, t, l, 0), (x_pad.shape[0], t + h, l + w, x_pad.shape[3]))
+
+
+def _offsets(g: Window):
+    """Window positions ``(p, q)`` in row-major order with their top-left offset in the input."""
+    for p in range(g.size[0]):
+        for q in range(g.size[1]):
+            yield p * g.dilation[0], q * g.dilation[1]
+
+
+def windows(x_pad: Array, g: Window) -> Array:
+    """Gather every window: ``(N, Hp, Wp, C) -> (N, H_out, W_out, K, C)``, K in row-major order.
+
+    Entry ``[n, i, j, p * kw + q, c] = x_pad[n, i s + p d, j s + q d, c]`` (eq. 3.3).
+    """
+    (ho, wo), (sh, sw) = g.out_hw, g.strides
+    n, c = x_pad.shape[0], x_pad.shape[3]
+    return jnp.stack([
+        lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
+                  (1, sh, sw, 1))
+        for u, v in _offsets(g)], axis=3)
+
+
+def scatter_windows(contrib: Array, g: Window) -> Array:
+    """The transpose of ``windows``: add each window entry back where it came from.
+
+    ``(N, H_out, W_out, K, C) -> (N, Hp, Wp, C)``; overlapping windows add up (eq. 3.4).  Each
+    window position is one strided placement (``lax.pad`` with interior padding ``s - 1``), so
+    the whole scatter is K dense adds and no scatter op.
+    """
+    (ho, wo), (sh, sw), (hp, wp) = g.out_hw, g.strides, g.padded_hw
+    zero = jnp.zeros((), contrib.dtype)
+    total = None
+    for k, (u, v) in enumerate(_offsets(g)):
+        placed = lax.pad(contrib[:, :, :, k, :], zero,
+                         ((0, 0, 0), (u, hp - u - (ho - 1) * sh - 1, sh - 1),
+                          (v, wp - v - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
+        total = placed if total is None else total + placed
+    return total
+
+
+def window_counts(g: Window) -> np.ndarray:
+    """How many real (unpadded) input positions each window covers: a static ``(H_out, W_out)``."""
+    real = np.pad(np.ones(g.in_hw, np.int64), g.padding)
+    (ho, wo), (sh, sw) = g.out_hw, g.strides
+    return sum(real[u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw]
+               for u, v in _offsets(g))

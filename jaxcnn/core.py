@@ -1,0 +1,187 @@
+"""The layer contract, stated once.
+
+A layer is a ``Layer``: a named tuple of four pure functions over a parameter pytree::
+
+    init(key, input_shape)                       -> (params, output_shape)
+    forward(params, x, *, key=None, train=True)  -> (y, cache)
+    backward(params, cache, delta)               -> (dparams, dx)
+    apply(params, x, *, key=None, train=True)    -> y
+
+Shapes given to and returned by ``init`` exclude the batch axis; arrays passed to ``forward``
+carry it.  Images are ``NHWC`` and convolution kernels ``HWIO`` (the lax/Flax convention).
+
+``delta`` is always the back-propagated residual: the gradient of the loss with respect to a
+layer's output (``dJ/dy``), and ``dx`` the residual handed on to the layer below.  ``cache`` is
+what ``forward`` saves for ``backward``; it is an explicit ``NamedTuple`` per layer, never hidden
+state.  ``backward`` is written by hand from the equations of ``docs/derivation.md`` -- it never
+calls autodiff -- and ``dparams`` has the structure of ``params``.  Parameter-free layers have
+params ``()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+NHWC = ("N", "H", "W", "C")
+"""Layout of image activations: batch, height, width, channels."""
+HWIO = ("H", "W", "I", "O")
+"""Layout of convolution kernels: height, width, input channels, output channels."""
+
+Array = jax.Array
+Shape = tuple[int, ...]
+Params = Any
+"""A pytree of arrays: a dict for a layer with weights, ``()`` for one without, a tuple for ``serial``."""
+Grads = Any
+"""Gradients with the tree structure of ``Params``."""
+Cache = Any
+"""What ``forward`` saves for ``backward``: a layer-specific ``NamedTuple``."""
+
+
+class InitFn(Protocol):
+    def __call__(self, key: Array, input_shape: Shape) -> tuple[Params, Shape]: ...
+
+
+class ForwardFn(Protocol):
+    def __call__(self, params: Params, x: Array, *, key: Array | None = None,
+                 train: bool = True) -> tuple[Array, Cache]: ...
+
+
+class BackwardFn(Protocol):
+    def __call__(self, params: Params, cache: Cache, delta: Array) -> tuple[Grads, Array]: ...
+
+
+class ApplyFn(Protocol):
+    def __call__(self, params: Params, x: Array, *, key: Array | None = None,
+                 train: bool = True) -> Array: ...
+
+
+class Layer(NamedTuple):
+    """A layer (or a network of layers): four pure functions and a name for messages.
+
+    ``layers`` holds the sub-layers of a combinator such as ``serial``; it is empty otherwise.
+    """
+
+    init: InitFn
+    forward: ForwardFn
+    backward: BackwardFn
+    apply: ApplyFn
+    name: str
+    layers: tuple["Layer", ...] = ()
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """A hashable value carried inside a cache as tree *structure*, not as a leaf.
+
+    Caches keep static facts (an input shape) this way so that a cache returned by one jitted
+    function and passed to another keeps them as Python ints rather than traced arrays.
+    """
+
+    value: Any
+
+
+def apply_from_forward(forward: ForwardFn) -> ApplyFn:
+    """``apply`` for a layer whose forward has nothing to skip: the output, cache dropped."""
+
+    def apply(params, x, *, key=None, train=True):
+        return forward(params, x, key=key, train=train)[0]
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks at the public boundary.  They read only static facts (shapes, dtypes, Python values),
+# so they run once, at trace time, and cost nothing under jit.
+# ---------------------------------------------------------------------------------------------
+
+def pair(layer: str, arg: str, value, *, minimum: int = 1) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to a pair, each at least ``minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"{layer}: {arg} must be an int or a pair of ints, got {value!r}")
+    value = (int(value[0]), int(value[1]))
+    if min(value) < minimum:
+        raise ValueError(f"{layer}: {arg} must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(layer: str, arg: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{layer}: {arg} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{layer}: {arg} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_input(layer: str, x, rank: int, what: str) -> None:
+    """``x`` is a floating array of the given rank (batch axis included)."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"{layer}: expected an array, got {type(x).__name__}")
+    if len(shape) != rank:
+        raise ValueError(f"{layer}: expected input of rank {rank} {what}, got shape {tuple(shape)}")
+    if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+        raise TypeError(f"{layer}: expected a floating-point input, got dtype {x.dtype}")
+
+
+def check_input_shape(layer: str, input_shape, rank: int, what: str) -> Shape:
+    """``init``'s per-example shape: a tuple of positive ints of the given rank."""
+    if (not isinstance(input_shape, (tuple, list))
+            or not all(isinstance(d, (int, np.integer)) for d in input_shape)):
+        raise TypeError(f"{layer}: input_shape must be a tuple of ints, got {input_shape!r}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != rank:
+        raise ValueError(f"{layer}: expected a per-example input shape of rank {rank} {what} "
+                         f"(batch axis excluded), got {input_shape}")
+    if min(input_shape, default=1) < 1:
+        raise ValueError(f"{layer}: input_shape entries must be >= 1, got {input_shape}")
+    return input_shape
+
+
+def check_delta(layer: str, delta, expected: Shape, dtype=None) -> None:
+    """The residual handed to ``backward`` has the shape of the forward output."""
+    shape = tuple(getattr(delta, "shape", ()))
+    if shape != tuple(expected):
+        raise ValueError(f"{layer}: backward got delta of shape {shape}, "
+                         f"expected the forward output's shape {tuple(expected)}")
+    if dtype is not None and delta.dtype != dtype:
+        raise TypeError(f"{layer}: backward got delta of dtype {delta.dtype}, expected {dtype}")
+
+
+def check_no_params(layer: str, params) -> None:
+    if params != () and not (isinstance(params, (tuple, list)) and len(params) == 0):
+        raise ValueError(f"{layer}: this layer has no parameters and expects params (), got "
+                         f"{type(params).__name__} -- params from another network?")
+
+
+def check_param(layer: str, params, name: str, shape: Shape, dtype) -> Array:
+    """``params[name]`` exists with the expected shape and the input's dtype."""
+    if not isinstance(params, dict) or name not in params:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"{layer}: expected params with key {name!r}, got {got} "
+                         f"-- params from another network?")
+    p = params[name]
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{layer}: params[{name!r}] has shape {tuple(p.shape)}, expected "
+                         f"{tuple(shape)} for this input -- params from another network?")
+    if p.dtype != dtype:
+        raise TypeError(f"{layer}: params[{name!r}] has dtype {p.dtype} but the input is {dtype}")
+    return p
+
+
+def layer_error(where: str, err: Exception) -> Exception:
+    """``err`` with the position of the failing layer in front of its message.
+
+    Only plain ``ValueError`` / ``TypeError`` (the layers' own checks) are re-made; any other
+    exception comes back unchanged.
+    """
+    if type(err) in (ValueError, TypeError):
+        return type(err)(f"{where} {err}")
+    return err
+

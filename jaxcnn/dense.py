@@ -1,0 +1,108 @@
+"""The fully connected layer of the source (eqs. 1.1-1.6) and ``Flatten`` (eq. 2.8).
+
+Batch form: ``a (N, in)``, ``W (in, out)``, ``z = a W + b`` -- the source's ``z = W a + b`` with
+every example a row, so its ``dJ/dW_ij = a_j delta_i`` becomes ``dW = a^T delta`` summed over
+the batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
+                         check_no_params, check_param, positive_int)
+
+
+class DenseCache(NamedTuple):
+    """What ``Dense.forward`` saves: its input ``a``, for the weight gradient (eq. 1.4)."""
+
+    a: Array
+
+
+def Dense(features: int, use_bias: bool = True, *,
+          w_init=jax.nn.initializers.lecun_normal(), b_init=jax.nn.initializers.zeros,
+          param_dtype=jnp.float32, precision=None) -> Layer:
+    """A fully connected layer ``z = a W + b`` (eq. 1.1) on inputs ``(N, in)``.
+
+    Params ``{"w": (in, features), "b": (features,)}``.  Backward, with ``delta (N, features)``:
+    ``dW = a^T delta`` (eq. 1.4), ``db = sum_n delta_n`` (eq. 1.5), ``dx = delta W^T`` (eq. 1.6).
+    Images go through ``Flatten()`` first.
+    """
+    name = "Dense"
+    features = positive_int(name, "features", features)
+
+    def init(key, input_shape):
+        (n_in,) = check_input_shape(name, input_shape, 1,
+                                    "(features,); put Flatten() before Dense on images")
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, (n_in, features), param_dtype)}
+        if use_bias:
+            params["b"] = b_init(k_b, (features,), param_dtype)
+        return params, (features,)
+
+    def checked(params, a):
+        check_input(name, a, 2, "(N, features); put Flatten() before Dense on images")
+        if isinstance(params, dict) and "w" in params and params["w"].ndim == 2 \
+                and params["w"].shape[0] != a.shape[1]:
+            raise ValueError(f"{name}: input has {a.shape[1]} features but the weights expect "
+                             f"{params['w'].shape[0]} (params['w'].shape[0])")
+        w = check_param(name, params, "w", (a.shape[1], features), a.dtype)
+        b = check_param(name, params, "b", (features,), a.dtype) if use_bias else None
+        return w, b
+
+    def forward(params, a, *, key=None, train=True):
+        w, b = checked(params, a)
+        z = jnp.dot(a, w, precision=precision)
+        if use_bias:
+            z = z + b[None, :]                                                    # eq. 1.1
+        return z, DenseCache(a)
+
+    def backward(params, cache, delta):
+        a = cache.a
+        w, _ = checked(params, a)
+        check_delta(name, delta, (a.shape[0], features), a.dtype)
+        grads = {"w": jnp.dot(a.T, delta, precision=precision)}                  # eq. 1.4
+        if use_bias:
+            grads["b"] = jnp.sum(delta, axis=0)                                   # eq. 1.5
+        return grads, jnp.dot(delta, w.T, precision=precision)                   # eq. 1.6
+
+    def apply(params, a, *, key=None, train=True):
+        return forward(params, a)[0]
+
+    return Layer(init, forward, backward, apply, name)
+
+
+class FlattenCache(NamedTuple):
+    """What ``Flatten.forward`` saves: the input shape (static)."""
+
+    shape: Static
+
+
+def Flatten() -> Layer:
+    """``(N, d1, d2, ...) -> (N, d1 * d2 * ...)`` in row-major order; backward reshapes (eq. 2.8)."""
+    name = "Flatten"
+
+    def init(key, input_shape):
+        shape = check_input_shape(name, input_shape, len(tuple(input_shape)), "")
+        return (), (math.prod(shape),)
+
+    def forward(params, x, *, key=None, train=True):
+        check_no_params(name, params)
+        if getattr(x, "ndim", 0) < 2:
+            raise ValueError(f"{name}: expected an input with a batch axis and at least one "
+                             f"more, got shape {getattr(x, 'shape', None)}")
+        return x.reshape(x.shape[0], -1), FlattenCache(Static(x.shape))
+
+    def backward(params, cache, delta):
+        check_no_params(name, params)
+        shape = cache.shape.value
+        check_delta(name, delta, (shape[0], math.prod(shape[1:])))
+        return (), delta.reshape(shape)
+
+    def apply(params, x, *, key=None, train=True):
+        return forward(params, x)[0]
+
+    return Layer(init, forward, backward, apply, name)

@@ -1,0 +1,109 @@
+"""Losses: a value and the output residual it starts the backward pass with.
+
+Each loss is a mean over the batch, so its ``delta`` (``dJ/d outputs``) carries the ``1/N``.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.core import Array
+
+
+class Loss(NamedTuple):
+    """``value(outputs, targets) -> J`` (a scalar) and ``delta(outputs, targets) -> dJ/d outputs``."""
+
+    value: Callable[[Array, Array], Array]
+    delta: Callable[[Array, Array], Array]
+    name: str
+
+
+def _check_outputs(name: str, outputs, rank: int | None = None) -> None:
+    if not hasattr(outputs, "shape") or not jnp.issubdtype(outputs.dtype, jnp.floating):
+        raise TypeError(f"{name}: outputs must be a floating-point array, got "
+                        f"{getattr(outputs, 'dtype', type(outputs).__name__)}")
+    if outputs.ndim < 1 or (rank is not None and outputs.ndim != rank):
+        raise ValueError(f"{name}: outputs must have shape "
+                         f"{'(N, classes)' if rank == 2 else '(N, ...)'}, got {outputs.shape}")
+
+
+# --- softmax cross-entropy -------------------------------------------------------------------
+
+def _check_labels(name: str, logits, labels) -> None:
+    _check_outputs(name, logits, rank=2)
+    if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{name}: labels must be an integer array of class indices, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"{name}: labels must have shape {logits.shape[:1]} (one class index per "
+                         f"row of the outputs {logits.shape}), got {labels.shape}")
+    if not isinstance(labels, jax.core.Tracer):   # concrete labels are checked now; traced -> NaN
+        concrete = np.asarray(labels)
+        lo, hi = int(concrete.min(initial=0)), int(concrete.max(initial=0))
+        if lo < 0 or hi >= logits.shape[1]:
+            raise ValueError(f"{name}: labels must lie in [0, {logits.shape[1]}), "
+                             f"got values in [{lo}, {hi}]")
+
+
+def _in_range(logits, labels) -> Array:
+    return ((labels >= 0) & (labels < logits.shape[1]))[:, None]
+
+
+def _xent_value(logits: Array, labels: Array) -> Array:
+    """Eq. 2.6: ``J = 1/N sum_n logsumexp(z_n) - z_{n, y_n}`` (stable log-sum-exp)."""
+    _check_labels("softmax_cross_entropy", logits, labels)
+    picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1,
+                                 mode="clip")
+    per_example = jax.nn.logsumexp(logits, axis=1, keepdims=True) - picked
+    return jnp.mean(jnp.where(_in_range(logits, labels), per_example, jnp.nan))
+
+
+def _xent_delta(logits: Array, labels: Array) -> Array:
+    """Eq. 2.6: ``delta = (softmax(z) - onehot(y)) / N``; NaN on a row whose label is out of range."""
+    _check_labels("softmax_cross_entropy", logits, labels)
+    one_hot = labels[:, None] == jnp.arange(logits.shape[1]).reshape(1, -1)
+    delta = (jax.nn.softmax(logits, axis=1) - one_hot.astype(logits.dtype)) / logits.shape[0]
+    return jnp.where(_in_range(logits, labels), delta, jnp.nan)
+
+
+softmax_cross_entropy = Loss(_xent_value, _xent_delta, "softmax_cross_entropy")
+"""Softmax cross-entropy on logits ``(N, classes)`` with integer labels ``(N,)`` (eq. 2.6).
+
+``value`` is the batch mean of ``logsumexp(z) - z_y``; ``delta`` is ``(softmax(z) - onehot(y)) / N``.
+Labels out of ``[0, classes)`` raise ``ValueError`` when concrete; under ``jit`` (traced labels)
+they make the loss NaN, so they can never pass silently.
+"""
+
+
+# --- squared error ---------------------------------------------------------------------------
+
+def _check_targets(name: str, outputs, targets) -> None:
+    _check_outputs(name, outputs)
+    if getattr(targets, "shape", None) != outputs.shape:
+        raise ValueError(f"{name}: targets must have the outputs' shape {outputs.shape}, got "
+                         f"{getattr(targets, 'shape', type(targets).__name__)}")
+    if targets.dtype != outputs.dtype:
+        raise TypeError(f"{name}: targets have dtype {targets.dtype} but outputs {outputs.dtype}")
+
+
+def _se_value(outputs: Array, targets: Array) -> Array:
+    """Eq. 2.5: ``J = 1/(2N) sum_n ||y_n - a_n||^2``."""
+    _check_targets("squared_error", outputs, targets)
+    return 0.5 * jnp.sum((targets - outputs) ** 2) / outputs.shape[0]
+
+
+def _se_delta(outputs: Array, targets: Array) -> Array:
+    """Eq. 2.5: ``dJ/da = -(y - a) / N``; after a sigmoid, eq. 2.2 makes it the source's
+    output residual ``-(y - a) f'(z)``."""
+    _check_targets("squared_error", outputs, targets)
+    return -(targets - outputs) / outputs.shape[0]
+
+
+squared_error = Loss(_se_value, _se_delta, "squared_error")
+"""Squared error ``J = 1/2 ||y - a||^2`` per example, averaged over the batch (eq. 2.5).
+
+Targets are real arrays of the outputs' shape and dtype; ``delta`` is ``-(y - a) / N``.
+"""

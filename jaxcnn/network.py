@@ -1,0 +1,127 @@
+"""Networks: ``serial`` composition (eq. 6.1), ``value_and_grad`` (eq. 6.2) and the
+``custom_vjp`` bridge (eq. 6.4)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+from jaxcnn.core import Array, Layer, Params, layer_error
+from jaxcnn.losses import Loss
+
+
+def _keys(key, n: int):
+    """One key per layer, or ``None`` for each when no key is given."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers in order; the result is itself a ``Layer``.
+
+    Params are a tuple of the layers' params.  ``forward`` runs the layers in order and returns
+    the tuple of their caches; ``backward`` runs them in reverse, each turning the residual of
+    its output into the gradients of its params and the residual of its input -- the chain
+    rule, layer by layer (eq. 6.1).  A given ``key`` is split into one key per layer.
+    Errors name the failing layer by its position: ``serial[3] Conv2D: ...``.
+    """
+    if not layers:
+        raise ValueError("serial: needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"serial: argument {i} is {type(layer).__name__}, not a Layer "
+                            f"(did you write jc.Sigmoid instead of jc.Sigmoid()?)")
+    name = "serial(" + ", ".join(layer.name for layer in layers) + ")"
+
+    def where(i):
+        return f"serial[{i}]"
+
+    def checked(params):
+        if not isinstance(params, (tuple, list)) or len(params) != len(layers):
+            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+            raise ValueError(f"serial: expected params as a tuple of {len(layers)} entries, one "
+                             f"per layer, got {got} -- params from another network?")
+        return params
+
+    def init(key, input_shape):
+        params, shape = [], input_shape
+        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
+            try:
+                p, shape = layer.init(k, shape)
+            except (ValueError, TypeError) as err:
+                raise layer_error(where(i), err) from err
+            params.append(p)
+        return tuple(params), shape
+
+    def forward(params, x, *, key=None, train=True):
+        caches = []
+        for i, (layer, p, k) in enumerate(zip(layers, checked(params), _keys(key, len(layers)))):
+            try:
+                x, cache = layer.forward(p, x, key=k, train=train)
+            except (ValueError, TypeError) as err:
+                raise layer_error(where(i), err) from err
+            caches.append(cache)
+        return x, tuple(caches)
+
+    def backward(params, cache, delta):
+        params = checked(params)
+        if not isinstance(cache, tuple) or len(cache) != len(layers):
+            raise ValueError(f"serial: expected a cache of {len(layers)} entries from this "
+                             f"network's forward, got {type(cache).__name__}")
+        grads = [None] * len(layers)
+        for i in reversed(range(len(layers))):
+            try:
+                grads[i], delta = layers[i].backward(params[i], cache[i], delta)
+            except (ValueError, TypeError) as err:
+                raise layer_error(where(i), err) from err
+        return tuple(grads), delta
+
+    def apply(params, x, *, key=None, train=True):
+        for i, (layer, p, k) in enumerate(zip(layers, checked(params), _keys(key, len(layers)))):
+            try:
+                x = layer.apply(p, x, key=k, train=train)
+            except (ValueError, TypeError) as err:
+                raise layer_error(where(i), err) from err
+        return x
+
+    return Layer(init, forward, backward, apply, name, tuple(layers))
+
+
+def value_and_grad(net: Layer, loss: Loss) -> Callable[..., tuple[Array, Params]]:
+    """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` by the hand-written backward.
+
+    Runs ``net.forward``, the loss's output residual and ``net.backward`` (eq. 6.2) -- no
+    autodiff.  Jit-able, and vmap-able for per-example gradients (eq. 6.3): map over examples
+    given a batch axis of one, ``jax.vmap(lambda x, t: f(params, x[None], t[None]))(xs, ts)``.
+    """
+
+    def f(params, x, targets, *, key=None, train=True):
+        y, cache = net.forward(params, x, key=key, train=train)
+        grads, _ = net.backward(params, cache, loss.delta(y, targets))
+        return loss.value(y, targets), grads
+
+    return f
+
+
+def bridge(net: Layer, *, key=None, train: bool = True) -> Callable[[Params, Array], Array]:
+    """``f(params, x) = net.apply(params, x)`` whose VJP is the hand-written backward (eq. 6.4).
+
+    Use it to run the derivation inside any JAX program under ``jax.grad`` / ``jax.vjp``: the
+    forward saves the layer caches, and the cotangent of ``f``'s output is the ``delta`` handed
+    to ``net.backward``.  ``custom_vjp`` supports reverse mode only (``jax.jvp`` / ``jax.jacfwd``
+    raise); ``key`` and ``train`` are fixed when the bridge is made.
+    """
+
+    @jax.custom_vjp
+    def f(params, x):
+        return net.apply(params, x, key=key, train=train)
+
+    def f_fwd(params, x):
+        y, cache = net.forward(params, x, key=key, train=train)
+        return y, (params, cache)
+
+    def f_bwd(saved, delta):
+        params, cache = saved
+        return net.backward(params, cache, delta)
+
+    f.defvjp(f_fwd, f_bwd)
+    return f

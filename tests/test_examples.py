@@ -1,0 +1,25 @@
+"""The examples run and print what they promise."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name, *args, timeout=300):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_seed_walkthrough():
+    out = run_example("seed_walkthrough.py")
+    assert "[1, 3, 2] * [2, 5] = [2, 11, 19, 10]" in out
+    assert "delta = [1, 3, 2]: [2, 11, 19, 10]" in out
+    assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
+    assert "first entry: 1 + 0 + 1 + 0 + 1 + 0 + 0 + 0 + 1 = 4" in out
+    worst = float(out.rsplit("hand-written vs jax.grad: ", 1)[1].split()[0])
+    assert worst < 1e-12

@@ -1,0 +1,218 @@
+"""Every layer's hand-written backward equals ``jax.vjp`` of its forward.
+
+Configurations are drawn by hypothesis over a grid that includes the degenerate cases: 1x1
+kernels, windows that don't divide the input, stride > window, pad 0, non-square everything,
+N = 1, float32 and float64.  Each case also checks ``init``'s output shape against ``forward``.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxcnn as jc
+from harness import assert_backward_matches, init_as
+
+DTYPES = st.sampled_from([jnp.float32, jnp.float64])
+
+
+def _padding(draw, k_eff):
+    kind = draw(st.sampled_from(["VALID", "SAME", "explicit"]))
+    if kind != "explicit":
+        return kind
+    return tuple((draw(st.integers(0, k - 1 if k > 1 else 2)),
+                  draw(st.integers(0, k - 1 if k > 1 else 2))) for k in k_eff)
+
+
+def _extent(draw, k_eff, padding, lo=0, extra=6):
+    """An input size the (dilated) window fits in, padding included."""
+    pads = (0, 0) if isinstance(padding, str) else padding
+    return draw(st.integers(max(1, k_eff - sum(pads), lo), k_eff + extra))
+
+
+@st.composite
+def conv_cases(draw):
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    k_eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    padding = _padding(draw, k_eff)
+    pads = padding if not isinstance(padding, str) else ((0, 0), (0, 0))
+    hw = tuple(_extent(draw, k, p) for k, p in zip(k_eff, pads))
+    groups = draw(st.integers(1, 3))
+    c_in, feats = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    layer = jc.Conv2D(feats, kernel, strides, padding, dilation, groups,
+                      use_bias=draw(st.booleans()))
+    return layer, (draw(st.integers(1, 3)), *hw, c_in), draw(DTYPES)
+
+
+def run_case(layer, shape, dtype, rng, x=None, **kw):
+    params, out_shape = init_as(layer, shape[1:], dtype)
+    if x is None:
+        x = rng.normal(size=shape)
+    x = jnp.asarray(x, dtype)
+    y, _ = layer.forward(params, x, **kw)
+    assert y.shape == (shape[0], *out_shape), "init's output shape disagrees with forward"
+    assert y.dtype == dtype
+    assert_backward_matches(layer, params, x, **kw)
+
+
+@given(conv_cases())
+def test_conv_backward(case):
+    layer, shape, dtype = case
+    run_case(layer, shape, dtype, np.random.default_rng(1))
+
+
+@st.composite
+def pool_cases(draw, padded=True):
+    window = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    strides = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    padding = _padding(draw, window) if padded else "VALID"
+    if not isinstance(padding, str):       # pooling needs each pad smaller than the window
+        padding = tuple((min(lo, k - 1), min(hi, k - 1)) for (lo, hi), k in zip(padding, window))
+    pads = padding if not isinstance(padding, str) else ((0, 0), (0, 0))
+    hw = tuple(_extent(draw, k, p) for k, p in zip(window, pads))
+    shape = (draw(st.integers(1, 3)), *hw, draw(st.integers(1, 3)))
+    return window, strides, padding, shape, draw(DTYPES)
+
+
+@given(pool_cases(), st.booleans())
+def test_avg_pool_backward(case, count_include_pad):
+    window, strides, padding, shape, dtype = case
+    layer = jc.AvgPool2D(window, strides, padding, count_include_pad=count_include_pad)
+    run_case(layer, shape, dtype, np.random.default_rng(2))
+
+
+@given(pool_cases(), st.booleans())
+def test_max_pool_backward_with_ties(case, ties):
+    window, strides, padding, shape, dtype = case
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
+    run_case(jc.MaxPool2D(window, strides, padding), shape, dtype, rng, x=x)
+
+
+@given(pool_cases(padded=False), st.booleans(), st.integers(0, 2**31 - 1))
+def test_stochastic_pool_backward(case, train, seed):
+    window, strides, _, shape, dtype = case
+    rng = np.random.default_rng(seed)
+    # non-negative activations with exact zeros, including all-zero windows
+    x = rng.uniform(size=shape) * (rng.uniform(size=shape) > 0.4)
+    key = jax.random.key(seed) if train else None
+    run_case(jc.StochasticPool2D(window, strides), shape, dtype, rng, x=x, key=key, train=train)
+
+
+@pytest.mark.parametrize("make", [jc.Sigmoid, jc.Tanh, jc.ReLU, jc.Softmax, jc.Flatten])
+@pytest.mark.parametrize("shape", [(1, 3), (2, 4, 5, 3)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_parameter_free_backward(make, shape, dtype, rng):
+    run_case(make(), shape, dtype, rng)
+
+
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5), st.booleans(), DTYPES)
+def test_dense_backward(n, n_in, n_out, use_bias, dtype):
+    run_case(jc.Dense(n_out, use_bias), (n, n_in), dtype, np.random.default_rng(4))
+
+
+# --- conventions at kinks and ties, stated as literal answers --------------------------------
+
+def test_relu_derivative_at_zero_is_zero():
+    relu = jc.ReLU()
+    x = jnp.asarray([[-1.0, 0.0, 2.0]])
+    _, cache = relu.forward((), x)
+    _, dx = relu.backward((), cache, jnp.ones((1, 3)))
+    np.testing.assert_array_equal(dx, [[0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(jax.grad(lambda x: jax.nn.relu(x).sum())(x), dx)
+
+
+def test_max_pool_ties_go_to_the_first_maximum_in_row_major_order():
+    pool = jc.MaxPool2D(2)
+    x = jnp.asarray([[1.0, 3.0], [3.0, 3.0]]).reshape(1, 2, 2, 1)
+    _, cache = pool.forward((), x)
+    _, dx = pool.backward((), cache, jnp.full((1, 1, 1, 1), 5.0))
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 5], [0, 0]])
+    _, vjp = jax.vjp(lambda x: pool.apply((), x), x)     # jax.grad of lax.reduce_window max
+    np.testing.assert_array_equal(vjp(jnp.full((1, 1, 1, 1), 5.0))[0], dx)
+
+
+def test_overlapping_max_windows_add_up():
+    pool = jc.MaxPool2D((1, 2), strides=1)
+    x = jnp.asarray([0.0, 9.0, 1.0]).reshape(1, 1, 3, 1)
+    _, cache = pool.forward((), x)
+    _, dx = pool.backward((), cache, jnp.asarray([2.0, 3.0]).reshape(1, 1, 2, 1))
+    np.testing.assert_array_equal(dx.ravel(), [0, 5, 0])
+
+
+@pytest.mark.parametrize("count_include_pad, expected", [(True, 1.0), (False, 4.0)])
+def test_avg_pool_padding_count(count_include_pad, expected):
+    """A SAME 2x2 window at the corner of a 1x1 input holds one real 4 and three padded zeros."""
+    pool = jc.AvgPool2D(2, strides=1, padding=((0, 1), (0, 1)),
+                        count_include_pad=count_include_pad)
+    y = pool.apply((), jnp.full((1, 1, 1, 1), 4.0))
+    np.testing.assert_array_equal(y.ravel(), [expected])
+
+
+def test_avg_pool_spreads_delta_evenly():
+    pool = jc.AvgPool2D(2)
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    _, cache = pool.forward((), x)
+    _, dx = pool.backward((), cache, jnp.asarray([[4.0, 8.0], [12.0, 16.0]]).reshape(1, 2, 2, 1))
+    np.testing.assert_array_equal(dx[0, :, :, 0], np.kron([[1, 2], [3, 4]], np.ones((2, 2))))
+
+
+def test_stochastic_pool_samples_in_proportion_and_never_zero():
+    pool = jc.StochasticPool2D((1, 4))
+    x = jnp.broadcast_to(jnp.asarray([1.0, 3.0, 0.0, 4.0]), (4000, 1, 4)).reshape(4000, 1, 4, 1)
+    _, cache = jax.jit(lambda x: pool.forward((), x, key=jax.random.key(7)))(x)
+    freq = np.bincount(np.asarray(cache.index).ravel(), minlength=4) / 4000
+    np.testing.assert_allclose(freq, [1 / 8, 3 / 8, 0, 1 / 2], atol=0.03)
+    assert freq[2] == 0
+
+
+def test_stochastic_pool_backward_reuses_the_sample():
+    pool = jc.StochasticPool2D(2)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 4, 4, 3)))
+    y, cache = pool.forward((), x, key=jax.random.key(0))
+    delta = jnp.ones_like(y)
+    _, dx = pool.backward((), cache, delta)
+    # the routed residual lands exactly where the output came from
+    np.testing.assert_array_equal(np.sort(np.asarray(x[dx > 0])), np.sort(np.asarray(y).ravel()))
+    y2, _ = pool.forward((), x, key=jax.random.key(1))
+    assert not np.array_equal(y, y2), "a different key should draw different positions"
+
+
+def test_stochastic_pool_test_time_is_the_weighted_average():
+    pool = jc.StochasticPool2D((1, 4))
+    a = jnp.asarray([1.0, 3.0, 0.0, 4.0]).reshape(1, 1, 4, 1)
+    assert float(pool.apply((), a, train=False).ravel()[0]) == (1 + 9 + 16) / 8
+    zero = pool.apply((), jnp.zeros((1, 1, 4, 1)), train=False)
+    np.testing.assert_array_equal(zero, 0)
+
+
+def test_forward_is_jittable_and_vmappable():
+    net = jc.serial(jc.Conv2D(2, 3), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(jax.random.key(0), (8, 8, 1))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8, 8, 1)), jnp.float32)
+    batched = jax.jit(net.apply)(params, x)
+    per_example = jax.vmap(lambda xi: net.apply(params, xi[None])[0])(x)
+    np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)
+
+
+# --- the larger sweep, behind a marker: pytest -m slow ---------------------------------------
+
+@pytest.mark.slow
+@settings(max_examples=400)
+@given(conv_cases())
+def test_conv_backward_sweep(case):
+    layer, shape, dtype = case
+    run_case(layer, shape, dtype, np.random.default_rng(1))
+
+
+@pytest.mark.slow
+@settings(max_examples=300)
+@given(pool_cases(), st.booleans())
+def test_max_pool_backward_sweep(case, ties):
+    window, strides, padding, shape, dtype = case
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
+    run_case(jc.MaxPool2D(window, strides, padding), shape, dtype, rng, x=x)

@@ -1,0 +1,144 @@
+"""Whole networks: the hand-written residual chain equals ``jax.grad`` of the plain forward,
+and central finite differences in float64 agree with it, independent of autodiff."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxcnn as jc
+from harness import rel_err
+
+
+def lenet5():
+    return jc.serial(
+        jc.Conv2D(6, (5, 5), padding="SAME"), jc.Sigmoid(), jc.AvgPool2D((2, 2)),
+        jc.Conv2D(16, (5, 5)), jc.Sigmoid(), jc.MaxPool2D((2, 2)),
+        jc.Flatten(), jc.Dense(120), jc.Sigmoid(), jc.Dense(10))
+
+
+def deep():
+    """Four conv layers, three pooling layers (one of each kind, overlapping max), one dense."""
+    return jc.serial(
+        jc.Conv2D(4, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(3, 2, padding="SAME"),
+        jc.Conv2D(6, 3, strides=1, dilation=2, padding="SAME"), jc.Tanh(), jc.AvgPool2D(2),
+        jc.Conv2D(6, (3, 2), groups=2), jc.ReLU(), jc.StochasticPool2D(2),
+        jc.Conv2D(8, 1), jc.Sigmoid(), jc.Flatten(), jc.Dense(10))
+
+
+NETS = {"lenet5": (lenet5, (28, 28, 1)), "deep": (deep, (20, 18, 3))}
+TOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
+
+
+def setup(name, dtype, n=4, seed=0):
+    make, shape = NETS[name]
+    net = make()
+    params, out_shape = net.init(jax.random.key(seed), shape)
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n, *shape)), dtype)
+    labels = jnp.asarray(rng.integers(0, out_shape[0], size=n))
+    return net, params, x, labels
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_network_matches_jax_grad(name, dtype):
+    net, params, x, labels = setup(name, dtype)
+    key = jax.random.key(3)
+    loss = jc.softmax_cross_entropy
+    value, grads = jax.jit(jc.value_and_grad(net, loss))(params, x, labels, key=key)
+    ref_value, ref = jax.jit(jax.value_and_grad(
+        lambda p: loss.value(net.apply(p, x, key=key), labels)))(params)
+    assert abs(float(value) - float(ref_value)) <= TOL[dtype] * abs(float(ref_value))
+    errors = [rel_err(g, r) for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref))]
+    assert len(errors) == len(jax.tree.leaves(params))
+    assert max(errors) <= TOL[dtype], errors
+
+
+def test_squared_error_network_matches_jax_grad():
+    net = jc.serial(jc.Conv2D(3, 3), jc.Sigmoid(), jc.AvgPool2D(2, 1), jc.Flatten(),
+                    jc.Dense(4), jc.Sigmoid())
+    params, _ = net.init(jax.random.key(0), (6, 5, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    rng = np.random.default_rng(0)
+    x, y = jnp.asarray(rng.normal(size=(3, 6, 5, 2))), jnp.asarray(rng.uniform(size=(3, 4)))
+    _, grads = jc.value_and_grad(net, jc.squared_error)(params, x, y)
+    ref = jax.grad(lambda p: jc.squared_error.value(net.apply(p, x), y))(params)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        assert rel_err(g, r) <= 1e-12
+
+
+def test_central_finite_differences_float64():
+    """Independent of autodiff: the bridge's VJP (the hand-written backward) against numerical
+    directional derivatives of the forward (``check_grads`` in reverse mode only, since
+    ``custom_vjp`` has no forward mode)."""
+    net = jc.serial(jc.Conv2D(3, 3, strides=2, padding="SAME"), jc.Tanh(),
+                    jc.MaxPool2D(2, 1), jc.Conv2D(4, 2, groups=1), jc.Sigmoid(),
+                    jc.AvgPool2D(2), jc.Flatten(), jc.Dense(5))
+    params, _ = net.init(jax.random.key(1), (9, 9, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 2)))
+    f = jc.bridge(net)
+    check_grads(f, (params, x), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-7)
+
+
+def test_finite_differences_catch_a_wrong_backward():
+    net = jc.serial(jc.Dense(3), jc.Sigmoid())
+    bad_sigmoid = net.layers[1]._replace(
+        backward=lambda p, cache, delta: ((), delta * cache.a))        # f' written as a
+    bad = jc.serial(net.layers[0], bad_sigmoid)
+    params, _ = bad.init(jax.random.key(0), (4,))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4)))
+    with pytest.raises(AssertionError):
+        check_grads(jc.bridge(bad), (params, x), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_per_example_gradients_with_vmap():
+    net, params, x, labels = setup("lenet5", jnp.float64, n=3)
+    vg = jc.value_and_grad(net, jc.softmax_cross_entropy)
+    losses, grads = jax.jit(jax.vmap(lambda xi, yi: vg(params, xi[None], yi[None])))(x, labels)
+    assert losses.shape == (3,)
+    for i in range(3):
+        loss_i, grads_i = vg(params, x[i:i + 1], labels[i:i + 1])
+        assert rel_err(losses[i], loss_i) <= 1e-12
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_i)):
+            assert rel_err(g[i], r) <= 1e-10
+    # the mean of the per-example gradients is the batch gradient
+    _, batch = vg(params, x, labels)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(batch)):
+        assert rel_err(jnp.mean(g, axis=0), r) <= 1e-10
+
+
+def test_bridge_inside_a_plain_jax_program():
+    net, params, x, labels = setup("deep", jnp.float64)
+    key = jax.random.key(5)
+    f = jc.bridge(net, key=key)
+
+    def loss(p):     # any JAX program around the bridged net: an L2 penalty, a custom loss
+        l2 = sum(jnp.sum(w ** 2) for w in jax.tree.leaves(p))
+        return jc.softmax_cross_entropy.value(f(p, x), labels) + 1e-3 * l2
+
+    def plain(p):
+        l2 = sum(jnp.sum(w ** 2) for w in jax.tree.leaves(p))
+        return jc.softmax_cross_entropy.value(net.apply(p, x, key=key), labels) + 1e-3 * l2
+
+    got, want = jax.jit(jax.grad(loss))(params), jax.grad(plain)(params)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert rel_err(g, r) <= 1e-10
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda p: f(p, x), (params,), (params,))
+
+
+def test_serial_nests():
+    inner = jc.serial(jc.Conv2D(2, 3), jc.ReLU())
+    net = jc.serial(inner, jc.Flatten(), jc.Dense(2))
+    params, out = net.init(jax.random.key(0), (5, 5, 1))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 1)))
+    _, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(params, x, jnp.asarray([0, 1]))
+    ref = jax.grad(lambda p: jc.softmax_cross_entropy.value(net.apply(p, x),
+                                                            jnp.asarray([0, 1])))(params)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        assert rel_err(g, r) <= 1e-12
