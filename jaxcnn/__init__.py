@@ -5,6 +5,7 @@ Every layer is a ``Layer`` of pure functions ``init / forward / backward / apply
 ``docs/derivation.md`` and tested against ``jax.grad`` of its forward.
 """
 from jaxcnn.activations import ReLU, Sigmoid, Softmax, Tanh
+from jaxcnn.audit import GradReport, check_grads, check_layer
 from jaxcnn.conv import Conv2D
 from jaxcnn.core import HWIO, NHWC, Layer
 from jaxcnn.dense import Dense, Flatten
@@ -20,4 +21,5 @@ __all__ = [
     "Sigmoid", "Tanh", "ReLU", "Softmax", "Dense", "Flatten",
     "serial", "value_and_grad", "bridge",
     "Loss", "softmax_cross_entropy", "squared_error",
+    "check_grads", "check_layer", "GradReport",
 ]

@@ -23,3 +23,13 @@ def test_seed_walkthrough():
     assert "first entry: 1 + 0 + 1 + 0 + 1 + 0 + 0 + 0 + 1 = 4" in out
     worst = float(out.rsplit("hand-written vs jax.grad: ", 1)[1].split()[0])
     assert worst < 1e-12
+
+
+def test_audit_walkthrough_names_each_planted_mistake():
+    out = run_example("audit_a_new_layer.py")
+    sections = out.split("== ")
+    assert "all 2 gradients agree" in sections[1] and "FAIL" not in sections[1]
+    assert "all 19 gradients agree" in sections[2]
+    assert "FAILED: first wrong layer is 1 (ScaledTanh)" in sections[3]
+    assert "FAILED: first wrong layer is 4 (Sigmoid)" in sections[4]
+    assert "FAILED: first wrong layer is 0 (Conv2D)" in sections[5]

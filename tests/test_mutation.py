@@ -8,69 +8,10 @@ import numpy as np
 import pytest
 
 import jaxcnn as jc
-from jaxcnn import _geometry as geo
-from jaxcnn import conv as conv_mod
 from harness import TOL, backward_errors
-
-
-def conv_without_flip(layer, params, cache, x, delta):
-    """Input residual with the kernel *not* rotated by 180 degrees."""
-    grads, _ = layer.backward(params, cache, delta)
-    g = geo.window("Conv2D", x.shape[1:3], (3, 3), (2, 2), (1, 1), "VALID")
-    return grads, conv_mod.conv_backward_input(delta, params["w"][::-1, ::-1], g, 1)
-
-
-def kernel_gradient_flipped(layer, params, cache, x, delta):
-    """Kernel gradient as a true convolution (flipped) instead of a correlation."""
-    grads, dx = layer.backward(params, cache, delta)
-    return {**grads, "w": grads["w"][::-1, ::-1]}, dx
-
-
-def sigmoid_slope_as_a(layer, params, cache, x, delta):
-    """f'(z) written as a instead of a (1 - a)."""
-    return (), delta * cache.a
-
-
-def max_pool_routes_to_last_tie(layer, params, cache, x, delta):
-    """Tied maxima routed to the last maximum instead of the first."""
-    g = geo.window("MaxPool2D", x.shape[1:3], (2, 2), (2, 2), (1, 1), "VALID")
-    win = geo.windows(x, g)
-    last = g.count - 1 - jnp.argmax(win[:, :, :, ::-1, :], axis=3)
-    one_hot = last[:, :, :, None, :] == jnp.arange(g.count).reshape(1, 1, 1, -1, 1)
-    return (), geo.scatter_windows(jnp.where(one_hot, delta[:, :, :, None, :], 0), g)
-
-
-def avg_pool_not_divided(layer, params, cache, x, delta):
-    """Delta copied to every window position without the 1 / |R|."""
-    _, dx = layer.backward(params, cache, delta)
-    return (), dx * 4
-
-
-def dense_bias_gradient_averaged(layer, params, cache, x, delta):
-    """Bias gradient as the mean of delta over the batch instead of the sum (eq. 1.5)."""
-    grads, dx = layer.backward(params, cache, delta)
-    return {**grads, "b": jnp.mean(delta, axis=0)}, dx
-
-
-def stochastic_resamples(layer, params, cache, x, delta):
-    """The backward draws again instead of reusing the cached sample."""
-    _, fresh = layer.forward(params, x, key=jax.random.key(99))
-    return layer.backward(params, cache._replace(index=fresh.index), delta)
-
-
-def mutate(layer, wrong_backward):
-    """The same layer, with ``wrong_backward(layer, params, cache, x, delta)`` as its backward
-    (its forward also keeps the input, which some mutants need)."""
-
-    def forward(params, x, *, key=None, train=True):
-        y, cache = layer.forward(params, x, key=key, train=train)
-        return y, (cache, x)
-
-    def backward(params, cache_and_x, delta):
-        cache, x = cache_and_x
-        return wrong_backward(layer, params, cache, x, delta)
-
-    return layer._replace(forward=forward, backward=backward)
+from mutants import (avg_pool_not_divided, conv_without_flip, dense_bias_gradient_averaged,
+                     kernel_gradient_flipped, max_pool_routes_to_last_tie, mutate,
+                     sigmoid_slope_as_a, stochastic_resamples)
 
 
 MUTANTS = {

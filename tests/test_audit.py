@@ -1,0 +1,119 @@
+"""``jc.check_grads`` / ``jc.check_layer``: a correct net passes, and a planted mistake is pinned
+on the layer that makes it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn as jc
+from jaxcnn.core import Layer
+from mutants import (avg_pool_not_divided, conv_without_flip, dense_bias_gradient_averaged,
+                     kernel_gradient_flipped, max_pool_routes_to_last_tie, mutate,
+                     sigmoid_slope_as_a)
+
+
+def audited_net():
+    return jc.serial(
+        jc.Conv2D(3, 3, strides=2), jc.Sigmoid(),          # 0, 1
+        jc.Conv2D(4, 3), jc.ReLU(),                        # 2, 3
+        jc.MaxPool2D(2), jc.AvgPool2D(2),                  # 4, 5
+        jc.Flatten(), jc.Dense(5))                         # 6, 7
+
+
+def setup(dtype, net=None, seed=0, ties=False):
+    net = net or audited_net()
+    params, _ = net.init(jax.random.key(seed), (23, 23, 2))
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, size=(3, 23, 23, 2)) if ties else rng.normal(size=(3, 23, 23, 2))
+    return net, params, jnp.asarray(x, dtype), jnp.asarray(rng.integers(0, 5, size=3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_correct_net_passes(dtype):
+    net, params, x, labels = setup(dtype)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert report.ok and report.first_bad_layer is None, str(report)
+    assert {row.layer for row in report.rows} == {*range(8), None}
+    assert len([r for r in report.rows if r.layer is None]) == 6     # 3 param layers x (w, b)
+    assert "all 20 gradients agree" in str(report)
+
+
+def test_a_correct_net_passes_finite_differences_and_ties():
+    net, params, x, labels = setup(jnp.float64, ties=True)     # integer inputs: tied maxima
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels,
+                            finite_differences=True)
+    assert report.ok, str(report)
+    fd = [r for r in report.rows if r.reference == "finite differences"]
+    assert len(fd) == 14 and sum(not r.kink for r in fd) >= 12
+
+
+def test_stochastic_pooling_net_passes_with_its_key():
+    net = jc.serial(jc.Conv2D(3, 3), jc.ReLU(), jc.StochasticPool2D(2, 1), jc.Flatten(),
+                    jc.Dense(4))
+    params, _ = net.init(jax.random.key(0), (7, 7, 1))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 7, 1)), jnp.float32)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, jnp.asarray([0, 3]),
+                            key=jax.random.key(1))
+    assert report.ok, str(report)
+
+
+PLANTED = {
+    "conv input residual without the flip": (0, conv_without_flip),
+    "conv kernel gradient flipped": (2, kernel_gradient_flipped),
+    "sigmoid derivative written as a": (1, sigmoid_slope_as_a),
+    "max pool ties routed to the last maximum": (4, max_pool_routes_to_last_tie),
+    "avg pool delta not divided by the window": (5, avg_pool_not_divided),
+    "dense bias gradient averaged": (7, dense_bias_gradient_averaged),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(PLANTED))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_planted_mistake_is_pinned_on_its_layer(mistake, dtype):
+    index, wrong = PLANTED[mistake]
+    layers = list(audited_net().layers)
+    layers[index] = mutate(layers[index], wrong)
+    net, params, x, labels = setup(dtype, jc.serial(*layers), ties=index == 4)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert not report.ok
+    assert report.first_bad_layer == index, str(report)
+    assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
+    assert f"FAILED: first wrong layer is {index} ({layers[index].name})" in str(report)
+
+
+def leaky_relu(slope=0.1, derivative=None):
+    """A user-written layer: a = max(z, slope z), backward delta * (1 if a > 0 else slope)."""
+    derivative = derivative or (lambda a: jnp.where(a > 0, 1.0, slope).astype(a.dtype))
+
+    def forward(params, x, *, key=None, train=True):
+        a = jnp.where(x > 0, x, slope * x)
+        return a, a
+
+    return Layer(init=lambda key, shape: ((), tuple(shape)), forward=forward,
+                 backward=lambda params, a, delta: ((), delta * derivative(a)),
+                 apply=lambda params, x, *, key=None, train=True: forward(params, x)[0],
+                 name="LeakyReLU")
+
+
+def test_check_layer_on_a_user_written_layer():
+    good = jc.check_layer(leaky_relu(), (4, 5, 3), finite_differences=True)
+    assert good.ok, str(good)
+    bad = jc.check_layer(leaky_relu(derivative=lambda a: jnp.ones_like(a)), (4, 5, 3))
+    assert not bad.ok and bad.first_bad_layer == 0
+    assert "FAIL" in str(bad)
+
+
+def test_check_layer_catches_a_wrong_init_shape():
+    wrong = jc.Conv2D(2, 3)._replace(init=lambda key, shape: (jc.Conv2D(2, 3).init(key, shape)[0], (9, 9, 2)))
+    with pytest.raises(ValueError, match=r"Conv2D: init says the output shape is \(9, 9, 2\) but forward gives \(3, 3, 2\)"):
+        jc.check_layer(wrong, (5, 5, 1))
+
+
+def test_finite_differences_need_float64():
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ValueError, match="enable it first with jax.config.update"):
+            jc.check_layer(jc.Sigmoid(), (3,), dtype=jnp.float32, finite_differences=True)
+    finally:
+        jax.config.update("jax_enable_x64", True)
