@@ -12,6 +12,7 @@ from jaxcnn.dense import Dense, Flatten
 from jaxcnn.losses import Loss, softmax_cross_entropy, squared_error
 from jaxcnn.network import bridge, serial, value_and_grad
 from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
+from jaxcnn.summary import Summary, summary
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "serial", "value_and_grad", "bridge",
     "Loss", "softmax_cross_entropy", "squared_error",
     "check_grads", "check_layer", "GradReport",
+    "summary", "Summary",
 ]

@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import Array, Layer, check_delta, check_no_params
+from jaxcnn.core import Array, Layer, check_delta, check_no_params, config
 
 
 class ActivationCache(NamedTuple):
@@ -43,7 +43,7 @@ def _activation(name: str, f: Callable[[Array], Array],
         check_delta(name, delta, cache.a.shape, cache.a.dtype)
         return (), slope(cache.a, delta)
 
-    return Layer(init, forward, backward, apply, name)
+    return Layer(init, forward, backward, apply, name, config=config(kind="elementwise"))
 
 
 def Sigmoid() -> Layer:

@@ -15,7 +15,7 @@ from jax import lax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
-                         check_param, pair, positive_int)
+                         check_param, config, pair, positive_int)
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -161,4 +161,6 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
     def apply(params, x, *, key=None, train=True):
         return forward(params, x, key=key, train=train)[0]
 
-    return Layer(init, forward, backward, apply, name)
+    return Layer(init, forward, backward, apply, name, config=config(
+        kind="window", size=kernel_size, strides=strides, dilation=dilation, padding=padding,
+        features=features, groups=groups, use_bias=use_bias))

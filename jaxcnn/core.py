@@ -62,6 +62,10 @@ class Layer(NamedTuple):
     """A layer (or a network of layers): four pure functions and a name for messages.
 
     ``layers`` holds the sub-layers of a combinator such as ``serial``; it is empty otherwise.
+    ``config`` holds the layer's static settings as sorted ``(name, value)`` pairs, so that a
+    layer stays hashable (a static argument of ``jax.jit``): ``kind`` and, for a sliding window,
+    ``size``, ``strides``, ``dilation``, ``padding``.  ``summary`` reads it; ``()`` for a layer
+    that does not say.
     """
 
     init: InitFn
@@ -70,6 +74,7 @@ class Layer(NamedTuple):
     apply: ApplyFn
     name: str
     layers: tuple["Layer", ...] = ()
+    config: tuple[tuple[str, Any], ...] = ()
 
 
 @jax.tree_util.register_static
@@ -82,6 +87,11 @@ class Static:
     """
 
     value: Any
+
+
+def config(**settings) -> tuple[tuple[str, Any], ...]:
+    """A layer's ``config``: its settings as sorted, hashable ``(name, value)`` pairs."""
+    return tuple(sorted(settings.items()))
 
 
 def apply_from_forward(forward: ForwardFn) -> ApplyFn:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, check_param, positive_int)
+                         check_no_params, check_param, config, positive_int)
 
 
 class DenseCache(NamedTuple):
@@ -72,7 +72,8 @@ def Dense(features: int, use_bias: bool = True, *,
     def apply(params, a, *, key=None, train=True):
         return forward(params, a)[0]
 
-    return Layer(init, forward, backward, apply, name)
+    return Layer(init, forward, backward, apply, name,
+                 config=config(kind="dense", features=features, use_bias=use_bias))
 
 
 class FlattenCache(NamedTuple):
@@ -105,4 +106,4 @@ def Flatten() -> Layer:
     def apply(params, x, *, key=None, train=True):
         return forward(params, x)[0]
 
-    return Layer(init, forward, backward, apply, name)
+    return Layer(init, forward, backward, apply, name, config=config(kind="flatten"))

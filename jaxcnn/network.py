@@ -6,7 +6,7 @@ from typing import Callable
 
 import jax
 
-from jaxcnn.core import Array, Layer, Params, layer_error
+from jaxcnn.core import Array, Layer, Params, config, layer_error
 from jaxcnn.losses import Loss
 
 
@@ -83,7 +83,7 @@ def serial(*layers: Layer) -> Layer:
                 raise layer_error(where(i), err) from err
         return x
 
-    return Layer(init, forward, backward, apply, name, tuple(layers))
+    return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"))
 
 
 def value_and_grad(net: Layer, loss: Loss) -> Callable[..., tuple[Array, Params]]:

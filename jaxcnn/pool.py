@@ -17,7 +17,7 @@ from jax import lax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, pair)
+                         check_no_params, config, pair)
 
 
 class PoolCache(NamedTuple):
@@ -77,7 +77,8 @@ def _pool_layer(name: str, window, strides, padding,
         g = checked(params, x)
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
-    return Layer(init, forward_, backward_, apply_, name)
+    return Layer(init, forward_, backward_, apply_, name, config=config(
+        kind="window", size=window, strides=strides, dilation=(1, 1), padding=padding))
 
 
 def _route(index: Array, delta: Array, g: geo.Window) -> Array:

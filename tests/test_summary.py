@@ -1,0 +1,72 @@
+"""``jc.summary``: parameter counts and FLOPs against hand counts, receptive fields against a
+brute-force computation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn as jc
+
+
+def lenet5_avg():
+    """LeNet-5 with average pooling, as in the benchmarks: 61,706 parameters."""
+    return jc.serial(
+        jc.Conv2D(6, 5, padding="SAME"), jc.Sigmoid(), jc.AvgPool2D(2),
+        jc.Conv2D(16, 5), jc.Sigmoid(), jc.AvgPool2D(2), jc.Flatten(),
+        jc.Dense(120), jc.Sigmoid(), jc.Dense(84), jc.Sigmoid(), jc.Dense(10))
+
+
+def test_lenet5_counts_by_hand():
+    s = jc.summary(lenet5_avg(), (28, 28, 1))
+    # (5*5*1 + 1)*6 + (5*5*6 + 1)*16 + (400 + 1)*120 + (120 + 1)*84 + (84 + 1)*10
+    assert s.params == 156 + 2416 + 48120 + 10164 + 850 == 61706
+    assert [r.output_shape for r in s.rows][:7] == [
+        (28, 28, 6), (28, 28, 6), (14, 14, 6), (10, 10, 16), (10, 10, 16), (5, 5, 16), (400,)]
+    assert s.rows[0].flops == 28 * 28 * 6 * (2 * 25 + 1)
+    assert s.rows[3].flops == 10 * 10 * 16 * (2 * 25 * 6 + 1)
+    assert s.rows[7].flops == 2 * 400 * 120 + 120
+    assert [r.receptive_field for r in s.rows[:6]] == [(5, 5), (5, 5), (6, 6), (14, 14),
+                                                       (14, 14), (16, 16)]
+    table = str(s)
+    assert "total: 61,706 parameters" in table and "AvgPool2D" in table
+
+
+def test_params_agree_with_init_and_nesting_is_indexed():
+    net = jc.serial(jc.serial(jc.Conv2D(4, 3, groups=1), jc.ReLU()),
+                    jc.Conv2D(8, 3, groups=4, use_bias=False), jc.Flatten(), jc.Dense(3))
+    s = jc.summary(net, (9, 9, 4))
+    params, _ = net.init(jax.random.key(0), (9, 9, 4))
+    assert s.params == sum(p.size for p in jax.tree.leaves(params))
+    assert [r.index for r in s.rows] == ["0.0", "0.1", "1", "2", "3"]
+    assert s.rows[2].params == 3 * 3 * 1 * 8
+
+
+def brute_force_field(layers, shape):
+    """Perturb one input pixel at a time; the extent of the pixels that change the centre unit."""
+    net = jc.serial(*layers)
+    params, out_shape = net.init(jax.random.key(0), shape)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    h, w, c = shape
+    base = jnp.asarray(np.random.default_rng(0).normal(size=shape))
+    eye = jnp.eye(h * w).reshape(h * w, h, w, 1)
+    batch = base[None] + 1e3 * eye                # pixel (u, v) of every channel perturbed
+    y0 = net.apply(params, base[None])
+    ys = jax.jit(net.apply)(params, batch)
+    i, j = out_shape[0] // 2, out_shape[1] // 2
+    changed = np.asarray(jnp.abs(ys[:, i, j, 0] - y0[0, i, j, 0]) > 0).reshape(h, w)
+    rows, cols = np.nonzero(changed)
+    return (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize("layers", [
+    [jc.Conv2D(2, 3), jc.Sigmoid(), jc.MaxPool2D(2), jc.Conv2D(2, 3), jc.Tanh()],
+    [jc.Conv2D(2, (3, 2), strides=2), jc.Sigmoid(), jc.AvgPool2D(3, 1), jc.Conv2D(2, 2, dilation=2)],
+    [jc.Conv2D(2, 5, padding="SAME"), jc.Sigmoid(), jc.MaxPool2D(3, 2, padding="SAME"),
+     jc.Conv2D(2, 3, dilation=(1, 2), strides=(2, 1))],
+], ids=["conv-pool-conv", "strided-overlapping-dilated", "same-padding"])
+def test_receptive_field_matches_brute_force(layers):
+    shape = (31, 31, 1)
+    s = jc.summary(jc.serial(*layers), shape)
+    for n in range(1, len(layers) + 1):
+        assert tuple(int(v) for v in brute_force_field(layers[:n], shape)) == \
+            s.rows[n - 1].receptive_field, f"after layer {n - 1} ({layers[n - 1].name})"
