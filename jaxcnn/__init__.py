@@ -25,3 +25,9 @@ __all__ = [
     "check_grads", "check_layer", "GradReport",
     "summary", "Summary",
 ]
+
+# training (jaxcnn.train; its optional dependencies are imported only when used)
+from jaxcnn import zoo
+from jaxcnn.train import fit
+
+__all__ += ["fit", "zoo"]

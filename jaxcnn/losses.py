@@ -64,7 +64,7 @@ def _xent_value(logits: Array, labels: Array) -> Array:
 def _xent_delta(logits: Array, labels: Array) -> Array:
     """Eq. 2.6: ``delta = (softmax(z) - onehot(y)) / N``; NaN on a row whose label is out of range."""
     _check_labels("softmax_cross_entropy", logits, labels)
-    one_hot = labels[:, None] == jnp.arange(logits.shape[1]).reshape(1, -1)
+    one_hot = labels[:, None] == jnp.arange(logits.shape[1], dtype=labels.dtype).reshape(1, -1)
     delta = (jax.nn.softmax(logits, axis=1) - one_hot.astype(logits.dtype)) / logits.shape[0]
     return jnp.where(_in_range(logits, labels), delta, jnp.nan)
 

@@ -86,7 +86,7 @@ def _route(index: Array, delta: Array, g: geo.Window) -> Array:
 
     ``index, delta (N, H_out, W_out, C)`` -> ``(N, Hp, Wp, C)`` (eqs. 5.4 and 5.6).
     """
-    one_hot = index[:, :, :, None, :] == jnp.arange(g.count).reshape(1, 1, 1, -1, 1)
+    one_hot = index[:, :, :, None, :] == jnp.arange(g.count, dtype=index.dtype).reshape(1, 1, 1, -1, 1)
     return geo.scatter_windows(jnp.where(one_hot, delta[:, :, :, None, :], 0), g)
 
 

@@ -1,0 +1,158 @@
+"""A small zoo of named networks, each a function returning a ``serial`` ``Layer``.
+
+Every net ends in a ``Dense`` layer of ``num_classes`` *logits*: the softmax is in the loss,
+``softmax_cross_entropy`` (eq. 2.6), whose output residual needs no softmax layer.
+
+Input sizes adapt to the data set: each function takes the per-example ``input_shape``
+``(H, W, C)`` it will be initialised with.  At the size a net was designed for (or larger) it
+keeps its paper's layout; below it (8x8 digits) its convolutions pad ``"SAME"`` so that only
+pooling shrinks the maps.  The rule is stated per net.
+
+- ``small``: the default for 8x8 digits -- 3x3 ReLU conv layers of 32 and 64 maps, 2x2 max
+  pooling, a 3x3 conv of 128 maps, 2x2 max pooling, He initialisation.
+- ``lenet5``: LeCun et al. 1998 -- C1 conv 5x5x6, S2 2x2 average pooling, C3 conv 5x5x16,
+  S4 average pooling, C5 conv of 120 maps over all of S4, F6 dense 84, sigmoid units.
+- ``ufldl``: the UFLDL tutorial's CNN exercise -- one 9x9 conv layer with 20 maps, sigmoid,
+  2x2 mean pooling, softmax.
+- ``deepid``: Sun, Wang & Tang 2014 (the face-recognition net of the source post) -- four ReLU
+  conv layers (4x4x20, 3x3x40, 3x3x60, 2x2x80), max pooling after the first three, one dense
+  layer of 160 features (ReLU), softmax.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+
+from jaxcnn.activations import ReLU, Sigmoid
+from jaxcnn.conv import Conv2D
+from jaxcnn.core import Layer, Shape, check_input_shape
+from jaxcnn.dense import Dense, Flatten
+from jaxcnn.network import serial
+from jaxcnn.pool import AvgPool2D, MaxPool2D
+
+_he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations' scale
+_glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
+
+
+def _shape(name: str, input_shape) -> Shape:
+    return check_input_shape(name, input_shape, 3, "(H, W, C)")
+
+
+def _padding(input_shape: Shape, native: tuple[int, int]) -> str:
+    """The paper's ``"VALID"`` at its native input size or larger, ``"SAME"`` below it."""
+    return "VALID" if all(n >= m for n, m in zip(input_shape[:2], native)) else "SAME"
+
+
+def _output_shape(net: Layer, input_shape) -> Shape:
+    """``net.init``'s output shape, traced abstractly: no parameters are drawn."""
+    shapes = []
+
+    def init(key):
+        params, shape = net.init(key, tuple(input_shape))
+        shapes.append(shape)                    # a tuple of ints: kept outside the trace
+        return params
+
+    jax.eval_shape(init, jax.random.key(0))
+    return shapes[0]
+
+
+def small(input_shape=(8, 8, 1), num_classes: int = 10) -> Layer:
+    """The default net for 8x8 digits (97,802 parameters there): ReLU, He init, max pooling.
+
+    ``conv3x3(32) relu  conv3x3(64) relu  maxpool2  conv3x3(128) relu  maxpool2  dense(classes)``,
+    all convolutions ``"SAME"`` (any input of at least 4x4 works).  Outputs logits: train with
+    ``softmax_cross_entropy``.  With ``jaxcnn train``'s defaults (Adam 1e-3, batches of 32, 30
+    epochs) it reaches 98.3-99.4% test accuracy on the digits over seeds 0-9
+    (docs/training.md).
+    """
+    _shape("small", input_shape)
+    return serial(
+        Conv2D(32, 3, padding="SAME", w_init=_he), ReLU(),
+        Conv2D(64, 3, padding="SAME", w_init=_he), ReLU(),
+        MaxPool2D(2),
+        Conv2D(128, 3, padding="SAME", w_init=_he), ReLU(),
+        MaxPool2D(2),
+        Flatten(), Dense(num_classes, w_init=_glorot))
+
+
+def lenet5(input_shape=(28, 28, 1), num_classes: int = 10) -> Layer:
+    """LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998) with sigmoid units and average pooling.
+
+    C1 conv 5x5x6 (``"SAME"``: LeCun centred 28x28 digits in a 32x32 field, the same as
+    padding by 2), S2 2x2 average pooling, C3 conv 5x5x16 (``"VALID"`` from 28x28 up, as in
+    the paper; ``"SAME"`` on smaller inputs), S4 2x2 average pooling, C5 conv of 120 maps whose
+    kernel covers all of S4 (fully connected to it, as in the paper), F6 dense 84, then
+    ``num_classes`` logits for softmax cross-entropy instead of the paper's RBF units.  Sigmoid
+    after C1, C3, C5 and F6.  Simplified as usual: the pools have no trainable coefficient and
+    bias (so no sigmoid of their own), and C3 reads all six S2 maps (the paper's sparse
+    connection table is omitted).  Glorot initialisation.
+    """
+    _shape("lenet5", input_shape)
+    front = (
+        Conv2D(6, 5, padding="SAME", w_init=_glorot), Sigmoid(),                  # C1
+        AvgPool2D(2),                                                             # S2
+        Conv2D(16, 5, padding=_padding(input_shape, (28, 28)), w_init=_glorot),   # C3
+        Sigmoid(),
+        AvgPool2D(2))                                                             # S4
+    s4_h, s4_w, _ = _output_shape(serial(*front), input_shape)
+    return serial(
+        *front,
+        Conv2D(120, (s4_h, s4_w), w_init=_glorot), Sigmoid(),                     # C5
+        Flatten(), Dense(84, w_init=_glorot), Sigmoid(),                          # F6
+        Dense(num_classes, w_init=_glorot))
+
+
+def ufldl(input_shape=(28, 28, 1), num_classes: int = 10) -> Layer:
+    """The UFLDL tutorial's CNN: one 9x9 conv layer of 20 maps, sigmoid, 2x2 mean pooling,
+    softmax -- on 28x28 MNIST: 20x20x20 maps, pooled to 10x10x20, then the classifier.
+
+    The conv pads ``"SAME"`` on inputs smaller than 28x28 (on 8x8 digits: 8x8x20, pooled to
+    4x4x20).  Outputs logits: train with ``softmax_cross_entropy``.  Glorot initialisation.
+    """
+    _shape("ufldl", input_shape)
+    return serial(
+        Conv2D(20, 9, padding=_padding(input_shape, (28, 28)), w_init=_glorot), Sigmoid(),
+        AvgPool2D(2),
+        Flatten(), Dense(num_classes, w_init=_glorot))
+
+
+def deepid(input_shape=(39, 31, 1), num_classes: int = 10) -> Layer:
+    """DeepID (Sun, Wang & Tang 2014): four conv layers, three max-pooling layers, one dense
+    layer, softmax -- the face-recognition net pictured in the source post.
+
+    conv 4x4x20, maxpool 2, conv 3x3x40, maxpool 2, conv 3x3x60, maxpool 2, conv 2x2x80, dense
+    160 (the "DeepID" features), all ReLU, then ``num_classes`` logits.  Convolutions are
+    ``"VALID"`` on the paper's 39x31 patches or larger and ``"SAME"`` below; the paper's dense
+    layer also reads the third pooling layer (a skip connection), omitted here.  He init.
+    """
+    padding = _padding(_shape("deepid", input_shape), (39, 31))
+    return serial(
+        Conv2D(20, 4, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
+        Conv2D(40, 3, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
+        Conv2D(60, 3, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
+        Conv2D(80, 2, padding=padding, w_init=_he), ReLU(),
+        Flatten(), Dense(160, w_init=_he), ReLU(),
+        Dense(num_classes, w_init=_glorot))
+
+
+ARCHS: dict[str, Callable[..., Layer]] = {
+    "small": small, "lenet5": lenet5, "ufldl": ufldl, "deepid": deepid}
+"""The zoo by name (``jaxcnn train --arch``): ``name -> fn(input_shape, num_classes)``."""
+
+
+def get(name: str, input_shape, num_classes: int = 10) -> Layer:
+    """The zoo net ``name`` laid out for ``input_shape`` ``(H, W, C)``.
+
+    The same arguments give the same ``Layer`` object, so that ``fit`` reuses the steps it
+    compiled for it (layers are pure functions: sharing one is safe).
+    """
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; expected one of {', '.join(ARCHS)}")
+    return _get(name, tuple(input_shape), num_classes)
+
+
+@functools.lru_cache(maxsize=32)
+def _get(name: str, input_shape: Shape, num_classes: int) -> Layer:
+    return ARCHS[name](input_shape, num_classes)

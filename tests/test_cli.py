@@ -1,0 +1,201 @@
+"""``jaxcnn train`` end to end, in-process through ``jaxcnn.cli.main`` (which returns the exit
+code), plus one run of the installed console script.  Tiny settings: 1-2 epochs, tiny IDX sets."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import cli, data, train
+
+GRAD_LINE = "gradient check (hand-written vs jax.grad, 1 batch): worst relative error "
+
+
+def tiny_idx(directory, size=8, n_train=40, n_test=20, train_labels=None):
+    """An MNIST-style set of random images, train files gzipped and test files raw."""
+    rng = np.random.default_rng(0)
+    os.makedirs(directory, exist_ok=True)
+    for split, n, gz in (("train", n_train, ".gz"), ("t10k", n_test, "")):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        if split == "train" and train_labels is not None:
+            labels = train_labels
+        data.write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte{gz}"),
+                       rng.integers(0, 256, size=(n, size, size), dtype=np.uint8))
+        data.write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte{gz}"), labels)
+    return str(directory)
+
+
+def run(capsys, *args):
+    code = cli.main(["train", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def worst_error(out: str) -> float:
+    return float(out.split(GRAD_LINE, 1)[1].split()[0])
+
+
+def test_defaults_on_digits_then_resume_equals_straight(tmp_path, capsys):
+    code, out, err = run(capsys, "--epochs", 1, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert out.startswith("digits: 1437 train + 360 test images, 8x8x1, 10 classes\n"
+                          "small: 97,802 parameters; adam lr 0.001, batch 32, 1 epochs, manual "
+                          "gradients;")
+    assert worst_error(out) < 1e-4
+    assert "44/44" in err                                        # the progress bar, on stderr
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["arch"] == "small"
+    assert summary["epochs"] == 1 and summary["steps"] == 44 and summary["seed"] == 0
+    assert summary["grad"] == "manual" and summary["test_accuracy"] > 0.5
+    assert {"test_loss", "seconds", "jax_version", "jaxcnn_version"} <= set(summary)
+    assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in out
+    assert (tmp_path / "a" / "curves.png").exists()
+
+    code, out, err = run(capsys, "--epochs", 2, "--out", tmp_path / "a", "--resume", "--quiet")
+    assert code == 0, err
+    assert "resuming from the checkpoint at step 44 (epoch 1 of 2)" in out
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 2
+
+    code, _, err = run(capsys, "--epochs", 2, "--out", tmp_path / "b", "--quiet")
+    assert code == 0, err
+    resumed, _ = train.load_checkpoint(tmp_path / "a")
+    straight, _ = train.load_checkpoint(tmp_path / "b")
+    for a, b in zip(_leaves(resumed["params"]), _leaves(straight["params"])):
+        assert np.array_equal(a, b)
+
+    code, _, err = run(capsys, "--epochs", 2, "--out", tmp_path / "b", "--quiet")
+    assert code == 2
+    assert err.startswith(f"jaxcnn train: error: {tmp_path / 'b'} already holds a run")
+    assert "pass --resume to continue it, --overwrite to start again, or --out DIR" in err
+    assert run(capsys, "--epochs", 1, "--out", tmp_path / "b", "--quiet", "--overwrite")[0] == 0
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def test_mnist_style_files_autodiff_and_periodic_checks(tmp_path, capsys):
+    code, out, err = run(capsys, "--dataset", "mnist", "--data-dir", tiny_idx(tmp_path / "d"),
+                         "--arch", "ufldl", "--epochs", 2, "--batch-size", 10, "--grad",
+                         "autodiff", "--check-grads", 3, "--optimizer", "momentum", "--lr",
+                         0.01, "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    assert out.startswith("mnist: 40 train + 20 test images, 8x8x1, 10 classes\nufldl: ")
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (summary["dataset"], summary["arch"], summary["grad"]) == ("mnist", "ufldl",
+                                                                    "autodiff")
+    assert summary["optimizer"] == "momentum" and summary["steps"] == 8
+
+
+def test_default_out_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_idx(tmp_path / "data" / "fashion-mnist")
+    code, out, err = run(capsys, "--dataset", "fashion-mnist", "--epochs", 1, "--batch-size",
+                         10, "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "runs" / "fashion-mnist-small" / "summary.json").exists()
+
+
+def test_non_finite_loss_exits_1_naming_the_step(tmp_path, capsys):
+    # float images are read as they are: one finite but huge image overflows the forward
+    directory = tiny_idx(tmp_path / "d")
+    images = np.random.default_rng(1).uniform(size=(40, 8, 8)).astype(np.float32)
+    images[train.epoch_order(jax.random.key(0), 0, 40)[3 * 10]] = 3e38    # in step 3's batch
+    os.remove(os.path.join(directory, "train-images-idx3-ubyte.gz"))
+    data.write_idx(os.path.join(directory, "train-images-idx3-ubyte"), images)
+    code, _, err = run(capsys, "--dataset", "mnist", "--data-dir", directory, "--batch-size", 10,
+                       "--checkpoint-every", 2, "--out", tmp_path / "o", "--quiet")
+    assert code == 1
+    assert err == ("jaxcnn train: error: non-finite loss (nan) at step 3 (epoch 1, batch 4 of 4); "
+                   "training stopped; the last good checkpoint (step 2) is kept in "
+                   f"{tmp_path / 'o' / 'checkpoints'}\n")
+    _, meta = train.load_checkpoint(tmp_path / "o")
+    assert meta["step"] == 2
+
+
+def _bad(directory, kind):
+    if kind == "labels":
+        return tiny_idx(directory, train_labels=np.arange(40, dtype=np.uint8) % 11)
+    tiny_idx(directory)
+    if kind == "rank":
+        data.write_idx(os.path.join(directory, "t10k-images-idx3-ubyte"),
+                       np.zeros((20, 64), np.uint8))
+    elif kind == "size":
+        tiny_idx(directory, size=2)
+    elif kind == "header":
+        Path(directory, "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    elif kind == "empty":
+        for name in os.listdir(directory):
+            os.remove(os.path.join(directory, name))
+    return str(directory)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("labels", r"mnist train set .*: labels must lie in \[0, 10\), got values in \[0, 10\] "
+               r"\(3 out of range, first at index 10\)"),
+    ("rank", r"t10k-images-idx3-ubyte: expected images of rank 3 \(N, rows, cols\), got shape "
+             r"\(20, 64\)"),
+    ("size", r"--arch small does not fit the mnist images \(2x2x1\): serial\[7\] MaxPool2D"),
+    ("header", r"t10k-labels-idx1-ubyte: corrupt IDX header: the file has 3 bytes"),
+    ("empty", r"the data directory '.*' is empty; an MNIST-style data set needs the four IDX "
+              r"files train-images-idx3-ubyte\[\.gz\], "),
+    ("missing", r"cannot read the data directory '.*nowhere'"),
+])
+def test_bad_data_exits_2_before_training(tmp_path, capsys, kind, message):
+    directory = tmp_path / "nowhere" if kind == "missing" else _bad(tmp_path / "d", kind)
+    code, out, err = run(capsys, "--dataset", "mnist", "--data-dir", directory,
+                         "--out", tmp_path / "o")
+    assert code == 2
+    assert err.startswith("jaxcnn train: error: ")
+    assert re.search(message, err), err
+    assert GRAD_LINE not in out and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got '0'"),
+    (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
+    (["--epochs", "-2"], "argument --epochs: must be a positive integer, got '-2'"),
+    (["--epochs", "two"], "argument --epochs: must be a positive integer, got 'two'"),
+    (["--lr", "0"], "argument --lr: must be a positive number, got '0'"),
+    (["--lr", "nan"], "argument --lr: must be a positive number, got 'nan'"),
+    (["--check-grads", "-1"], "argument --check-grads: must be an integer >= 0, got '-1'"),
+    (["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
+    (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    (["--batch-size", "5000"], "batch_size (5000) exceeds the number of training examples "
+                               "(1437)"),
+    (["--resume"], "nothing to resume: no checkpoint in "),
+])
+def test_bad_options_exit_2_before_training(tmp_path, capsys, args, message):
+    code, out, err = run(capsys, *args, "--out", tmp_path / "o")
+    assert code == 2
+    assert "jaxcnn train: error: " in err and message in err
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_subcommands_and_help(capsys):
+    assert cli.main([]) == 2
+    assert "the following arguments are required: COMMAND" in capsys.readouterr().err
+    assert cli.main(["train", "--help"]) == 0
+    usage = capsys.readouterr().out
+    for option in ("--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr",
+                   "--optimizer", "--seed", "--out", "--grad", "--check-grads", "--resume"):
+        assert option in usage
+
+
+def test_installed_console_script(tmp_path):
+    script = Path(sys.executable).with_name("jaxcnn")
+    assert script.exists(), "the jaxcnn console script is not installed next to python"
+    proc = subprocess.run(
+        [str(script), "train", "--dataset", "mnist", "--data-dir", tiny_idx(tmp_path / "d"),
+         "--epochs", "1", "--batch-size", "10", "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr
+    assert worst_error(proc.stdout) < 1e-4
+    assert "test accuracy" in proc.stdout
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["steps"] == 4

@@ -1,0 +1,185 @@
+"""Data sets: IDX files (gzipped and raw) that the tests write, the bundled digits, and every
+way a data set can be bad -- each with the message a user sees."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from jaxcnn import data
+
+
+def write_mnist_like(directory, n_train=30, n_test=10, size=8, gz=("train",), labels=None):
+    """The four IDX files of a tiny MNIST-style set; the splits named in ``gz`` are gzipped."""
+    rng = np.random.default_rng(0)
+    os.makedirs(directory, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        y = rng.integers(0, 10, size=n).astype(np.uint8) if labels is None else labels[split]
+        ext = ".gz" if (split if split == "train" else "test") in gz else ""
+        data.write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte{ext}"), images)
+        data.write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte{ext}"), y)
+        arrays[split] = (images, y)
+    return arrays
+
+
+# --- read_idx ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32,
+                                   np.float64])
+@pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
+def test_read_idx_round_trip_raw_and_gzipped(tmp_path, rng, dtype, name):
+    array = (rng.uniform(-100, 100, size=(3, 4, 5))).astype(dtype)
+    data.write_idx(tmp_path / name, array)
+    raw = (tmp_path / name).read_bytes()
+    assert (raw[:2] == b"\x1f\x8b") == name.endswith(".gz")
+    back = data.read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype) and back.shape == (3, 4, 5)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_read_idx_by_hand(tmp_path):
+    # magic 00 00 08 02 (ubyte, 2 dims), sizes 2 and 3 big-endian, then 6 bytes in C order
+    (tmp_path / "m").write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6]))
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "m"), [[1, 2, 3], [4, 5, 6]])
+    # big-endian int32: 00 00 01 00 is 256
+    (tmp_path / "i").write_bytes(bytes([0, 0, 0x0C, 1, 0, 0, 0, 1, 0, 0, 1, 0]))
+    assert data.read_idx(tmp_path / "i").tolist() == [256]
+
+
+def test_read_idx_detects_gzip_by_content_not_name(tmp_path, rng):
+    array = rng.integers(0, 256, size=(2, 3), dtype=np.uint8)
+    data.write_idx(tmp_path / "x.gz", array)
+    os.rename(tmp_path / "x.gz", tmp_path / "x-idx2-ubyte")          # gzipped, plain name
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "x-idx2-ubyte"), array)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"corrupt IDX header: the file has 0 bytes, fewer than the 4 of the magic number"),
+    (bytes([1, 0, 8, 1, 0, 0, 0, 1, 7]), r"corrupt IDX header: magic number 01 00 08 01, "
+                                         r"expected 00 00 <type> <ndim> with type one of 08, 09"),
+    (bytes([0, 0, 0x0A, 1, 0, 0, 0, 1, 7]), r"corrupt IDX header: magic number 00 00 0a 01"),
+    (bytes([0, 0, 8, 0]), r"corrupt IDX header: 0 dimensions"),
+    (bytes([0, 0, 8, 3, 0, 0, 0, 1]), r"corrupt IDX header: 3 dimensions need a 16-byte header, "
+                                      r"the file has 8 bytes"),
+    (bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3]),
+     r"the header says shape \(2, 3\) of uint8 \(6 bytes of data\) but the file holds 3"),
+    (bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 0, 1]),
+     r"the header says shape \(2,\) of int16 \(4 bytes of data\) but the file holds 2"),
+])
+def test_corrupt_idx_header_is_named(tmp_path, content, message):
+    (tmp_path / "bad").write_bytes(content)
+    with pytest.raises(ValueError, match=f"bad: {message}"):
+        data.read_idx(tmp_path / "bad")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(content))
+    with pytest.raises(ValueError, match=message):
+        data.read_idx(tmp_path / "bad.gz")
+
+
+def test_truncated_gzip_is_named(tmp_path, rng):
+    data.write_idx(tmp_path / "x.gz", rng.integers(0, 256, size=(50, 50), dtype=np.uint8))
+    (tmp_path / "x.gz").write_bytes((tmp_path / "x.gz").read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"x.gz: not a readable gzip file"):
+        data.read_idx(tmp_path / "x.gz")
+
+
+# --- MNIST-style directories ---------------------------------------------------------------
+
+def test_load_idx_dataset_mixes_gzipped_and_raw(tmp_path):
+    arrays = write_mnist_like(tmp_path, gz=("train",))
+    assert sorted(os.listdir(tmp_path)) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    ds = data.load_idx_dataset(tmp_path, "fashion-mnist")
+    assert ds.name == "fashion-mnist" and ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
+    assert ds.x_train.shape == (30, 8, 8, 1) and ds.x_test.shape == (10, 8, 8, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    np.testing.assert_array_equal(ds.x_train[..., 0] * np.float32(255), arrays["train"][0])
+    np.testing.assert_array_equal(ds.y_test, arrays["t10k"][1])
+    assert ds.describe() == "fashion-mnist: 30 train + 10 test images, 8x8x1, 10 classes"
+
+
+def test_missing_or_empty_data_directory_says_what_is_expected(tmp_path):
+    expected = (r"train-images-idx3-ubyte\[\.gz\], train-labels-idx1-ubyte\[\.gz\], "
+                r"t10k-images-idx3-ubyte\[\.gz\], t10k-labels-idx1-ubyte\[\.gz\]")
+    with pytest.raises(FileNotFoundError, match=f"cannot read the data directory "
+                                                f"'{tmp_path}/nope' .*; it should hold {expected}"):
+        data.load("mnist", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=f"the data directory '{tmp_path}' is empty; an "
+                                                f"MNIST-style data set needs the four IDX files "
+                                                f"{expected}"):
+        data.load("mnist", tmp_path)
+    write_mnist_like(tmp_path)
+    os.remove(tmp_path / "t10k-labels-idx1-ubyte")
+    with pytest.raises(FileNotFoundError, match=r"lacks t10k-labels-idx1-ubyte\[\.gz\]; "):
+        data.load("mnist", tmp_path)
+
+
+def test_data_dir_defaults_to_data_slash_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'data/fashion-mnist'"):
+        data.load("fashion-mnist")
+    with pytest.raises(ValueError, match="unknown data set 'cifar'; expected one of digits, "
+                                         "mnist, fashion-mnist"):
+        data.load("cifar")
+
+
+def test_bad_idx_contents_are_named(tmp_path):
+    labels = {"train": np.arange(30, dtype=np.uint8) % 12, "t10k": np.zeros(10, np.uint8)}
+    write_mnist_like(tmp_path, labels=labels)
+    with pytest.raises(ValueError, match=r"mnist train set .*: labels must lie in \[0, 10\), got "
+                                         r"values in \[0, 11\] \(4 out of range, first at index "
+                                         r"10\)"):
+        data.load("mnist", tmp_path)
+
+    write_mnist_like(tmp_path)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: expected images of rank 3 "
+                                         r"\(N, rows, cols\), got shape \(10, 64\)"):
+        data.load("mnist", tmp_path)
+
+    write_mnist_like(tmp_path)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(9, np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte holds 10 images but "
+                                         r".*t10k-labels-idx1-ubyte holds 9 labels"):
+        data.load("mnist", tmp_path)
+
+    write_mnist_like(tmp_path)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 9, 9), np.uint8))
+    with pytest.raises(ValueError, match=r"train images are \(8, 8\) but test images \(9, 9\)"):
+        data.load("mnist", tmp_path)
+
+
+# --- the digits, and array checks ----------------------------------------------------------
+
+def test_digits_fixed_stratified_split():
+    ds = data.load_digits()
+    assert ds.x_train.shape == (1437, 8, 8, 1) and ds.x_test.shape == (360, 8, 8, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert 0 <= ds.x_train.min() and ds.x_train.max() == 1
+    counts = np.bincount(ds.y_test, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37          # 20% of each class (~180 each)
+    again = data.load_digits()
+    np.testing.assert_array_equal(again.x_test, ds.x_test)
+    np.testing.assert_array_equal(again.y_train, ds.y_train)
+
+
+@pytest.mark.parametrize("images, labels, exc, message", [
+    (np.zeros((4, 8, 8)), np.zeros(4, int), ValueError,
+     r"images must have rank 4 \(N, H, W, C\), got shape \(4, 8, 8\)"),
+    (np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, int), TypeError,
+     r"images must be floating point \(cast with \.astype\(np\.float32\)\), got dtype uint8"),
+    (np.full((4, 8, 8, 1), np.nan, np.float32), np.zeros(4, int), ValueError,
+     r"images must be finite, image 0 holds NaN or infinite values"),
+    (np.zeros((4, 8, 8, 1), np.float32), np.zeros(4), TypeError,
+     r"labels must be an integer array of class indices, got float64"),
+    (np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 1), int), ValueError,
+     r"expected one label per image, shape \(4,\), got labels of shape \(4, 1\)"),
+    (np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, int), ValueError, r"no examples"),
+    (np.zeros((3, 8, 8, 1), np.float32), np.array([0, 5, 10]), ValueError,
+     r"labels must lie in \[0, 10\), got values in \[0, 10\] \(1 out of range, first at index 2\)"),
+])
+def test_check_arrays(images, labels, exc, message):
+    with pytest.raises(exc, match="my set: " + message):
+        data.check_arrays(images, labels, 10, "my set")

@@ -1,0 +1,344 @@
+"""The training loop: the jitted step, fit, checkpoints and resume, faults, and the zoo.
+
+Nets and data are tiny (8x8 digits, a few hundred images, a few epochs) so that the whole file
+runs in seconds; the figures that need real training are in docs/training.md.
+"""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcnn as jc
+from jaxcnn import data, train, zoo
+from jaxcnn.core import Layer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def tiny_net(stochastic: bool = False):
+    """conv 3x3x6, ReLU, 2x2 pooling (stochastic: the forward draws from the step's key), dense."""
+    pool = jc.StochasticPool2D(2) if stochastic else jc.MaxPool2D(2)
+    return jc.serial(jc.Conv2D(6, 3, padding="SAME"), jc.ReLU(), pool, jc.Flatten(),
+                     jc.Dense(10))
+
+
+# One object per net for the whole module: fit reuses its compiled steps for an equal net,
+# loss, optimizer and batch shape (batches of 20 throughout), which keeps this file fast.
+NET, STOCHASTIC_NET = tiny_net(), tiny_net(stochastic=True)
+ADAM = optax.adam(1e-2)
+BATCH = 20
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb))
+
+
+def subset(ds, n_train=200, n_test=100):
+    return ds.x_train[:n_train], ds.y_train[:n_train], ds.x_test[:n_test], ds.y_test[:n_test]
+
+
+# --- the step and the gradient check -------------------------------------------------------
+
+def test_make_step_manual_and_autodiff_agree_and_descend(digits):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1), seed=0)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    opt = ADAM
+    runs = {}
+    for grad in train.GRADS:
+        step = train.make_step(net, jc.softmax_cross_entropy, opt, grad)
+        p, s, losses = params, opt.init(params), []
+        for _ in range(10):
+            p, s, value = step(p, s, x, y, None)
+            losses.append(float(value))
+        runs[grad] = (p, losses)
+    assert runs["manual"][1][-1] < 0.7 * runs["manual"][1][0]
+    np.testing.assert_allclose(runs["manual"][1], runs["autodiff"][1], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(runs["manual"][0]),
+                    jax.tree_util.tree_leaves(runs["autodiff"][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_check_line_and_leaf_names(digits):
+    net = STOCHASTIC_NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    c = train.gradient_check(net, jc.softmax_cross_entropy, params, digits.x_train[:BATCH],
+                             digits.y_train[:BATCH], key=jax.random.key(1))
+    assert set(c.errors) == {"serial[0] Conv2D params['w']", "serial[0] Conv2D params['b']",
+                             "serial[4] Dense params['w']", "serial[4] Dense params['b']"}
+    assert 0 <= c.worst < 1e-5
+    assert c.line().startswith("gradient check (hand-written vs jax.grad, 1 batch): "
+                               "worst relative error ")
+    assert c.line().endswith("over 4 parameter arrays")
+
+
+def _scaled_backward(layer: Layer, factor: float, when=None, scale_grads=False) -> Layer:
+    """A mutant: ``layer`` whose input residual -- or, with ``scale_grads``, whose parameter
+    gradients -- are multiplied by ``factor`` (only for inputs ``x`` where ``when(x)``)."""
+
+    def forward(params, x, *, key=None, train=True):
+        y, cache = layer.forward(params, x, key=key, train=train)
+        return y, (cache, x)
+
+    def backward(params, cache, delta):
+        grads, dx = layer.backward(params, cache[0], delta)
+        scale = factor if when is None else jnp.where(when(cache[1]), factor, 1.0)
+        if scale_grads:
+            return jax.tree_util.tree_map(lambda g: g * jnp.asarray(scale, g.dtype), grads), dx
+        return grads, dx * jnp.asarray(scale, dx.dtype)
+
+    return Layer(layer.init, forward, backward, layer.apply, "Mutant" + layer.name)
+
+
+def test_wrong_backward_stops_before_training(digits, tmp_path):
+    net = jc.serial(jc.Conv2D(4, 3), _scaled_backward(jc.ReLU(), 2.0), jc.Flatten(), jc.Dense(10))
+    params, _ = train.init_params(net, (8, 8, 1))
+    with pytest.raises(train.GradientMismatchError,
+                       match=r"gradient check before training: .* diverge at step 0: relative "
+                             r"error above 1e-04 in serial\[0\] Conv2D params\['[wb]'\]"
+                       ) as err:
+        train.fit(net, params, *subset(digits), epochs=1, batch_size=BATCH, out=tmp_path,
+                  verbose=False)
+    assert err.value.audit.first_bad_layer == 1                  # the audit pins the mutant
+    assert "FAILED: first wrong layer is 1 (MutantReLU)" in str(err.value)
+    assert not os.path.exists(tmp_path / "summary.json")
+
+
+def test_check_grads_every_n_steps_names_the_step(digits):
+    # the mutant backward is wrong only for inputs above 50: one image, at step 4 of the order
+    x, y = digits.x_train[:100].copy(), digits.y_train[:100]
+    order = train.epoch_order(jax.random.key(0), 0, 100)
+    x[order[4 * 10]] = 60.0
+    net = jc.serial(_scaled_backward(jc.Conv2D(4, 3), 3.0, lambda a: jnp.max(a) > 50, True),
+                    jc.ReLU(), jc.Flatten(), jc.Dense(10))
+    params, _ = train.init_params(net, (8, 8, 1))
+    with pytest.raises(train.GradientMismatchError,
+                       match=r"^gradient check: .* diverge at step 4: "):
+        train.fit(net, params, x, y, epochs=1, batch_size=10, check_grads=2, verbose=False)
+    result = train.fit(net, params, x, y, epochs=1, batch_size=10, check_grads=3,
+                       verbose=False)                      # steps 0, 3, 6, 9 miss the image
+    assert result.summary["steps"] == 10
+
+
+# --- fit -----------------------------------------------------------------------------------
+
+def test_fit_learns_well_above_chance(digits, tmp_path, capsys):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, xt, yt = subset(digits, 400, 200)
+    result = train.fit(net, params, x, y, xt, yt, optimizer=ADAM, epochs=3, batch_size=BATCH,
+                       out=tmp_path, info={"dataset": "digits", "arch": "tiny"})
+    s = result.summary
+    assert s["test_accuracy"] > 0.7                               # chance: 0.1
+    assert s["epochs"] == 3 and s["steps"] == 60 and len(result.history) == 3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for k in ("test_accuracy", "test_loss", "epochs", "steps", "seconds", "dataset", "arch",
+              "grad", "seed", "jax_version", "jaxcnn_version"):
+        assert k in on_disk, k
+    assert on_disk["jax_version"] == jax.__version__ and on_disk["jaxcnn_version"] == jc.__version__
+    assert on_disk["dataset"] == "digits" and on_disk["grad"] == "manual"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert {"train_loss", "train_accuracy", "test_accuracy", "seconds"} <= set(json.loads(lines[0]))
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "gradient check (hand-written vs jax.grad, 1 batch): worst relative error" in out
+    assert "test accuracy" in out
+
+
+def test_fit_autodiff_and_evaluate(digits):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, xt, yt = subset(digits)
+    result = train.fit(net, params, x, y, xt, yt, optimizer=ADAM, epochs=1, batch_size=BATCH,
+                       grad="autodiff", verbose=False)
+    loss, acc = train.evaluate(net, jc.softmax_cross_entropy, result.params, xt, yt,
+                               batch_size=30)                  # 100 = 3 chunks + a padded one
+    assert math.isclose(loss, result.summary["test_loss"], rel_tol=1e-5)
+    assert acc == result.summary["test_accuracy"]
+
+
+def test_resume_equals_uninterrupted(digits, tmp_path):
+    net = STOCHASTIC_NET      # the step keys matter too
+    params, _ = train.init_params(net, (8, 8, 1), seed=3)
+    x, y, xt, yt = subset(digits)
+    kw = dict(optimizer=ADAM, epochs=3, batch_size=BATCH, seed=3, verbose=False)
+    straight = train.fit(net, params, x, y, xt, yt, **kw)
+    part = train.fit(net, params, x, y, xt, yt, **{**kw, "epochs": 1}, out=tmp_path)
+    assert part.summary["steps"] == 10
+    # a save killed half-way leaves a temporary directory; resume must ignore it
+    junk = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1700000000000000"
+    (junk / "state").mkdir(parents=True)
+    (junk / "state" / "partial").write_bytes(b"\0" * 10)
+    resumed = train.fit(net, params, x, y, xt, yt, **kw, out=tmp_path, resume=True)
+    assert leaves_equal(resumed.params, straight.params)
+    assert leaves_equal(resumed.opt_state, straight.opt_state)
+    assert resumed.history == [{**h, "seconds": r["seconds"]}
+                               for h, r in zip(straight.history, resumed.history)]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not junk.exists()
+
+
+def test_resume_mid_epoch_after_a_kill(digits, tmp_path, monkeypatch):
+    net = STOCHASTIC_NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, _, _ = subset(digits)
+    kw = dict(optimizer=ADAM, epochs=2, batch_size=BATCH, verbose=False, out=tmp_path)
+    straight = train.fit(net, params, x, y, **{**kw, "out": None})
+
+    class Killed(_Bar):
+        def update(self, n):
+            self.n += n
+            if self.n == 13:                   # after step 13: the checkpoint of step 12 exists
+                raise KeyboardInterrupt
+    monkeypatch.setattr(train, "_progress", lambda *a: Killed())
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(net, params, x, y, **kw, checkpoint_every=4)
+    state, meta = train.load_checkpoint(tmp_path)
+    assert meta["step"] == 12 and meta["epoch"] == 1 and len(meta["epoch_losses"]) == 2
+    monkeypatch.undo()
+    resumed = train.fit(net, params, x, y, **kw, checkpoint_every=4, resume=True)
+    assert leaves_equal(resumed.params, straight.params)
+    assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
+
+
+class _Bar:
+    n = 0
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix_str(self, s, refresh=True):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_out_dir_rules(digits, tmp_path):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, _, _ = subset(digits, 40)
+    kw = dict(optimizer=ADAM, epochs=1, batch_size=BATCH, verbose=False, out=tmp_path)
+    with pytest.raises(ValueError, match="nothing to resume: no checkpoint in .*checkpoints"):
+        train.fit(net, params, x, y, **kw, resume=True)
+    train.fit(net, params, x, y, **kw)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train.fit(net, params, x, y, **kw)
+    with pytest.raises(ValueError, match=r"cannot resume: .* made with batch_size=20, "
+                                         r"this run has batch_size=10"):
+        train.fit(net, params, x, y, **{**kw, "batch_size": 10}, resume=True)
+    assert train.fit(net, params, x, y, **kw, overwrite=True).summary["epochs"] == 1
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "2"]
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_path):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, _, _ = subset(digits)
+    x = x.copy()
+    order = train.epoch_order(jax.random.key(0), 0, len(x))
+    x[order[5 * 20]] = 3e38                    # finite, but the forward overflows at step 5
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"non-finite loss \(nan\) at step 5 \(epoch 1, batch 6 of 10\); "
+                             r"training stopped; the last good checkpoint \(step 4\) is kept"
+                       ) as err:
+        train.fit(net, params, x, y, optimizer=ADAM, epochs=2, batch_size=BATCH, out=tmp_path,
+                  checkpoint_every=2, verbose=False)
+    assert err.value.step == 5
+    state, meta = train.load_checkpoint(tmp_path)
+    assert meta["step"] == 4
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state["params"]))
+
+
+@pytest.mark.parametrize("change, exc, message", [
+    (dict(y=np.full(200, 10, np.int32)), ValueError,
+     r"training set: labels must lie in \[0, 10\), got values in \[10, 10\]"),
+    (dict(y=np.arange(200, dtype=np.int32) - 1), ValueError,
+     r"labels must lie in \[0, 10\), got values in \[-1, 198\] \(190 out of range, first at "
+     r"index 0\)"),
+    (dict(x=np.zeros((200, 8, 8), np.float32)), ValueError,
+     r"training set: images of shape \(200, 8, 8\) .* do not fit the network: serial\[0\] "
+     r"Conv2D: expected input of rank 4 \(N, H, W, C\), got shape \(200, 8, 8\)"),
+    (dict(x=np.zeros((200, 1, 1, 1), np.float32)), ValueError,
+     r"images of shape \(200, 1, 1, 1\) .* do not fit the network: serial\[2\] MaxPool2D"),
+    (dict(x=np.zeros((200, 8, 8, 3), np.float32)), ValueError,
+     r"do not fit the network: .*input has 3 channels but the kernel expects 1"),
+    (dict(x=np.zeros((200, 8, 8, 1), np.float64)), TypeError,
+     r"images of shape \(200, 8, 8, 1\) and dtype float64 do not fit the network: .*float32"),
+    (dict(y=np.zeros(199, np.int32)), ValueError, r"expected one label per image, shape \(200,\)"),
+    (dict(y=np.zeros(200, np.float32)), ValueError, r"targets must have shape \(200, 10\)"),
+    (dict(epochs=0), ValueError, "epochs must be a positive integer, got 0"),
+    (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+    (dict(batch_size=2.5), TypeError, "batch_size must be an int, got 2.5"),
+    (dict(batch_size=201), ValueError,
+     r"batch_size \(201\) exceeds the number of training examples \(200\)"),
+    (dict(grad="numeric"), ValueError, "grad must be one of manual, autodiff, got 'numeric'"),
+])
+def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, message):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    args = dict(x=digits.x_train[:200], y=digits.y_train[:200], epochs=1, batch_size=BATCH)
+    args.update(change)
+    with pytest.raises(exc, match=message):
+        train.fit(net, params, args.pop("x"), args.pop("y"), out=tmp_path, verbose=False,
+                  **args)
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_make_optimizer_rejects_unknown_names_and_rates():
+    assert isinstance(train.make_optimizer("momentum", 0.1), optax.GradientTransformation)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; expected one of sgd, "
+                                         "momentum, adam"):
+        train.make_optimizer("rmsprop", 0.1)
+    with pytest.raises(ValueError, match="learning rate must be a positive number, got -1"):
+        train.make_optimizer("sgd", -1)
+
+
+# --- the zoo -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(zoo.ARCHS))
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)])
+def test_zoo_nets_adapt_to_the_input_size(name, shape):
+    net = zoo.get(name, shape)
+    assert zoo._output_shape(net, shape) == (10,)
+    params = jax.eval_shape(lambda k: net.init(k, shape)[0], jax.random.key(0))
+    y = jax.eval_shape(lambda p, x: net.apply(p, x, train=False), params,
+                       jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+    assert y.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", list(zoo.ARCHS))
+def test_zoo_nets_hand_written_gradients_match_autodiff(name, rng):
+    net = zoo.get(name, (8, 8, 1))
+    params, _ = net.init(jax.random.key(0), (8, 8, 1))
+    x = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    c = train.gradient_check(net, jc.softmax_cross_entropy, params, x,
+                             np.array([0, 3, 9], np.int32))
+    assert c.worst < 1e-4, c.errors
+
+
+def test_zoo_layouts():
+    # LeNet-5 at 28x28: C1 28 -> S2 14 -> C3 10 -> S4 5 -> C5 (5x5 kernel) 1x1x120
+    params, _ = zoo.lenet5((28, 28, 1)).init(jax.random.key(0), (28, 28, 1))
+    assert params[6]["w"].shape == (5, 5, 16, 120)
+    # UFLDL: 9x9x20 on 28x28 -> 20x20 -> pooled 10x10x20 = 2000 features
+    params, _ = zoo.ufldl((28, 28, 1)).init(jax.random.key(0), (28, 28, 1))
+    assert params[0]["w"].shape == (9, 9, 1, 20) and params[4]["w"].shape == (2000, 10)
+    # DeepID at its 39x31 patches: conv4 gives 2x1x80 = 160 features into the 160-unit layer
+    params, _ = zoo.deepid((39, 31, 1)).init(jax.random.key(0), (39, 31, 1))
+    assert params[12]["w"].shape == (160, 160)
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'; expected one of small, "
+                                         "lenet5, ufldl, deepid"):
+        zoo.get("vgg", (8, 8, 1))
