@@ -1,4 +1,5 @@
-"""The ``jaxcnn`` command line: ``jaxcnn train ...``, a thin layer over ``jaxcnn.train.fit``.
+"""The ``jaxcnn`` command line: ``jaxcnn train`` (a thin layer over ``jaxcnn.train.fit``) and
+``jaxcnn check`` (over ``jaxcnn.audit.check_grads``).
 
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
@@ -143,9 +144,55 @@ def _run_train(args) -> int:
     return 0
 
 
+# --- jaxcnn check --------------------------------------------------------------------------
+
+def _add_check(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check", help="audit a zoo network's hand-written gradients against jax.grad",
+        description="Compare every layer's hand-written backward with jax.vjp of its forward "
+                    "(and optionally float64 central finite differences) on a random batch, "
+                    "print the table, and exit 1 if any check fails (docs/audit.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", choices=tuple(ARCHS), default=TRAIN_DEFAULTS["arch"],
+                   help="network from jaxcnn.zoo, at its native input size")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--finite-differences", action="store_true",
+                   help="also compare with float64 central differences")
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="params, batch and directions")
+    p.set_defaults(run=_run_check)
+
+
+def _run_check(args) -> int:
+    import inspect
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxcnn import audit, losses, train, zoo
+
+    if args.dtype == "float64" or args.finite_differences:
+        jax.config.update("jax_enable_x64", True)
+    make = zoo.ARCHS[args.arch]
+    shape = tuple(inspect.signature(make).parameters["input_shape"].default)
+    net = make(shape, 10)
+    params, _ = train.init_params(net, shape, args.seed)
+    params = jax.tree_util.tree_map(lambda p: p.astype(args.dtype), params)
+    rng = np.random.default_rng(args.seed)
+    x = jnp.asarray(rng.normal(size=(args.batch_size, *shape)), args.dtype)
+    labels = jnp.asarray(rng.integers(0, 10, size=args.batch_size), jnp.int32)
+    print(f"{args.arch} on a random batch of {args.batch_size} x {shape}, {args.dtype}"
+          f"{', with finite differences' if args.finite_differences else ''}")
+    report = audit.check_grads(net, losses.softmax_cross_entropy, params, x, labels,
+                               key=jax.random.key(args.seed),
+                               finite_differences=args.finite_differences, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
 # --- the dispatcher ------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train,)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_check)
 """One entry per subcommand: a function that adds its parser (with ``run`` set)."""
 
 

@@ -117,3 +117,23 @@ def test_finite_differences_need_float64():
             jc.check_layer(jc.Sigmoid(), (3,), dtype=jnp.float32, finite_differences=True)
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_jaxcnn_check_command(capsys, monkeypatch):
+    from jaxcnn import cli, zoo
+
+    assert cli.main(["check", "--arch", "ufldl", "--dtype", "float64",
+                     "--finite-differences"]) == 0
+    out = capsys.readouterr().out
+    assert "ufldl on a random batch of 4 x (28, 28, 1), float64, with finite differences" in out
+    assert "finite differences" in out and "all " in out and "gradients agree" in out
+
+    def broken(input_shape=(8, 8, 1), num_classes=10):
+        net = zoo.small(input_shape, num_classes)
+        layers = list(net.layers)
+        layers[1] = mutate(layers[1], lambda layer, p, cache, x, delta: ((), delta))  # ReLU' = 1
+        return jc.serial(*layers)
+
+    monkeypatch.setitem(zoo.ARCHS, "small", broken)
+    assert cli.main(["check"]) == 1
+    assert "FAILED: first wrong layer is 1 (ReLU)" in capsys.readouterr().out
