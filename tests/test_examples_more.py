@@ -1,0 +1,68 @@
+"""The training, per-example-gradient and bridge examples run in their fast mode, print what
+they promise, and write real figures."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from test_show import assert_picture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name, *args, timeout=300):
+    """Run ``examples/<name>`` in a fresh process, as a user would; its stdout.
+
+    XLA's backend optimisations are turned off: on a CPU they cost more compile time than the
+    fast mode's few steps gain, and they do not change what is computed.
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg",
+           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                         + " --xla_backend_optimization_level=0").strip()}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def number(pattern, text):
+    return float(re.search(pattern, text).group(1))
+
+
+def test_train_zoo(tmp_path):
+    out = run_example("train_zoo.py", "--fast", "--out", str(tmp_path))
+    for net in ("lenet5", "deepid"):
+        assert f"== {net}\ninput (8, 8, 1)" in out
+        assert_picture(tmp_path / f"train_zoo_{net}_kernels.png", min_hw=(150, 400))
+    assert "total: 21,386 parameters" in out and "total: 63,090 parameters" in out
+    assert out.count("2 epochs in") == 2
+    for worst in re.findall(r"worst relative error ([0-9.e+-]+)", out):
+        assert float(worst) < 1e-4
+    assert_picture(tmp_path / "train_zoo_curves.png")
+    assert "first epoch above 50% test accuracy: lenet5" in out
+
+
+def test_per_example_gradients(tmp_path):
+    out = run_example("per_example_gradients.py", "--fast", "--out", str(tmp_path))
+    assert "one array per parameter with a leading axis of 360" in out
+    assert number(r"batch gradient: max relative difference ([0-9.e+-]+)", out) < 1e-5
+    assert number(r"jax.grad, per example: max relative difference ([0-9.e+-]+)", out) < 1e-5
+    right = number(r"median ([0-9.]+) over the \d+ right", out)
+    wrong = number(r"([0-9.]+) over the \d+ wrong", out)
+    assert wrong > right                   # the mistakes pull hardest
+    assert_picture(tmp_path / "per_example_gradients.png")
+
+
+def test_bridge_in_plain_jax(tmp_path):
+    out = run_example("bridge_in_plain_jax.py", "--fast", "--out", str(tmp_path))
+    assert number(r"through net.apply: max relative difference ([0-9.e+-]+)", out) < 1e-5
+    moved = re.search(r"the gradient moves by ([0-9.]+) \(relative\); by autodiff by "
+                      r"([0-9.e+-]+)", out)
+    assert float(moved.group(1)) > 0.5 and float(moved.group(2)) < 1e-5
+    assert number(r"d logit / d pixels through the bridge vs autodiff: max relative "
+                  r"difference ([0-9.e+-]+)", out) < 1e-5
+    losses = [float(v) for v in re.findall(r"step +\d+: loss ([0-9.]+)", out)]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert "jax.jvp through the bridge: TypeError" in out
+    assert_picture(tmp_path / "bridge_saliency.png")

@@ -1,0 +1,221 @@
+"""``jaxcnn show``: every figure is written, is a real picture, and draws what the library
+computes -- the source's feature map, the routed and sampled pooling positions, receptive fields
+that contain every pixel the unit's gradient reaches."""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import jaxcnn as jc
+from jaxcnn import data, show, train
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ("convolution_5x5.png", "kernels_classic.png", "kernels_learned.png",
+         "features_classic.png", "features_learned.png", "pooling.png", "receptive_field.png")
+MAX_BYTES = 200_000
+
+
+def assert_picture(path, *, min_hw=(150, 400), max_hw=(1400, 2000)):
+    """A PNG of a plausible size whose pixels are not all one colour."""
+    assert os.path.getsize(path) < MAX_BYTES, f"{path}: {os.path.getsize(path)} bytes"
+    pixels = matplotlib.image.imread(path)
+    h, w = pixels.shape[:2]
+    assert min_hw[0] <= h <= max_hw[0] and min_hw[1] <= w <= max_hw[1], (path, pixels.shape)
+    rgb = np.asarray(pixels[..., :3], np.float64)
+    assert rgb.var() > 0.005, f"{path} is (nearly) blank: pixel variance {rgb.var():.2g}"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A real training run's directory: a small conv net, two steps on the digits."""
+    ds = data.load_digits()
+    net = jc.serial(jc.Conv2D(8, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
+                    jc.Dense(10))
+    params, _ = train.init_params(net, ds.image_shape)
+    out = tmp_path_factory.mktemp("run")
+    result = jc.fit(net, params, ds.x_train[:64], ds.y_train[:64], epochs=1, batch_size=32,
+                    out=out, info={"dataset": "digits", "arch": "tiny"}, verbose=False)
+    return out, result.params
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("figures")
+    shown = show.render("all", out, checkpoint=checkpoint[0])
+    return out, {Path(s.path).name: s for s in shown}
+
+
+def test_all_figures_are_written_and_not_blank(rendered):
+    out, shown = rendered
+    assert sorted(shown) == sorted(FILES)
+    for name in FILES:
+        assert shown[name].path == os.path.join(out, name)
+        assert_picture(shown[name].path)
+
+
+def test_the_source_feature_map_with_its_products(rendered):
+    d = rendered[1]["convolution_5x5.png"].data
+    np.testing.assert_array_equal(d["feature_map"], [[4, 3, 4], [2, 4, 3], [2, 3, 4]])
+    np.testing.assert_array_equal(d["products"].sum(axis=(2, 3)), d["feature_map"])
+    np.testing.assert_array_equal(d["products"][0, 0].ravel(), [1, 0, 1, 0, 1, 0, 0, 0, 1])
+
+
+def test_learned_kernels_come_from_the_checkpoint(rendered, checkpoint):
+    w, b, label = show.first_conv_kernel(checkpoint[0])
+    np.testing.assert_array_equal(w, np.asarray(checkpoint[1][0]["w"]))
+    np.testing.assert_array_equal(b, np.asarray(checkpoint[1][0]["b"]))
+    assert label == "tiny trained on digits, step 2"
+    np.testing.assert_array_equal(rendered[1]["kernels_learned.png"].data["kernels"],
+                                  w.sum(axis=2))
+    maps = rendered[1]["features_learned.png"].data["maps"]
+    assert maps.shape[2] == w.shape[3] == 8
+
+
+def test_feature_maps_are_correlations_with_each_kernel(rendered):
+    """One output channel per kernel, each the kernel slid over the photo (not flipped)."""
+    maps = rendered[1]["features_classic.png"].data["maps"]
+    image = show.photo(factor=4)[:, :, 0]
+    assert maps.shape == (image.shape[0] - 2, image.shape[1] - 2, len(show.CLASSIC_KERNELS))
+    for c, kernel in enumerate(show.CLASSIC_KERNELS.values()):
+        for i, j in [(0, 0), (40, 57), (100, 11)]:
+            np.testing.assert_allclose(maps[i, j, c], np.sum(image[i:i + 3, j:j + 3] * kernel),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_figure_routes_spreads_and_samples(rendered):
+    d = rendered[1]["pooling.png"].data
+    a, k = d["input"], 4
+    assert a.shape == (16, 16) and a.min() >= 0 and a.max() > 0
+    windows = a.reshape(4, k, 4, k).transpose(0, 2, 1, 3).reshape(4, 4, k * k)
+    np.testing.assert_allclose(d["y_avg"], windows.mean(axis=2), rtol=1e-6)
+    np.testing.assert_allclose(d["y_max"], windows.max(axis=2), rtol=1e-6)
+    np.testing.assert_allclose(d["dx_avg"], np.full((16, 16), 1 / 16), rtol=1e-6)
+
+    def routed(index):        # delta = 1 sent to one position of each window
+        dx = np.zeros((4, 4, k * k))
+        np.put_along_axis(dx, index[:, :, None], 1.0, axis=2)
+        return dx.reshape(4, 4, k, k).transpose(0, 2, 1, 3).reshape(16, 16)
+
+    np.testing.assert_array_equal(d["dx_max"], routed(d["index_max"]))
+    assert len(d["index_sample"]) == 3
+    for s, index in enumerate(d["index_sample"]):
+        np.testing.assert_array_equal(d[f"dx_sample{s}"], routed(index))
+        chosen = np.take_along_axis(windows, index[:, :, None], axis=2)[:, :, 0]
+        np.testing.assert_array_equal(d[f"y_sample{s}"], chosen)
+        assert np.all((chosen > 0) | (windows.max(axis=2) == 0))      # never a zero entry
+    assert not np.array_equal(d["index_sample"][0], d["index_sample"][1])
+    # test time: the expectation of a draw, and its derivative (eqs. 5.7, 5.8)
+    s_ = windows.sum(axis=2)
+    y = np.where(s_ > 0, (windows ** 2).sum(axis=2) / np.where(s_ > 0, s_, 1), 0)
+    np.testing.assert_allclose(d["y_test"], y, rtol=1e-5)
+    np.testing.assert_allclose(d["y_mean"], y, atol=0.1 * a.max())
+    # the mean routing over many draws approaches p = a / S
+    np.testing.assert_allclose(d["dx_mean"], d["p"], atol=0.08)
+
+
+def test_receptive_fields_contain_the_gradient(rendered):
+    d = rendered[1]["receptive_field.png"].data
+    layers = d["layers"]
+    assert [x["name"] for x in layers] == ["Conv2D", "MaxPool2D"] * 3 + ["Conv2D", "Dense"]
+    rows = d["summary"].rows
+    for x in layers:
+        top, left, h, w = x["field"]
+        assert (h, w) == rows[x["index"]].receptive_field
+        grad = x["grad"]
+        assert grad.max() > 0
+        inside = np.zeros(grad.shape, bool)
+        inside[max(top, 0):top + h, max(left, 0):left + w] = True
+        assert not np.any(grad[~inside]), f"layer {x['index']}: gradient outside its field"
+    assert layers[0]["field"][2:] == (4, 4) and layers[-1]["field"] == (0, 0, 39, 31)
+
+
+def test_receptive_field_placement_is_exact_without_sparsity(tmp_path):
+    """LeNet-5 (sigmoid, average pooling) passes a nonzero residual everywhere, so its gradient
+    fills the field exactly -- also where the field reaches into the padding."""
+    shown = show.plot_receptive_fields(tmp_path / "rf.png", "lenet5")
+    assert_picture(shown.path)
+    for x in shown.data["layers"]:
+        top, left, h, w = x["field"]
+        rows, cols = np.nonzero(x["grad"])
+        assert (rows.min(), cols.min()) == (max(top, 0), max(left, 0)), x["index"]
+        assert (rows.max() + 1, cols.max() + 1) == (min(top + h, 28), min(left + w, 28))
+    c5 = shown.data["layers"][4]
+    assert c5["name"] == "Conv2D" and c5["field"] == (-2, -2, 32, 32)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def run_show(capsys, *args):
+    parser = argparse.ArgumentParser(prog="jaxcnn")
+    show.add_show_command(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args(["show", *map(str, args)])
+    code = parsed.run(parsed)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_command_writes_and_lists_its_figures(tmp_path, capsys, checkpoint):
+    code, out, err = run_show(capsys, "kernels", "--out", tmp_path, "--checkpoint", checkpoint[0])
+    assert code == 0, err
+    written = out.split()
+    assert [Path(p).name for p in written] == ["convolution_5x5.png", "kernels_classic.png",
+                                               "kernels_learned.png"]
+    for p in written:
+        assert_picture(p)
+
+
+def test_command_with_another_photograph(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "photo.png"
+    matplotlib.image.imsave(picture, rng.uniform(size=(64, 48, 3)))
+    code, out, err = run_show(capsys, "receptive-field", "--out", tmp_path, "--image", picture,
+                              "--arch", "lenet5")
+    assert code == 0, err
+    assert_picture(out.strip())
+    assert show.photo((28, 28), path=picture).shape == (28, 28, 1)
+    assert show.photo(path=picture, channels=3, factor=2).shape == (32, 24, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("pooling", "--checkpoint", "x"), "--checkpoint applies to kernels and features, not pooling"),
+    (("kernels", "--arch", "deepid"), "--arch applies to receptive-field, not kernels"),
+    (("kernels", "--image", "x.png"), "--image applies to features and pooling and "
+                                      "receptive-field, not kernels"),
+    (("features", "--image", "{tmp}/missing.png"), "cannot read the image"),
+    (("features", "--image", "{tmp}/notes.txt"), "cannot read the image"),
+    (("features", "--checkpoint", "{tmp}"), "no checkpoints in"),
+])
+def test_command_errors(tmp_path, capsys, args, message):
+    (tmp_path / "notes.txt").write_text("not a picture")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, out, err = run_show(capsys, *args, "--out", tmp_path / "figs")
+    assert code == 2
+    assert err.startswith("jaxcnn show: error: ") and message in err, err
+    assert not (tmp_path / "figs").exists()
+
+
+def test_out_is_required_and_module_entry_point(capsys):
+    assert show.main(["pooling"]) == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_import_jaxcnn_does_not_load_matplotlib():
+    code = ("import sys, jaxcnn, jaxcnn.show; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_without_matplotlib_the_command_says_what_to_install(tmp_path, capsys, monkeypatch):
+    for name in ("matplotlib.cbook", "matplotlib.colors", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)          # import raises ImportError
+    code, _, err = run_show(capsys, "kernels", "--out", tmp_path)
+    assert code == 2
+    assert err.startswith("jaxcnn show: error: ") and "pip install 'jaxcnn[train]'" in err
