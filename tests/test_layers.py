@@ -216,3 +216,22 @@ def test_max_pool_backward_sweep(case, ties):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
     run_case(jc.MaxPool2D(window, strides, padding), shape, dtype, rng, x=x)
+
+
+@pytest.mark.parametrize("method", ["transposed", "scatter"])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID")])
+def test_conv_input_residual_both_formulations(method, strides, dilation, padding):
+    """Eq. 4.5 as a transposed convolution and as matmul + window scatter: both equal jax.vjp."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_backward_input, conv_forward
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
+    w = jnp.asarray(rng.normal(size=(3, 2, 3, 4)))
+    g = geo.window("Conv2D", (11, 10), (3, 2), jc.core.pair("", "", strides),
+                   jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
+    y, vjp = jax.vjp(lambda x: conv_forward(x, w, g, 1), x)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    np.testing.assert_allclose(conv_backward_input(delta, w, g, 1, method=method), vjp(delta)[0],
+                               rtol=1e-12, atol=1e-12)
