@@ -37,24 +37,25 @@ def conv_forward(x: Array, w: Array, g: geo.Window, groups: int, precision=None)
 
 
 def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
-                        precision=None, method: str | None = None) -> Array:
+                        precision=None, method: str = "transposed") -> Array:
     """Eq. 4.5, the input residual: a full convolution of delta with the rotated kernel.
 
     ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C_in // G, F)`` -> ``dx (N, H, W, C_in)``.
 
-    Two formulations of the same sum, chosen per shape by ``method`` (``None``: the one measured
-    faster, see ``_scatter_is_faster``):
+    Two formulations of the same sum (``method``):
 
-    - ``"transposed"``: the forward stride becomes ``s - 1`` zeros between the entries of delta
-      (lhs dilation), the kernel is rotated by 180 degrees with its in/out axes swapped inside
-      each group, and the padding ``k_eff - 1 - lo`` on the top/left makes the correlation
-      "full"; the bottom/right amount is whatever brings the output back to ``H`` (negative = a
-      crop, which also drops the gradient on the forward's padding).
+    - ``"transposed"`` (the default): the forward stride becomes ``s - 1`` zeros between the
+      entries of delta (lhs dilation), the kernel is rotated by 180 degrees with its in/out axes
+      swapped inside each group, and the padding ``k_eff - 1 - lo`` on the top/left makes the
+      correlation "full"; the bottom/right amount is whatever brings the output back to ``H``
+      (negative = a crop, which also drops the gradient on the forward's padding).
     - ``"scatter"`` (``G = 1``): eq. 4.5 read literally -- one matrix product gives every window's
       share ``delta[n,i,j,:] . w[p,q,c,:]``, and the transpose of the window gather (eq. 3.4) adds
-      the shares back where the windows came from.
+      the shares back where the windows came from.  Alone it runs 2-7x faster on XLA's CPU
+      backend for few input channels at stride 1, but it materialises ``kh * kw`` shares per
+      input entry, and inside a whole training step it measured no faster
+      (``docs/performance.md``), so it is not the default.
     """
-    method = method or ("scatter" if _scatter_is_faster(w.shape, g, groups) else "transposed")
     if method == "scatter":
         if groups != 1:
             raise ValueError(f"Conv2D: the scatter form of eq. 4.5 needs groups=1, got {groups}")
@@ -75,15 +76,6 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
         delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
         rhs_dilation=g.dilation, dimension_numbers=_DIMS, feature_group_count=groups,
         precision=precision)
-
-
-def _scatter_is_faster(w_shape, g: geo.Window, groups: int) -> bool:
-    """Measured on XLA's CPU backend (benchmarks/, docs/performance.md): with few input
-    channels the transposed convolution runs far below the machine's speed and the scatter form
-    wins (2-7x at C_in <= 6, stride 1); from 16 channels, or with strides, it loses.  Other
-    backends keep the convolution."""
-    return (groups == 1 and w_shape[2] <= 8 and g.strides == (1, 1)
-            and jax.default_backend() == "cpu")
 
 
 def conv_backward_kernel(x: Array, delta: Array, g: geo.Window, groups: int,
