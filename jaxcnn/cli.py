@@ -1,5 +1,5 @@
-"""The ``jaxcnn`` command line: ``jaxcnn train`` (a thin layer over ``jaxcnn.train.fit``) and
-``jaxcnn check`` (over ``jaxcnn.audit.check_grads``).
+"""The ``jaxcnn`` command line: ``jaxcnn train`` (a thin layer over ``jaxcnn.train.fit``),
+``jaxcnn check`` (over ``jaxcnn.audit.check_grads``) and ``jaxcnn show`` (``jaxcnn.show``).
 
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import jax
 
 from jaxcnn.data import DATASETS
+from jaxcnn.show import add_show_command
 from jaxcnn.train import GRADS, OPTIMIZERS
 from jaxcnn.zoo import ARCHS
 
@@ -52,6 +53,16 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _devices(text: str):
+    if text == "all":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a positive integer, got {text!r}"
+                                         ) from None
 
 
 def _error(command: str, message, code: int) -> int:
@@ -100,14 +111,38 @@ def _add_train(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="N",
                    help="also checkpoint every N steps (0: at the end of each epoch only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "several devices and hosts (docs/scaling.md)",
+        "Data-parallel training: the batch is split over the devices, the gradients averaged. "
+        "For several processes start one per host with the same options and its own "
+        "--process-id; the flags default to $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and "
+        "$JAX_PROCESS_ID.")
+    g.add_argument("--devices", type=_devices, metavar="all|N",
+                   help="train over all devices (of all processes) or the first N; the batch "
+                        "size must divide by their number (default: one device; all of them "
+                        "in a run over several processes)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0 for jax.distributed (all processes pass the "
+                        "same); 'auto' lets JAX detect a Cloud TPU pod, Slurm or Open MPI job")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N",
+                   help="number of processes in the run")
+    g.add_argument("--process-id", type=_non_negative_int, metavar="I",
+                   help="this process's index, 0 .. N-1 (0 prints and writes the outputs)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
-    from jaxcnn import data, train, zoo
+    from jaxcnn import data, distributed, train, zoo
 
     out = args.out or os.path.join("runs", f"{args.dataset}-{args.arch}")
+    try:                            # before anything touches a device
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as err:
+        return _error("train", f"jax.distributed: {err}", 2)
+    devices = args.devices or ("all" if jax.process_count() > 1 else None)
     try:
+        if devices is not None:     # fail before loading the data
+            distributed.check_batch_size(distributed.data_parallel(devices), args.batch_size)
         ds = data.load(args.dataset, args.data_dir)
         try:
             net = zoo.get(args.arch, ds.image_shape, ds.num_classes)
@@ -121,14 +156,16 @@ def _run_train(args) -> int:
         return _error("train", err, 2)
 
     n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
-    print(f"{ds.describe()}\n{args.arch}: {n_params:,} parameters; {args.optimizer} lr "
-          f"{args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, {args.grad} gradients; "
-          f"outputs in {out}")
+    if distributed.is_main():
+        print(f"{ds.describe()}\n{args.arch}: {n_params:,} parameters; {args.optimizer} lr "
+              f"{args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, {args.grad} "
+              f"gradients; outputs in {out}")
     info = {"dataset": ds.name, "arch": args.arch, "optimizer": args.optimizer, "lr": args.lr}
     try:
         train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
                   optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, grad=args.grad, check_grads=args.check_grads, out=out,
+                  seed=args.seed, grad=args.grad, devices=devices,
+                  check_grads=args.check_grads, out=out,
                   resume=args.resume, overwrite=args.overwrite,
                   checkpoint_every=args.checkpoint_every, info=info, verbose=True,
                   progress=not args.quiet)
@@ -192,7 +229,8 @@ def _run_check(args) -> int:
 
 # --- the dispatcher ------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_check)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train, _add_check, add_show_command)
 """One entry per subcommand: a function that adds its parser (with ``run`` set)."""
 
 

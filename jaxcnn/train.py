@@ -140,7 +140,12 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual"
 def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
                grad: str = "manual") -> Callable:
     """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``."""
-    vg = loss_and_grad(net, loss, grad)
+    return update_step(loss_and_grad(net, loss, grad), optimizer)
+
+
+def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``train_step`` for any ``vg(params, x, targets, *, key, train) -> (J, grads)``: the
+    gradients, then the optax update.  (``jaxcnn.distributed`` passes its sharded ``vg``.)"""
 
     def step(params, opt_state, x, targets, key):
         value, grads = vg(params, x, targets, key=key, train=True)
@@ -400,11 +405,21 @@ class _Checkpoints:
         self.manager.save(step, args=args.Composite(state=args.StandardSave(state),
                                                     meta=args.JsonSave(meta)), force=True)
 
-    def restore(self, step: int, template: dict) -> tuple[dict, dict]:
+    def restore(self, step: int, template: dict | None) -> tuple[dict, dict]:
         args = self.ocp.args
+        if template is None:        # onto this process's first device, whatever the saving
+            template = self._on_one_device(step)       # run's devices were (docs/scaling.md)
         r = self.manager.restore(step, args=args.Composite(
             state=args.StandardRestore(template), meta=args.JsonRestore()))
         return r["state"], r["meta"]
+
+    def _on_one_device(self, step: int) -> dict:
+        saved = self.ocp.StandardCheckpointHandler().metadata(
+            self.manager.directory / str(step) / "state")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+            getattr(saved, "tree", saved))
 
     def close(self) -> None:
         self.manager.close()
@@ -448,6 +463,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         loss: Loss = softmax_cross_entropy,
         optimizer: optax.GradientTransformation | None = None,
         epochs: int = 10, batch_size: int = 32, seed: int = 0, grad: str = "manual",
+        devices: str | int | list | None = None,
         check_grads: int = 0, grad_tol: float | None = None,
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = 0, info: dict | None = None, verbose: bool = True,
@@ -464,6 +480,12 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
       epochs: the total number of epochs (a resumed run continues up to it); batch_size: the
         mini-batch size, at most ``len(x_train)``; seed: data order and per-step keys.
       grad: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
+      devices: ``None``: one device, as above.  ``"all"``, a number or a list of devices:
+        data-parallel over a mesh of them (``jaxcnn.distributed``; docs/scaling.md) -- each
+        step shards the batch (``batch_size`` must divide by the device count), replicates
+        params and optimizer state, and averages the hand-written gradients across devices.
+        Needed, and the same on every process, in a ``jax.distributed`` run; there only
+        process 0 prints and writes files.
       check_grads: every ``check_grads`` steps (0: never) compare the hand-written gradients
         with ``jax.grad`` on the step's batch; beyond ``grad_tol`` (default
         ``default_tolerance(params)``) raise ``GradientMismatchError``.  The comparison is also
@@ -506,13 +528,24 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                          f"({n_train})")
     optimizer = make_optimizer("adam", 1e-3) if optimizer is None else optimizer
     grad_tol = default_tolerance(params) if grad_tol is None else float(grad_tol)
+    plan = None
+    if devices is not None:
+        from jaxcnn import distributed
+        plan = distributed.data_parallel(devices)
+        distributed.check_batch_size(plan, batch_size)
+    elif jax.process_count() > 1:
+        raise ValueError(f"this is one of {jax.process_count()} processes (jax.distributed): "
+                         f"pass devices='all' to train over the devices of all of them")
+    main = plan is None or distributed.is_main()      # prints and writes the run's files
     steps_per_epoch = n_train // batch_size
     config = {"n_train": n_train, "batch_size": batch_size, "seed": seed, "grad": grad,
               **(info or {})}
-    log = print_fn if verbose else (lambda _: None)
+    log = print_fn if verbose and main else (lambda _: None)
 
     key = jax.random.key(seed)
     opt_state = optimizer.init(params)
+    if plan is not None:             # a full copy on every device (orbax saves global arrays)
+        params, opt_state = distributed.replicate(plan, (params, opt_state))
     order = epoch_order(key, 0, n_train)
     start_step, history, epoch_losses, seconds_before = 0, [], [], 0.0
 
@@ -529,18 +562,22 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
             if not overwrite:
                 raise ValueError(f"{out} already holds a run (checkpoints in {ckpt_dir}); "
                                  f"resume it, choose another output directory, or overwrite it")
-            shutil.rmtree(ckpt_dir)
-            for name in OUTPUT_FILES:
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
+            if main:
+                shutil.rmtree(ckpt_dir)
+                for name in OUTPUT_FILES:
+                    if os.path.exists(os.path.join(out, name)):
+                        os.remove(os.path.join(out, name))
         os.makedirs(out, exist_ok=True)
+        if plan is not None:
+            distributed.sync("jaxcnn.fit: output directory checked")
         ckpt = _Checkpoints(ckpt_dir)
     elif resume:
         raise ValueError("resume needs the output directory that holds the checkpoints (out)")
 
     def state(order_):
-        return {"params": params, "opt_state": opt_state,
-                "key": jax.random.key_data(key), "order": order_}
+        key_data = jax.random.key_data(key)
+        return {"params": params, "opt_state": opt_state, "order": order_,
+                "key": key_data if plan is None else distributed.replicate(plan, key_data)}
 
     try:
         if ckpt is not None and resume:
@@ -556,6 +593,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
             # are reused (orbax's arrays carry a committed sharding, a different jit cache key)
             restored = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), restored)
             params, opt_state = restored["params"], restored["opt_state"]
+            if plan is not None:
+                params, opt_state = distributed.replicate(plan, (params, opt_state))
             key = jax.random.wrap_key_data(jnp.asarray(restored["key"]))
             order = np.asarray(restored["order"])
             history, epoch_losses = meta["history"], meta["epoch_losses"]
@@ -563,6 +602,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
             log(f"resuming from the checkpoint at step {start_step} (epoch "
                 f"{start_step // steps_per_epoch} of {epochs}) in {ckpt_dir}")
         start_epoch = start_step // steps_per_epoch
+        local = (lambda tree: tree) if plan is None else distributed.host_copy
 
         def save(step_, order_):
             if ckpt is not None:
@@ -572,15 +612,28 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                     "seconds": seconds_before + time.perf_counter() - t_start})
 
         step_key = jax.random.fold_in(key, _STEP)
-        x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
-        step_fn = _indexed_step(net, loss, optimizer, grad)
+        if plan is None:
+            x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
+            step_fn = _indexed_step(net, loss, optimizer, grad)
+
+            def run_step(params, opt_state, index, step_):
+                return step_fn(params, opt_state, x_dev, y_dev, index, step_key, step_)
+        else:                        # each process sends only its rows of the batch
+            step_fn = distributed.fit_step(net, loss, optimizer, grad, plan)
+            step_key_dev = distributed.replicate(plan, step_key)
+
+            def run_step(params, opt_state, index, step_):
+                return step_fn(params, opt_state, distributed.shard_batch(plan, x_train, index),
+                               distributed.shard_batch(plan, y_train, index), step_key_dev,
+                               step_)
         errors_fn, names = _grad_errors(net, loss), _leaf_names(net, params)
 
         def check(step_, index, stage):
             k = jax.random.fold_in(step_key, step_)
-            c = _check(errors_fn, names, params, x_train[index], y_train[index], k)
+            c = _check(errors_fn, names, local(params), x_train[index], y_train[index], k)
             if not c.worst <= grad_tol:
-                audit = audit_grads(net, loss, params, x_train[index], y_train[index], key=k)
+                audit = audit_grads(net, loss, local(params), x_train[index], y_train[index],
+                                    key=k)
                 raise GradientMismatchError(
                     f"{stage}: hand-written and jax.grad gradients diverge at step {step_}: "
                     f"relative error above {grad_tol:.0e} in {c.report(grad_tol)}"
@@ -588,6 +641,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                     f"{audit}", c, audit)
             return c
 
+        if plan is not None:
+            log(f"data-parallel over {plan.describe()}: batch {batch_size}, "
+                f"{batch_size // plan.size} per device")
         first = check(start_step, order[:batch_size], "gradient check before training")
         log(first.line())
         if start_step == 0:
@@ -595,8 +651,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
 
         evaluator = _evaluator(net, loss, EVAL_BATCH)
         n_eval = min(n_train, 10_000)
-        bar = _progress(verbose if progress is None else progress, epochs * steps_per_epoch,
-                        start_step)
+        bar = _progress((verbose if progress is None else progress) and main,
+                        epochs * steps_per_epoch, start_step)
         step = start_step
         try:
             for epoch in range(start_epoch, epochs):
@@ -608,7 +664,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                 for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
                     if check_grads and step % check_grads == 0 and step != start_step:
                         check(step, batches[b], "gradient check")
-                    new = step_fn(params, opt_state, x_dev, y_dev, batches[b], step_key, step)
+                    new = run_step(params, opt_state, batches[b], step)
                     value = float(new[2])
                     if not math.isfinite(value):
                         raise NonFiniteLossError(
@@ -625,8 +681,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                     if checkpoint_every and step % checkpoint_every == 0 \
                             and b != steps_per_epoch - 1:
                         save(step, order)
-                _, train_acc = evaluator(params, x_train[:n_eval], y_train[:n_eval])
-                test_loss, test_acc = (evaluator(params, x_test, y_test)
+                _, train_acc = evaluator(local(params), x_train[:n_eval], y_train[:n_eval])
+                test_loss, test_acc = (evaluator(local(params), x_test, y_test)
                                        if x_test is not None else (None, None))
                 history.append({
                     "epoch": epoch + 1, "step": step,
@@ -637,7 +693,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                 epoch_losses = []
                 bar.set_postfix_str(_postfix(epoch, epochs, history[-1]["train_loss"], history))
                 save(step, epoch_order(key, epoch + 1, n_train))
-                if out is not None:
+                if out is not None and main:
                     _write_atomic(os.path.join(out, "metrics.jsonl"),
                                   "".join(json.dumps(h) + "\n" for h in history))
         finally:
@@ -658,8 +714,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         "parameters": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),
         "jax_version": jax.__version__, "jaxcnn_version": _version(),
         "device": jax.devices()[0].device_kind,
+        **({} if plan is None else {"devices": plan.size, "processes": plan.processes}),
     }
-    if out is not None:
+    if out is not None and main:
         _write_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names = [str(info[k]) for k in ("dataset", "arch") if k in (info or {})]
         plot_curves(history, os.path.join(out, "curves.png"),

@@ -1,0 +1,342 @@
+"""Data-parallel training over a mesh of devices: the batch sharded, the parameters replicated.
+
+One mesh axis, ``"batch"``, over the chosen devices of every process::
+
+    mesh        jax.make_mesh((D,), ("batch",))       D devices, over all processes
+    x, targets  NamedSharding(mesh, P("batch"))       device d holds B/D rows of the batch
+    params      NamedSharding(mesh, P())              every device holds all of them,
+    opt_state   NamedSharding(mesh, P())              and so does every process
+
+A step is ``jax.shard_map`` of the single-device ``value_and_grad`` over the batch axis, then
+``lax.pmean`` of the loss and the gradients, then the optax update (``train.update_step``) of
+the replicated parameters::
+
+    (J_d, g_d) = value_and_grad(params, x_d, t_d, key=fold_in(key, d))   on device d   (1)
+    (J, g)     = pmean_d (J_d, g_d) = (1/D) sum_d (J_d, g_d)                            (2)
+
+The losses divide by their batch size (eqs. 2.5, 2.6), so ``J_d`` and ``g_d`` are means over
+the B/D rows of device d, and (2) is the mean over all B rows: the single-device step on the
+same global batch, up to the order of float additions.
+
+Why ``shard_map`` and not a sharding-annotated ``jit`` (both are XLA SPMD):
+
+- every device runs exactly the code the tests prove -- the hand-written ``value_and_grad`` on
+  a batch -- and the only communication is the one all-reduce of (2), written where it
+  happens.  Under a sharded ``jit`` XLA's partitioner would decide how to split the hand-written
+  backward (the kernel gradient, eq. 4.4, is a convolution that contracts over the sharded
+  batch axis), and what it decided could only be read from the compiled HLO;
+- with ``check_vma=True`` (the default, kept) a forgotten ``pmean`` fails at trace time: the
+  per-device gradients vary over ``"batch"`` and ``out_specs=P()`` demands invariant ones;
+- a shard's position, ``lax.axis_index("batch")``, exists only inside it: (1) folds it into the
+  key, so stochastic pooling draws differently on each shard, reproducibly from the seed.
+
+The price of (1): a stochastic net's draws depend on D (a run resumed on another device count
+continues correctly but is not the uninterrupted run, draw for draw); deterministic nets
+agree across device counts to float rounding.
+
+``jax.grad`` inside ``shard_map`` needs care: with ``check_vma=True`` the gradient with respect
+to a replicated input is already summed over devices (the transpose of its implicit broadcast),
+while the hand-written backward returns each device's own gradient.  So ``grad="autodiff"``
+differentiates the mean loss ``pmean(J_d)`` -- whose gradient is (2) -- rather than ``J_d``,
+whose summed gradient would be D times too large.
+
+Several processes (hosts): ``initialize`` starts ``jax.distributed`` before JAX touches a
+device; the mesh then spans every process's devices, each process feeds only its own rows of
+each batch (``shard_batch``: ``jax.make_array_from_process_local_data``) and holds a full copy
+of the replicated state.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxcnn.core import Array, Layer, Params
+from jaxcnn.losses import Loss
+from jaxcnn.network import value_and_grad
+from jaxcnn.train import GRADS, _memo, update_step
+
+BATCH = "batch"
+"""The mesh axis the batch is sharded over."""
+
+ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+"""Environment variables ``initialize`` reads for arguments not given.  ``jax.distributed``
+reads the first itself; jaxcnn reads the other two (JAX's cluster detection -- Slurm, Open MPI,
+Cloud TPU, Kubernetes -- fills in what is still missing)."""
+
+
+class DataParallel(NamedTuple):
+    """A one-axis mesh (``"batch"``) and its two shardings; hashable, so compiled steps are
+    cached per mesh."""
+
+    mesh: Mesh
+
+    @property
+    def size(self) -> int:
+        """D, the number of devices the batch is sharded over (all processes)."""
+        return self.mesh.devices.size
+
+    @property
+    def batch(self) -> NamedSharding:
+        """The batch axis (axis 0) split over the devices."""
+        return NamedSharding(self.mesh, P(BATCH))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """A full copy on every device."""
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def processes(self) -> int:
+        """The number of processes whose devices are in the mesh."""
+        return len({d.process_index for d in self.mesh.devices.flat})
+
+    def describe(self) -> str:
+        """``"8 cpu devices"``, ``"2 cpu devices in 2 processes"``."""
+        kind = self.mesh.devices.flat[0].device_kind
+        procs = f" in {self.processes} processes" if self.processes > 1 else ""
+        return f"{self.size} {kind} device{'s' if self.size > 1 else ''}{procs}"
+
+
+def data_parallel(devices: str | int | Sequence = "all") -> DataParallel:
+    """The mesh for ``devices``: ``"all"`` (every device of every process), ``n`` (the first
+    ``n``, an equal share from each process), or a list of ``jax.Device`` or device ids.
+
+    Every process of a ``jax.distributed`` run must contribute devices: it feeds its own rows
+    of each batch to them.
+    """
+    chosen = _select(devices)
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"devices: each device may appear once, got {_ids(chosen)}")
+    missing = sorted(set(range(jax.process_count())) - {d.process_index for d in chosen})
+    if missing:
+        raise ValueError(f"devices: every process must hold at least one of the devices "
+                         f"(it feeds its rows of each batch to them); processes {missing} hold "
+                         f"none of {_ids(chosen)}")
+    return DataParallel(jax.make_mesh((len(chosen),), (BATCH,), axis_types=(AxisType.Auto,),
+                                      devices=chosen))
+
+
+def _ids(devices) -> list[int]:
+    return [d.id for d in devices]
+
+
+def _select(devices) -> list:
+    available = jax.devices()
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices must be 'all', a number of devices or a list of devices, "
+                             f"got {devices!r}")
+        return list(available)
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        n, procs = int(devices), jax.process_count()
+        if not 1 <= n <= len(available):
+            raise ValueError(f"devices={n}, but {len(available)} device"
+                             f"{'s are' if len(available) > 1 else ' is'} available "
+                             f"({available[0].platform}); pass devices='all' or a number from "
+                             f"1 to {len(available)}")
+        if n % procs:
+            raise ValueError(f"devices={n} must divide by the number of processes ({procs}): "
+                             f"each process contributes the same number of its devices")
+        share = n // procs
+        return [d for p in range(procs)
+                for d in [d for d in available if d.process_index == p][:share]]
+    if isinstance(devices, (list, tuple)) and devices:
+        by_id = {d.id: d for d in available}
+        chosen = []
+        for d in devices:
+            if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+                if int(d) not in by_id:
+                    raise ValueError(f"devices: no device with id {d}; the ids are "
+                                     f"{sorted(by_id)}")
+                d = by_id[int(d)]
+            elif not isinstance(d, jax.Device):
+                raise TypeError(f"devices: expected jax.Device objects or device ids, got "
+                                f"{type(d).__name__}")
+            chosen.append(d)
+        return chosen
+    raise TypeError(f"devices must be 'all', a number of devices or a non-empty list of "
+                    f"devices, got {devices!r}")
+
+
+def check_batch_size(plan: DataParallel, batch_size: int) -> None:
+    """Each device gets the same number of rows: ``batch_size`` must divide by D."""
+    if batch_size % plan.size:
+        lower = batch_size - batch_size % plan.size
+        raise ValueError(
+            f"batch_size ({batch_size}) must divide by the number of devices ({plan.size}): "
+            f"each device takes batch_size / {plan.size} rows; try "
+            f"{', '.join(str(b) for b in (lower, lower + plan.size) if b > 0)}")
+
+
+# --- placing data ------------------------------------------------------------------------------
+
+def replicate(plan: DataParallel, tree: Any) -> Any:
+    """Every array of ``tree`` as a global array with a full copy on each device of the mesh.
+
+    Each process passes the same values (params from the same seed, or one checkpoint).
+    """
+    def put(a):
+        if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(a)),
+                                            impl=jax.random.key_impl(a))
+        value = np.asarray(a)
+        return jax.make_array_from_callback(value.shape, plan.replicated,
+                                            lambda index: value[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def local_rows(plan: DataParallel, batch_size: int) -> np.ndarray:
+    """The rows ``0 .. batch_size - 1`` of a global batch that this process's devices hold,
+    in the order ``jax.make_array_from_process_local_data`` expects them."""
+    index_map = plan.batch.addressable_devices_indices_map((batch_size,))
+    blocks = sorted({index[0].indices(batch_size)[:2] for index in index_map.values()})
+    return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
+def shard_batch(plan: DataParallel, array: np.ndarray, index: np.ndarray) -> Array:
+    """The global batch ``array[index]`` sharded over the mesh; this process reads, and sends
+    to its devices, only its own rows of it (``index`` is the same on every process)."""
+    mine = index[local_rows(plan, len(index))]
+    return jax.make_array_from_process_local_data(plan.batch, np.asarray(array[mine]),
+                                                  (len(index), *array.shape[1:]))
+
+
+def host_copy(tree: Any) -> Any:
+    """This process's copy of replicated arrays, as NumPy arrays (for evaluation and checks
+    on one device, and for saving)."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+def shard_key(key: Array | None) -> Array | None:
+    """Inside ``shard_map``: shard d's key, ``fold_in(key, d)`` -- eq. (1)."""
+    return None if key is None else jax.random.fold_in(key, lax.axis_index(BATCH))
+
+
+def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual"
+                  ) -> Callable[..., tuple[Array, Params]]:
+    """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` over the global batch.
+
+    ``x`` and ``targets`` are sharded over ``"batch"`` (``shard_batch``), ``params`` and
+    ``key`` replicated; ``J`` and ``grads`` come back replicated.  ``grad="manual"``: each
+    device's hand-written ``value_and_grad``, then ``pmean`` -- eqs. (1), (2).
+    ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss ``pmean(J_d)``.
+    """
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    vg = value_and_grad(net, loss)
+
+    def manual(params, x, targets, key, train):
+        value, grads = vg(params, x, targets, key=shard_key(key), train=train)
+        return lax.pmean((value, grads), BATCH)
+
+    def autodiff(params, x, targets, key, train):
+        def mean_loss(p):
+            y = net.apply(p, x, key=shard_key(key), train=train)
+            return lax.pmean(loss.value(y, targets), BATCH)
+        # already the mean over devices: transposing the broadcast of the replicated params
+        # sums the per-device gradients of pmean(J_d), each (1/D) g_d
+        return jax.value_and_grad(mean_loss)(params)
+
+    local = manual if grad == "manual" else autodiff
+
+    def f(params, x, targets, *, key=None, train=True):
+        mapped = jax.shard_map(
+            lambda p, xs, ts, k: local(p, xs, ts, k, train), mesh=plan.mesh,
+            in_specs=(P(), P(BATCH), P(BATCH), P()), out_specs=(P(), P()))
+        return mapped(params, x, targets, key)
+
+    return f
+
+
+def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+              plan: DataParallel, grad: str = "manual") -> Callable:
+    """The data-parallel ``train.make_step``: jitted ``(params, opt_state, x, targets, key) ->
+    (params, opt_state, J)`` with ``x``, ``targets`` sharded (``shard_batch``) and the rest
+    replicated (``replicate``).  ``key`` is the step's key; shard d draws from
+    ``fold_in(key, d)``.
+    """
+    step = update_step(loss_and_grad(net, loss, plan, grad), optimizer)
+    rep = plan.replicated
+    return jax.jit(step, out_shardings=(rep, rep, rep))
+
+
+@_memo
+def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, grad: str,
+             plan: DataParallel) -> Callable:
+    """``fit``'s step on a mesh: ``(params, opt_state, x, targets, step_key, step)`` with the
+    forward's key ``fold_in(step_key, step)``, as the single-device step."""
+    update = update_step(loss_and_grad(net, loss, plan, grad), optimizer)
+
+    def step_fn(params, opt_state, x, targets, step_key, step):
+        return update(params, opt_state, x, targets, jax.random.fold_in(step_key, step))
+
+    rep = plan.replicated
+    return jax.jit(step_fn, out_shardings=(rep, rep, rep))
+
+
+# --- several processes -------------------------------------------------------------------------
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Start ``jax.distributed`` for a run over several processes; call it first, before JAX
+    uses a device.  Returns whether it started (``False``: one process, nothing to do).
+
+    Arguments not given come from ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0),
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; ``coordinator="auto"`` leaves all three to
+    JAX's cluster detection (Cloud TPU pods, Slurm, Open MPI, Kubernetes).  With none of them
+    set, nothing happens.  Every process runs the same program with its own ``process_id``.
+    """
+    env_num, env_id = (os.environ.get(name) for name in ENV[1:])
+    num_processes = _env_int(ENV[1], env_num) if num_processes is None else num_processes
+    process_id = _env_int(ENV[2], env_id) if process_id is None else process_id
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return True
+    coordinator = coordinator or os.environ.get(ENV[0]) or None
+    if coordinator is None and num_processes is None and process_id is None:
+        return False
+    if coordinator is None or num_processes is None or process_id is None:
+        given = {"coordinator": coordinator, "num_processes": num_processes,
+                 "process_id": process_id}
+        missing = [k for k, v in given.items() if v is None]
+        raise ValueError(f"a run over several processes needs the coordinator address "
+                         f"(host:port of process 0), the number of processes and this "
+                         f"process's id; missing {', '.join(missing)} (flags or {', '.join(ENV)}"
+                         f"; or coordinator 'auto' on a TPU pod, Slurm or Open MPI)")
+    if ":" not in coordinator:
+        raise ValueError(f"the coordinator address must be host:port, got {coordinator!r}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must lie in [0, num_processes), got process_id="
+                         f"{process_id}, num_processes={num_processes}")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def _env_int(name: str, text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+
+
+def is_main() -> bool:
+    """Process 0: the one that prints and writes the run's files."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Wait until every process gets here (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

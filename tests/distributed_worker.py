@@ -1,0 +1,172 @@
+"""Data-parallel checks on emulated CPU devices, run by tests/test_distributed.py.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/distributed_worker.py OUT
+
+The device count is fixed when JAX starts, and the test process has already started it with
+one device, so these checks run here, in a fresh process, under the test suite's settings
+(float64 enabled, strict dtype promotion, rank promotion "raise", warnings as errors).  Each
+check writes its arrays and messages to ``OUT/<check>.npz``; the tests assert on them, so a
+failure shows up as a named pytest failure, not a crashed subprocess.
+"""
+import os
+import sys
+import warnings
+
+if "jax" in sys.modules:
+    raise RuntimeError("distributed_worker must start JAX itself (XLA_FLAGS sets the devices)")
+warnings.simplefilter("error")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax import lax  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import jaxcnn as jc  # noqa: E402
+from jaxcnn import data, distributed as dist, train  # noqa: E402
+
+LOSS = jc.softmax_cross_entropy
+ADAM = optax.adam(1e-2)
+NET = jc.serial(jc.Conv2D(6, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
+                jc.Dense(10))
+STOCHASTIC_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME"), jc.ReLU(), jc.StochasticPool2D(2),
+                           jc.Flatten(), jc.Dense(10))
+DIGITS = data.load_digits()
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def save(out: str, name: str, **arrays) -> None:
+    flat = {}
+    for key, value in arrays.items():
+        if isinstance(value, list):
+            flat.update({f"{key}/{i}": a for i, a in enumerate(value)})
+        else:
+            flat[key] = np.asarray(value)
+    np.savez(os.path.join(out, name + ".npz"), **flat)
+
+
+def error_of(fn) -> str:
+    try:
+        fn()
+    except (ValueError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+def check_step(out: str) -> None:
+    """One step on a global batch of 32 over 8 devices vs one device; the gradients of both
+    sharded modes; what the two classic mistakes would give."""
+    plan = dist.data_parallel("all")
+    params, _ = train.init_params(NET, (8, 8, 1))
+    x, y = DIGITS.x_train[:32], DIGITS.y_train[:32]
+    index = np.arange(32)
+    xs, ys = dist.shard_batch(plan, DIGITS.x_train, index), dist.shard_batch(plan, DIGITS.y_train,
+                                                                             index)
+    rparams = dist.replicate(plan, params)
+
+    value1, grads1 = jax.jit(jc.value_and_grad(NET, LOSS))(params, x, y)
+    sharded = {g: jax.jit(dist.loss_and_grad(NET, LOSS, plan, g))(rparams, xs, ys)
+               for g in train.GRADS}
+
+    # the mixing mistake: jax.grad of each device's own loss, then pmean.  With check_vma the
+    # gradient for the replicated params is already summed over devices: D times too large
+    def naive(p, xs_, ys_):
+        g = jax.grad(lambda q: LOSS.value(NET.apply(q, xs_), ys_))(p)
+        return lax.pmean(g, dist.BATCH)
+    naive_grads = jax.jit(jax.shard_map(naive, mesh=plan.mesh, in_specs=(P(), P(dist.BATCH),
+                                        P(dist.BATCH)), out_specs=P()))(rparams, xs, ys)
+
+    # the forgetting mistake: per-device gradients returned as if replicated
+    def no_pmean():
+        vg = jc.value_and_grad(NET, LOSS)
+        f = jax.shard_map(lambda p, a, b: vg(p, a, b)[1], mesh=plan.mesh,
+                          in_specs=(P(), P(dist.BATCH), P(dist.BATCH)), out_specs=P())
+        jax.jit(f)(rparams, xs, ys)
+
+    step1 = train.make_step(NET, LOSS, ADAM)(params, ADAM.init(params), x, y, None)
+    step8 = dist.make_step(NET, LOSS, ADAM, plan)(rparams, dist.replicate(plan, ADAM.init(params)),
+                                                  xs, ys, None)
+    save(out, "step", devices=plan.size, value1=value1, grads1=leaves(grads1),
+         value_manual=sharded["manual"][0], grads_manual=leaves(sharded["manual"][1]),
+         value_autodiff=sharded["autodiff"][0], grads_autodiff=leaves(sharded["autodiff"][1]),
+         grads_naive=leaves(naive_grads), no_pmean=error_of(no_pmean),
+         params1=leaves(step1[0]), params8=leaves(step8[0]), loss1=step1[2], loss8=step8[2],
+         params8_sharding=str(jax.tree_util.tree_leaves(step8[0])[0].sharding),
+         x_sharding=str(xs.sharding), x_shard_rows=xs.addressable_shards[0].data.shape[0])
+
+
+def check_stochastic(out: str) -> None:
+    """Shard d draws from fold_in(key, d): on a batch whose 8 shards are the same 4 images the
+    shards pool differently, and the step's gradient is the mean of the 8 single-device
+    gradients with those keys."""
+    plan = dist.data_parallel(8)
+    params, _ = train.init_params(STOCHASTIC_NET, (8, 8, 1), seed=1)
+    x4, y4 = DIGITS.x_train[:4], DIGITS.y_train[:4]
+    index = np.tile(np.arange(4), 8)
+    xs, ys = dist.shard_batch(plan, DIGITS.x_train, index), dist.shard_batch(plan, DIGITS.y_train,
+                                                                             index)
+    key = jax.random.key(7)
+    rparams, rkey = dist.replicate(plan, params), dist.replicate(plan, key)
+
+    pooled = jax.jit(jax.shard_map(
+        lambda p, a, k: STOCHASTIC_NET.layers[2].apply((), STOCHASTIC_NET.layers[1].apply(
+            (), STOCHASTIC_NET.layers[0].apply(p[0], a)), key=dist.shard_key(k)),
+        mesh=plan.mesh, in_specs=(P(), P(dist.BATCH), P()), out_specs=P(dist.BATCH)))(
+        rparams, xs, rkey)
+    value8, grads8 = jax.jit(dist.loss_and_grad(STOCHASTIC_NET, LOSS, plan))(rparams, xs, ys,
+                                                                             key=rkey)
+    vg = jax.jit(jc.value_and_grad(STOCHASTIC_NET, LOSS))
+    per_shard = [vg(params, x4, y4, key=jax.random.fold_in(key, d)) for d in range(8)]
+    mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / 8, *[g for _, g in per_shard])
+
+    kw = dict(optimizer=ADAM, epochs=2, batch_size=16, devices="all", verbose=False)
+    x, y = DIGITS.x_train[:96], DIGITS.y_train[:96]
+    run_a = train.fit(STOCHASTIC_NET, params, x, y, seed=3, **kw)
+    run_b = train.fit(STOCHASTIC_NET, params, x, y, seed=3, **kw)
+    run_c = train.fit(STOCHASTIC_NET, params, x, y, seed=4, **kw)
+    save(out, "stochastic", pooled=pooled, value8=value8, grads8=leaves(grads8),
+         values1=np.array([v for v, _ in per_shard]), mean_grads=leaves(mean_grads),
+         shard_grads0=leaves(per_shard[0][1]), shard_grads1=leaves(per_shard[1][1]),
+         run_a=leaves(run_a.params), run_b=leaves(run_b.params), run_c=leaves(run_c.params))
+
+
+def check_fit(out: str) -> None:
+    """A short run on 8 devices vs one device; a checkpoint of the 8-device run resumed on 2;
+    the batch-size and device-count errors."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    x, y = DIGITS.x_train[:160], DIGITS.y_train[:160]
+    xt, yt = DIGITS.x_test[:80], DIGITS.y_test[:80]
+    kw = dict(optimizer=ADAM, epochs=3, batch_size=16, verbose=False)
+    single = train.fit(NET, params, x, y, xt, yt, **kw)
+    sharded = train.fit(NET, params, x, y, xt, yt, devices="all", **kw)
+    run = os.path.join(out, "run8")
+    train.fit(NET, params, x, y, xt, yt, **{**kw, "epochs": 1}, devices=8, out=run)
+    resumed = train.fit(NET, params, x, y, xt, yt, **kw, devices=[0, 1], out=run, resume=True)
+    save(out, "fit", single=leaves(single.params), sharded=leaves(sharded.params),
+         resumed=leaves(resumed.params),
+         single_losses=[h["train_loss"] for h in single.history],
+         sharded_losses=[h["train_loss"] for h in sharded.history],
+         resumed_losses=[h["train_loss"] for h in resumed.history],
+         summary_devices=[sharded.summary["devices"], resumed.summary["devices"]],
+         odd_batch=error_of(lambda: train.fit(NET, params, x, y, **{**kw, "batch_size": 20},
+                                              devices=8)),
+         too_many=error_of(lambda: train.fit(NET, params, x, y, **kw, devices=9)),
+         repeated=error_of(lambda: dist.data_parallel([0, 0])),
+         unknown=error_of(lambda: dist.data_parallel([99])))
+
+
+CHECKS = {"step": check_step, "stochastic": check_stochastic, "fit": check_fit}
+
+if __name__ == "__main__":
+    out_dir = sys.argv[1]
+    for name in sys.argv[2:] or CHECKS:
+        CHECKS[name](out_dir)

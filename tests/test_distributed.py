@@ -1,0 +1,304 @@
+"""Data-parallel training (jaxcnn.distributed): on 8 emulated CPU devices, and over two
+jax.distributed processes on the loopback interface.
+
+This process started JAX with one CPU device, and the device count is fixed at start-up, so
+the multi-device checks run in subprocesses: ``tests/distributed_worker.py`` (8 devices, once
+per module; its results are asserted here) and the two-process example of docs/scaling.md.
+Every subprocess is bounded by a timeout.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import jaxcnn as jc
+from jaxcnn import cli, data, distributed as dist, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300            # seconds for any one subprocess; the whole file takes well under 60 s
+F32 = dict(rtol=1e-5, atol=1e-7)     # one step, float32
+RUN_F32 = dict(rtol=1e-4, atol=1e-6)  # a few epochs of steps, float32
+# the worker's net and optimizer (tests/distributed_worker.py), for runs continued here
+NET = jc.serial(jc.Conv2D(6, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
+                jc.Dense(10))
+ADAM = optax.adam(1e-2)
+
+
+def env(devices: int = 1, **extra) -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_"))}
+    e.update(JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONPATH=str(ROOT), **extra)
+    if devices > 1:
+        e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return e
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """Run every check of tests/distributed_worker.py on 8 devices; their arrays by name."""
+    out = tmp_path_factory.mktemp("worker")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "distributed_worker.py"),
+                           str(out)], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=env(devices=8), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def load(name):
+        with np.load(out / f"{name}.npz") as f:
+            flat = {k: f[k] for k in f.files}
+        arrays = {}
+        for k, v in flat.items():
+            if "/" in k:
+                key, i = k.split("/")
+                arrays.setdefault(key, {})[int(i)] = v
+            else:
+                arrays[k] = v[()] if v.dtype.kind == "U" else v
+        return {k: [v[i] for i in sorted(v)] if isinstance(v, dict) else v
+                for k, v in arrays.items()}
+
+    results = {name: load(name) for name in ("step", "stochastic", "fit")}
+    results["run8"] = out / "run8"
+    return results
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def assert_trees_close(a, b, tol):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+# --- one step on 8 devices ------------------------------------------------------------------
+
+def test_the_batch_is_sharded_and_the_params_replicated(worker):
+    r = worker["step"]
+    assert r["devices"] == 8
+    assert "spec=P('batch',)" in r["x_sharding"] and r["x_shard_rows"] == 4      # 32 / 8
+    assert "spec=P()" in r["params8_sharding"]
+
+
+@pytest.mark.parametrize("grad", ["manual", "autodiff"])
+def test_averaged_gradient_equals_the_single_device_gradient(worker, grad):
+    r = worker["step"]
+    np.testing.assert_allclose(r[f"value_{grad}"], r["value1"], **F32)
+    assert_trees_close(r[f"grads_{grad}"], r["grads1"], F32)
+
+
+def test_jax_grad_of_each_device_loss_is_summed_over_devices(worker):
+    # the subtlety the autodiff mode avoids: with check_vma, jax.grad with respect to the
+    # replicated params already sums the per-device gradients, so a pmean after it leaves a
+    # factor D = 8 that the hand-written (per-device) gradients do not have
+    r = worker["step"]
+    assert_trees_close(r["grads_naive"], [8 * g for g in r["grads1"]], F32)
+
+
+def test_a_forgotten_pmean_fails_at_trace_time(worker):
+    message = worker["step"]["no_pmean"]
+    assert message.startswith("ValueError: shard_map applied to the function")
+    assert "out_specs is P() which implies that the corresponding output value is replicated " \
+           "across mesh axis 'batch'" in message
+
+
+def test_one_sharded_step_equals_the_single_device_step(worker):
+    r = worker["step"]
+    np.testing.assert_allclose(r["loss8"], r["loss1"], **F32)
+    assert_trees_close(r["params8"], r["params1"], F32)
+
+
+# --- stochastic pooling --------------------------------------------------------------------
+
+def test_shards_draw_differently_from_the_same_images(worker):
+    r = worker["stochastic"]
+    pooled = r["pooled"].reshape(8, 4, *r["pooled"].shape[1:])    # 8 shards of the same 4 images
+    for a in range(8):
+        for b in range(a):
+            assert not np.array_equal(pooled[a], pooled[b]), (a, b)
+    assert not np.allclose(r["shard_grads0"][0], r["shard_grads1"][0])
+
+
+def test_the_step_uses_fold_in_of_the_shard_index(worker):
+    # the 8-device gradient is the mean of single-device gradients with keys fold_in(key, d)
+    r = worker["stochastic"]
+    np.testing.assert_allclose(r["value8"], np.mean(r["values1"]), **F32)
+    assert_trees_close(r["grads8"], r["mean_grads"], F32)
+
+
+def test_a_sharded_stochastic_run_is_reproducible_from_its_seed(worker):
+    r = worker["stochastic"]
+    assert all(np.array_equal(a, b) for a, b in zip(r["run_a"], r["run_b"]))
+    assert not np.allclose(r["run_a"][0], r["run_c"][0])
+
+
+# --- fit -----------------------------------------------------------------------------------
+
+def test_a_short_sharded_run_ends_where_the_single_device_run_does(worker):
+    r = worker["fit"]
+    np.testing.assert_allclose(r["sharded_losses"], r["single_losses"], **RUN_F32)
+    assert_trees_close(r["sharded"], r["single"], RUN_F32)
+    assert list(r["summary_devices"]) == [8, 2]
+
+
+def test_a_checkpoint_resumes_on_another_device_count(worker, tmp_path):
+    # 1 epoch on 8 devices, then epochs 2-3 on 2 devices (in the worker) ...
+    r = worker["fit"]
+    assert_trees_close(r["resumed"], r["single"], RUN_F32)
+    # ... then epoch 4 here, on this process's one device, without devices=
+    digits = data.load_digits()
+    x, y = digits.x_train[:160], digits.y_train[:160]
+    xt, yt = digits.x_test[:80], digits.y_test[:80]
+    params, _ = train.init_params(NET, (8, 8, 1))
+    kw = dict(optimizer=ADAM, epochs=4, batch_size=16, verbose=False)
+    shutil.copytree(worker["run8"], tmp_path / "run")
+    resumed = train.fit(NET, params, x, y, xt, yt, **kw, out=tmp_path / "run", resume=True)
+    straight = train.fit(NET, params, x, y, xt, yt, **kw)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert "devices" not in resumed.summary
+    assert_trees_close(leaves(resumed.params), leaves(straight.params), RUN_F32)
+
+
+def test_device_and_batch_errors_name_the_numbers(worker):
+    r = worker["fit"]
+    assert r["odd_batch"] == ("ValueError: batch_size (20) must divide by the number of devices "
+                              "(8): each device takes batch_size / 8 rows; try 16, 24")
+    assert r["too_many"] == ("ValueError: devices=9, but 8 devices are available (cpu); pass "
+                             "devices='all' or a number from 1 to 8")
+    assert r["repeated"] == "ValueError: devices: each device may appear once, got [0, 0]"
+    assert r["unknown"] == ("ValueError: devices: no device with id 99; the ids are "
+                            "[0, 1, 2, 3, 4, 5, 6, 7]")
+
+
+# --- in this process: one device -----------------------------------------------------------
+
+@pytest.mark.parametrize("devices, exc, message", [
+    (2, ValueError, r"devices=2, but 1 device is available \(cpu\); pass devices='all' or a "
+                    r"number from 1 to 1"),
+    ("some", ValueError, "devices must be 'all', a number of devices or a list of devices, "
+                         "got 'some'"),
+    (True, TypeError, "devices must be 'all', a number of devices or a non-empty list"),
+    ([], TypeError, "devices must be 'all', a number of devices or a non-empty list"),
+    (["cpu:0"], TypeError, "devices: expected jax.Device objects or device ids, got str"),
+])
+def test_bad_devices_are_refused(devices, exc, message):
+    with pytest.raises(exc, match=message):
+        dist.data_parallel(devices)
+
+
+def test_one_device_mesh_trains_like_the_plain_path():
+    digits = data.load_digits()
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    params, _ = train.init_params(NET, (8, 8, 1))
+    kw = dict(optimizer=ADAM, epochs=1, batch_size=16, verbose=False)
+    meshed = train.fit(NET, params, x, y, devices="all", **kw)
+    plain = train.fit(NET, params, x, y, **kw)
+    assert meshed.summary["devices"] == 1 and meshed.summary["processes"] == 1
+    assert_trees_close(leaves(meshed.params), leaves(plain.params), F32)
+
+
+@pytest.fixture
+def no_distributed_env(monkeypatch):
+    for name in dist.ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_initialize_without_flags_or_environment_is_a_no_op(no_distributed_env):
+    assert dist.initialize() is False
+    assert not jax.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("args, environ, message", [
+    (("127.0.0.1:1234",), {}, "missing num_processes, process_id"),
+    ((None, 2, 0), {}, "missing coordinator"),
+    ((), {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_PROCESS_ID": "0"},
+     "missing num_processes"),
+    ((), {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer, got 'two'"),
+    (("127.0.0.1", 2, 0), {}, "the coordinator address must be host:port, got '127.0.0.1'"),
+    (("127.0.0.1:1234", 2, 2), {}, r"process_id must lie in \[0, num_processes\), got "
+                                   r"process_id=2, num_processes=2"),
+])
+def test_initialize_says_what_is_missing(no_distributed_env, args, environ, message):
+    for name, value in environ.items():
+        no_distributed_env.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        dist.initialize(*args)
+    assert not jax.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "0"], "argument --devices: must be 'all' or a positive integer, got '0'"),
+    (["--devices", "2"], "devices=2, but 1 device is available (cpu)"),
+    (["--devices", "1", "--batch-size", "0"], "must be a positive integer, got '0'"),
+    (["--coordinator", "127.0.0.1:1234"], "jax.distributed: a run over several processes needs "
+                                          "the coordinator address"),
+    (["--num-processes", "2", "--process-id", "0"], "missing coordinator"),
+])
+def test_cli_refuses_bad_scaling_options(no_distributed_env, tmp_path, capsys, args, message):
+    code = cli.main(["train", *args, "--epochs", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "jaxcnn train: error: " in err and message in err
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# --- two processes, jax.distributed over the loopback interface ----------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_params(out: Path) -> list[np.ndarray]:
+    state, _ = train.load_checkpoint(out)
+    return leaves(state["params"])
+
+
+def test_two_processes_train_as_one(tmp_path, capsys):
+    """docs/scaling.md's two-process example: ``jaxcnn train`` twice on this machine, one CPU
+    device each, process 0 the coordinator on 127.0.0.1; the same run in one process over two
+    emulated devices, and on one device."""
+    options = ["train", "--arch", "ufldl", "--epochs", "1", "--quiet"]
+    port = free_port()
+    two = [subprocess.Popen(
+        [sys.executable, "-m", "jaxcnn.cli", *options, "--out", str(tmp_path / "two"),
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=env(JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")) for i in range(2)]
+    outputs = []
+    try:
+        for proc in two:
+            outputs.append(proc.communicate(timeout=120))
+    finally:
+        for proc in two:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for proc, (_, err) in zip(two, outputs):
+        assert proc.returncode == 0, err[-4000:]
+    one = subprocess.run([sys.executable, "-m", "jaxcnn.cli", *options, "--devices", "all",
+                          "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=TIMEOUT, cwd=ROOT, env=env(devices=2))
+    assert one.returncode == 0, one.stderr[-4000:]
+    assert cli.main([*options, "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+
+    out0, out1 = outputs[0][0], outputs[1][0]
+    assert "data-parallel over 2 cpu devices in 2 processes: batch 32, 16 per device" in out0
+    assert "test accuracy" in out0                            # only process 0 prints
+    assert "parameters" not in out1 and "test accuracy" not in out1
+    assert "data-parallel over 2 cpu devices: batch 32, 16 per device" in one.stdout
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (summary["devices"], summary["processes"], summary["steps"]) == (2, 2, 44)
+    two_params = final_params(tmp_path / "two")
+    # the same program: two processes over gloo or one over two threads, bit for bit
+    assert all(np.array_equal(a, b) for a, b in zip(two_params, final_params(tmp_path / "one")))
+    assert_trees_close(two_params, final_params(tmp_path / "plain"), RUN_F32)
