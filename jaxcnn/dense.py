@@ -77,9 +77,9 @@ def Dense(features: int, use_bias: bool = True, *,
 
 
 class FlattenCache(NamedTuple):
-    """What ``Flatten.forward`` saves: the input shape (static)."""
+    """What ``Flatten.forward`` saves: the input's shape and dtype (static)."""
 
-    shape: Static
+    input: Static
 
 
 def Flatten() -> Layer:
@@ -95,12 +95,12 @@ def Flatten() -> Layer:
         if getattr(x, "ndim", 0) < 2:
             raise ValueError(f"{name}: expected an input with a batch axis and at least one "
                              f"more, got shape {getattr(x, 'shape', None)}")
-        return x.reshape(x.shape[0], -1), FlattenCache(Static(x.shape))
+        return x.reshape(x.shape[0], -1), FlattenCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)))
 
     def backward(params, cache, delta):
         check_no_params(name, params)
-        shape = cache.shape.value
-        check_delta(name, delta, (shape[0], math.prod(shape[1:])))
+        shape = cache.input.value.shape
+        check_delta(name, delta, (shape[0], math.prod(shape[1:])), cache.input.value.dtype)
         return (), delta.reshape(shape)
 
     def apply(params, x, *, key=None, train=True):

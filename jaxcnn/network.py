@@ -65,8 +65,9 @@ def serial(*layers: Layer) -> Layer:
     def backward(params, cache, delta):
         params = checked(params)
         if not isinstance(cache, tuple) or len(cache) != len(layers):
+            got = len(cache) if isinstance(cache, tuple) else type(cache).__name__
             raise ValueError(f"serial: expected a cache of {len(layers)} entries from this "
-                             f"network's forward, got {type(cache).__name__}")
+                             f"network's forward, got {got}")
         grads = [None] * len(layers)
         for i in reversed(range(len(layers))):
             try:

@@ -23,13 +23,13 @@ from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_i
 class PoolCache(NamedTuple):
     """What a pooling forward saves.
 
-    ``shape``: the input shape (static).  ``index``: the window position each output took its
+    ``input``: the input's shape and dtype (static, a ``jax.ShapeDtypeStruct``).  ``index``: the window position each output took its
     value from (max: the first maximum; stochastic, training: the sampled one), ``(N, H_out,
     W_out, C)`` ints, or ``None``.  ``x``: the input, kept only by stochastic pooling at test
     time, whose derivative depends on every entry of the window (eq. 5.8); ``None`` otherwise.
     """
 
-    shape: Static
+    input: Static
     index: Array | None = None
     x: Array | None = None
 
@@ -68,9 +68,9 @@ def _pool_layer(name: str, window, strides, padding,
 
     def backward_(params, cache, delta):
         check_no_params(name, params)
-        shape = cache.shape.value
+        shape, dtype = cache.input.value.shape, cache.input.value.dtype
         g = geometry(shape[1:3])
-        check_delta(name, delta, (shape[0], *g.out_hw, shape[3]))
+        check_delta(name, delta, (shape[0], *g.out_hw, shape[3]), dtype)
         return (), geo.unpad(backward(cache, delta, g), g)
 
     def apply_(params, x, *, key=None, train=True):
@@ -79,6 +79,10 @@ def _pool_layer(name: str, window, strides, padding,
 
     return Layer(init, forward_, backward_, apply_, name, config=config(
         kind="window", size=window, strides=strides, dilation=(1, 1), padding=padding))
+
+
+def _static(x: Array) -> Static:
+    return Static(jax.ShapeDtypeStruct(x.shape, x.dtype))
 
 
 def _route(index: Array, delta: Array, g: geo.Window) -> Array:
@@ -121,7 +125,7 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
     def forward(x, g, key, train):
         total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, (1, *g.size, 1),
                                   (1, *g.strides, 1), ((0, 0), *g.padding, (0, 0)))
-        return total / divisor(g, x.dtype), PoolCache(Static(x.shape))
+        return total / divisor(g, x.dtype), PoolCache(_static(x))
 
     def backward(cache, delta, g):
         share = delta / divisor(g, delta.dtype)                                   # eq. 5.2
@@ -155,7 +159,7 @@ def MaxPool2D(window, strides=None, padding="VALID") -> Layer:
     def forward(x, g, key, train):
         win = geo.windows(geo.pad(x, g, -jnp.inf), g)
         index = jnp.argmax(win, axis=3)          # argmax returns the first of tied maxima
-        return _take(win, index), PoolCache(Static(x.shape), index)
+        return _take(win, index), PoolCache(_static(x), index)
 
     def apply(x, g, key, train):
         # a NumPy init value lets lax recognise the max monoid, which jax.grad can transpose
@@ -192,7 +196,7 @@ def StochasticPool2D(window, strides=None) -> Layer:
         if not train:
             s = jnp.sum(win, axis=3)
             y = jnp.where(s > 0, jnp.sum(win * win, axis=3) / jnp.where(s > 0, s, 1), 0)
-            return y, PoolCache(Static(x.shape), x=x)                             # eq. 5.7
+            return y, PoolCache(_static(x), x=x)                             # eq. 5.7
         if key is None:
             raise ValueError(f"{name}: training mode draws one position per window and needs "
                              f"a key: forward(params, x, key=jax.random.key(...)); pass "
@@ -201,7 +205,7 @@ def StochasticPool2D(window, strides=None) -> Layer:
         logits = jnp.where(win > 0, jnp.log(jnp.where(win > 0, win, 1)), -jnp.inf)
         index = jax.random.categorical(key, logits, axis=3)
         index = jnp.where(jnp.any(win > 0, axis=3), index, 0)
-        return _take(win, index), PoolCache(Static(x.shape), index)
+        return _take(win, index), PoolCache(_static(x), index)
 
     def backward(cache, delta, g):
         if cache.index is not None:

@@ -46,6 +46,6 @@ def assert_backward_matches(layer, params, x, **kw):
 
 
 def init_as(layer, input_shape, dtype, seed=0):
-    """``layer.init`` with params cast to ``dtype``; checks ``init``'s shape against forward."""
+    """``layer.init`` with params cast to ``dtype``; returns ``(params, output_shape)``."""
     params, out_shape = layer.init(jax.random.key(seed), input_shape)
     return jax.tree.map(lambda p: p.astype(dtype), params), out_shape

@@ -153,3 +153,25 @@ def test_out_of_range_labels_under_jit_make_the_loss_nan():
     delta = jax.jit(jc.softmax_cross_entropy.delta)(logits, labels)
     assert np.isnan(float(value))
     assert np.all(np.isnan(delta[1])) and np.all(np.isfinite(np.asarray(delta)[[0, 2]]))
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (jc.AvgPool2D(2), (1, 4, 4, 1)), (jc.MaxPool2D(2), (1, 4, 4, 1)),
+    (jc.StochasticPool2D(2), (1, 4, 4, 1)), (jc.Flatten(), (2, 2, 2, 1)),
+    (jc.Sigmoid(), (2, 3)), (jc.Conv2D(2, 3), (1, 5, 5, 1)), (jc.Dense(2), (3, 4)),
+])
+def test_delta_of_the_wrong_dtype(layer, shape):
+    params, _ = layer.init(KEY, shape[1:])
+    y, cache = layer.forward(params, x_of(*shape), key=KEY)
+    with pytest.raises(TypeError, match=f"{layer.name}: backward got delta of dtype float64, "
+                                        f"expected float32"):
+        layer.backward(params, cache, jnp.ones(y.shape, jnp.float64))
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    logits = jnp.asarray([[1e4, 0.0, -1e4], [-3e4, 3e4, 0.0]], jnp.float32)
+    labels = jnp.asarray([0, 0])
+    value = jc.softmax_cross_entropy.value(logits, labels)
+    delta = jc.softmax_cross_entropy.delta(logits, labels)
+    np.testing.assert_allclose(float(value), (0.0 + 6e4) / 2, rtol=1e-6)
+    np.testing.assert_allclose(delta, [[0, 0, 0], [-0.5, 0.5, 0]], atol=1e-7)

@@ -33,3 +33,14 @@ def test_audit_walkthrough_names_each_planted_mistake():
     assert "FAILED: first wrong layer is 1 (ScaledTanh)" in sections[3]
     assert "FAILED: first wrong layer is 4 (Sigmoid)" in sections[4]
     assert "FAILED: first wrong layer is 0 (Conv2D)" in sections[5]
+
+
+def test_train_digits_reaches_98_percent():
+    """The default net on the bundled digits: at least 98% test accuracy (not a timed test)."""
+    out = run_example("train_digits.py")
+    lines = [line for line in out.splitlines() if "test accuracy" in line]
+    assert len(lines) == 2
+    for line in lines:
+        accuracy = float(line.split("test accuracy")[1].split("%")[0])
+        assert accuracy >= 98.0, line
+        assert float(line.rsplit("grad check", 1)[1]) < 1e-4, line
