@@ -29,6 +29,20 @@ from jaxcnn import zoo
 LR, MOMENTUM = 0.01, 0.9
 
 
+def autodiff_step(loss, params):
+    """The jitted step ``(state, x, y) -> (state, J)`` of ``jax.value_and_grad(loss)`` + SGD."""
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(state, x, y):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(loss)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return step, (params, opt.init(params))
+
+
 def jaxcnn_step(grad):
     net = zoo.lenet5((28, 28, 1), 10)
     loss = jc.softmax_cross_entropy
@@ -73,21 +87,13 @@ def plain_jax_step():
     g = jax.nn.initializers.glorot_normal()
     shapes = [(5, 5, 1, 6), (5, 5, 6, 16), (5, 5, 16, 120), (120, 84), (84, 10)]
     params = [(g(ki, s, jnp.float32), jnp.zeros(s[-1], jnp.float32)) for ki, s in zip(k, shapes)]
-    opt = optax.sgd(LR, momentum=MOMENTUM)
 
     def loss(p, x, y):
         logits = forward(p, x)
         return jnp.mean(jax.nn.logsumexp(logits, axis=1)
                         - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0])
 
-    @jax.jit
-    def step(state, x, y):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(loss)(params, x, y)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    return step, (params, opt.init(params))
+    return autodiff_step(loss, params)
 
 
 def flax_step():
@@ -103,19 +109,11 @@ def flax_step():
 
     model = LeNet5()
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1), jnp.float32))
-    opt = optax.sgd(LR, momentum=MOMENTUM)
 
     def loss(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
 
-    @jax.jit
-    def step(state, x, y):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(loss)(params, x, y)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    return step, (params, opt.init(params))
+    return autodiff_step(loss, params)
 
 
 def equinox_step():

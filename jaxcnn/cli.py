@@ -25,34 +25,24 @@ TRAIN_DEFAULTS = {"dataset": "digits", "arch": "small", "epochs": 30, "batch_siz
 """``jaxcnn train``'s defaults: >= 98% test accuracy on the digits in seconds (docs/training.md)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _parsed(convert: Callable, valid: Callable, what: str) -> Callable[[str], object]:
+    """An argparse ``type``: ``convert`` the text, then require ``valid`` of the value."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+_positive_int = _parsed(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _parsed(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _parsed(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def _devices(text: str):
