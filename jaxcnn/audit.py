@@ -34,6 +34,8 @@ from jaxcnn.core import Layer
 from jaxcnn.losses import Loss
 from jaxcnn.network import _keys, value_and_grad
 
+__all__ = ["TOLERANCES", "FD_STEP", "Row", "GradReport", "compare", "check_grads", "check_layer"]
+
 TOLERANCES = {"float32": 1e-4, "float64": 1e-9, "finite differences": 1e-5}
 """Largest relative error that passes: by the dtype of the comparison, and for the float64
 central finite differences (step ``FD_STEP``), whose truncation error dominates."""

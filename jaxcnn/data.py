@@ -19,6 +19,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "DATASETS", "IDX_FILES", "Dataset", "check_arrays", "load", "load_digits",
+    "load_idx_dataset", "read_idx", "find_idx_files", "write_idx",
+]
+
 DATASETS = ("digits", "mnist", "fashion-mnist")
 """Names accepted by ``load`` (and ``jaxcnn train --dataset``)."""
 

@@ -11,34 +11,38 @@ A step is ``jax.shard_map`` of the single-device ``value_and_grad`` over the bat
 ``lax.pmean`` of the loss and the gradients, then the optax update (``train.update_step``) of
 the replicated parameters::
 
-    (J_d, g_d) = value_and_grad(params, x_d, t_d, key=fold_in(key, d))   on device d   (1)
-    (J, g)     = pmean_d (J_d, g_d) = (1/D) sum_d (J_d, g_d)                            (2)
+    shard step   (J_d, g_d) = value_and_grad(params, x_d, t_d, key=fold_in(key, d))  on device d
+    device mean  (J, g)     = pmean_d (J_d, g_d) = (1/D) sum_d (J_d, g_d)
+
+The shard step is eq. 6.2 of docs/derivation.md (forward, the loss's output residual, the
+hand-written backward of eq. 6.1) on device d's rows; the device mean is the one all-reduce.
 
 The losses divide by their batch size (eqs. 2.5, 2.6), so ``J_d`` and ``g_d`` are means over
-the B/D rows of device d, and (2) is the mean over all B rows: the single-device step on the
-same global batch, up to the order of float additions.
+the B/D rows of device d, and the device mean is the mean over all B rows: the single-device
+step on the same global batch, up to the order of float additions.
 
 Why ``shard_map`` and not a sharding-annotated ``jit`` (both are XLA SPMD):
 
 - every device runs exactly the code the tests prove -- the hand-written ``value_and_grad`` on
-  a batch -- and the only communication is the one all-reduce of (2), written where it
-  happens.  Under a sharded ``jit`` XLA's partitioner would decide how to split the hand-written
-  backward (the kernel gradient, eq. 4.4, is a convolution that contracts over the sharded
-  batch axis), and what it decided could only be read from the compiled HLO;
+  a batch -- and the only communication is the one all-reduce of the device mean, written
+  where it happens.  Under a sharded ``jit`` XLA's partitioner would decide how to split the
+  hand-written backward (the kernel gradient, eq. 4.4, is a convolution that contracts over
+  the sharded batch axis), and what it decided could only be read from the compiled HLO;
 - with ``check_vma=True`` (the default, kept) a forgotten ``pmean`` fails at trace time: the
   per-device gradients vary over ``"batch"`` and ``out_specs=P()`` demands invariant ones;
-- a shard's position, ``lax.axis_index("batch")``, exists only inside it: (1) folds it into the
-  key, so stochastic pooling draws differently on each shard, reproducibly from the seed.
+- a shard's position, ``lax.axis_index("batch")``, exists only inside it: the shard step
+  folds it into the key, so stochastic pooling draws differently on each shard, reproducibly
+  from the seed.
 
-The price of (1): a stochastic net's draws depend on D (a run resumed on another device count
-continues correctly but is not the uninterrupted run, draw for draw); deterministic nets
-agree across device counts to float rounding.
+The price of the per-shard key: a stochastic net's draws depend on D (a run resumed on another
+device count continues correctly but is not the uninterrupted run, draw for draw);
+deterministic nets agree across device counts to float rounding.
 
 ``jax.grad`` inside ``shard_map`` needs care: with ``check_vma=True`` the gradient with respect
 to a replicated input is already summed over devices (the transpose of its implicit broadcast),
 while the hand-written backward returns each device's own gradient.  So ``grad="autodiff"``
-differentiates the mean loss ``pmean(J_d)`` -- whose gradient is (2) -- rather than ``J_d``,
-whose summed gradient would be D times too large.
+differentiates the mean loss ``pmean(J_d)`` -- whose gradient is the device mean -- rather
+than ``J_d``, whose summed gradient would be D times too large.
 
 Several processes (hosts): ``initialize`` starts ``jax.distributed`` before JAX touches a
 device; the mesh then spans every process's devices, each process feeds only its own rows of
@@ -61,13 +65,20 @@ from jaxcnn.losses import Loss
 from jaxcnn.network import value_and_grad
 from jaxcnn.train import GRADS, _memo, update_step
 
+__all__ = [
+    "BATCH", "ENV", "DataParallel", "data_parallel", "check_batch_size",
+    "replicate", "local_rows", "shard_batch", "host_copy",
+    "shard_key", "loss_and_grad", "make_step", "fit_step",
+    "initialize", "is_main", "sync",
+]
+
 BATCH = "batch"
 """The mesh axis the batch is sharded over."""
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-"""Environment variables ``initialize`` reads for arguments not given.  ``jax.distributed``
-reads the first itself; jaxcnn reads the other two (JAX's cluster detection -- Slurm, Open MPI,
-Cloud TPU, Kubernetes -- fills in what is still missing)."""
+"""Environment variables ``initialize`` reads for arguments not given (``jax.distributed``
+also reads the first itself; JAX's cluster detection -- Slurm, Open MPI, Cloud TPU,
+Kubernetes -- fills in what is still missing)."""
 
 
 class DataParallel(NamedTuple):
@@ -217,7 +228,8 @@ def host_copy(tree: Any) -> Any:
 # --- the step ----------------------------------------------------------------------------------
 
 def shard_key(key: Array | None) -> Array | None:
-    """Inside ``shard_map``: shard d's key, ``fold_in(key, d)`` -- eq. (1)."""
+    """Inside ``shard_map``: shard d's key, ``fold_in(key, d)`` (the shard step of the
+    module docstring)."""
     return None if key is None else jax.random.fold_in(key, lax.axis_index(BATCH))
 
 
@@ -227,7 +239,8 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
 
     ``x`` and ``targets`` are sharded over ``"batch"`` (``shard_batch``), ``params`` and
     ``key`` replicated; ``J`` and ``grads`` come back replicated.  ``grad="manual"``: each
-    device's hand-written ``value_and_grad``, then ``pmean`` -- eqs. (1), (2).
+    device's hand-written ``value_and_grad`` (eq. 6.2 on its rows), then ``pmean`` -- the
+    shard step and the device mean of the module docstring.
     ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss ``pmean(J_d)``.
     """
     if grad not in GRADS:

@@ -20,9 +20,14 @@ import jax
 
 from jaxcnn.core import Layer
 
+__all__ = ["Summary", "SummaryRow", "summary"]
+
 
 @dataclasses.dataclass(frozen=True)
 class SummaryRow:
+    """One layer of a ``Summary``: its position, name, output shape, parameters, FLOPs and
+    receptive field."""
+
     index: str               # position in the network, "3" or "1.2" for nested serials
     name: str
     output_shape: tuple[int, ...]

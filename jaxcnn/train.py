@@ -39,6 +39,14 @@ from jaxcnn.data import check_arrays
 from jaxcnn.losses import Loss, softmax_cross_entropy
 from jaxcnn.network import value_and_grad
 
+__all__ = [
+    "GRADS", "OPTIMIZERS", "CHECKPOINT_DIR", "EVAL_BATCH", "OUTPUT_FILES",
+    "TrainingError", "NonFiniteLossError", "GradientMismatchError",
+    "make_optimizer", "loss_and_grad", "train_step", "update_step", "make_step",
+    "init_params", "epoch_order", "GradCheck", "gradient_check", "default_tolerance",
+    "evaluate", "plot_curves", "load_checkpoint", "FitResult", "fit",
+]
+
 GRADS = ("manual", "autodiff")
 """How a step gets its gradient: the hand-written backward, or ``jax.grad`` of the same forward."""
 

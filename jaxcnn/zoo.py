@@ -32,6 +32,8 @@ from jaxcnn.dense import Dense, Flatten
 from jaxcnn.network import serial
 from jaxcnn.pool import AvgPool2D, MaxPool2D
 
+__all__ = ["small", "lenet5", "ufldl", "deepid", "ARCHS", "get"]
+
 _he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations' scale
 _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
 
