@@ -1,12 +1,18 @@
 """The source's worked examples, computed with jaxcnn and printed.
 
-    python examples/seed_walkthrough.py
+    python examples/seed_walkthrough.py [--out DIR]
+
+Writes two figures to DIR (default ``figures``): ``seed_convolution_5x5.png`` (example 2) and
+``seed_pooling.png`` (example 3, forward and backward of the three poolings).
 
 1. the polynomial product (x^2+3x+2)(2x+5) as the convolution of coefficient vectors (eq. 4.1);
 2. the 5x5 binary image and 3x3 kernel giving the 3x3 feature map (eq. 4.2);
 3. average, max and stochastic pooling of one small map, forward and backward (eqs. 5.1-5.8);
 4. one sigmoid layer's residuals by the source's formulas next to jax.grad (eqs. 1.4-2.5).
 """
+import argparse
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,9 +92,23 @@ def sigmoid_residuals():
     print(f"largest difference, hand-written vs jax.grad: {worst:.1e}")
 
 
+def figures(out):
+    from jaxcnn import show   # matplotlib: pip install 'jaxcnn[train]'
+
+    print("\n== Figures")
+    a = np.asarray([[1, 2, 0, 0], [3, 4, 0, 1], [0, 1, 5, 5], [2, 0, 5, 1]], np.float32)
+    for shown in (show.plot_convolution_5x5(os.path.join(out, "seed_convolution_5x5.png")),
+                  show.plot_pooling(os.path.join(out, "seed_pooling.png"), a, window=2)):
+        print(shown.path)
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The source's worked examples, with jaxcnn.")
+    parser.add_argument("--out", default="figures", help="where the figures go")
+    args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
     polynomial_product()
     feature_map()
     poolings()
     sigmoid_residuals()
+    figures(args.out)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_show import assert_picture
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,8 +17,10 @@ def run_example(name, *args, timeout=300):
     return out.stdout
 
 
-def test_seed_walkthrough():
-    out = run_example("seed_walkthrough.py")
+def test_seed_walkthrough(tmp_path):
+    out = run_example("seed_walkthrough.py", "--out", str(tmp_path))
+    for name in ("seed_convolution_5x5.png", "seed_pooling.png"):
+        assert_picture(tmp_path / name)
     assert "[1, 3, 2] * [2, 5] = [2, 11, 19, 10]" in out
     assert "delta = [1, 3, 2]: [2, 11, 19, 10]" in out
     assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
@@ -25,8 +29,9 @@ def test_seed_walkthrough():
     assert worst < 1e-12
 
 
-def test_audit_walkthrough_names_each_planted_mistake():
-    out = run_example("audit_a_new_layer.py")
+def test_audit_walkthrough_names_each_planted_mistake(tmp_path):
+    out = run_example("audit_a_new_layer.py", "--out", str(tmp_path))
+    assert_picture(tmp_path / "audit_planted_mistakes.png", min_hw=(200, 500))
     sections = out.split("== ")
     assert "all 2 gradients agree" in sections[1] and "FAIL" not in sections[1]
     assert "all 19 gradients agree" in sections[2]
