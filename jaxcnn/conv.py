@@ -15,7 +15,7 @@ from jax import lax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
-                         check_param, config, pair, positive_int)
+                         check_param, config, pair, positive_int, apply_from_forward)
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -175,9 +175,6 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
             grads["b"] = jnp.sum(delta, axis=(0, 1, 2))                          # eq. 4.3
         return grads, conv_backward_input(delta, w, g, groups, precision)      # eq. 4.5
 
-    def apply(params, x, *, key=None, train=True):
-        return forward(params, x, key=key, train=train)[0]
-
-    return Layer(init, forward, backward, apply, name, config=config(
+    return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(
         kind="window", size=kernel_size, strides=strides, dilation=dilation, padding=padding,
         features=features, groups=groups, use_bias=use_bias))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, check_param, config, positive_int)
+                         check_no_params, check_param, config, positive_int, apply_from_forward)
 
 
 class DenseCache(NamedTuple):
@@ -69,10 +69,7 @@ def Dense(features: int, use_bias: bool = True, *,
             grads["b"] = jnp.sum(delta, axis=0)                                   # eq. 1.5
         return grads, jnp.dot(delta, w.T, precision=precision)                   # eq. 1.6
 
-    def apply(params, a, *, key=None, train=True):
-        return forward(params, a)[0]
-
-    return Layer(init, forward, backward, apply, name,
+    return Layer(init, forward, backward, apply_from_forward(forward), name,
                  config=config(kind="dense", features=features, use_bias=use_bias))
 
 
@@ -103,7 +100,4 @@ def Flatten() -> Layer:
         check_delta(name, delta, (shape[0], math.prod(shape[1:])), cache.input.value.dtype)
         return (), delta.reshape(shape)
 
-    def apply(params, x, *, key=None, train=True):
-        return forward(params, x)[0]
-
-    return Layer(init, forward, backward, apply, name, config=config(kind="flatten"))
+    return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(kind="flatten"))
