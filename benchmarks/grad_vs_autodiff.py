@@ -9,10 +9,20 @@ over the repeats).  Each step is ``value_and_grad`` + an optax SGD-momentum upda
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward.
 
-Also measured: each layer's ``backward`` alone against ``jax.vjp`` of its ``apply``; compile time
-of the first step; the compiled step's temporary memory (XLA's memory analysis); and achieved
-GFLOP/s (3x the forward FLOPs of ``jc.summary``, the usual forward+backward estimate) as a
-fraction of the float32 matmul ceiling (``jnp.dot`` of 2048x2048) measured in the same run.
+Also measured:
+
+- each layer's forward + ``backward`` against ``jax.vjp`` of its ``apply`` (the LeNet-5 and
+  UFLDL convolutions both with ``method="auto"``, the formulation ``conv_plan`` picks, and with
+  ``method="lax"``, XLA's convolutions -- compare the rows);
+- each convolution's forward (``apply``) against ``lax.conv_general_dilated``;
+- compile time of the first step; the compiled step's temporary memory (XLA's memory analysis);
+  what the backward keeps from the forward (the layer caches against the residuals ``jax.vjp``
+  saves);
+- achieved GFLOP/s (3x the forward FLOPs of ``jc.summary``, the usual forward + backward
+  estimate) as a fraction of the float32 matmul ceiling (``jnp.dot`` of 2048x2048) measured in
+  the same run.
+
+glibc is told to keep freed blocks (``_malloc.py``), for both contenders alike.
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import optax
 
 import jaxcnn as jc
 from jaxcnn import zoo
+from _malloc import keep_freed_blocks
 
 
 def wide(input_shape=(32, 32, 3), num_classes=10):
@@ -84,6 +95,18 @@ def compile_seconds_and_memory(fn, args):
     return seconds, temp
 
 
+def saved_mib(net, loss, params, x, y):
+    """MiB the backward needs from the forward: the hand-written step's layer caches, and the
+    residuals ``jax.vjp`` of the autodiff loss saves (the leaves of its VJP function)."""
+    def mib(tree):
+        return sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(tree)) / 2**20
+
+    cache = jax.eval_shape(lambda p: net.forward(p, x)[1], params)
+    residuals = jax.eval_shape(
+        lambda p: jax.vjp(lambda p: loss.value(net.apply(p, x), y), p)[1], params)
+    return mib(cache), mib(residuals)
+
+
 def bench_nets(batches, repeats, names):
     rows = []
     loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
@@ -100,15 +123,18 @@ def bench_nets(batches, repeats, names):
             y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
             args = (params, opt_state, x, y)
             (ch, mh), (ca, ma) = (compile_seconds_and_memory(f, args) for f in (hand, auto))
+            cache_mib, residual_mib = saved_mib(net, loss, params, x, y)
             th, ta = interleaved([jax.jit(hand), jax.jit(auto)], args, repeats)
             rows.append({"net": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
                          "ratio": th / ta, "images_per_s": batch / th,
                          "gflops": 3 * flops * batch / th / 1e9,
                          "compile_hand_s": ch, "compile_autodiff_s": ca,
-                         "temp_bytes_hand": mh, "temp_bytes_autodiff": ma})
+                         "temp_bytes_hand": mh, "temp_bytes_autodiff": ma,
+                         "cache_mib": cache_mib, "autodiff_residual_mib": residual_mib})
             print(f"{name:7s} batch {batch:4d}: hand {th * 1e3:8.2f} ms  autodiff {ta * 1e3:8.2f} ms"
                   f"  ratio {th / ta:5.3f}  {batch / th:9.0f} img/s  "
-                  f"compile {ch:.2f}/{ca:.2f} s  temp MiB {_mib(mh)}/{_mib(ma)}", flush=True)
+                  f"compile {ch:.2f}/{ca:.2f} s  temp MiB {_mib(mh)}/{_mib(ma)}  "
+                  f"cache/residual MiB {cache_mib:.1f}/{residual_mib:.1f}", flush=True)
     return rows
 
 
@@ -121,19 +147,35 @@ LAYERS = {
     "conv 3x3 stride 2": (lambda: jc.Conv2D(32, 3, strides=2, padding="SAME"), (32, 32, 16)),
     "conv 3x3 dilation 2": (lambda: jc.Conv2D(32, 3, dilation=2, padding="SAME"), (32, 32, 16)),
     "conv 3x3 groups 4": (lambda: jc.Conv2D(32, 3, groups=4, padding="SAME"), (32, 32, 16)),
-    "conv 5x5 C=1": (lambda: jc.Conv2D(6, 5, padding="SAME"), (28, 28, 1)),
+    "conv 3x3 groups 4 [lax]":
+        (lambda: jc.Conv2D(32, 3, groups=4, padding="SAME", method="lax"), (32, 32, 16)),
+    "conv 3x3 C=3 (wide, first layer)": (lambda: jc.Conv2D(64, 3, padding="SAME"), (32, 32, 3)),
+}
+for _m in ("auto", "lax"):   # LeNet-5's convolutions in the chosen form and in XLA's
+    LAYERS.update({
+        f"LeNet C1 5x5 28x28x1->6 [{_m}]":
+            ((lambda m: lambda: jc.Conv2D(6, 5, padding="SAME", method=m))(_m), (28, 28, 1)),
+        f"LeNet C3 5x5 14x14x6->16 [{_m}]":
+            ((lambda m: lambda: jc.Conv2D(16, 5, method=m))(_m), (14, 14, 6)),
+        f"LeNet C5 5x5 5x5x16->120 [{_m}]":
+            ((lambda m: lambda: jc.Conv2D(120, 5, method=m))(_m), (5, 5, 16)),
+        f"UFLDL 9x9 28x28x1->20 [{_m}]":
+            ((lambda m: lambda: jc.Conv2D(20, 9, method=m))(_m), (28, 28, 1))})
+LAYERS.update({
     "avg pool 2": (lambda: jc.AvgPool2D(2), (32, 32, 16)),
     "avg pool 3 s2 (overlap)": (lambda: jc.AvgPool2D(3, 2, "SAME"), (32, 32, 16)),
     "max pool 2": (lambda: jc.MaxPool2D(2), (32, 32, 16)),
     "max pool 3 s2 (overlap)": (lambda: jc.MaxPool2D(3, 2, "SAME"), (32, 32, 16)),
     "stochastic pool 2": (lambda: jc.StochasticPool2D(2), (32, 32, 16)),
     "sigmoid": (jc.Sigmoid, (32, 32, 16)),
-}
+})
 
 
-def bench_layers(batch, repeats):
+def bench_layers(batch, repeats, only=""):
     rows = []
     for name, (make, shape) in LAYERS.items():
+        if only not in name:
+            continue
         layer = make()
         params, _ = layer.init(jax.random.key(0), shape)
         rng = np.random.default_rng(0)
@@ -146,18 +188,48 @@ def bench_layers(batch, repeats):
         th, ta = interleaved([hand, auto], (params, x, delta), repeats)
         rows.append({"layer": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
                      "ratio": th / ta})
-        print(f"{name:26s} forward+backward: hand {th * 1e3:7.2f} ms  autodiff {ta * 1e3:7.2f} ms"
+        print(f"{name:34s} forward+backward: hand {th * 1e3:7.2f} ms  autodiff {ta * 1e3:7.2f} ms"
               f"  ratio {th / ta:5.3f}", flush=True)
+    return rows
+
+
+FORWARD = {   # name: (Conv2D args, per-example input shape)
+    "LeNet C1 5x5 28x28x1->6": ((6, 5, 1, "SAME"), (28, 28, 1)),
+    "LeNet C3 5x5 14x14x6->16": ((16, 5), (14, 14, 6)),
+    "LeNet C5 5x5 5x5x16->120": ((120, 5), (5, 5, 16)),
+    "UFLDL 9x9 28x28x1->20": ((20, 9), (28, 28, 1)),
+    "conv 3x3 32x32x16->32": ((32, 3, 1, "SAME"), (32, 32, 16)),
+    "conv 3x3 groups 4": ((32, 3, 1, "SAME", 1, 4), (32, 32, 16)),
+}
+
+
+def bench_forward(batch, repeats, only=""):
+    """``Conv2D.apply`` with ``method="auto"`` against ``lax.conv_general_dilated`` itself
+    (``method="lax"``), forward only: the forward must never be slower."""
+    rows = []
+    for name, (conv_args, shape) in FORWARD.items():
+        if only not in name:
+            continue
+        auto, lax_conv = (jc.Conv2D(*conv_args, method=m) for m in ("auto", "lax"))
+        params, _ = auto.init(jax.random.key(0), shape)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
+        ta, tl = interleaved([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x), repeats)
+        rows.append({"layer": name, "batch": batch, "auto_ms": ta * 1e3, "lax_ms": tl * 1e3,
+                     "ratio": ta / tl})
+        print(f"{name:34s} forward: auto {ta * 1e3:7.2f} ms  lax.conv {tl * 1e3:7.2f} ms"
+              f"  ratio {ta / tl:5.3f}", flush=True)
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 32 and 128, fewer repeats")
-    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--nets", default=",".join(NETS), help="comma-separated; '' for none")
+    ap.add_argument("--layers", default="", help="only the layer rows whose name contains this")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
     repeats = args.repeats or (10 if args.quick else 30)
     batches = (32, 128) if args.quick else (32, 128, 512)
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, " \
@@ -165,14 +237,15 @@ def main(argv=None):
     print(f"machine: {machine}")
     ceiling = matmul_ceiling(repeats)
     print(f"float32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
-    nets = bench_nets(batches, repeats, args.nets.split(","))
+    nets = bench_nets(batches, repeats, [n for n in args.nets.split(",") if n])
     for row in nets:
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
-    layers = bench_layers(128, repeats)
+    layers = bench_layers(128, repeats, args.layers)
+    forward = bench_forward(128, repeats, args.layers)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling, "nets": nets,
-                       "layers": layers}, f, indent=1)
+                       "layers": layers, "forward": forward}, f, indent=1)
 
 
 if __name__ == "__main__":

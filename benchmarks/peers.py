@@ -1,15 +1,15 @@
 """LeNet-5 training throughput: jaxcnn against the same net in plain JAX, Flax, Equinox and
-PyTorch, in ONE process with the contenders interleaved step by step.
+PyTorch, in ONE process with the contenders interleaved in blocks of steps.
 
-    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \\
-        python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--json out.json]
+    python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--block 10] [--json out.json]
 
 The net: LeNet-5 with sigmoid units and average pooling on 28x28x1 (``jaxcnn.zoo.lenet5``:
 C1 conv 5x5x6 SAME, S2 avg 2, C3 conv 5x5x16, S4 avg 2, C5 conv 5x5x120, F6 dense 84, dense 10),
 float32, softmax cross-entropy, SGD with momentum 0.9; every JAX step is one jitted
 value-and-grad plus optax update.  Peers that are not installed are skipped (they are
-benchmark-only: ``pip install flax equinox torch==2.13.0``).  The malloc settings keep PyTorch
-eager from page-faulting; they do not affect JAX.  Images per second, median of the repeats.
+benchmark-only: ``pip install flax equinox torch==2.13.0``).  glibc is told to keep freed
+blocks for every contender alike (``_malloc.py``): without it, large steps page-fault their
+memory in afresh each time.  Images per second, median over the timed steps.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import optax
 
 import jaxcnn as jc
 from jaxcnn import zoo
+from _malloc import keep_freed_blocks
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -197,7 +198,7 @@ def contenders():
     return out
 
 
-def run(batches, repeats):
+def run(batches, repeats, block=10):
     rows = []
     makers = contenders()
     for batch in batches:
@@ -217,15 +218,19 @@ def run(batches, repeats):
             steps[name] = [step, state, args, []]
         names = list(steps)
         for r in range(repeats):
-            # rotate the order each round: whoever runs right after PyTorch pays for its
-            # OpenMP threads winding down, so nobody may always sit in that seat
+            # rotate the order each round, and run each contender for a block of `block` steps,
+            # timing all but the first: the first absorbs the hand-over from the previous
+            # contender (PyTorch's OpenMP threads spin for a while after its step, XLA's thread
+            # pool parks), the rest are that contender's own steady state, as in a training loop
             for name in names[r % len(names):] + names[:r % len(names)]:
                 entry = steps[name]
                 step, state, args, times = entry
-                t = time.perf_counter()
-                state, value = step(state, *args)
-                jax.block_until_ready(value)
-                times.append(time.perf_counter() - t)
+                for i in range(block):
+                    t = time.perf_counter()
+                    state, value = step(state, *args)
+                    jax.block_until_ready(value)
+                    if i:
+                        times.append(time.perf_counter() - t)
                 entry[1] = state
         for name, (_, _, _, times) in steps.items():
             ips = batch / float(np.median(times))
@@ -238,11 +243,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="32,128,512")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--block", type=int, default=10,
+                    help="consecutive steps per contender per round; the first is not timed")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
     machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
     print(f"machine: {machine}")
-    rows = run([int(b) for b in args.batches.split(",")], args.repeats)
+    rows = run([int(b) for b in args.batches.split(",")], args.repeats, args.block)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows}, f, indent=1)

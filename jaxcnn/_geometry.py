@@ -129,6 +129,21 @@ def windows(x_pad: Array, g: Window) -> Array:
         for u, v in _offsets(g)], axis=3)
 
 
+def sum_windows(x_pad: Array, g: Window) -> Array:
+    """``windows(x_pad, g).sum(axis=3)`` without materialising the gather: ``(N, H_out, W_out, C)``.
+
+    The sum of the ``K`` strided slices, which XLA fuses into one pass over the input.
+    """
+    (ho, wo), (sh, sw) = g.out_hw, g.strides
+    n, c = x_pad.shape[0], x_pad.shape[3]
+    total = None
+    for u, v in _offsets(g):
+        part = lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
+                         (1, sh, sw, 1))
+        total = part if total is None else total + part
+    return total
+
+
 def scatter_windows(contrib: Array, g: Window) -> Array:
     """The transpose of ``windows``: add each window entry back where it came from.
 
@@ -145,6 +160,79 @@ def scatter_windows(contrib: Array, g: Window) -> Array:
                           (v, wp - v - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
         total = placed if total is None else total + placed
     return total
+
+
+def read_extent(g: Window) -> tuple[int, int]:
+    """How many padded rows / columns the windows read: ``(H_out - 1) s + k_eff`` per axis.
+
+    The remaining ``r`` rows / columns of the padded input (Section 3) are never read.
+    """
+    return tuple((o - 1) * s + k for o, s, k in zip(g.out_hw, g.strides, g.effective_size))
+
+
+class Tiles(NamedTuple):
+    """Output columns in tiles of ``size``: ``count`` tiles, tile ``t`` reading the ``read``
+    padded input columns from ``t * step`` on; ``width`` columns in all (the padded input is
+    cropped or zero-extended to it).  One tile of the whole width is ``read_extent``."""
+
+    size: int
+    count: int
+    step: int
+    read: int
+    width: int
+
+
+def column_tiles(g: Window, size: int | None = None) -> Tiles:
+    """Split the ``W_out`` output columns into tiles of ``size`` (default: one tile)."""
+    wo, sw, kw = g.out_hw[1], g.strides[1], g.effective_size[1]
+    size = wo if size is None else min(size, wo)
+    count = -(-wo // size)
+    return Tiles(size, count, size * sw, (size - 1) * sw + kw, (count * size - 1) * sw + kw)
+
+
+def row_window(g: Window, width: int) -> Window:
+    """The window of whole rows: ``k_h`` taps down, ``width`` columns across the padded input.
+
+    Gathering with it gives, for each output row ``i``, the ``k_h`` padded input rows it reads:
+    ``(N, H_out, width, k_h, C)`` (eq. 4.6).
+    """
+    return Window((g.padded_hw[0], width), (g.size[0], 1), (g.strides[0], 1),
+                  (g.dilation[0], 1), ((0, 0), (0, 0)), (g.out_hw[0], width))
+
+
+def fit_width(x: Array, width: int) -> Array:
+    """Crop or zero-extend the columns (axis 2) of an NHWC array to ``width``."""
+    extra = width - x.shape[2]
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (0, extra, 0), (0, 0, 0)))
+
+
+def gather_tiles(a: Array, t: Tiles, axis: int) -> Array:
+    """Each tile's ``t.read`` columns of ``a`` (columns along ``axis``, ``t.width`` of them),
+    stacked on a new axis 2: ``(N, H, ..., width, ...) -> (N, H, t.count, ..., read, ...)``."""
+    if t.count == 1:
+        return jnp.expand_dims(a, 2)
+    return jnp.stack([lax.slice_in_dim(a, i * t.step, i * t.step + t.read, axis=axis)
+                      for i in range(t.count)], axis=2)
+
+
+def scatter_tiles(parts: Array, t: Tiles, axis: int) -> Array:
+    """The transpose of ``gather_tiles``: add each tile's columns back; overlaps add up."""
+    if t.count == 1:
+        return parts[:, :, 0]
+    zero = jnp.zeros((), parts.dtype)
+    placed = []
+    for i in range(t.count):
+        config = [(0, 0, 0)] * (parts.ndim - 1)
+        config[axis] = (i * t.step, t.width - i * t.step - t.read, 0)
+        placed.append(lax.pad(parts[:, :, i], zero, config))
+    return sum(placed[1:], placed[0])
+
+
+def column_taps(g: Window, t: Tiles) -> np.ndarray:
+    """``v[q, j] = j s_w + q d_w``: the column of its tile that tap ``q`` of the tile's output
+    column ``j`` reads.  A static ``(k_w, t.size)`` int array; eq. 4.6."""
+    q, j = np.meshgrid(np.arange(g.size[1]), np.arange(t.size), indexing="ij")
+    return j * g.strides[1] + q * g.dilation[1]
 
 
 def window_counts(g: Window) -> np.ndarray:

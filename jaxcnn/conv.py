@@ -4,6 +4,11 @@ Shapes: input ``x (N, H, W, C_in)``, kernel ``w (kh, kw, C_in // G, F)``, bias `
 output and ``delta (N, H_out, W_out, F)``, with ``G`` groups and ``H_out`` from eq. 3.1.
 Like every CNN library, the forward is a cross-correlation (no kernel flip, eq. 4.2); the flip
 of a true convolution (eq. 4.1) reappears in the input residual (eq. 4.5).
+
+Each pass has two formulations of the same sum, chosen per layer shape (``conv_plan``):
+XLA's convolutions (``lax.conv_general_dilated``, eqs. 4.2, 4.4, 4.5), and one matrix product
+with a banded *Toeplitz* matrix built from the kernel along the width (eqs. 4.6-4.8), which runs
+several times faster on CPU for the few-channel convolutions of small nets.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn import _geometry as geo
@@ -18,10 +24,15 @@ from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_sha
                          check_param, config, pair, positive_int, apply_from_forward)
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+METHODS = ("auto", "lax", "toeplitz")
+SPREAD_LIMIT = 20   # "auto" on CPU picks the Toeplitz form at or below this spread (conv_plan)
 
 
 class ConvCache(NamedTuple):
-    """What ``Conv2D.forward`` saves: its input, for the kernel gradient (eq. 4.4)."""
+    """What ``Conv2D.forward`` saves: its input, for the kernel gradient (eq. 4.4 or 4.7).
+
+    Not the Toeplitz row matrix of eq. 4.6, which is ``k_h`` times larger: the backward
+    gathers it again from ``x``."""
 
     x: Array
 
@@ -51,10 +62,10 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
       (negative = a crop, which also drops the gradient on the forward's padding).
     - ``"scatter"`` (``G = 1``): eq. 4.5 read literally -- one matrix product gives every window's
       share ``delta[n,i,j,:] . w[p,q,c,:]``, and the transpose of the window gather (eq. 3.4) adds
-      the shares back where the windows came from.  Alone it runs 2-7x faster on XLA's CPU
-      backend for few input channels at stride 1, but it materialises ``kh * kw`` shares per
-      input entry, and inside a whole training step it measured no faster
-      (``docs/performance.md``), so it is not the default.
+      the shares back where the windows came from.  It needs no lhs dilation, which XLA's CPU
+      backend runs slowly: ``conv_plan`` picks it for strided convolutions on CPU (1.0-1.7x
+      faster there, ``docs/performance.md``).  It materialises ``kh * kw`` shares per input
+      entry.
     """
     if method == "scatter":
         if groups != 1:
@@ -98,9 +109,180 @@ def conv_backward_kernel(x: Array, delta: Array, g: geo.Window, groups: int,
         precision=precision)
 
 
+def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
+    """Eq. 4.6's left factor: for each output row and column tile, the ``k_h`` padded input
+    rows it reads, across the tile's ``t.read`` columns.
+
+    ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, columns ordered ``(p, v, c)``:
+    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (A
+    kernel as large as its padded input, ``H_out = W_out = 1``, makes this ``x`` flattened.)
+    """
+    x_pad = geo.fit_width(geo.pad(x, g), t.width)
+    rows = geo.windows(x_pad, geo.row_window(g, t.width))       # (N, H_out, width, k_h, C)
+    rows = jnp.moveaxis(rows, 3, 2)                              # (N, H_out, k_h, width, C)
+    return geo.gather_tiles(rows, t, axis=3).reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
+
+
+def toeplitz_kernel(w: Array, g: geo.Window, t: geo.Tiles) -> Array:
+    """Eq. 4.6's right factor, the banded (for stride 1, block-Toeplitz) matrix of the kernel.
+
+    ``w (kh, kw, C, F)`` -> ``(k_h t.read C, t.size F)`` with entry ``[(p, v, c), (j, o)] =
+    w[p, q, c, o]`` where ``v = j s_w + q d_w``, and 0 where no tap ``q`` reads column ``v``.
+    Every tile uses the same matrix.  Built by a gather (exact): index ``k_w`` is a zero tap.
+    """
+    kh, kw, c, f = w.shape
+    taps = geo.column_taps(g, t)                                 # (kw, t.size) -> column v
+    index = np.full((t.read, t.size), kw)
+    index[taps, np.arange(t.size)] = np.arange(kw)[:, None]
+    w0 = jnp.concatenate([w, jnp.zeros((kh, 1, c, f), w.dtype)], axis=1)
+    band = w0[:, index]                                          # (kh, t.read, t.size, C, F)
+    return band.transpose(0, 1, 3, 2, 4).reshape(-1, t.size * f)
+
+
+def _tile_delta(delta: Array, t: geo.Tiles) -> Array:
+    """``delta (N, H_out, W_out, F)`` as ``(N H_out t.count, t.size F)``; the columns past
+    ``W_out`` that fill the last tile are zero."""
+    n, ho, _, f = delta.shape
+    return geo.fit_width(delta, t.count * t.size).reshape(n * ho * t.count, t.size * f)
+
+
+def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, precision=None,
+                          tile: int | None = None) -> Array:
+    """Eq. 4.6, the forward (4.2) as one matrix product: ``rows(x) @ T(w)``, ``G = 1``.
+
+    ``x (N, H, W, C)``, ``w (kh, kw, C, F)`` -> ``(N, H_out, W_out, F)``.  ``tile``: output
+    columns per tile (default: the whole width).
+    """
+    t = geo.column_tiles(g, tile)
+    y = jnp.dot(toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t), precision=precision)
+    return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
+
+
+def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, kernel_shape,
+                                  precision=None, tile: int | None = None) -> Array:
+    """Eq. 4.7, the kernel gradient (4.4) through eq. 4.6: ``dT = rows(x)^T delta``, then each
+    tap ``q`` sums ``dT`` along its band.  ``x (N, H, W, C)``, ``delta (N, H_out, W_out, F)`` ->
+    ``dw (kh, kw, C, F)``; ``G = 1``."""
+    kh, _, c, f = kernel_shape
+    t = geo.column_tiles(g, tile)
+    d_band = jnp.dot(toeplitz_rows(x, g, t).T, _tile_delta(delta, t), precision=precision)
+    d_band = d_band.reshape(kh, t.read, c, t.size, f)
+    on_band = d_band[:, geo.column_taps(g, t), :, np.arange(t.size)]   # (kw, size, kh, C, F)
+    return jnp.sum(on_band, axis=1).transpose(1, 0, 2, 3)
+
+
+def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, precision=None,
+                                 tile: int | None = None) -> Array:
+    """Eq. 4.8, the input residual (4.5) through eq. 4.6: ``delta T(w)^T`` gives each output
+    row's (and tile's) share of the input rows it read; the transposes of the tile and row
+    gathers (3.4) add the shares back; unread columns and the padding get none.
+    ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C, F)`` -> ``dx (N, H, W, C)``; ``G = 1``."""
+    kh, _, c, _ = w.shape
+    n, ho = delta.shape[:2]
+    t = geo.column_tiles(g, tile)
+    shares = jnp.dot(_tile_delta(delta, t), toeplitz_kernel(w, g, t).T, precision=precision)
+    rows = geo.scatter_tiles(shares.reshape(n, ho, t.count, kh, t.read, c), t, axis=3)
+    rows = jnp.moveaxis(rows, 2, 3)                              # (N, H_out, width, k_h, C)
+    dx_pad = geo.scatter_windows(rows, geo.row_window(g, t.width))  # (N, Hp, width, C)
+    return geo.unpad(geo.fit_width(dx_pad, g.padded_hw[1]), g)
+
+
+class ConvPlan(NamedTuple):
+    """How each pass is computed: ``"lax"`` (XLA's convolutions, eqs. 4.2, 4.4, 4.5),
+    ``"toeplitz"`` (eqs. 4.6, 4.7, 4.8) or, for the input residual only, ``"scatter"`` (eq. 4.5
+    as a matrix product and the window scatter 3.4).  ``split``: a grouped convolution runs as
+    ``G`` ungrouped ones on its channel slices, each pass as named.  ``tile``: output columns
+    per tile of the Toeplitz form (``None``: the whole width)."""
+
+    forward: str
+    kernel: str
+    input: str
+    split: bool = False
+    tile: int | None = None
+
+
+def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> ConvPlan:
+    """Pick the formulation of each pass for one layer shape (static; at trace time).
+
+    ``"lax"`` forces XLA's convolutions, ``"toeplitz"`` the matrix products (a grouped
+    convolution split into ungrouped ones).  ``"auto"`` uses XLA's convolutions on GPU/TPU
+    (cuDNN and friends).  On CPU it decides from ``spread = C_g * w_read / k_w`` (``C_g`` input
+    channels per group): the Toeplitz matrix has ``w_read / k_w`` times more entries than the
+    kernel has taps, and XLA's CPU convolutions get faster as the channels grow, so
+    ``spread <= SPREAD_LIMIT`` (20) picks the matrix products for all three passes -- the
+    forward too, whose transpose is then what ``jax.grad`` of ``apply`` runs.  Otherwise XLA's
+    convolutions, except that a strided convolution's input residual is the matrix product +
+    scatter rather than XLA's lhs-dilated transposed convolution.  A grouped convolution is
+    split into ``G`` ungrouped ones: XLA's CPU backend runs grouped convolutions about 20x
+    slower than ungrouped ones of the same size.  Measured on a 2-core x86 CPU
+    (``docs/performance.md``, table 2).
+
+    The Toeplitz form splits the output width into two tiles when ``W_out >= 2 k_w``: each
+    tile's matrix then spends about half as much on zeros (eq. 4.6 per tile).
+    """
+    if method not in METHODS:
+        raise ValueError(f"Conv2D: unknown method {method!r}; expected one of {METHODS}")
+    wo = g.out_hw[1]
+    tile = -(-wo // 2) if wo >= 2 * g.size[1] else None
+    if method != "auto":
+        return ConvPlan(method, method, method, split=method == "toeplitz" and groups > 1,
+                        tile=tile if method == "toeplitz" else None)
+    if jax.default_backend() != "cpu":
+        return ConvPlan("lax", "lax", "lax")
+    if (c_in // groups) * geo.read_extent(g)[1] / g.size[1] <= SPREAD_LIMIT:
+        plan = ConvPlan("toeplitz", "toeplitz", "toeplitz", tile=tile)
+    else:
+        plan = ConvPlan("lax", "lax", "scatter" if max(g.strides) > 1 else "lax")
+    return plan._replace(split=groups > 1)
+
+
+def _per_group(fn, groups: int, *arrays: Array) -> Array:
+    """``fn`` on each group's slice of the last axis of every array, concatenated back."""
+    slices = [jnp.split(a, groups, axis=-1) for a in arrays]
+    return jnp.concatenate([fn(*group) for group in zip(*slices)], axis=-1)
+
+
+def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,
+                    precision=None) -> Array:
+    """The forward as ``plan`` says: eq. 4.6 or eq. 4.2 (per group if ``plan.split``)."""
+    if plan.split:
+        one = plan._replace(split=False)
+        return _per_group(lambda x, w: planned_forward(x, w, g, 1, one, precision), groups, x, w)
+    if plan.forward == "toeplitz":
+        return conv_forward_toeplitz(x, w, g, precision, plan.tile)
+    return conv_forward(x, w, g, groups, precision)
+
+
+def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, kernel_shape,
+                        plan: ConvPlan, precision=None) -> Array:
+    """The kernel gradient as ``plan`` says: eq. 4.7 or eq. 4.4 (per group if ``plan.split``)."""
+    if plan.split:
+        one, shape = plan._replace(split=False), (*kernel_shape[:3], kernel_shape[3] // groups)
+        return _per_group(lambda x, d: planned_kernel_grad(x, d, g, 1, shape, one, precision),
+                          groups, x, delta)
+    if plan.kernel == "toeplitz":
+        return conv_backward_kernel_toeplitz(x, delta, g, kernel_shape, precision, plan.tile)
+    return conv_backward_kernel(x, delta, g, groups, precision)
+
+
+def planned_input_residual(delta: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,
+                           precision=None) -> Array:
+    """The input residual as ``plan`` says: eq. 4.8, or eq. 4.5 transposed or as a scatter
+    (per group if ``plan.split``)."""
+    if plan.split:
+        one = plan._replace(split=False)
+        return _per_group(lambda d, w: planned_input_residual(d, w, g, 1, one, precision),
+                          groups, delta, w)
+    if plan.input == "toeplitz":
+        return conv_backward_input_toeplitz(delta, w, g, precision, plan.tile)
+    return conv_backward_input(delta, w, g, groups, precision,
+                               method="scatter" if plan.input == "scatter" else "transposed")
+
+
 def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, groups: int = 1,
            use_bias: bool = True, *, w_init=jax.nn.initializers.lecun_normal(),
-           b_init=jax.nn.initializers.zeros, param_dtype=jnp.float32, precision=None) -> Layer:
+           b_init=jax.nn.initializers.zeros, param_dtype=jnp.float32, precision=None,
+           method: str = "auto") -> Layer:
     """A 2-D convolution layer (a cross-correlation, as in every CNN library).
 
     Args:
@@ -114,9 +296,13 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       param_dtype: dtype of the parameters made by ``init``.
       precision: passed to ``lax.conv_general_dilated`` in both passes (``None``: the backend
         default, reduced precision for float32 on GPU/TPU; ``"highest"`` for exact float32).
+      method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
+        convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
+        kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same
+        sums.
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
-    4.3 (bias), 4.4 (kernel), 4.5 (input residual).
+    4.3 (bias), 4.4 (kernel), 4.5 (input residual); their Toeplitz forms eqs. 4.6-4.8.
     """
     name = "Conv2D"
     features = positive_int(name, "features", features)
@@ -127,6 +313,8 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
     padding = geo.normalize_padding(name, padding)
     if features % groups:
         raise ValueError(f"{name}: features (={features}) must be divisible by groups (={groups})")
+    if method not in METHODS:
+        raise ValueError(f"{name}: unknown method {method!r}; expected one of {METHODS}")
 
     def geometry(in_hw) -> geo.Window:
         return geo.window(name, in_hw, kernel_size, strides, dilation, padding)
@@ -161,7 +349,8 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
 
     def forward(params, x, *, key=None, train=True):
         w, b, g = checked(params, x)
-        y = conv_forward(x, w, g, groups, precision)
+        plan = conv_plan(g, x.shape[3], groups, method)
+        y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
         if use_bias:
             y = y + b.reshape(1, 1, 1, -1)                                        # eq. 4.2
         return y, ConvCache(x)
@@ -170,11 +359,14 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         x = cache.x
         w, _, g = checked(params, x)
         check_delta(name, delta, (x.shape[0], *g.out_hw, features), x.dtype)
-        grads = {"w": conv_backward_kernel(x, delta, g, groups, precision)}   # eq. 4.4
+        plan = conv_plan(g, x.shape[3], groups, method)
+        grads = {"w": planned_kernel_grad(x, delta, g, groups, w.shape, plan,     # eq. 4.4 / 4.7
+                                          precision)}
         if use_bias:
             grads["b"] = jnp.sum(delta, axis=(0, 1, 2))                          # eq. 4.3
-        return grads, conv_backward_input(delta, w, g, groups, precision)      # eq. 4.5
+        return grads, planned_input_residual(delta, w, g, groups, plan,          # eq. 4.5 / 4.8
+                                             precision)
 
     return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(
         kind="window", size=kernel_size, strides=strides, dilation=dilation, padding=padding,
-        features=features, groups=groups, use_bias=use_bias))
+        features=features, groups=groups, use_bias=use_bias, method=method))

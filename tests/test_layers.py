@@ -42,8 +42,9 @@ def conv_cases(draw):
     hw = tuple(_extent(draw, k, p) for k, p in zip(k_eff, pads))
     groups = draw(st.integers(1, 3))
     c_in, feats = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    method = draw(st.sampled_from(["auto", "lax", "toeplitz"]))
     layer = jc.Conv2D(feats, kernel, strides, padding, dilation, groups,
-                      use_bias=draw(st.booleans()))
+                      use_bias=draw(st.booleans()), method=method)
     return layer, (draw(st.integers(1, 3)), *hw, c_in), draw(DTYPES)
 
 
@@ -216,6 +217,90 @@ def test_max_pool_backward_sweep(case, ties):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
     run_case(jc.MaxPool2D(window, strides, padding), shape, dtype, rng, x=x)
+
+
+@pytest.mark.parametrize("method", ["lax", "toeplitz"])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
+    ((1, 2), (2, 1), ((0, 4), (3, 0)))])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, padding, groups):
+    """Eqs. 4.2/4.4/4.5 (XLA convolutions) and 4.6/4.7/4.8 (Toeplitz matrix products, one per
+    group when grouped) give the forward of ``lax.conv_general_dilated`` and the kernel
+    gradient and input residual of its ``jax.vjp``, in float64 to 1e-12; the rows a stride
+    skips get no residual."""
+    from jaxcnn.conv import conv_plan
+
+    layer = jc.Conv2D(6, (3, 2), strides, padding, dilation, groups, method=method)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
+    params, _ = init_as(layer, (11, 10, 3), jnp.float64)
+    y, cache = jax.jit(layer.forward)(params, x)
+    ref, vjp = jax.vjp(lambda p, x: jax.lax.conv_general_dilated(
+        x, p["w"], jc.core.pair("", "", strides),
+        padding if isinstance(padding, str) else padding,
+        rhs_dilation=jc.core.pair("", "", dilation), feature_group_count=groups,
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"].reshape(1, 1, 1, -1), params, x)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    grads, dx = jax.jit(layer.backward)(params, cache, delta)
+    ref_grads, ref_dx = vjp(delta)
+    np.testing.assert_allclose(grads["w"], ref_grads["w"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+    plan = conv_plan(jc.conv.geo.window("Conv2D", (11, 10), (3, 2), jc.core.pair("", "", strides),
+                                        jc.core.pair("", "", dilation),
+                                        jc.conv.geo.normalize_padding("", padding)), 3, groups,
+                     method)
+    assert plan[:4] == (method, method, method, method == "toeplitz" and groups > 1)
+
+
+def test_conv_plan_auto_picks_by_spread_on_cpu():
+    """``"auto"``: Toeplitz for few channels over narrow maps, XLA's convolutions for many
+    channels (threshold ``conv.SPREAD_LIMIT``), grouped
+    convolutions split per group, and the scatter form for a strided input residual."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_plan
+
+    def plan(hw, k, c_in, groups=1, padding="SAME"):
+        return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in, groups)
+
+    assert jax.default_backend() == "cpu"
+    # LeNet-5 C1: spread 6.4, and 28 output columns in two tiles of 14
+    assert plan((28, 28), 5, 1) == ("toeplitz", "toeplitz", "toeplitz", False, 14)
+    # LeNet-5 C5: spread 16; one output column, one tile
+    assert plan((5, 5), 5, 16, padding="VALID") == ("toeplitz",) * 3 + (False, None)
+    assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
+    assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
+    assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
+    strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
+    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "scatter", False)
+    with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
+        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft")
+
+
+@pytest.mark.parametrize("tile", [None, 1, 2, 3, 5, 100])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), ((1, 2), (2, 1), ((0, 4), (3, 0)))])
+def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
+    """Eqs. 4.6-4.8 over column tiles of any size (the last one zero-filled past ``W_out``,
+    ``100`` meaning one tile) equal ``lax.conv_general_dilated`` and its ``jax.vjp``."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import (conv_backward_input_toeplitz, conv_backward_kernel_toeplitz,
+                             conv_forward, conv_forward_toeplitz)
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
+    g = geo.window("Conv2D", (9, 13), (3, 3), jc.core.pair("", "", strides),
+                   jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
+    y, vjp = jax.vjp(lambda x, w: conv_forward(x, w, g, 1), x, w)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    dx, dw = vjp(delta)
+    np.testing.assert_allclose(conv_forward_toeplitz(x, w, g, tile=tile), y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv_backward_kernel_toeplitz(x, delta, g, w.shape, tile=tile), dw,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv_backward_input_toeplitz(delta, w, g, tile=tile), dx,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["transposed", "scatter"])

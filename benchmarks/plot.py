@@ -1,0 +1,64 @@
+"""The figure of docs/performance.md, from the JSON the two benchmarks write.
+
+    python benchmarks/plot.py [--grad benchmarks/grad_vs_autodiff-cpu.json]
+                              [--peers benchmarks/peers-cpu.json] [--out docs/figures/performance.png]
+
+Left: LeNet-5 training throughput of every peer at each batch size (``peers.py``).  Right: the
+hand-written / autodiff step-time ratio of every benchmark net (``grad_vs_autodiff.py``), with
+the 1.0 line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot(grad: dict, peers: dict, out: str) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(dict.fromkeys(r["peer"] for r in peers["rows"]))
+    batches = sorted({r["batch"] for r in peers["rows"]})
+    ips = {(r["peer"], r["batch"]): r["images_per_s"] for r in peers["rows"]}
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = np.arange(len(batches)) + (k - (len(names) - 1) / 2) * width
+        left.bar(xs, [ips.get((name, b), 0) / 1e3 for b in batches], width, label=name)
+    left.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
+    left.set_ylabel("thousand images / s")
+    left.set_title("LeNet-5 training step, same process, interleaved")
+    left.set_ylim(0, 1.45 * max(ips.values()) / 1e3)
+    left.legend(fontsize=7, ncol=3, loc="upper center")
+
+    nets = list(dict.fromkeys(r["net"] for r in grad["nets"]))
+    for name in nets:
+        rows = [r for r in grad["nets"] if r["net"] == name]
+        right.plot([r["batch"] for r in rows], [r["ratio"] for r in rows], "o-", label=name)
+    right.axhline(1.0, color="gray", lw=1, ls="--")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch")
+    right.set_ylabel("hand-written / autodiff step time")
+    right.set_title("jc.value_and_grad vs jax.value_and_grad")
+    right.legend(fontsize=8)
+    fig.suptitle(f"{peers['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grad", default="benchmarks/grad_vs_autodiff-cpu.json")
+    ap.add_argument("--peers", default="benchmarks/peers-cpu.json")
+    ap.add_argument("--out", default="docs/figures/performance.png")
+    args = ap.parse_args(argv)
+    with open(args.grad) as g, open(args.peers) as p:
+        plot(json.load(g), json.load(p), args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
