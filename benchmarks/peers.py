@@ -6,10 +6,12 @@ PyTorch, in ONE process with the contenders interleaved in blocks of steps.
 The net: LeNet-5 with sigmoid units and average pooling on 28x28x1 (``jaxcnn.zoo.lenet5``:
 C1 conv 5x5x6 SAME, S2 avg 2, C3 conv 5x5x16, S4 avg 2, C5 conv 5x5x120, F6 dense 84, dense 10),
 float32, softmax cross-entropy, SGD with momentum 0.9; every JAX step is one jitted
-value-and-grad plus optax update.  Peers that are not installed are skipped (they are
-benchmark-only: ``pip install flax equinox torch==2.13.0``).  glibc is told to keep freed
-blocks for every contender alike (``_malloc.py``): without it, large steps page-fault their
-memory in afresh each time.  Images per second, median over the timed steps.
+value-and-grad plus optax update.  Above batch 128, jaxcnn also runs with
+``jc.value_and_grad(..., microbatch=128)`` (the same gradient, a chunk at a time).  Peers that
+are not installed are skipped (they are benchmark-only: ``pip install flax equinox
+torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
+(``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
+per second, median over the timed steps.
 """
 from __future__ import annotations
 
@@ -44,14 +46,14 @@ def autodiff_step(loss, params):
     return step, (params, opt.init(params))
 
 
-def jaxcnn_step(grad):
+def jaxcnn_step(grad, microbatch=None):
     net = zoo.lenet5((28, 28, 1), 10)
     loss = jc.softmax_cross_entropy
     opt = optax.sgd(LR, momentum=MOMENTUM)
     params, _ = net.init(jax.random.key(0), (28, 28, 1))
 
     if grad == "hand":
-        vg = jc.value_and_grad(net, loss)
+        vg = jc.value_and_grad(net, loss, microbatch=microbatch)
     else:
         vg = jax.value_and_grad(lambda p, x, y: loss.value(net.apply(p, x), y))
 
@@ -179,8 +181,12 @@ def to_torch(x, y):
         torch.from_numpy(y.astype(np.int64))
 
 
+MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
+
+
 def contenders():
     out = {"jaxcnn (hand-written)": lambda: jaxcnn_step("hand"),
+           MICRO: lambda: jaxcnn_step("hand", microbatch=128),
            "jaxcnn apply + jax.grad": lambda: jaxcnn_step("auto"),
            "JAX lax.conv + jax.grad": plain_jax_step}
     for name, make in [("Flax linen", flax_step), ("Equinox", equinox_step)]:
@@ -207,6 +213,8 @@ def run(batches, repeats, block=10):
         y_np = rng.integers(0, 10, size=batch).astype(np.int32)
         steps = {}
         for name, make in makers.items():
+            if name == MICRO and batch <= 128:
+                continue
             step, state = make()
             if name.startswith("PyTorch"):
                 args = to_torch(x_np, y_np)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
-from jaxcnn.core import Array, Layer, Params, config, layer_error
+from jaxcnn.core import Array, Layer, Params, config, layer_error, positive_int
 from jaxcnn.losses import Loss
 
 
@@ -87,18 +89,50 @@ def serial(*layers: Layer) -> Layer:
     return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"))
 
 
-def value_and_grad(net: Layer, loss: Loss) -> Callable[..., tuple[Array, Params]]:
+def value_and_grad(net: Layer, loss: Loss, *,
+                   microbatch: int | None = None) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` by the hand-written backward.
 
     Runs ``net.forward``, the loss's output residual and ``net.backward`` (eq. 6.2) -- no
     autodiff.  Jit-able, and vmap-able for per-example gradients (eq. 6.3): map over examples
     given a batch axis of one, ``jax.vmap(lambda x, t: f(params, x[None], t[None]))(xs, ts)``.
-    """
 
-    def f(params, x, targets, *, key=None, train=True):
+    ``microbatch``: run eq. 6.2 on consecutive chunks of this many examples, one after another
+    (``lax.scan``), and average their losses and gradients.  Every jaxcnn loss is a batch mean,
+    so this is the whole batch's ``J`` and gradient up to float rounding, with a chunk's
+    activations in memory instead of the batch's (on a CPU, also a working set that stays in
+    cache: ``docs/performance.md``).  The batch must be a multiple of it, or at most it (then
+    it is one chunk).  A given ``key`` is
+    split into one key per chunk, so stochastic layers draw differently than on the whole batch.
+    """
+    if microbatch is not None:
+        microbatch = positive_int("value_and_grad", "microbatch", microbatch)
+
+    def whole(params, x, targets, key, train):
         y, cache = net.forward(params, x, key=key, train=train)
         grads, _ = net.backward(params, cache, loss.delta(y, targets))
         return loss.value(y, targets), grads
+
+    def f(params, x, targets, *, key=None, train=True):
+        n = x.shape[0]
+        if microbatch is None or microbatch >= n:
+            return whole(params, x, targets, key, train)
+        if n % microbatch:
+            raise ValueError(f"value_and_grad: the batch ({n}) must be a multiple of "
+                             f"microbatch={microbatch}")
+        count = n // microbatch
+        chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
+        keys = None if key is None else jax.random.split(key, count)
+
+        def add(total, chunk):
+            (xc, tc), kc = chunk
+            return jax.tree.map(jnp.add, total, whole(params, xc, tc, kc, train)), None
+
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+            lambda p, xc, tc: whole(p, xc, tc, None if key is None else keys[0], train),
+            params, *jax.tree.map(lambda a: a[0], chunks)))
+        total, _ = lax.scan(add, zero, (chunks, keys))
+        return jax.tree.map(lambda a: a / count, total)
 
     return f
 

@@ -142,3 +142,40 @@ def test_serial_nests():
                                                             jnp.asarray([0, 1])))(params)
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
         assert rel_err(g, r) <= 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_microbatches_give_the_whole_batch_gradient(name):
+    """``microbatch=2`` over a batch of 6: three chunks scanned and averaged give the whole
+    batch's loss and gradients (float64, 1e-12); with a key, each chunk gets its own split key,
+    exactly as three separate calls would."""
+    net, params, x, labels = setup(name, jnp.float64, n=6)
+    key = jax.random.key(3)
+    loss = jc.softmax_cross_entropy
+    whole = jc.value_and_grad(net, loss)
+    chunked = jax.jit(jc.value_and_grad(net, loss, microbatch=2))
+    if name == "deep":      # stochastic pooling: the draws follow the chunks' keys
+        keys = jax.random.split(key, 3)
+        parts = [whole(params, x[2 * i:2 * i + 2], labels[2 * i:2 * i + 2], key=keys[i])
+                 for i in range(3)]
+        want = jax.tree.map(lambda *a: sum(a) / 3, *parts)
+    else:
+        want = whole(params, x, labels, key=key)
+    got = chunked(params, x, labels, key=key)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    # a microbatch at least the batch is one chunk: the whole batch, key and all
+    one = jc.value_and_grad(net, loss, microbatch=8)(params, x, labels, key=key)
+    for g, w in zip(jax.tree.leaves(one), jax.tree.leaves(whole(params, x, labels, key=key))):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_microbatch_errors():
+    net, params, x, labels = setup("lenet5", jnp.float32, n=6)
+    with pytest.raises(ValueError, match=r"value_and_grad: the batch \(6\) must be a multiple "
+                                         r"of microbatch=4"):
+        jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=4)(params, x, labels)
+    with pytest.raises(ValueError, match=r"value_and_grad: microbatch must be >= 1, got 0"):
+        jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=0)
+    with pytest.raises(TypeError, match=r"value_and_grad: microbatch must be an int, got 2.5"):
+        jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=2.5)
