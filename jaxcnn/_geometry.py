@@ -129,21 +129,6 @@ def windows(x_pad: Array, g: Window) -> Array:
         for u, v in _offsets(g)], axis=3)
 
 
-def sum_windows(x_pad: Array, g: Window) -> Array:
-    """``windows(x_pad, g).sum(axis=3)`` without materialising the gather: ``(N, H_out, W_out, C)``.
-
-    The sum of the ``K`` strided slices, which XLA fuses into one pass over the input.
-    """
-    (ho, wo), (sh, sw) = g.out_hw, g.strides
-    n, c = x_pad.shape[0], x_pad.shape[3]
-    total = None
-    for u, v in _offsets(g):
-        part = lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
-                         (1, sh, sw, 1))
-        total = part if total is None else total + part
-    return total
-
-
 def scatter_windows(contrib: Array, g: Window) -> Array:
     """The transpose of ``windows``: add each window entry back where it came from.
 
@@ -159,6 +144,21 @@ def scatter_windows(contrib: Array, g: Window) -> Array:
                          ((0, 0, 0), (u, hp - u - (ho - 1) * sh - 1, sh - 1),
                           (v, wp - v - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
         total = placed if total is None else total + placed
+    return total
+
+
+def sum_windows(x_pad: Array, g: Window) -> Array:
+    """``windows(x_pad, g).sum(axis=3)`` without materialising the gather: ``(N, H_out, W_out, C)``.
+
+    The sum of the ``K`` strided slices, which XLA fuses into one pass over the input.
+    """
+    (ho, wo), (sh, sw) = g.out_hw, g.strides
+    n, c = x_pad.shape[0], x_pad.shape[3]
+    total = None
+    for u, v in _offsets(g):
+        part = lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
+                         (1, sh, sw, 1))
+        total = part if total is None else total + part
     return total
 
 
@@ -185,6 +185,9 @@ class Tiles(NamedTuple):
 def column_tiles(g: Window, size: int | None = None) -> Tiles:
     """Split the ``W_out`` output columns into tiles of ``size`` (default: one tile)."""
     wo, sw, kw = g.out_hw[1], g.strides[1], g.effective_size[1]
+    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
+        raise ValueError(f"Conv2D: tile must be an int >= 1 (output columns per tile), "
+                         f"got {size!r}")
     size = wo if size is None else min(size, wo)
     count = -(-wo // size)
     return Tiles(size, count, size * sw, (size - 1) * sw + kw, (count * size - 1) * sw + kw)

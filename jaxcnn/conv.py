@@ -25,7 +25,8 @@ from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_sha
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 METHODS = ("auto", "lax", "toeplitz")
-SPREAD_LIMIT = 20   # "auto" on CPU picks the Toeplitz form at or below this spread (conv_plan)
+SPREAD_LIMIT = 20        # "auto" on CPU picks the Toeplitz form at or below this spread
+GROUP_SPLIT_LIMIT = 8    # ... and splits a grouped convolution with at most this many groups
 
 
 class ConvCache(NamedTuple):
@@ -114,8 +115,9 @@ def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
     rows it reads, across the tile's ``t.read`` columns.
 
     ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, columns ordered ``(p, v, c)``:
-    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (A
-    kernel as large as its padded input, ``H_out = W_out = 1``, makes this ``x`` flattened.)
+    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (An
+    undilated kernel exactly as large as its padded input makes this the padded input
+    flattened, and ``T`` the kernel flattened: a dense layer.)
     """
     x_pad = geo.fit_width(geo.pad(x, g), t.width)
     rows = geo.windows(x_pad, geo.row_window(g, t.width))       # (N, H_out, width, k_h, C)
@@ -124,7 +126,8 @@ def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
 
 
 def toeplitz_kernel(w: Array, g: geo.Window, t: geo.Tiles) -> Array:
-    """Eq. 4.6's right factor, the banded (for stride 1, block-Toeplitz) matrix of the kernel.
+    """Eq. 4.6's right factor, the banded matrix of the kernel: ``k_h`` blocks of rows, each
+    block-Toeplitz along the width (a shift of ``s_w`` columns per output column).
 
     ``w (kh, kw, C, F)`` -> ``(k_h t.read C, t.size F)`` with entry ``[(p, v, c), (j, o)] =
     w[p, q, c, o]`` where ``v = j s_w + q d_w``, and 0 where no tap ``q`` reads column ``v``.
@@ -146,7 +149,7 @@ def _tile_delta(delta: Array, t: geo.Tiles) -> Array:
     return geo.fit_width(delta, t.count * t.size).reshape(n * ho * t.count, t.size * f)
 
 
-def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, precision=None,
+def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, *, precision=None,
                           tile: int | None = None) -> Array:
     """Eq. 4.6, the forward (4.2) as one matrix product: ``rows(x) @ T(w)``, ``G = 1``.
 
@@ -158,7 +161,7 @@ def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, precision=None,
     return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
 
 
-def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, kernel_shape,
+def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, kernel_shape, *,
                                   precision=None, tile: int | None = None) -> Array:
     """Eq. 4.7, the kernel gradient (4.4) through eq. 4.6: ``dT = rows(x)^T delta``, then each
     tap ``q`` sums ``dT`` along its band.  ``x (N, H, W, C)``, ``delta (N, H_out, W_out, F)`` ->
@@ -171,7 +174,7 @@ def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, kernel_
     return jnp.sum(on_band, axis=1).transpose(1, 0, 2, 3)
 
 
-def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, precision=None,
+def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, *, precision=None,
                                  tile: int | None = None) -> Array:
     """Eq. 4.8, the input residual (4.5) through eq. 4.6: ``delta T(w)^T`` gives each output
     row's (and tile's) share of the input rows it read; the transposes of the tile and row
@@ -208,14 +211,18 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     convolution split into ungrouped ones).  ``"auto"`` uses XLA's convolutions on GPU/TPU
     (cuDNN and friends).  On CPU it decides from ``spread = C_g * w_read / k_w`` (``C_g`` input
     channels per group): the Toeplitz matrix has ``w_read / k_w`` times more entries than the
-    kernel has taps, and XLA's CPU convolutions get faster as the channels grow, so
+    kernel has taps per output column, and XLA's CPU convolutions get faster as the channels
+    grow, so
     ``spread <= SPREAD_LIMIT`` (20) picks the matrix products for all three passes -- the
     forward too, whose transpose is then what ``jax.grad`` of ``apply`` runs.  Otherwise XLA's
     convolutions, except that a strided convolution's input residual is the matrix product +
-    scatter rather than XLA's lhs-dilated transposed convolution.  A grouped convolution is
-    split into ``G`` ungrouped ones: XLA's CPU backend runs grouped convolutions about 20x
-    slower than ungrouped ones of the same size.  Measured on a 2-core x86 CPU
-    (``docs/performance.md``, table 2).
+    scatter rather than XLA's lhs-dilated transposed convolution.  A grouped convolution with
+    at most ``GROUP_SPLIT_LIMIT`` groups is split into ``G`` ungrouped ones: XLA's CPU backend
+    runs it 17-20x slower than the same work ungrouped (measured at ``G = 4``; a depthwise
+    convolution's hundreds of groups would unroll into as many small programs, so it stays
+    with XLA).  Measured on a 2-core x86 CPU (``docs/performance.md``, table 2).  The backend
+    is ``jax.default_backend()`` at trace time: a CPU computation traced on a GPU host (e.g.
+    under ``jax.default_device``) gets the GPU plan.
 
     The Toeplitz form splits the output width into two tiles when ``W_out >= 2 k_w``: each
     tile's matrix then spends about half as much on zeros (eq. 4.6 per tile).
@@ -233,6 +240,8 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
         plan = ConvPlan("toeplitz", "toeplitz", "toeplitz", tile=tile)
     else:
         plan = ConvPlan("lax", "lax", "scatter" if max(g.strides) > 1 else "lax")
+    if groups > GROUP_SPLIT_LIMIT:
+        return ConvPlan("lax", "lax", "lax")
     return plan._replace(split=groups > 1)
 
 
@@ -249,7 +258,7 @@ def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPl
         one = plan._replace(split=False)
         return _per_group(lambda x, w: planned_forward(x, w, g, 1, one, precision), groups, x, w)
     if plan.forward == "toeplitz":
-        return conv_forward_toeplitz(x, w, g, precision, plan.tile)
+        return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile)
     return conv_forward(x, w, g, groups, precision)
 
 
@@ -261,7 +270,8 @@ def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, kern
         return _per_group(lambda x, d: planned_kernel_grad(x, d, g, 1, shape, one, precision),
                           groups, x, delta)
     if plan.kernel == "toeplitz":
-        return conv_backward_kernel_toeplitz(x, delta, g, kernel_shape, precision, plan.tile)
+        return conv_backward_kernel_toeplitz(x, delta, g, kernel_shape, precision=precision,
+                                             tile=plan.tile)
     return conv_backward_kernel(x, delta, g, groups, precision)
 
 
@@ -274,7 +284,7 @@ def planned_input_residual(delta: Array, w: Array, g: geo.Window, groups: int, p
         return _per_group(lambda d, w: planned_input_residual(d, w, g, 1, one, precision),
                           groups, delta, w)
     if plan.input == "toeplitz":
-        return conv_backward_input_toeplitz(delta, w, g, precision, plan.tile)
+        return conv_backward_input_toeplitz(delta, w, g, precision=precision, tile=plan.tile)
     return conv_backward_input(delta, w, g, groups, precision,
                                method="scatter" if plan.input == "scatter" else "transposed")
 
@@ -294,8 +304,9 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       use_bias: whether params have ``"b"``.
       w_init, b_init: ``jax.nn.initializers`` for the kernel (default LeCun normal) and bias.
       param_dtype: dtype of the parameters made by ``init``.
-      precision: passed to ``lax.conv_general_dilated`` in both passes (``None``: the backend
-        default, reduced precision for float32 on GPU/TPU; ``"highest"`` for exact float32).
+      precision: passed to every convolution and matrix product of both passes (``None``: the
+        backend default, reduced precision for float32 on GPU/TPU; ``"highest"`` for exact
+        float32).
       method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
         convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
         kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same

@@ -119,7 +119,7 @@ def value_and_grad(net: Layer, loss: Loss, *,
             return whole(params, x, targets, key, train)
         if n % microbatch:
             raise ValueError(f"value_and_grad: the batch ({n}) must be a multiple of "
-                             f"microbatch={microbatch}")
+                             f"microbatch={microbatch} or at most it")
         count = n // microbatch
         chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
         keys = None if key is None else jax.random.split(key, count)
@@ -128,6 +128,7 @@ def value_and_grad(net: Layer, loss: Loss, *,
             (xc, tc), kc = chunk
             return jax.tree.map(jnp.add, total, whole(params, xc, tc, kc, train)), None
 
+        # zeros shaped like one chunk's (J, grads): an abstract trace, no computation
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
             lambda p, xc, tc: whole(p, xc, tc, None if key is None else keys[0], train),
             params, *jax.tree.map(lambda a: a[0], chunks)))

@@ -264,7 +264,9 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     def plan(hw, k, c_in, groups=1, padding="SAME"):
         return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in, groups)
 
-    assert jax.default_backend() == "cpu"
+    if jax.default_backend() != "cpu":     # GPU/TPU: XLA's convolutions, whatever the shape
+        assert plan((28, 28), 5, 1) == plan((8, 8), 3, 4, groups=2) == ("lax",) * 3 + (False, None)
+        return
     # LeNet-5 C1: spread 6.4, and 28 output columns in two tiles of 14
     assert plan((28, 28), 5, 1) == ("toeplitz", "toeplitz", "toeplitz", False, 14)
     # LeNet-5 C5: spread 16; one output column, one tile
@@ -272,6 +274,8 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
     assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
+    # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
+    assert plan((16, 16), 3, 16, groups=16) == ("lax",) * 3 + (False, None)
     strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
     assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "scatter", False)
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
@@ -301,6 +305,25 @@ def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv_backward_input_toeplitz(delta, w, g, tile=tile), dx,
                                rtol=1e-12, atol=1e-12)
+
+
+def test_toeplitz_tile_must_be_positive():
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_forward_toeplitz
+
+    g = geo.window("Conv2D", (6, 6), (3, 3), (1, 1), (1, 1), "VALID")
+    with pytest.raises(ValueError, match=r"Conv2D: tile must be an int >= 1 \(output columns "
+                                         r"per tile\), got 0"):
+        conv_forward_toeplitz(jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 2)), g, tile=0)
+
+
+@pytest.mark.parametrize("window, strides, padding", [(5, None, "VALID"), (5, 2, "SAME"),
+                                                      ((7, 3), 1, "VALID")])
+def test_avg_pool_large_windows(window, strides, padding):
+    """Windows of more than 16 positions take ``lax.reduce_window`` instead of the sum of
+    strided slices; the backward (eq. 5.2) still equals ``jax.vjp``."""
+    rng = np.random.default_rng(4)
+    run_case(jc.AvgPool2D(window, strides, padding), (2, 11, 9, 3), jnp.float64, rng)
 
 
 @pytest.mark.parametrize("method", ["transposed", "scatter"])
