@@ -116,17 +116,22 @@ def _offsets(g: Window):
             yield p * g.dilation[0], q * g.dilation[1]
 
 
+def _window_slices(x_pad: Array, g: Window):
+    """The ``K`` strided slices ``x_pad[:, u::s_h, v::s_w, :]`` (cropped to ``H_out x W_out``), one
+    per window position in row-major order."""
+    (ho, wo), (sh, sw) = g.out_hw, g.strides
+    n, c = x_pad.shape[0], x_pad.shape[3]
+    for u, v in _offsets(g):
+        yield lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
+                        (1, sh, sw, 1))
+
+
 def windows(x_pad: Array, g: Window) -> Array:
     """Gather every window: ``(N, Hp, Wp, C) -> (N, H_out, W_out, K, C)``, K in row-major order.
 
     Entry ``[n, i, j, p * kw + q, c] = x_pad[n, i s + p d, j s + q d, c]`` (eq. 3.3).
     """
-    (ho, wo), (sh, sw) = g.out_hw, g.strides
-    n, c = x_pad.shape[0], x_pad.shape[3]
-    return jnp.stack([
-        lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
-                  (1, sh, sw, 1))
-        for u, v in _offsets(g)], axis=3)
+    return jnp.stack(list(_window_slices(x_pad, g)), axis=3)
 
 
 def scatter_windows(contrib: Array, g: Window) -> Array:
@@ -152,28 +157,15 @@ def sum_windows(x_pad: Array, g: Window) -> Array:
 
     The sum of the ``K`` strided slices, which XLA fuses into one pass over the input.
     """
-    (ho, wo), (sh, sw) = g.out_hw, g.strides
-    n, c = x_pad.shape[0], x_pad.shape[3]
-    total = None
-    for u, v in _offsets(g):
-        part = lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, c),
-                         (1, sh, sw, 1))
-        total = part if total is None else total + part
-    return total
-
-
-def read_extent(g: Window) -> tuple[int, int]:
-    """How many padded rows / columns the windows read: ``(H_out - 1) s + k_eff`` per axis.
-
-    The remaining ``r`` rows / columns of the padded input (Section 3) are never read.
-    """
-    return tuple((o - 1) * s + k for o, s, k in zip(g.out_hw, g.strides, g.effective_size))
+    parts = _window_slices(x_pad, g)
+    return sum(parts, next(parts))
 
 
 class Tiles(NamedTuple):
     """Output columns in tiles of ``size``: ``count`` tiles, tile ``t`` reading the ``read``
     padded input columns from ``t * step`` on; ``width`` columns in all (the padded input is
-    cropped or zero-extended to it).  One tile of the whole width is ``read_extent``."""
+    cropped or zero-extended to it).  With one tile, ``read`` is every column the windows read,
+    ``(W_out - 1) s_w + k_eff``; the remaining ``r`` of the padded input never are (Section 3)."""
 
     size: int
     count: int

@@ -161,12 +161,12 @@ def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, *, precision=None,
     return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
 
 
-def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, kernel_shape, *,
+def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, *,
                                   precision=None, tile: int | None = None) -> Array:
     """Eq. 4.7, the kernel gradient (4.4) through eq. 4.6: ``dT = rows(x)^T delta``, then each
     tap ``q`` sums ``dT`` along its band.  ``x (N, H, W, C)``, ``delta (N, H_out, W_out, F)`` ->
     ``dw (kh, kw, C, F)``; ``G = 1``."""
-    kh, _, c, f = kernel_shape
+    kh, c, f = g.size[0], x.shape[3], delta.shape[3]
     t = geo.column_tiles(g, tile)
     d_band = jnp.dot(toeplitz_rows(x, g, t).T, _tile_delta(delta, t), precision=precision)
     d_band = d_band.reshape(kh, t.read, c, t.size, f)
@@ -236,7 +236,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
                         tile=tile if method == "toeplitz" else None)
     if jax.default_backend() != "cpu":
         return ConvPlan("lax", "lax", "lax")
-    if (c_in // groups) * geo.read_extent(g)[1] / g.size[1] <= SPREAD_LIMIT:
+    if (c_in // groups) * geo.column_tiles(g).read / g.size[1] <= SPREAD_LIMIT:
         plan = ConvPlan("toeplitz", "toeplitz", "toeplitz", tile=tile)
     else:
         plan = ConvPlan("lax", "lax", "scatter" if max(g.strides) > 1 else "lax")
@@ -262,16 +262,15 @@ def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPl
     return conv_forward(x, w, g, groups, precision)
 
 
-def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, kernel_shape,
-                        plan: ConvPlan, precision=None) -> Array:
+def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, plan: ConvPlan,
+                        precision=None) -> Array:
     """The kernel gradient as ``plan`` says: eq. 4.7 or eq. 4.4 (per group if ``plan.split``)."""
     if plan.split:
-        one, shape = plan._replace(split=False), (*kernel_shape[:3], kernel_shape[3] // groups)
-        return _per_group(lambda x, d: planned_kernel_grad(x, d, g, 1, shape, one, precision),
+        one = plan._replace(split=False)
+        return _per_group(lambda x, d: planned_kernel_grad(x, d, g, 1, one, precision),
                           groups, x, delta)
     if plan.kernel == "toeplitz":
-        return conv_backward_kernel_toeplitz(x, delta, g, kernel_shape, precision=precision,
-                                             tile=plan.tile)
+        return conv_backward_kernel_toeplitz(x, delta, g, precision=precision, tile=plan.tile)
     return conv_backward_kernel(x, delta, g, groups, precision)
 
 
@@ -371,8 +370,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         w, _, g = checked(params, x)
         check_delta(name, delta, (x.shape[0], *g.out_hw, features), x.dtype)
         plan = conv_plan(g, x.shape[3], groups, method)
-        grads = {"w": planned_kernel_grad(x, delta, g, groups, w.shape, plan,     # eq. 4.4 / 4.7
-                                          precision)}
+        grads = {"w": planned_kernel_grad(x, delta, g, groups, plan, precision)}  # eq. 4.4 / 4.7
         if use_bias:
             grads["b"] = jnp.sum(delta, axis=(0, 1, 2))                          # eq. 4.3
         return grads, planned_input_residual(delta, w, g, groups, plan,          # eq. 4.5 / 4.8

@@ -301,7 +301,7 @@ def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
     delta = jnp.asarray(rng.normal(size=y.shape))
     dx, dw = vjp(delta)
     np.testing.assert_allclose(conv_forward_toeplitz(x, w, g, tile=tile), y, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(conv_backward_kernel_toeplitz(x, delta, g, w.shape, tile=tile), dw,
+    np.testing.assert_allclose(conv_backward_kernel_toeplitz(x, delta, g, tile=tile), dw,
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv_backward_input_toeplitz(delta, w, g, tile=tile), dx,
                                rtol=1e-12, atol=1e-12)
