@@ -4,7 +4,7 @@
 
 Everything is measured in ONE process with the contenders interleaved call by call, so machine
 noise hits both alike; the figures that matter are the ratios (hand-written / autodiff, median
-over the repeats).  Each step is ``value_and_grad`` + an optax SGD-momentum update, jitted:
+over the repeats), each with a 95% bootstrap interval over the paired repeats.  Each step is ``value_and_grad`` + an optax SGD-momentum update, jitted:
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward.
@@ -52,17 +52,33 @@ NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
         "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3))}
 
 
-def interleaved(fns, args, repeats):
-    """Median seconds of each function, called in turn ``repeats`` times after a warm-up."""
+def samples(fns, args, repeats):
+    """Seconds of each call: the functions called in turn ``repeats`` times after a warm-up;
+    ``(len(fns), repeats)``, column ``r`` one round."""
     for f in fns:
         jax.block_until_ready(f(*args))
-    times = [[] for _ in fns]
-    for _ in range(repeats):
+    times = np.zeros((len(fns), repeats))
+    for r in range(repeats):
         for i, f in enumerate(fns):
             t = time.perf_counter()
             jax.block_until_ready(f(*args))
-            times[i].append(time.perf_counter() - t)
-    return [float(np.median(t)) for t in times]
+            times[i, r] = time.perf_counter() - t
+    return times
+
+
+def interleaved(fns, args, repeats):
+    """Median seconds of each function, called in turn ``repeats`` times after a warm-up."""
+    return [float(t) for t in np.median(samples(fns, args, repeats), axis=1)]
+
+
+def paired_ratio(a, b, resamples=4000):
+    """``median(a) / median(b)`` and its 95% bootstrap interval, resampling whole rounds (the
+    pairs measured side by side) so that noise common to a round cancels as in the ratio."""
+    rng = np.random.default_rng(0)
+    rounds = rng.integers(0, len(a), size=(resamples, len(a)))
+    boot = np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(a) / np.median(b)), (float(lo), float(hi))
 
 
 def matmul_ceiling(repeats):
@@ -124,15 +140,16 @@ def bench_nets(batches, repeats, names):
             args = (params, opt_state, x, y)
             (ch, mh), (ca, ma) = (compile_seconds_and_memory(f, args) for f in (hand, auto))
             cache_mib, residual_mib = saved_mib(net, loss, params, x, y)
-            th, ta = interleaved([jax.jit(hand), jax.jit(auto)], args, repeats)
+            times = samples([jax.jit(hand), jax.jit(auto)], args, repeats)
+            (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             rows.append({"net": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
-                         "ratio": th / ta, "images_per_s": batch / th,
+                         "ratio": ratio, "ratio_95": ci, "images_per_s": batch / th,
                          "gflops": 3 * flops * batch / th / 1e9,
                          "compile_hand_s": ch, "compile_autodiff_s": ca,
                          "temp_bytes_hand": mh, "temp_bytes_autodiff": ma,
                          "cache_mib": cache_mib, "autodiff_residual_mib": residual_mib})
             print(f"{name:7s} batch {batch:4d}: hand {th * 1e3:8.2f} ms  autodiff {ta * 1e3:8.2f} ms"
-                  f"  ratio {th / ta:5.3f}  {batch / th:9.0f} img/s  "
+                  f"  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]  {batch / th:9.0f} img/s  "
                   f"compile {ch:.2f}/{ca:.2f} s  temp MiB {_mib(mh)}/{_mib(ma)}  "
                   f"cache/residual MiB {cache_mib:.1f}/{residual_mib:.1f}", flush=True)
     return rows
@@ -185,11 +202,12 @@ def bench_layers(batch, repeats, only=""):
         delta = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
         hand = jax.jit(lambda p, x, d: layer.backward(p, layer.forward(p, x, key=key)[1], d))
         auto = jax.jit(lambda p, x, d: jax.vjp(lambda p, x: layer.apply(p, x, key=key), p, x)[1](d))
-        th, ta = interleaved([hand, auto], (params, x, delta), repeats)
+        times = samples([hand, auto], (params, x, delta), repeats)
+        (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
         rows.append({"layer": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
-                     "ratio": th / ta})
+                     "ratio": ratio, "ratio_95": ci})
         print(f"{name:34s} forward+backward: hand {th * 1e3:7.2f} ms  autodiff {ta * 1e3:7.2f} ms"
-              f"  ratio {th / ta:5.3f}", flush=True)
+              f"  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
     return rows
 
 
@@ -203,7 +221,7 @@ FORWARD = {   # name: (Conv2D args, per-example input shape)
 }
 
 
-def bench_forward(batch, repeats, only=""):
+def bench_forward(batches, repeats, only=""):
     """``Conv2D.apply`` with ``method="auto"`` against ``lax.conv_general_dilated`` itself
     (``method="lax"``), forward only: the forward must never be slower."""
     rows = []
@@ -212,12 +230,16 @@ def bench_forward(batch, repeats, only=""):
             continue
         auto, lax_conv = (jc.Conv2D(*conv_args, method=m) for m in ("auto", "lax"))
         params, _ = auto.init(jax.random.key(0), shape)
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
-        ta, tl = interleaved([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x), repeats)
-        rows.append({"layer": name, "batch": batch, "auto_ms": ta * 1e3, "lax_ms": tl * 1e3,
-                     "ratio": ta / tl})
-        print(f"{name:34s} forward: auto {ta * 1e3:7.2f} ms  lax.conv {tl * 1e3:7.2f} ms"
-              f"  ratio {ta / tl:5.3f}", flush=True)
+        for batch in batches:
+            x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
+            times = samples([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x),
+                            repeats)
+            (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
+            rows.append({"layer": name, "batch": batch, "auto_ms": ta * 1e3,
+                         "lax_ms": tl * 1e3, "ratio": ratio, "ratio_95": ci})
+            print(f"{name:28s} batch {batch:4d} forward: auto {ta * 1e3:7.2f} ms  lax.conv "
+                  f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+                  flush=True)
     return rows
 
 
@@ -241,7 +263,7 @@ def main(argv=None):
     for row in nets:
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     layers = bench_layers(128, repeats, args.layers)
-    forward = bench_forward(128, repeats, args.layers)
+    forward = bench_forward(batches, repeats, args.layers)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling, "nets": nets,

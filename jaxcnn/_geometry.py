@@ -11,6 +11,7 @@ output ``H_out = floor((H + lo + hi - k_eff) / s) + 1``  (eq. 3.1).
 """
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -159,6 +160,33 @@ def sum_windows(x_pad: Array, g: Window) -> Array:
     """
     parts = _window_slices(x_pad, g)
     return sum(parts, next(parts))
+
+
+def spread_windows(share: Array, g: Window) -> Array:
+    """The transpose of ``sum_windows``: each window's value added to every position it covers.
+
+    ``(N, H_out, W_out, C) -> (N, Hp, Wp, C)``, equal to ``scatter_windows`` of ``share``
+    broadcast over the ``K`` positions, but written as reads, not strided writes (eq. 5.9):
+    padded row ``m s + r`` (phase ``r``) receives ``share[m - t]`` from the taps at offset
+    ``u = t s + r``.  Each of the ``s_h s_w`` phases is a sum of plain slices of one
+    zero-padded ``share``; the phases interleave into the rows and columns.
+    """
+    (ho, wo), (sh, sw), (hp, wp) = g.out_hw, g.strides, g.padded_hw
+    n, c = share.shape[0], share.shape[3]
+    mh, mw = -(-hp // sh), -(-wp // sw)                 # rows and columns per phase
+    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
+    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
+    th, tw = max(t for t, _ in rows), max(t for t, _ in cols)
+    padded = lax.pad(share, jnp.zeros((), share.dtype),
+                     ((0, 0, 0), (th, mh - ho, 0), (tw, mw - wo, 0), (0, 0, 0)))
+    phases = {}
+    for (t, r), (t2, r2) in itertools.product(rows, cols):
+        part = lax.slice(padded, (0, th - t, tw - t2, 0), (n, th - t + mh, tw - t2 + mw, c))
+        phases[r, r2] = phases[r, r2] + part if (r, r2) in phases else part
+    zero = jnp.zeros((n, mh, mw, c), share.dtype)       # a phase no tap reaches (s > k d)
+    out = jnp.stack([jnp.stack([phases.get((r, r2), zero) for r2 in range(sw)], axis=3)
+                     for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
+    return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
 
 
 class Tiles(NamedTuple):

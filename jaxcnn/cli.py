@@ -80,6 +80,10 @@ def _add_train(subparsers) -> None:
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"],
                    help="total epochs (a resumed run continues up to this many)")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    p.add_argument("--microbatch", type=_positive_int, metavar="M",
+                   help="compute each step's gradient on chunks of M examples (per device), "
+                        "averaged: the same update, a chunk's activations in memory "
+                        "(default: the whole batch at once)")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help="momentum is SGD with momentum 0.9")
@@ -148,13 +152,16 @@ def _run_train(args) -> int:
     n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
     if distributed.is_main():
         print(f"{ds.describe()}\n{args.arch}: {n_params:,} parameters; {args.optimizer} lr "
-              f"{args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, {args.grad} "
+              f"{args.lr:g}, batch {args.batch_size}"
+              f"{f' in microbatches of {args.microbatch}' if args.microbatch else ''}, "
+              f"{args.epochs} epochs, {args.grad} "
               f"gradients; outputs in {out}")
     info = {"dataset": ds.name, "arch": args.arch, "optimizer": args.optimizer, "lr": args.lr}
     try:
         train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
                   optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, grad=args.grad, devices=devices,
+                  seed=args.seed, grad=args.grad, microbatch=args.microbatch,
+                  devices=devices,
                   check_grads=args.check_grads, out=out,
                   resume=args.resume, overwrite=args.overwrite,
                   checkpoint_every=args.checkpoint_every, info=info, verbose=True,

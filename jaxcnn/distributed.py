@@ -62,7 +62,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn.core import Array, Layer, Params
 from jaxcnn.losses import Loss
-from jaxcnn.network import value_and_grad
+from jaxcnn.network import microbatched, value_and_grad
 from jaxcnn.train import GRADS, _memo, update_step
 
 __all__ = [
@@ -233,8 +233,8 @@ def shard_key(key: Array | None) -> Array | None:
     return None if key is None else jax.random.fold_in(key, lax.axis_index(BATCH))
 
 
-def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual"
-                  ) -> Callable[..., tuple[Array, Params]]:
+def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",
+                  microbatch: int | None = None) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` over the global batch.
 
     ``x`` and ``targets`` are sharded over ``"batch"`` (``shard_batch``), ``params`` and
@@ -242,12 +242,13 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     device's hand-written ``value_and_grad`` (eq. 6.2 on its rows), then ``pmean`` -- the
     shard step and the device mean of the module docstring.
     ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss ``pmean(J_d)``.
+    ``microbatch``: each device runs its rows in chunks of this many (``microbatched``).
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    vg = value_and_grad(net, loss)
+    vg = value_and_grad(net, loss, microbatch=microbatch)
 
-    def manual(params, x, targets, key, train):
+    def manual(params, x, targets, *, key, train):
         value, grads = vg(params, x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
@@ -259,11 +260,11 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
         # sums the per-device gradients of pmean(J_d), each (1/D) g_d
         return jax.value_and_grad(mean_loss)(params)
 
-    local = manual if grad == "manual" else autodiff
+    local = manual if grad == "manual" else microbatched(autodiff, microbatch, "value_and_grad")
 
     def f(params, x, targets, *, key=None, train=True):
         mapped = jax.shard_map(
-            lambda p, xs, ts, k: local(p, xs, ts, k, train), mesh=plan.mesh,
+            lambda p, xs, ts, k: local(p, xs, ts, key=k, train=train), mesh=plan.mesh,
             in_specs=(P(), P(BATCH), P(BATCH), P()), out_specs=(P(), P()))
         return mapped(params, x, targets, key)
 
@@ -271,23 +272,24 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-              plan: DataParallel, grad: str = "manual") -> Callable:
+              plan: DataParallel, grad: str = "manual", microbatch: int | None = None
+              ) -> Callable:
     """The data-parallel ``train.make_step``: jitted ``(params, opt_state, x, targets, key) ->
     (params, opt_state, J)`` with ``x``, ``targets`` sharded (``shard_batch``) and the rest
     replicated (``replicate``).  ``key`` is the step's key; shard d draws from
     ``fold_in(key, d)``.
     """
-    step = update_step(loss_and_grad(net, loss, plan, grad), optimizer)
+    step = update_step(loss_and_grad(net, loss, plan, grad, microbatch), optimizer)
     rep = plan.replicated
     return jax.jit(step, out_shardings=(rep, rep, rep))
 
 
 @_memo
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, grad: str,
-             plan: DataParallel) -> Callable:
+             plan: DataParallel, microbatch: int | None = None) -> Callable:
     """``fit``'s step on a mesh: ``(params, opt_state, x, targets, step_key, step)`` with the
     forward's key ``fold_in(step_key, step)``, as the single-device step."""
-    update = update_step(loss_and_grad(net, loss, plan, grad), optimizer)
+    update = update_step(loss_and_grad(net, loss, plan, grad, microbatch), optimizer)
 
     def step_fn(params, opt_state, x, targets, step_key, step):
         return update(params, opt_state, x, targets, jax.random.fold_in(step_key, step))

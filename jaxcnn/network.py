@@ -97,43 +97,55 @@ def value_and_grad(net: Layer, loss: Loss, *,
     autodiff.  Jit-able, and vmap-able for per-example gradients (eq. 6.3): map over examples
     given a batch axis of one, ``jax.vmap(lambda x, t: f(params, x[None], t[None]))(xs, ts)``.
 
-    ``microbatch``: run eq. 6.2 on consecutive chunks of this many examples, one after another
-    (``lax.scan``), and average their losses and gradients.  Every jaxcnn loss is a batch mean,
-    so this is the whole batch's ``J`` and gradient up to float rounding, with a chunk's
-    activations in memory instead of the batch's (on a CPU, also a working set that stays in
-    cache: ``docs/performance.md``).  The batch must be a multiple of it, or at most it (then
-    it is one chunk).  A given ``key`` is
-    split into one key per chunk, so stochastic layers draw differently than on the whole batch.
+    ``microbatch``: run eq. 6.2 on consecutive chunks of this many examples, one after another,
+    and average their losses and gradients (``microbatched``): the whole batch's ``J`` and
+    gradient up to float rounding, with a chunk's activations in memory instead of the batch's
+    (on a CPU, also a working set that stays in cache: ``docs/performance.md``).  The batch
+    must be a multiple of it, or at most it (then it is one chunk).  A given ``key`` is split
+    into one key per chunk, so stochastic layers draw differently than on the whole batch.
     """
-    if microbatch is not None:
-        microbatch = positive_int("value_and_grad", "microbatch", microbatch)
-
     def whole(params, x, targets, key, train):
         y, cache = net.forward(params, x, key=key, train=train)
         grads, _ = net.backward(params, cache, loss.delta(y, targets))
         return loss.value(y, targets), grads
 
+    return microbatched(whole, microbatch, "value_and_grad")
+
+
+def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
+                 ) -> Callable[..., tuple[Array, Params]]:
+    """``vg(params, x, targets, key, train) -> (J, grads)`` on consecutive chunks of
+    ``microbatch`` examples, one after another (``lax.scan``), losses and gradients averaged:
+    ``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
+
+    For a ``vg`` whose ``J`` is a batch mean (every jaxcnn loss) this is the whole batch's
+    ``J`` and gradient up to float rounding.  ``microbatch=None``, or at least the batch: one
+    call on the whole batch.  Otherwise the batch must be a multiple of ``microbatch``
+    (``ValueError`` naming ``name``), and a given ``key`` is split into one key per chunk.
+    Memory: one chunk's activations, and every chunk's gradients until they are averaged.
+    """
+    if microbatch is not None:
+        microbatch = positive_int(name, "microbatch", microbatch)
+
     def f(params, x, targets, *, key=None, train=True):
         n = x.shape[0]
         if microbatch is None or microbatch >= n:
-            return whole(params, x, targets, key, train)
+            return vg(params, x, targets, key, train)
         if n % microbatch:
-            raise ValueError(f"value_and_grad: the batch ({n}) must be a multiple of "
+            raise ValueError(f"{name}: the batch ({n}) must be a multiple of "
                              f"microbatch={microbatch} or at most it")
         count = n // microbatch
         chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
         keys = None if key is None else jax.random.split(key, count)
 
-        def add(total, chunk):
+        def one(_, chunk):
             (xc, tc), kc = chunk
-            return jax.tree.map(jnp.add, total, whole(params, xc, tc, kc, train)), None
+            return None, vg(params, xc, tc, kc, train)
 
-        # zeros shaped like one chunk's (J, grads): an abstract trace, no computation
-        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-            lambda p, xc, tc: whole(p, xc, tc, None if key is None else keys[0], train),
-            params, *jax.tree.map(lambda a: a[0], chunks)))
-        total, _ = lax.scan(add, zero, (chunks, keys))
-        return jax.tree.map(lambda a: a / count, total)
+        # each chunk's (J, grads) stacked, not summed into a carry: a carry's zeros would
+        # lack the device-varying type of per-device gradients under shard_map
+        _, parts = lax.scan(one, None, (chunks, keys))
+        return jax.tree.map(lambda a: jnp.mean(a, axis=0), parts)
 
     return f
 

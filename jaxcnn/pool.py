@@ -113,7 +113,8 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
         input positions in the window (Keras' ``"SAME"``).
 
     Backward (eq. 5.2): delta is spread evenly over each window, ``delta / |R|`` to every
-    position, and overlapping windows add up; for non-overlapping windows this is a broadcast.
+    position, and overlapping windows add up; for non-overlapping windows this is a broadcast,
+    otherwise sums of shifted slices of delta, one per stride phase (eq. 5.9).
     """
     name = "AvgPool2D"
 
@@ -133,9 +134,7 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
     def backward(cache, delta, g):
         share = delta / divisor(g, delta.dtype)                                   # eq. 5.2
         if g.strides != g.size:                       # overlapping or gapped windows
-            n, ho, wo, c = share.shape
-            return geo.scatter_windows(
-                jnp.broadcast_to(share[:, :, :, None, :], (n, ho, wo, g.count, c)), g)
+            return geo.spread_windows(share, g)                                   # eq. 5.9
         (kh, kw), (hp, wp) = g.size, g.padded_hw
         n, ho, wo, c = share.shape
         tiled = jnp.broadcast_to(share[:, :, None, :, None, :], (n, ho, kh, wo, kw, c))

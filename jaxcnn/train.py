@@ -37,7 +37,7 @@ from jaxcnn.audit import TOLERANCES, check_grads as audit_grads
 from jaxcnn.core import Array, Layer, Params
 from jaxcnn.data import check_arrays
 from jaxcnn.losses import Loss, softmax_cross_entropy
-from jaxcnn.network import value_and_grad
+from jaxcnn.network import microbatched, value_and_grad
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "CHECKPOINT_DIR", "EVAL_BATCH", "OUTPUT_FILES",
@@ -125,30 +125,31 @@ def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     return OPTIMIZERS[name](learning_rate)
 
 
-def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual"
+def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int | None = None
                   ) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
 
     ``grad="manual"``: ``jaxcnn.value_and_grad``, the hand-written backward (eq. 6.2).
     ``grad="autodiff"``: ``jax.value_and_grad`` of ``loss.value(net.apply(...))`` -- the same
-    forward differentiated by JAX, for comparison.
+    forward differentiated by JAX, for comparison.  ``microbatch``: either one on chunks of
+    this many examples, averaged (``jaxcnn.network.microbatched``).
     """
     if grad == "manual":
-        return value_and_grad(net, loss)
+        return value_and_grad(net, loss, microbatch=microbatch)
     if grad != "autodiff":
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
 
-    def f(params, x, targets, *, key=None, train=True):
+    def f(params, x, targets, key, train):
         return jax.value_and_grad(
             lambda p: loss.value(net.apply(p, x, key=key, train=train), targets))(params)
 
-    return f
+    return microbatched(f, microbatch, "value_and_grad")
 
 
 def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-               grad: str = "manual") -> Callable:
+               grad: str = "manual", microbatch: int | None = None) -> Callable:
     """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``."""
-    return update_step(loss_and_grad(net, loss, grad), optimizer)
+    return update_step(loss_and_grad(net, loss, grad, microbatch), optimizer)
 
 
 def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
@@ -168,22 +169,22 @@ def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callab
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-              grad: str = "manual") -> Callable:
+              grad: str = "manual", microbatch: int | None = None) -> Callable:
     """``jax.jit`` of ``train_step``: one mini-batch update, compiled once per batch shape.
 
     >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
     >>> params, opt_state, J = step(params, opt_state, x, labels, key)
     """
-    return jax.jit(train_step(net, loss, optimizer, grad))
+    return jax.jit(train_step(net, loss, optimizer, grad, microbatch))
 
 
 @_memo
 def _indexed_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-                  grad: str) -> Callable:
+                  grad: str, microbatch: int | None) -> Callable:
     """``fit``'s step: ``(params, opt_state, x_all, y_all, index, step_key, step)``, the batch
     gathered on the device (the data set is an argument, never a compiled-in constant) and the
     forward's key ``fold_in(step_key, step)``."""
-    update = train_step(net, loss, optimizer, grad)
+    update = train_step(net, loss, optimizer, grad, microbatch)
 
     def step_fn(params, opt_state, x_all, y_all, index, step_key, step):
         return update(params, opt_state, x_all[index], y_all[index],
@@ -471,7 +472,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         loss: Loss = softmax_cross_entropy,
         optimizer: optax.GradientTransformation | None = None,
         epochs: int = 10, batch_size: int = 32, seed: int = 0, grad: str = "manual",
-        devices: str | int | list | None = None,
+        microbatch: int | None = None, devices: str | int | list | None = None,
         check_grads: int = 0, grad_tol: float | None = None,
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = 0, info: dict | None = None, verbose: bool = True,
@@ -488,6 +489,11 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
       epochs: the total number of epochs (a resumed run continues up to it); batch_size: the
         mini-batch size, at most ``len(x_train)``; seed: data order and per-step keys.
       grad: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
+      microbatch: compute each step's gradient on chunks of this many examples (per device),
+        one after another, and average them (``jaxcnn.network.microbatched``): the same
+        update up to float rounding, with a chunk's activations in memory instead of the
+        batch's.  The (per-device) batch must be a multiple of it or at most it.  ``None``:
+        the whole batch at once.
       devices: ``None``: one device, as above.  ``"all"``, a number or a list of devices:
         data-parallel over a mesh of them (``jaxcnn.distributed``; docs/scaling.md) -- each
         step shards the batch (``batch_size`` must divide by the device count), replicates
@@ -544,9 +550,18 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
     elif jax.process_count() > 1:
         raise ValueError(f"this is one of {jax.process_count()} processes (jax.distributed): "
                          f"pass devices='all' to train over the devices of all of them")
+    if microbatch is not None:
+        microbatch = _positive_int("microbatch", microbatch)
+        rows = batch_size // (1 if plan is None else plan.size)
+        if rows > microbatch and rows % microbatch:
+            what = (f"batch_size ({rows})" if plan is None
+                    else f"the per-device batch ({rows} = batch_size / {plan.size})")
+            raise ValueError(f"{what} must be a multiple of microbatch ({microbatch}) or at "
+                             f"most it")
     main = plan is None or distributed.is_main()      # prints and writes the run's files
     steps_per_epoch = n_train // batch_size
     config = {"n_train": n_train, "batch_size": batch_size, "seed": seed, "grad": grad,
+              "microbatch": microbatch,
               **(info or {})}
     log = print_fn if verbose and main else (lambda _: None)
 
@@ -622,12 +637,12 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         step_key = jax.random.fold_in(key, _STEP)
         if plan is None:
             x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
-            step_fn = _indexed_step(net, loss, optimizer, grad)
+            step_fn = _indexed_step(net, loss, optimizer, grad, microbatch)
 
             def run_step(params, opt_state, index, step_):
                 return step_fn(params, opt_state, x_dev, y_dev, index, step_key, step_)
         else:                        # each process sends only its rows of the batch
-            step_fn = distributed.fit_step(net, loss, optimizer, grad, plan)
+            step_fn = distributed.fit_step(net, loss, optimizer, grad, plan, microbatch)
             step_key_dev = distributed.replicate(plan, step_key)
 
             def run_step(params, opt_state, index, step_):
@@ -716,7 +731,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
         "epochs": len(history), "steps": step, "batch_size": batch_size,
-        "seconds": round(seconds_before + time.perf_counter() - t_start, 2),
+        "microbatch": microbatch, "seconds": round(seconds_before + time.perf_counter() - t_start, 2),
         "grad": grad, "seed": seed, "gradient_check_worst_relative_error": first.worst,
         "n_train": n_train, "n_test": None if x_test is None else len(x_test),
         "parameters": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),

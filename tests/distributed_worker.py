@@ -76,6 +76,9 @@ def check_step(out: str) -> None:
     value1, grads1 = jax.jit(jc.value_and_grad(NET, LOSS))(params, x, y)
     sharded = {g: jax.jit(dist.loss_and_grad(NET, LOSS, plan, g))(rparams, xs, ys)
                for g in train.GRADS}
+    # 4 rows per device, in 2 microbatches of 2 on each
+    chunked = {g: jax.jit(dist.loss_and_grad(NET, LOSS, plan, g, microbatch=2))(rparams, xs, ys)
+               for g in train.GRADS}
 
     # the mixing mistake: jax.grad of each device's own loss, then pmean.  With check_vma the
     # gradient for the replicated params is already summed over devices: D times too large
@@ -98,6 +101,10 @@ def check_step(out: str) -> None:
     save(out, "step", devices=plan.size, value1=value1, grads1=leaves(grads1),
          value_manual=sharded["manual"][0], grads_manual=leaves(sharded["manual"][1]),
          value_autodiff=sharded["autodiff"][0], grads_autodiff=leaves(sharded["autodiff"][1]),
+         value_chunked_manual=chunked["manual"][0],
+         grads_chunked_manual=leaves(chunked["manual"][1]),
+         value_chunked_autodiff=chunked["autodiff"][0],
+         grads_chunked_autodiff=leaves(chunked["autodiff"][1]),
          grads_naive=leaves(naive_grads), no_pmean=error_of(no_pmean),
          params1=leaves(step1[0]), params8=leaves(step8[0]), loss1=step1[2], loss8=step8[2],
          params8_sharding=str(jax.tree_util.tree_leaves(step8[0])[0].sharding),
@@ -160,6 +167,8 @@ def check_fit(out: str) -> None:
          odd_batch=error_of(lambda: train.fit(NET, params, x, y, **{**kw, "batch_size": 20},
                                               devices=8)),
          too_many=error_of(lambda: train.fit(NET, params, x, y, **kw, devices=9)),
+         odd_microbatch=error_of(lambda: train.fit(NET, params, x, y, **{**kw, "batch_size": 48},
+                                                   devices=8, microbatch=4)),
          repeated=error_of(lambda: dist.data_parallel([0, 0])),
          unknown=error_of(lambda: dist.data_parallel([99])))
 

@@ -81,12 +81,14 @@ def _leaves(tree):
 
 def test_mnist_style_files_autodiff_and_periodic_checks(tmp_path, capsys):
     code, out, err = run(capsys, "--dataset", "mnist", "--data-dir", tiny_idx(tmp_path / "d"),
-                         "--arch", "ufldl", "--epochs", 2, "--batch-size", 10, "--grad",
-                         "autodiff", "--check-grads", 3, "--optimizer", "momentum", "--lr",
-                         0.01, "--out", tmp_path / "o", "--quiet")
+                         "--arch", "ufldl", "--epochs", 2, "--batch-size", 10, "--microbatch", 5,
+                         "--grad", "autodiff", "--check-grads", 3, "--optimizer", "momentum",
+                         "--lr", 0.01, "--out", tmp_path / "o", "--quiet")
     assert code == 0, err
     assert out.startswith("mnist: 40 train + 20 test images, 8x8x1, 10 classes\nufldl: ")
+    assert "batch 10 in microbatches of 5, 2 epochs, autodiff gradients" in out
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["microbatch"] == 5
     assert (summary["dataset"], summary["arch"], summary["grad"]) == ("mnist", "ufldl",
                                                                     "autodiff")
     assert summary["optimizer"] == "momentum" and summary["steps"] == 8
@@ -169,6 +171,8 @@ def test_bad_data_exits_2_before_training(tmp_path, capsys, kind, message):
     (["--batch-size", "5000"], "batch_size (5000) exceeds the number of training examples "
                                "(1437)"),
     (["--resume"], "nothing to resume: no checkpoint in "),
+    (["--microbatch", "0"], "argument --microbatch: must be a positive integer, got '0'"),
+    (["--microbatch", "7"], "batch_size (32) must be a multiple of microbatch (7) or at most it"),
 ])
 def test_bad_options_exit_2_before_training(tmp_path, capsys, args, message):
     code, out, err = run(capsys, *args, "--out", tmp_path / "o")
@@ -182,8 +186,8 @@ def test_subcommands_and_help(capsys):
     assert "the following arguments are required: COMMAND" in capsys.readouterr().err
     assert cli.main(["train", "--help"]) == 0
     usage = capsys.readouterr().out
-    for option in ("--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr",
-                   "--optimizer", "--seed", "--out", "--grad", "--check-grads", "--resume"):
+    for option in ("--dataset", "--data-dir", "--arch", "--epochs", "--batch-size",
+                   "--microbatch", "--lr", "--optimizer", "--seed", "--out", "--grad", "--check-grads", "--resume"):
         assert option in usage
 
 

@@ -93,6 +93,13 @@ def test_averaged_gradient_equals_the_single_device_gradient(worker, grad):
     assert_trees_close(r[f"grads_{grad}"], r["grads1"], F32)
 
 
+@pytest.mark.parametrize("grad", ["manual", "autodiff"])
+def test_microbatches_on_each_device_give_the_same_gradient(worker, grad):
+    r = worker["step"]
+    np.testing.assert_allclose(r[f"value_chunked_{grad}"], r["value1"], **F32)
+    assert_trees_close(r[f"grads_chunked_{grad}"], r["grads1"], F32)
+
+
 def test_jax_grad_of_each_device_loss_is_summed_over_devices(worker):
     # the subtlety the autodiff mode avoids: with check_vma, jax.grad with respect to the
     # replicated params already sums the per-device gradients, so a pmean after it leaves a
@@ -171,6 +178,8 @@ def test_device_and_batch_errors_name_the_numbers(worker):
                               "(8): each device takes batch_size / 8 rows; try 16, 24")
     assert r["too_many"] == ("ValueError: devices=9, but 8 devices are available (cpu); pass "
                              "devices='all' or a number from 1 to 8")
+    assert r["odd_microbatch"] == ("ValueError: the per-device batch (6 = batch_size / 8) must "
+                                   "be a multiple of microbatch (4) or at most it")
     assert r["repeated"] == "ValueError: devices: each device may appear once, got [0, 0]"
     assert r["unknown"] == ("ValueError: devices: no device with id 99; the ids are "
                             "[0, 1, 2, 3, 4, 5, 6, 7]")

@@ -326,6 +326,28 @@ def test_avg_pool_large_windows(window, strides, padding):
     run_case(jc.AvgPool2D(window, strides, padding), (2, 11, 9, 3), jnp.float64, rng)
 
 
+@pytest.mark.parametrize("size, strides, dilation, padding", [
+    ((3, 3), (2, 2), (1, 1), "SAME"), ((3, 2), (1, 1), (1, 1), "VALID"),
+    ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
+    ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])
+def test_spread_windows_is_the_scatter_of_a_broadcast(size, strides, dilation, padding):
+    """Eq. 5.9 (stride phases of shifted slices) equals eq. 3.4 with ``G = share`` at every
+    window position, gaps (stride > window) and dilation included; and it is the transpose of
+    ``sum_windows``."""
+    from jaxcnn import _geometry as geo
+
+    g = geo.window("AvgPool2D", (11, 10), size, strides, dilation, padding)
+    rng = np.random.default_rng(5)
+    share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
+    scatter = geo.scatter_windows(
+        jnp.broadcast_to(share[:, :, :, None, :], (2, *g.out_hw, g.count, 3)), g)
+    spread = jax.jit(lambda a: geo.spread_windows(a, g))(share)
+    np.testing.assert_allclose(spread, scatter, rtol=1e-13, atol=1e-13)
+    x_pad = jnp.zeros((2, *g.padded_hw, 3))
+    _, vjp = jax.vjp(lambda x: geo.sum_windows(x, g), x_pad)
+    np.testing.assert_allclose(spread, vjp(share)[0], rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("method", ["transposed", "scatter"])
 @pytest.mark.parametrize("strides, dilation, padding", [
     (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID")])

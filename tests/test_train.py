@@ -169,6 +169,38 @@ def test_fit_autodiff_and_evaluate(digits):
     assert acc == result.summary["test_accuracy"]
 
 
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_fit_in_microbatches_makes_the_whole_batch_updates(digits, grad):
+    """``microbatch=5`` runs each batch of 20 as four chunks, averaged: the same training run
+    up to float32 rounding (same data order, same updates)."""
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1), seed=1)
+    x, y, xt, yt = subset(digits)
+    kw = dict(optimizer=ADAM, epochs=2, batch_size=BATCH, seed=1, grad=grad, verbose=False)
+    whole = train.fit(net, params, x, y, xt, yt, **kw)
+    chunked = train.fit(net, params, x, y, xt, yt, **kw, microbatch=5)
+    assert chunked.summary["microbatch"] == 5 and whole.summary["microbatch"] is None
+    for a, b in zip(jax.tree_util.tree_leaves(chunked.params),
+                    jax.tree_util.tree_leaves(whole.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([h["train_loss"] for h in chunked.history],
+                               [h["train_loss"] for h in whole.history], rtol=1e-5)
+    assert not leaves_equal(chunked.params, params)
+
+
+def test_a_run_resumes_only_with_its_microbatch(digits, tmp_path):
+    net = NET
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    kw = dict(optimizer=ADAM, batch_size=BATCH, verbose=False, out=tmp_path)
+    train.fit(net, params, x, y, epochs=1, microbatch=10, **kw)
+    with pytest.raises(ValueError, match=r"was made with microbatch=10, this run has "
+                                         r"microbatch=None"):
+        train.fit(net, params, x, y, epochs=2, resume=True, **kw)
+    resumed = train.fit(net, params, x, y, epochs=2, resume=True, microbatch=10, **kw)
+    assert resumed.summary["steps"] == 20
+
+
 def test_resume_equals_uninterrupted(digits, tmp_path):
     net = STOCHASTIC_NET      # the step keys matter too
     params, _ = train.init_params(net, (8, 8, 1), seed=3)
@@ -285,6 +317,9 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     (dict(batch_size=201), ValueError,
      r"batch_size \(201\) exceeds the number of training examples \(200\)"),
     (dict(grad="numeric"), ValueError, "grad must be one of manual, autodiff, got 'numeric'"),
+    (dict(microbatch=6), ValueError,
+     r"batch_size \(20\) must be a multiple of microbatch \(6\) or at most it"),
+    (dict(microbatch=0), ValueError, "microbatch must be a positive integer, got 0"),
 ])
 def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, message):
     net = NET
