@@ -25,8 +25,10 @@ from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_sha
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 METHODS = ("auto", "lax", "toeplitz")
-SPREAD_LIMIT = 20        # "auto" on CPU picks the Toeplitz form at or below this spread
-GROUP_SPLIT_LIMIT = 8    # ... and splits a grouped convolution with at most this many groups
+SPREAD_LIMIT = 20          # "auto" on CPU: the forward's Toeplitz form at or below this spread,
+KERNEL_SPREAD_LIMIT = 100  # the kernel gradient's (stride 1; strided: SPREAD_LIMIT),
+INPUT_SPREAD_LIMIT = 50    # the input residual's (stride 1; strided: SPREAD_LIMIT),
+GROUP_SPLIT_LIMIT = 8      # and a grouped convolution with at most this many groups is split
 
 
 class ConvCache(NamedTuple):
@@ -114,15 +116,13 @@ def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
     """Eq. 4.6's left factor: for each output row and column tile, the ``k_h`` padded input
     rows it reads, across the tile's ``t.read`` columns.
 
-    ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, columns ordered ``(p, v, c)``:
-    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (An
+    ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, rows ordered ``(n, i, tile)``
+    and columns ``(p, v, c)``: ``geo.row_tiles`` of the padded input, flattened.  (An
     undilated kernel exactly as large as its padded input makes this the padded input
     flattened, and ``T`` the kernel flattened: a dense layer.)
     """
-    x_pad = geo.fit_width(geo.pad(x, g), t.width)
-    rows = geo.windows(x_pad, geo.row_window(g, t.width))       # (N, H_out, width, k_h, C)
-    rows = jnp.moveaxis(rows, 3, 2)                              # (N, H_out, k_h, width, C)
-    return geo.gather_tiles(rows, t, axis=3).reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
+    rows = geo.row_tiles(geo.fit_width(geo.pad(x, g), t.width), g, t)
+    return rows.reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
 
 
 def toeplitz_kernel(w: Array, g: geo.Window, t: geo.Tiles) -> Array:
@@ -177,16 +177,16 @@ def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, *,
 def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, *, precision=None,
                                  tile: int | None = None) -> Array:
     """Eq. 4.8, the input residual (4.5) through eq. 4.6: ``delta T(w)^T`` gives each output
-    row's (and tile's) share of the input rows it read; the transposes of the tile and row
-    gathers (3.4) add the shares back; unread columns and the padding get none.
+    row's (and tile's) share of the input rows it read; the transpose of the row gather
+    (``geo.scatter_row_tiles``, 3.4) adds the shares back; unread columns and the padding get
+    none.
     ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C, F)`` -> ``dx (N, H, W, C)``; ``G = 1``."""
     kh, _, c, _ = w.shape
     n, ho = delta.shape[:2]
     t = geo.column_tiles(g, tile)
     shares = jnp.dot(_tile_delta(delta, t), toeplitz_kernel(w, g, t).T, precision=precision)
-    rows = geo.scatter_tiles(shares.reshape(n, ho, t.count, kh, t.read, c), t, axis=3)
-    rows = jnp.moveaxis(rows, 2, 3)                              # (N, H_out, width, k_h, C)
-    dx_pad = geo.scatter_windows(rows, geo.row_window(g, t.width))  # (N, Hp, width, C)
+    rows = shares.reshape(n, ho, t.count * kh, t.read, c)
+    dx_pad = geo.scatter_row_tiles(rows, g, t)                   # (N, Hp, t.width, C)
     return geo.unpad(geo.fit_width(dx_pad, g.padded_hw[1]), g)
 
 
@@ -209,20 +209,23 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
 
     ``"lax"`` forces XLA's convolutions, ``"toeplitz"`` the matrix products (a grouped
     convolution split into ungrouped ones).  ``"auto"`` uses XLA's convolutions on GPU/TPU
-    (cuDNN and friends).  On CPU it decides from ``spread = C_g * w_read / k_w`` (``C_g`` input
-    channels per group): the Toeplitz matrix has ``w_read / k_w`` times more entries than the
-    kernel has taps per output column, and XLA's CPU convolutions get faster as the channels
-    grow, so
-    ``spread <= SPREAD_LIMIT`` (20) picks the matrix products for all three passes -- the
-    forward too, whose transpose is then what ``jax.grad`` of ``apply`` runs.  Otherwise XLA's
-    convolutions, except that a strided convolution's input residual is the matrix product +
-    scatter rather than XLA's lhs-dilated transposed convolution.  A grouped convolution with
-    at most ``GROUP_SPLIT_LIMIT`` groups is split into ``G`` ungrouped ones: XLA's CPU backend
-    runs it 17-20x slower than the same work ungrouped (measured at ``G = 4``; a depthwise
-    convolution's hundreds of groups would unroll into as many small programs, so it stays
-    with XLA).  Measured on a 2-core x86 CPU (``docs/performance.md``, table 2).  The backend
-    is ``jax.default_backend()`` at trace time: a CPU computation traced on a GPU host (e.g.
-    under ``jax.default_device``) gets the GPU plan.
+    (cuDNN and friends).  On CPU it decides each pass from ``spread = C_g * w_read / k_w``
+    (``C_g`` input channels per group): the Toeplitz matrix has ``w_read / k_w`` times more
+    entries than the kernel has taps per output column, and XLA's CPU convolutions get faster
+    as the channels grow.  A pass takes the matrix products when the spread is at most its
+    limit -- ``SPREAD_LIMIT`` (20) for the forward, ``KERNEL_SPREAD_LIMIT`` (100) for the
+    kernel gradient, ``INPUT_SPREAD_LIMIT`` (50) for the input residual -- and XLA's
+    convolution otherwise.  The forward's choice is also what
+    ``jax.grad`` of ``apply`` transposes; the backward passes choose for themselves.  The
+    larger backward limits were measured on stride-1 layers; a strided convolution uses
+    ``SPREAD_LIMIT`` (20) for all three, and above it computes the input residual as the
+    matrix product + scatter rather than XLA's lhs-dilated transposed convolution.  A grouped
+    convolution with at most ``GROUP_SPLIT_LIMIT`` groups is split into ``G`` ungrouped ones:
+    XLA's CPU backend runs it 17-20x slower than the same work ungrouped (measured at
+    ``G = 4``; a depthwise convolution's hundreds of groups would unroll into as many small
+    programs, so it stays with XLA).  Measured on a 2-core x86 CPU (``docs/performance.md``).
+    The backend is ``jax.default_backend()`` at trace time: a CPU computation traced on a GPU
+    host (e.g. under ``jax.default_device``) gets the GPU plan.
 
     The Toeplitz form splits the output width into two tiles when ``W_out >= 2 k_w``: each
     tile's matrix then spends about half as much on zeros (eq. 4.6 per tile).
@@ -234,15 +237,17 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     if method != "auto":
         return ConvPlan(method, method, method, split=method == "toeplitz" and groups > 1,
                         tile=tile if method == "toeplitz" else None)
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or groups > GROUP_SPLIT_LIMIT:
         return ConvPlan("lax", "lax", "lax")
-    if (c_in // groups) * geo.column_tiles(g).read / g.size[1] <= SPREAD_LIMIT:
-        plan = ConvPlan("toeplitz", "toeplitz", "toeplitz", tile=tile)
-    else:
-        plan = ConvPlan("lax", "lax", "scatter" if max(g.strides) > 1 else "lax")
-    if groups > GROUP_SPLIT_LIMIT:
-        return ConvPlan("lax", "lax", "lax")
-    return plan._replace(split=groups > 1)
+    spread = (c_in // groups) * geo.column_tiles(g).read / g.size[1]
+    strided = max(g.strides) > 1
+    limits = (SPREAD_LIMIT,) * 3 if strided else (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT,
+                                                   INPUT_SPREAD_LIMIT)
+    forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in limits)
+    if residual == "lax" and strided:
+        residual = "scatter"
+    uses_tiles = "toeplitz" in (forward, kernel, residual)
+    return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
 
 
 def _per_group(fn, groups: int, *arrays: Array) -> Array:

@@ -256,7 +256,7 @@ def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, p
 
 def test_conv_plan_auto_picks_by_spread_on_cpu():
     """``"auto"``: Toeplitz for few channels over narrow maps, XLA's convolutions for many
-    channels (threshold ``conv.SPREAD_LIMIT``), grouped
+    channels (thresholds ``conv.SPREAD_LIMIT`` and the larger backward ones), grouped
     convolutions split per group, and the scatter form for a strided input residual."""
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_plan
@@ -272,6 +272,10 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # LeNet-5 C5: spread 16; one output column, one tile
     assert plan((5, 5), 5, 16, padding="VALID") == ("toeplitz",) * 3 + (False, None)
     assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
+    # each pass has its own limit: 3 channels, 32 wide (spread 34): XLA's forward, Toeplitz
+    # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient
+    assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 16)
+    assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 6)
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
     assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
     # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
