@@ -213,47 +213,42 @@ def column_tiles(g: Window, size: int | None = None) -> Tiles:
     return Tiles(size, count, size * sw, (size - 1) * sw + kw, (count * size - 1) * sw + kw)
 
 
+def row_window(g: Window, width: int) -> Window:
+    """The window of whole rows: ``k_h`` taps down, ``width`` columns across the padded input.
+
+    Gathering with it gives, for each output row ``i``, the ``k_h`` padded input rows it reads:
+    ``(N, H_out, width, k_h, C)`` (eq. 4.6).
+    """
+    return Window((g.padded_hw[0], width), (g.size[0], 1), (g.strides[0], 1),
+                  (g.dilation[0], 1), ((0, 0), (0, 0)), (g.out_hw[0], width))
+
+
 def fit_width(x: Array, width: int) -> Array:
     """Crop or zero-extend the columns (axis 2) of an NHWC array to ``width``."""
     extra = width - x.shape[2]
     return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (0, extra, 0), (0, 0, 0)))
 
 
-def _row_offsets(g: Window, t: Tiles):
-    """``(u, v)``, the top-left offset in the padded input of each (tile, row tap ``p``) block of
-    eq. 4.6's row matrix, tile-major: ``u = p d_h``, ``v = tile * t.step``."""
-    for i in range(t.count):
-        for p in range(g.size[0]):
-            yield p * g.dilation[0], i * t.step
+def gather_tiles(a: Array, t: Tiles, axis: int) -> Array:
+    """Each tile's ``t.read`` columns of ``a`` (columns along ``axis``, ``t.width`` of them),
+    stacked on a new axis 2: ``(N, H, ..., width, ...) -> (N, H, t.count, ..., read, ...)``."""
+    if t.count == 1:
+        return jnp.expand_dims(a, 2)
+    return jnp.stack([lax.slice_in_dim(a, i * t.step, i * t.step + t.read, axis=axis)
+                      for i in range(t.count)], axis=2)
 
 
-def row_tiles(x_pad: Array, g: Window, t: Tiles) -> Array:
-    """Eq. 4.6's row gather: for each output row ``i`` and column tile, the ``k_h`` padded input
-    rows it reads, across the tile's ``t.read`` columns.
-
-    ``(N, Hp, t.width, C) -> (N, H_out, t.count * k_h, t.read, C)``, entry
-    ``[n, i, (tile, p), v, c] = x_pad[n, i s_h + p d_h, tile * t.step + v, c]``: the window
-    gather (3.3) with a window of ``k_h`` whole rows, one strided slice per (tile, ``p``),
-    stacked in a single pass over the input.
-    """
-    (ho, _), sh = g.out_hw, g.strides[0]
-    n, c = x_pad.shape[0], x_pad.shape[3]
-    return jnp.stack([lax.slice(x_pad, (0, u, v, 0), (n, u + (ho - 1) * sh + 1, v + t.read, c),
-                                (1, sh, 1, 1)) for u, v in _row_offsets(g, t)], axis=2)
-
-
-def scatter_row_tiles(parts: Array, g: Window, t: Tiles) -> Array:
-    """The transpose of ``row_tiles``: add each block back where it was read (eq. 3.4).
-
-    ``(N, H_out, t.count * k_h, t.read, C) -> (N, Hp, t.width, C)``; rows and columns read by
-    several blocks receive the sum, unread ones zero.  One strided placement per block.
-    """
-    (ho, _), sh, hp = g.out_hw, g.strides[0], g.padded_hw[0]
+def scatter_tiles(parts: Array, t: Tiles, axis: int) -> Array:
+    """The transpose of ``gather_tiles``: add each tile's columns back; overlaps add up."""
+    if t.count == 1:
+        return parts[:, :, 0]
     zero = jnp.zeros((), parts.dtype)
-    placed = (lax.pad(parts[:, :, k], zero, ((0, 0, 0), (u, hp - u - (ho - 1) * sh - 1, sh - 1),
-                                            (v, t.width - v - t.read, 0), (0, 0, 0)))
-              for k, (u, v) in enumerate(_row_offsets(g, t)))
-    return sum(placed, next(placed))
+    placed = []
+    for i in range(t.count):
+        config = [(0, 0, 0)] * (parts.ndim - 1)
+        config[axis] = (i * t.step, t.width - i * t.step - t.read, 0)
+        placed.append(lax.pad(parts[:, :, i], zero, config))
+    return sum(placed[1:], placed[0])
 
 
 def column_taps(g: Window, t: Tiles) -> np.ndarray:

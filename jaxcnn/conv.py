@@ -116,13 +116,15 @@ def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
     """Eq. 4.6's left factor: for each output row and column tile, the ``k_h`` padded input
     rows it reads, across the tile's ``t.read`` columns.
 
-    ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, rows ordered ``(n, i, tile)``
-    and columns ``(p, v, c)``: ``geo.row_tiles`` of the padded input, flattened.  (An
+    ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, columns ordered ``(p, v, c)``:
+    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (An
     undilated kernel exactly as large as its padded input makes this the padded input
     flattened, and ``T`` the kernel flattened: a dense layer.)
     """
-    rows = geo.row_tiles(geo.fit_width(geo.pad(x, g), t.width), g, t)
-    return rows.reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
+    x_pad = geo.fit_width(geo.pad(x, g), t.width)
+    rows = geo.windows(x_pad, geo.row_window(g, t.width))       # (N, H_out, width, k_h, C)
+    rows = jnp.moveaxis(rows, 3, 2)                              # (N, H_out, k_h, width, C)
+    return geo.gather_tiles(rows, t, axis=3).reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
 
 
 def toeplitz_kernel(w: Array, g: geo.Window, t: geo.Tiles) -> Array:
@@ -177,16 +179,16 @@ def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, *,
 def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, *, precision=None,
                                  tile: int | None = None) -> Array:
     """Eq. 4.8, the input residual (4.5) through eq. 4.6: ``delta T(w)^T`` gives each output
-    row's (and tile's) share of the input rows it read; the transpose of the row gather
-    (``geo.scatter_row_tiles``, 3.4) adds the shares back; unread columns and the padding get
-    none.
+    row's (and tile's) share of the input rows it read; the transposes of the tile and row
+    gathers (3.4) add the shares back; unread columns and the padding get none.
     ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C, F)`` -> ``dx (N, H, W, C)``; ``G = 1``."""
     kh, _, c, _ = w.shape
     n, ho = delta.shape[:2]
     t = geo.column_tiles(g, tile)
     shares = jnp.dot(_tile_delta(delta, t), toeplitz_kernel(w, g, t).T, precision=precision)
-    rows = shares.reshape(n, ho, t.count * kh, t.read, c)
-    dx_pad = geo.scatter_row_tiles(rows, g, t)                   # (N, Hp, t.width, C)
+    rows = geo.scatter_tiles(shares.reshape(n, ho, t.count, kh, t.read, c), t, axis=3)
+    rows = jnp.moveaxis(rows, 2, 3)                              # (N, H_out, width, k_h, C)
+    dx_pad = geo.scatter_windows(rows, geo.row_window(g, t.width))  # (N, Hp, width, C)
     return geo.unpad(geo.fit_width(dx_pad, g.padded_hw[1]), g)
 
 

@@ -1,0 +1,103 @@
+"""Where the Toeplitz form pays, pass by pass: the data behind ``conv_plan``'s spread limits.
+
+    python benchmarks/conv_plan_sweep.py [--batches 32,128] [--repeats 15] [--json out.json]
+
+For a grid of stride-1 ``"VALID"`` convolutions (input channels 1, 3, 6, 16; features 6, 16,
+32; kernels 3 and 5; square inputs 8, 14, 28), each pass -- forward (eq. 4.6 vs 4.2), kernel
+gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) -- runs in both formulations, interleaved
+in one process (median of ``--repeats``).  Then, for each pass and each candidate limit, the
+sweep's total time if every shape with ``spread <= limit`` took the Toeplitz form and the rest
+XLA's convolution, and how many shapes that choice leaves more than 20% slower than the faster
+form.  ``conv.SPREAD_LIMIT``, ``KERNEL_SPREAD_LIMIT`` and ``INPUT_SPREAD_LIMIT`` are read off
+this table (``docs/performance.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import _geometry as geo, conv
+from _malloc import keep_freed_blocks
+from grad_vs_autodiff import samples
+
+PASSES = ("forward", "kernel", "input")
+LIMITS = (0, 5, 10, 20, 30, 50, 80, 100, 150, float("inf"))
+
+
+def both_forms(g, tile):
+    """Each pass as ``(toeplitz, lax)``, functions of ``(x, w, delta)``."""
+    return {
+        "forward": (lambda x, w, d: conv.conv_forward_toeplitz(x, w, g, tile=tile),
+                    lambda x, w, d: conv.conv_forward(x, w, g, 1)),
+        "kernel": (lambda x, w, d: conv.conv_backward_kernel_toeplitz(x, d, g, tile=tile),
+                   lambda x, w, d: conv.conv_backward_kernel(x, d, g, 1)),
+        "input": (lambda x, w, d: conv.conv_backward_input_toeplitz(d, w, g, tile=tile),
+                  lambda x, w, d: conv.conv_backward_input(d, w, g, 1)),
+    }
+
+
+def sweep(batch, repeats):
+    rows = []
+    for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), (8, 14, 28)):
+        g = geo.window("Conv2D", (h, h), (k, k), (1, 1), (1, 1), "VALID")
+        tile = conv.conv_plan(g, c, 1, "toeplitz").tile
+        spread = c * geo.column_tiles(g).read / k
+        rng = np.random.default_rng(0)
+        args = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
+                     for s in ((batch, h, h, c), (k, k, c, f), (batch, *g.out_hw, f)))
+        row = {"c": c, "f": f, "k": k, "h": h, "batch": batch, "spread": spread}
+        for name, fns in both_forms(g, tile).items():
+            t, l = np.median(samples([jax.jit(fn) for fn in fns], args, repeats), axis=1)
+            row[name] = {"toeplitz_ms": t * 1e3, "lax_ms": l * 1e3}
+        rows.append(row)
+        print(f"C {c:2d} F {f:2d} k {k} H {h:2d} batch {batch:4d} spread {spread:6.1f}  " +
+              "  ".join(f"{p} {row[p]['toeplitz_ms'] / row[p]['lax_ms']:5.2f}" for p in PASSES),
+              flush=True)
+    return rows
+
+
+def by_limit(rows):
+    """For each pass and limit: the total ms and the shapes left > 20% slower than the best."""
+    table = {}
+    for p, limit in itertools.product(PASSES, LIMITS):
+        chosen = [r[p]["toeplitz_ms"] if r["spread"] <= limit else r[p]["lax_ms"] for r in rows]
+        best = [min(r[p].values()) for r in rows]
+        table[p, limit] = (sum(chosen), sum(c > 1.2 * b for c, b in zip(chosen, best)), sum(best))
+    return table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="32,128")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    keep_freed_blocks()
+    results = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        rows = sweep(batch, args.repeats)
+        table = by_limit(rows)
+        print(f"\nbatch {batch}: total ms over {len(rows)} shapes (shapes > 20% off the faster "
+              f"form) if spread <= limit takes the Toeplitz form")
+        print("limit      " + "".join(f"{p:>22s}" for p in PASSES))
+        for limit in LIMITS:
+            print(f"{limit:<10g} " + "".join(
+                f"{table[p, limit][0]:15.1f} ({table[p, limit][1]:2d})   " for p in PASSES))
+        print("best form  " + "".join(f"{table[p, LIMITS[0]][2]:15.1f}" + " " * 7
+                                      for p in PASSES) + "\n")
+        results[batch] = {"shapes": rows, "by_limit": {
+            f"{p} {limit}": {"total_ms": v[0], "off_by_20pct": v[1]}
+            for (p, limit), v in table.items()}}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
