@@ -67,7 +67,8 @@ def by_limit(rows):
     for p, limit in itertools.product(PASSES, LIMITS):
         chosen = [r[p]["toeplitz_ms"] if r["spread"] <= limit else r[p]["lax_ms"] for r in rows]
         best = [min(r[p].values()) for r in rows]
-        table[p, limit] = (sum(chosen), sum(c > 1.2 * b for c, b in zip(chosen, best)), sum(best))
+        table[p, limit] = (sum(chosen), int(sum(c > 1.2 * b for c, b in zip(chosen, best))),
+                           sum(best))
     return table
 
 

@@ -26,8 +26,8 @@ from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_sha
 _DIMS = ("NHWC", "HWIO", "NHWC")
 METHODS = ("auto", "lax", "toeplitz")
 SPREAD_LIMIT = 20          # "auto" on CPU: the forward's Toeplitz form at or below this spread,
-KERNEL_SPREAD_LIMIT = 100  # the kernel gradient's (stride 1; strided: SPREAD_LIMIT),
-INPUT_SPREAD_LIMIT = 50    # the input residual's (stride 1; strided: SPREAD_LIMIT),
+KERNEL_SPREAD_LIMIT = 100  # the kernel gradient's (ungrouped, stride 1; else SPREAD_LIMIT),
+INPUT_SPREAD_LIMIT = 50    # the input residual's (ungrouped, stride 1; else SPREAD_LIMIT),
 GROUP_SPLIT_LIMIT = 8      # and a grouped convolution with at most this many groups is split
 
 
@@ -219,8 +219,9 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     kernel gradient, ``INPUT_SPREAD_LIMIT`` (50) for the input residual -- and XLA's
     convolution otherwise.  The forward's choice is also what
     ``jax.grad`` of ``apply`` transposes; the backward passes choose for themselves.  The
-    larger backward limits were measured on stride-1 layers; a strided convolution uses
-    ``SPREAD_LIMIT`` (20) for all three, and above it computes the input residual as the
+    larger backward limits were measured on ungrouped stride-1 layers
+    (``benchmarks/conv_plan_sweep.py``); strided and grouped convolutions use ``SPREAD_LIMIT``
+    (20) for all three passes, and above it a strided convolution's input residual is the
     matrix product + scatter rather than XLA's lhs-dilated transposed convolution.  A grouped
     convolution with at most ``GROUP_SPLIT_LIMIT`` groups is split into ``G`` ungrouped ones:
     XLA's CPU backend runs it 17-20x slower than the same work ungrouped (measured at
@@ -243,8 +244,8 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
         return ConvPlan("lax", "lax", "lax")
     spread = (c_in // groups) * geo.column_tiles(g).read / g.size[1]
     strided = max(g.strides) > 1
-    limits = (SPREAD_LIMIT,) * 3 if strided else (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT,
-                                                   INPUT_SPREAD_LIMIT)
+    limits = ((SPREAD_LIMIT,) * 3 if strided or groups > 1
+              else (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT, INPUT_SPREAD_LIMIT))
     forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in limits)
     if residual == "lax" and strided:
         residual = "scatter"

@@ -276,6 +276,8 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient
     assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 16)
     assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 6)
+    # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
+    assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
     assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
     # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
