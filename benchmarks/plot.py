@@ -5,7 +5,7 @@
 
 Left: LeNet-5 training throughput of every peer at each batch size (``peers.py``).  Right: the
 hand-written / autodiff step-time ratio of every benchmark net (``grad_vs_autodiff.py``), with
-the 1.0 line.
+the 1.0 line and each ratio's 95% bootstrap interval.
 """
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ def plot(grad: dict, peers: dict, out: str) -> None:
     nets = list(dict.fromkeys(r["net"] for r in grad["nets"]))
     for name in nets:
         rows = [r for r in grad["nets"] if r["net"] == name]
-        right.plot([r["batch"] for r in rows], [r["ratio"] for r in rows], "o-", label=name)
+        ratio = np.array([r["ratio"] for r in rows])
+        lo, hi = np.array([r.get("ratio_95", (r["ratio"],) * 2) for r in rows]).T
+        right.errorbar([r["batch"] for r in rows], ratio, yerr=[ratio - lo, hi - ratio],
+                       fmt="o-", capsize=3, label=name)
     right.axhline(1.0, color="gray", lw=1, ls="--")
     right.set_xscale("log", base=2)
     right.set_xlabel("batch")
