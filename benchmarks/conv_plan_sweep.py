@@ -1,11 +1,15 @@
 """Where the Toeplitz form pays, pass by pass: the data behind ``conv_plan``'s spread limits.
 
-    python benchmarks/conv_plan_sweep.py [--batches 32,128] [--repeats 15] [--json out.json]
+    python benchmarks/conv_plan_sweep.py [--batches 32,128] [--stride 1] [--repeats 15]
+                                         [--json out.json]
 
-For a grid of stride-1 ``"VALID"`` convolutions (input channels 1, 3, 6, 16; features 6, 16,
-32; kernels 3 and 5; square inputs 8, 14, 28), each pass -- forward (eq. 4.6 vs 4.2), kernel
-gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) -- runs in both formulations, interleaved
-in one process (median of ``--repeats``).  Then, for each pass and each candidate limit, the
+For a grid of ``"VALID"`` convolutions (input channels 1, 3, 6, 16; features 6, 16, 32;
+kernels 3 and 5; square inputs 8, 14, 28; stride ``--stride``), each pass -- forward (eq. 4.6
+vs 4.2), kernel gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) -- runs in both
+formulations, interleaved in one process (median of ``--repeats``).  With a stride above 1,
+XLA's input residual is measured both as the lhs-dilated transposed convolution and as the
+matrix product + window scatter (``conv_backward_input(method="scatter")``), and the faster
+of the two counts as "XLA's" (``input_lax_form`` in the JSON says which).  Then, for each pass and each candidate limit, the
 sweep's total time if every shape with ``spread <= limit`` took the Toeplitz form and the rest
 XLA's convolution, and how many shapes that choice leaves more than 20% slower than the faster
 form.  ``conv.SPREAD_LIMIT``, ``KERNEL_SPREAD_LIMIT`` and ``INPUT_SPREAD_LIMIT`` are read off
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +35,8 @@ LIMITS = (0, 5, 10, 20, 30, 50, 80, 100, 150, float("inf"))
 
 
 def both_forms(g, tile):
-    """Each pass as ``(toeplitz, lax)``, functions of ``(x, w, delta)``."""
-    return {
+    """Each pass as ``(toeplitz, lax[, scatter])``, functions of ``(x, w, delta)``."""
+    forms = {
         "forward": (lambda x, w, d: conv.conv_forward_toeplitz(x, w, g, tile=tile),
                     lambda x, w, d: conv.conv_forward(x, w, g, 1)),
         "kernel": (lambda x, w, d: conv.conv_backward_kernel_toeplitz(x, d, g, tile=tile),
@@ -39,24 +44,32 @@ def both_forms(g, tile):
         "input": (lambda x, w, d: conv.conv_backward_input_toeplitz(d, w, g, tile=tile),
                   lambda x, w, d: conv.conv_backward_input(d, w, g, 1)),
     }
+    if max(g.strides) > 1:
+        forms["input"] += (lambda x, w, d: conv.conv_backward_input(d, w, g, 1, method="scatter"),)
+    return forms
 
 
-def sweep(batch, repeats):
+def sweep(batch, repeats, stride=1):
     rows = []
     for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), (8, 14, 28)):
-        g = geo.window("Conv2D", (h, h), (k, k), (1, 1), (1, 1), "VALID")
+        g = geo.window("Conv2D", (h, h), (k, k), (stride, stride), (1, 1), "VALID")
         tile = conv.conv_plan(g, c, 1, "toeplitz").tile
         spread = c * geo.column_tiles(g).read / k
         rng = np.random.default_rng(0)
         args = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
                      for s in ((batch, h, h, c), (k, k, c, f), (batch, *g.out_hw, f)))
-        row = {"c": c, "f": f, "k": k, "h": h, "batch": batch, "spread": spread}
+        row = {"c": c, "f": f, "k": k, "h": h, "stride": stride, "batch": batch,
+               "spread": spread}
         for name, fns in both_forms(g, tile).items():
-            t, l = np.median(samples([jax.jit(fn) for fn in fns], args, repeats), axis=1)
-            row[name] = {"toeplitz_ms": t * 1e3, "lax_ms": l * 1e3}
+            t, *xla = np.median(samples([jax.jit(fn) for fn in fns], args, repeats), axis=1)
+            row[name] = {"toeplitz_ms": t * 1e3, "lax_ms": min(xla) * 1e3}
+            if len(xla) > 1:
+                row[name].update(transposed_ms=xla[0] * 1e3, scatter_ms=xla[1] * 1e3)
+                row["input_lax_form"] = ("transposed", "scatter")[int(np.argmin(xla))]
         rows.append(row)
         print(f"C {c:2d} F {f:2d} k {k} H {h:2d} batch {batch:4d} spread {spread:6.1f}  " +
-              "  ".join(f"{p} {row[p]['toeplitz_ms'] / row[p]['lax_ms']:5.2f}" for p in PASSES),
+              "  ".join(f"{p} {row[p]['toeplitz_ms'] / row[p]['lax_ms']:5.2f}" for p in PASSES) +
+              (f"  (XLA's input: {row['input_lax_form']})" if "input_lax_form" in row else ""),
               flush=True)
     return rows
 
@@ -75,13 +88,14 @@ def by_limit(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="32,128")
+    ap.add_argument("--stride", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     keep_freed_blocks()
     results = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        rows = sweep(batch, args.repeats)
+        rows = sweep(batch, args.repeats, args.stride)
         table = by_limit(rows)
         print(f"\nbatch {batch}: total ms over {len(rows)} shapes (shapes > 20% off the faster "
               f"form) if spread <= limit takes the Toeplitz form")
@@ -96,7 +110,8 @@ def main(argv=None):
             for (p, limit), v in table.items()}}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": jax.devices()[0].device_kind, "jax": jax.__version__,
+            json.dump({"machine": f"{platform.processor() or platform.machine()}, "
+                                  f"{jax.devices()[0].device_kind}", "jax": jax.__version__,
                        "results": results}, f, indent=1)
 
 

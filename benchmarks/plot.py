@@ -39,7 +39,8 @@ def plot(grad: dict, peers: dict, out: str) -> None:
         rows = [r for r in grad["nets"] if r["net"] == name]
         ratio = np.array([r["ratio"] for r in rows])
         lo, hi = np.array([r.get("ratio_95", (r["ratio"],) * 2) for r in rows]).T
-        right.errorbar([r["batch"] for r in rows], ratio, yerr=[ratio - lo, hi - ratio],
+        yerr = np.maximum(0, [ratio - lo, hi - ratio])
+        right.errorbar([r["batch"] for r in rows], ratio, yerr=yerr,
                        fmt="o-", capsize=3, label=name)
     right.axhline(1.0, color="gray", lw=1, ls="--")
     right.set_xscale("log", base=2)

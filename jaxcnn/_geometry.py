@@ -183,7 +183,7 @@ def spread_windows(share: Array, g: Window) -> Array:
     for (t, r), (t2, r2) in itertools.product(rows, cols):
         part = lax.slice(padded, (0, th - t, tw - t2, 0), (n, th - t + mh, tw - t2 + mw, c))
         phases[r, r2] = phases[r, r2] + part if (r, r2) in phases else part
-    zero = jnp.zeros((n, mh, mw, c), share.dtype)       # a phase no tap reaches (s > k d)
+    zero = jnp.zeros((n, mh, mw, c), share.dtype)       # a phase no tap reaches (gaps)
     out = jnp.stack([jnp.stack([phases.get((r, r2), zero) for r2 in range(sw)], axis=3)
                      for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
     return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]

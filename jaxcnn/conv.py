@@ -25,10 +25,12 @@ from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_sha
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 METHODS = ("auto", "lax", "toeplitz")
-SPREAD_LIMIT = 20          # "auto" on CPU: the forward's Toeplitz form at or below this spread,
-KERNEL_SPREAD_LIMIT = 100  # the kernel gradient's (ungrouped, stride 1; else SPREAD_LIMIT),
-INPUT_SPREAD_LIMIT = 50    # the input residual's (ungrouped, stride 1; else SPREAD_LIMIT),
-GROUP_SPLIT_LIMIT = 8      # and a grouped convolution with at most this many groups is split
+# "auto" on CPU takes a pass's Toeplitz form at or below these spreads (conv_plan)
+SPREAD_LIMIT = 20                 # the forward; every pass of a grouped convolution
+KERNEL_SPREAD_LIMIT = 100         # the kernel gradient, ungrouped, stride 1 (strided: never)
+INPUT_SPREAD_LIMIT = 50           # the input residual, ungrouped, stride 1
+STRIDED_INPUT_SPREAD_LIMIT = 100  # the input residual, ungrouped, strided
+GROUP_SPLIT_LIMIT = 8             # a grouped convolution with at most this many groups is split
 
 
 class ConvCache(NamedTuple):
@@ -215,18 +217,21 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     (``C_g`` input channels per group): the Toeplitz matrix has ``w_read / k_w`` times more
     entries than the kernel has taps per output column, and XLA's CPU convolutions get faster
     as the channels grow.  A pass takes the matrix products when the spread is at most its
-    limit -- ``SPREAD_LIMIT`` (20) for the forward, ``KERNEL_SPREAD_LIMIT`` (100) for the
-    kernel gradient, ``INPUT_SPREAD_LIMIT`` (50) for the input residual -- and XLA's
-    convolution otherwise.  The forward's choice is also what
-    ``jax.grad`` of ``apply`` transposes; the backward passes choose for themselves.  The
-    larger backward limits were measured on ungrouped stride-1 layers
-    (``benchmarks/conv_plan_sweep.py``); strided and grouped convolutions use ``SPREAD_LIMIT``
-    (20) for all three passes, and above it a strided convolution's input residual is the
-    matrix product + scatter rather than XLA's lhs-dilated transposed convolution.  A grouped
-    convolution with at most ``GROUP_SPLIT_LIMIT`` groups is split into ``G`` ungrouped ones:
-    XLA's CPU backend runs it 17-20x slower than the same work ungrouped (measured at
-    ``G = 4``; a depthwise convolution's hundreds of groups would unroll into as many small
-    programs, so it stays with XLA).  Measured on a 2-core x86 CPU (``docs/performance.md``).
+    limit, and XLA's convolution otherwise (``benchmarks/conv_plan_sweep.py`` measured them):
+
+    - the forward: ``SPREAD_LIMIT`` (20);
+    - the kernel gradient: ``KERNEL_SPREAD_LIMIT`` (100) at stride 1; never when strided;
+    - the input residual: ``INPUT_SPREAD_LIMIT`` (50) at stride 1,
+      ``STRIDED_INPUT_SPREAD_LIMIT`` (100) when strided -- and above it a strided input
+      residual is the matrix product + scatter rather than XLA's lhs-dilated transposed
+      convolution;
+    - a grouped convolution: ``SPREAD_LIMIT`` for all three passes.
+
+    The forward's choice is also what ``jax.grad`` of ``apply`` transposes; the backward passes
+    choose for themselves.  A grouped convolution with at most ``GROUP_SPLIT_LIMIT`` groups is
+    split into ``G`` ungrouped ones: XLA's CPU backend runs it 17-20x slower than the same work
+    ungrouped (measured at ``G = 4``; a depthwise convolution's hundreds of groups would unroll
+    into as many small programs, so it stays with XLA).  Measured on a 2-core x86 CPU (``docs/performance.md``).
     The backend is ``jax.default_backend()`` at trace time: a CPU computation traced on a GPU
     host (e.g. under ``jax.default_device``) gets the GPU plan.
 
@@ -244,8 +249,12 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
         return ConvPlan("lax", "lax", "lax")
     spread = (c_in // groups) * geo.column_tiles(g).read / g.size[1]
     strided = max(g.strides) > 1
-    limits = ((SPREAD_LIMIT,) * 3 if strided or groups > 1
-              else (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT, INPUT_SPREAD_LIMIT))
+    if groups > 1:
+        limits = (SPREAD_LIMIT,) * 3
+    elif strided:
+        limits = (SPREAD_LIMIT, 0, STRIDED_INPUT_SPREAD_LIMIT)     # spread > 0: kernel never
+    else:
+        limits = (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT, INPUT_SPREAD_LIMIT)
     forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in limits)
     if residual == "lax" and strided:
         residual = "scatter"

@@ -252,15 +252,20 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
         value, grads = vg(params, x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
-    def autodiff(params, x, targets, key, train):
+    def autodiff(params, x, targets, key, train):       # key: this shard's already
         def mean_loss(p):
-            y = net.apply(p, x, key=shard_key(key), train=train)
+            y = net.apply(p, x, key=key, train=train)
             return lax.pmean(loss.value(y, targets), BATCH)
         # already the mean over devices: transposing the broadcast of the replicated params
         # sums the per-device gradients of pmean(J_d), each (1/D) g_d
         return jax.value_and_grad(mean_loss)(params)
 
-    local = manual if grad == "manual" else microbatched(autodiff, microbatch, "value_and_grad")
+    chunked = microbatched(autodiff, microbatch, "value_and_grad")
+
+    def automatic(params, x, targets, *, key, train):   # chunks split the shard's key, as manual
+        return chunked(params, x, targets, key=shard_key(key), train=train)
+
+    local = manual if grad == "manual" else automatic
 
     def f(params, x, targets, *, key=None, train=True):
         mapped = jax.shard_map(

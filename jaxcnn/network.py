@@ -122,7 +122,8 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
     ``J`` and gradient up to float rounding.  ``microbatch=None``, or at least the batch: one
     call on the whole batch.  Otherwise the batch must be a multiple of ``microbatch``
     (``ValueError`` naming ``name``), and a given ``key`` is split into one key per chunk.
-    Memory: one chunk's activations, and every chunk's gradients until they are averaged.
+    Memory: one chunk's activations at a time.  (The first chunk is traced outside the scan, so
+    the step compiles ``vg`` twice.)
     """
     if microbatch is not None:
         microbatch = positive_int(name, "microbatch", microbatch)
@@ -138,14 +139,16 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
         keys = None if key is None else jax.random.split(key, count)
 
-        def one(_, chunk):
+        def add(total, chunk):
             (xc, tc), kc = chunk
-            return None, vg(params, xc, tc, kc, train)
+            return jax.tree.map(jnp.add, total, vg(params, xc, tc, kc, train)), None
 
-        # each chunk's (J, grads) stacked, not summed into a carry: a carry's zeros would
-        # lack the device-varying type of per-device gradients under shard_map
-        _, parts = lax.scan(one, None, (chunks, keys))
-        return jax.tree.map(lambda a: jnp.mean(a, axis=0), parts)
+        # the first chunk's (J, grads) starts the sum: zeros would lack the device-varying
+        # type that per-device gradients have under shard_map
+        (x0, t0), k0 = jax.tree.map(lambda a: a[0], (chunks, keys))
+        rest = jax.tree.map(lambda a: a[1:], (chunks, keys))
+        total, _ = lax.scan(add, vg(params, x0, t0, k0, train), rest)
+        return jax.tree.map(lambda a: a / count, total)
 
     return f
 

@@ -492,8 +492,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
       microbatch: compute each step's gradient on chunks of this many examples (per device),
         one after another, and average them (``jaxcnn.network.microbatched``): the same
         update up to float rounding, with a chunk's activations in memory instead of the
-        batch's.  The (per-device) batch must be a multiple of it or at most it.  ``None``:
-        the whole batch at once.
+        batch's.  The (per-device) batch must be a multiple of it or at most it (then it is
+        ignored).  The gradient checks then use the batch's first ``microbatch`` rows.
+        ``None``: the whole batch at once.
       devices: ``None``: one device, as above.  ``"all"``, a number or a list of devices:
         data-parallel over a mesh of them (``jaxcnn.distributed``; docs/scaling.md) -- each
         step shards the batch (``batch_size`` must divide by the device count), replicates
@@ -558,6 +559,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                     else f"the per-device batch ({rows} = batch_size / {plan.size})")
             raise ValueError(f"{what} must be a multiple of microbatch ({microbatch}) or at "
                              f"most it")
+        if microbatch >= rows:      # one chunk: the plain step, and the same run on resume
+            microbatch = None
     main = plan is None or distributed.is_main()      # prints and writes the run's files
     steps_per_epoch = n_train // batch_size
     config = {"n_train": n_train, "batch_size": batch_size, "seed": seed, "grad": grad,
@@ -652,6 +655,7 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         errors_fn, names = _grad_errors(net, loss), _leaf_names(net, params)
 
         def check(step_, index, stage):
+            index = index[:microbatch]        # at most a chunk: the check fits where a step does
             k = jax.random.fold_in(step_key, step_)
             c = _check(errors_fn, names, local(params), x_train[index], y_train[index], k)
             if not c.worst <= grad_tol:

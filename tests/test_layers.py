@@ -283,7 +283,12 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
     assert plan((16, 16), 3, 16, groups=16) == ("lax",) * 3 + (False, None)
     strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
-    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "scatter", False)
+    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "scatter", False)    # spread 176
+    # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 100
+    strided = geo.window("Conv2D", (14, 14), (5, 5), (2, 2), (1, 1), "VALID")
+    assert conv_plan(strided, 6, 1) == ("toeplitz", "lax", "toeplitz", False, None)  # 15.6
+    strided = geo.window("Conv2D", (14, 14), (3, 3), (2, 2), (1, 1), "VALID")
+    assert conv_plan(strided, 16, 1) == ("lax", "lax", "toeplitz", False, 3)  # spread 69
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
         conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft")
 

@@ -188,6 +188,31 @@ def test_fit_in_microbatches_makes_the_whole_batch_updates(digits, grad):
     assert not leaves_equal(chunked.params, params)
 
 
+def test_fit_hands_microbatch_to_the_step(digits):
+    """With stochastic pooling each chunk draws from its own split key, so a run in
+    microbatches differs from the whole-batch run: ``microbatch`` reaches the step (the
+    deterministic runs above are equal either way).  A microbatch of the whole batch is the
+    plain step."""
+    net = STOCHASTIC_NET
+    params, _ = train.init_params(net, (8, 8, 1), seed=2)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    kw = dict(optimizer=ADAM, epochs=1, batch_size=BATCH, seed=2, verbose=False)
+    whole = train.fit(net, params, x, y, **kw)
+    assert not leaves_equal(train.fit(net, params, x, y, **kw, microbatch=5).params,
+                            whole.params)
+    same = train.fit(net, params, x, y, **kw, microbatch=BATCH)
+    assert leaves_equal(same.params, whole.params) and same.summary["microbatch"] is None
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_make_step_splits_the_batch_into_microbatches(digits, grad):
+    params, _ = train.init_params(NET, (8, 8, 1))
+    step = train.make_step(NET, jc.softmax_cross_entropy, ADAM, grad, microbatch=3)
+    with pytest.raises(ValueError, match=r"value_and_grad: the batch \(20\) must be a multiple "
+                                         r"of microbatch=3 or at most it"):
+        step(params, ADAM.init(params), digits.x_train[:20], digits.y_train[:20], None)
+
+
 def test_a_run_resumes_only_with_its_microbatch(digits, tmp_path):
     net = NET
     params, _ = train.init_params(net, (8, 8, 1))
