@@ -262,18 +262,20 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
 
 
-def _per_group(fn, groups: int, *arrays: Array) -> Array:
-    """``fn`` on each group's slice of the last axis of every array, concatenated back."""
-    slices = [jnp.split(a, groups, axis=-1) for a in arrays]
-    return jnp.concatenate([fn(*group) for group in zip(*slices)], axis=-1)
+def _per_group(planned, a: Array, b: Array, g: geo.Window, groups: int, plan: ConvPlan,
+               precision) -> Array:
+    """``planned`` (one of the three below) on each group's slice of the last axis of ``a``
+    and ``b``, as an ungrouped convolution, concatenated back (``plan.split``)."""
+    one = plan._replace(split=False)
+    parts = zip(jnp.split(a, groups, axis=-1), jnp.split(b, groups, axis=-1))
+    return jnp.concatenate([planned(a, b, g, 1, one, precision) for a, b in parts], axis=-1)
 
 
 def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,
                     precision=None) -> Array:
     """The forward as ``plan`` says: eq. 4.6 or eq. 4.2 (per group if ``plan.split``)."""
     if plan.split:
-        one = plan._replace(split=False)
-        return _per_group(lambda x, w: planned_forward(x, w, g, 1, one, precision), groups, x, w)
+        return _per_group(planned_forward, x, w, g, groups, plan, precision)
     if plan.forward == "toeplitz":
         return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile)
     return conv_forward(x, w, g, groups, precision)
@@ -283,9 +285,7 @@ def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, plan
                         precision=None) -> Array:
     """The kernel gradient as ``plan`` says: eq. 4.7 or eq. 4.4 (per group if ``plan.split``)."""
     if plan.split:
-        one = plan._replace(split=False)
-        return _per_group(lambda x, d: planned_kernel_grad(x, d, g, 1, one, precision),
-                          groups, x, delta)
+        return _per_group(planned_kernel_grad, x, delta, g, groups, plan, precision)
     if plan.kernel == "toeplitz":
         return conv_backward_kernel_toeplitz(x, delta, g, precision=precision, tile=plan.tile)
     return conv_backward_kernel(x, delta, g, groups, precision)
@@ -296,9 +296,7 @@ def planned_input_residual(delta: Array, w: Array, g: geo.Window, groups: int, p
     """The input residual as ``plan`` says: eq. 4.8, or eq. 4.5 transposed or as a scatter
     (per group if ``plan.split``)."""
     if plan.split:
-        one = plan._replace(split=False)
-        return _per_group(lambda d, w: planned_input_residual(d, w, g, 1, one, precision),
-                          groups, delta, w)
+        return _per_group(planned_input_residual, delta, w, g, groups, plan, precision)
     if plan.input == "toeplitz":
         return conv_backward_input_toeplitz(delta, w, g, precision=precision, tile=plan.tile)
     return conv_backward_input(delta, w, g, groups, precision,
