@@ -1,18 +1,22 @@
 """Where the Toeplitz form pays, pass by pass: the data behind ``conv_plan``'s spread limits.
 
     python benchmarks/conv_plan_sweep.py [--batches 32,128] [--stride 1] [--repeats 15]
+                                         [--passes forward,kernel,input] [--sizes 8,14,28]
                                          [--json out.json]
 
 For a grid of ``"VALID"`` convolutions (input channels 1, 3, 6, 16; features 6, 16, 32;
-kernels 3 and 5; square inputs 8, 14, 28; stride ``--stride``), each pass -- forward (eq. 4.6
-vs 4.2), kernel gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) -- runs in both
-formulations, interleaved in one process (median of ``--repeats``).  With a stride above 1,
-XLA's input residual is measured both as the lhs-dilated transposed convolution and as the
-matrix product + window scatter (``conv_backward_input(method="scatter")``), and the faster
-of the two counts as "XLA's" (``input_lax_form`` in the JSON says which).  Then, for each pass and each candidate limit, the
-sweep's total time if every shape with ``spread <= limit`` took the Toeplitz form and the rest
-XLA's convolution, and how many shapes that choice leaves more than 20% slower than the faster
-form.  ``conv.SPREAD_LIMIT``, ``KERNEL_SPREAD_LIMIT`` and ``INPUT_SPREAD_LIMIT`` are read off
+kernels 3 and 5; square inputs ``--sizes``, by default 8, 14, 28; stride ``--stride``), each
+pass -- forward (eq. 4.6 vs 4.2), kernel gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) --
+runs in both formulations, interleaved in one process (median of ``--repeats``).  With a
+stride above 1, the input residual's other form is measured three ways: XLA's lhs-dilated
+transposed convolution, the matrix product + window scatter (``method="scatter"``) and the
+stride phases (eq. 4.9, ``method="phases"``); the fastest of the three counts as "XLA's"
+(``input_lax_form`` in the JSON says which), and each also gets a column of its own.
+
+Then, for each pass and each candidate limit, the sweep's total time if every shape with
+``spread <= limit`` took the Toeplitz form and the rest XLA's convolution, and how many shapes
+that choice leaves more than 20% slower than the faster form.  ``conv.SPREAD_LIMIT``,
+``KERNEL_SPREAD_LIMIT``, ``INPUT_SPREAD_LIMIT`` and ``STRIDED_INPUT_SPREAD_LIMIT`` are read off
 this table (``docs/performance.md``).
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ from _malloc import keep_freed_blocks
 from grad_vs_autodiff import samples
 
 PASSES = ("forward", "kernel", "input")
+STRIDED_INPUT_FORMS = ("transposed", "scatter", "phases")   # XLA's side of a strided input pass
 LIMITS = (0, 5, 10, 20, 30, 50, 80, 100, 150, float("inf"))
 
 
@@ -45,13 +50,14 @@ def both_forms(g, tile):
                   lambda x, w, d: conv.conv_backward_input(d, w, g, 1)),
     }
     if max(g.strides) > 1:
-        forms["input"] += (lambda x, w, d: conv.conv_backward_input(d, w, g, 1, method="scatter"),)
+        forms["input"] += tuple((lambda m: lambda x, w, d: conv.conv_backward_input(
+            d, w, g, 1, method=m))(m) for m in STRIDED_INPUT_FORMS[1:])
     return forms
 
 
-def sweep(batch, repeats, stride=1):
+def sweep(batch, repeats, stride=1, passes=PASSES, sizes=(8, 14, 28)):
     rows = []
-    for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), (8, 14, 28)):
+    for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), sizes):
         g = geo.window("Conv2D", (h, h), (k, k), (stride, stride), (1, 1), "VALID")
         tile = conv.conv_plan(g, c, 1, "toeplitz").tile
         spread = c * geo.column_tiles(g).read / k
@@ -61,27 +67,39 @@ def sweep(batch, repeats, stride=1):
         row = {"c": c, "f": f, "k": k, "h": h, "stride": stride, "batch": batch,
                "spread": spread}
         for name, fns in both_forms(g, tile).items():
+            if name not in passes:
+                continue
             t, *xla = np.median(samples([jax.jit(fn) for fn in fns], args, repeats), axis=1)
             row[name] = {"toeplitz_ms": t * 1e3, "lax_ms": min(xla) * 1e3}
             if len(xla) > 1:
-                row[name].update(transposed_ms=xla[0] * 1e3, scatter_ms=xla[1] * 1e3)
-                row["input_lax_form"] = ("transposed", "scatter")[int(np.argmin(xla))]
+                row[name].update({f"{m}_ms": v * 1e3 for m, v in zip(STRIDED_INPUT_FORMS, xla)})
+                row["input_lax_form"] = STRIDED_INPUT_FORMS[int(np.argmin(xla))]
         rows.append(row)
         print(f"C {c:2d} F {f:2d} k {k} H {h:2d} batch {batch:4d} spread {spread:6.1f}  " +
-              "  ".join(f"{p} {row[p]['toeplitz_ms'] / row[p]['lax_ms']:5.2f}" for p in PASSES) +
+              "  ".join(f"{p} {row[p]['toeplitz_ms'] / row[p]['lax_ms']:5.2f}" for p in passes) +
               (f"  (XLA's input: {row['input_lax_form']})" if "input_lax_form" in row else ""),
               flush=True)
     return rows
 
 
-def by_limit(rows):
-    """For each pass and limit: the total ms and the shapes left > 20% slower than the best."""
+def columns(rows, passes):
+    """The policies to total: ``(label, pass, key of the non-Toeplitz time)``.  A pass's own
+    label takes the fastest other form per shape; a strided input pass also gets one column
+    per fixed form (``input/phases`` etc.), the policy ``conv_plan`` can actually follow."""
+    cols = [(p, p, "lax_ms") for p in passes]
+    if "input" in passes and "input_lax_form" in rows[0]:
+        cols += [(f"input/{m}", "input", f"{m}_ms") for m in STRIDED_INPUT_FORMS]
+    return cols
+
+
+def by_limit(rows, cols):
+    """For each column and limit: the total ms and the shapes left > 20% slower than the best."""
     table = {}
-    for p, limit in itertools.product(PASSES, LIMITS):
-        chosen = [r[p]["toeplitz_ms"] if r["spread"] <= limit else r[p]["lax_ms"] for r in rows]
+    for (label, p, key), limit in itertools.product(cols, LIMITS):
+        chosen = [r[p]["toeplitz_ms"] if r["spread"] <= limit else r[p][key] for r in rows]
         best = [min(r[p].values()) for r in rows]
-        table[p, limit] = (sum(chosen), int(sum(c > 1.2 * b for c, b in zip(chosen, best))),
-                           sum(best))
+        table[label, limit] = (sum(chosen), int(sum(c > 1.2 * b for c, b in zip(chosen, best))),
+                               sum(best))
     return table
 
 
@@ -90,21 +108,28 @@ def main(argv=None):
     ap.add_argument("--batches", default="32,128")
     ap.add_argument("--stride", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--passes", default=",".join(PASSES), help="comma-separated subset of "
+                    + ",".join(PASSES))
+    ap.add_argument("--sizes", default="8,14,28", help="input heights (= widths)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    sizes = tuple(int(h) for h in args.sizes.split(","))
+    passes = tuple(p for p in PASSES if p in args.passes.split(","))
     keep_freed_blocks()
     results = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        rows = sweep(batch, args.repeats, args.stride)
-        table = by_limit(rows)
+        rows = sweep(batch, args.repeats, args.stride, passes, sizes)
+        cols = columns(rows, passes)
+        labels = [label for label, _, _ in cols]
+        table = by_limit(rows, cols)
         print(f"\nbatch {batch}: total ms over {len(rows)} shapes (shapes > 20% off the faster "
               f"form) if spread <= limit takes the Toeplitz form")
-        print("limit      " + "".join(f"{p:>22s}" for p in PASSES))
+        print("limit      " + "".join(f"{p:>22s}" for p in labels))
         for limit in LIMITS:
             print(f"{limit:<10g} " + "".join(
-                f"{table[p, limit][0]:15.1f} ({table[p, limit][1]:2d})   " for p in PASSES))
+                f"{table[p, limit][0]:15.1f} ({table[p, limit][1]:2d})   " for p in labels))
         print("best form  " + "".join(f"{table[p, LIMITS[0]][2]:15.1f}" + " " * 7
-                                      for p in PASSES) + "\n")
+                                      for p in labels) + "\n")
         results[batch] = {"shapes": rows, "by_limit": {
             f"{p} {limit}": {"total_ms": v[0], "off_by_20pct": v[1]}
             for (p, limit), v in table.items()}}

@@ -136,21 +136,32 @@ def windows(x_pad: Array, g: Window) -> Array:
 
 
 def scatter_windows(contrib: Array, g: Window) -> Array:
-    """The transpose of ``windows``: add each window entry back where it came from.
+    """The transpose of ``windows``: add each window entry back where it came from (eq. 3.4).
 
-    ``(N, H_out, W_out, K, C) -> (N, Hp, Wp, C)``; overlapping windows add up (eq. 3.4).  Each
-    window position is one strided placement (``lax.pad`` with interior padding ``s - 1``), so
-    the whole scatter is K dense adds and no scatter op.
+    ``(N, H_out, W_out, K, C) -> (N, Hp, Wp, C)``; overlapping windows add up.  Written as
+    reads, not strided writes (eq. 3.5): padded row ``m s + r`` (phase ``r``) receives entry
+    ``m - t`` of the taps at offset ``u = t s + r``.  Each of the ``s_h s_w`` phases is a sum of
+    plain slices of the zero-padded ``contrib``, one per tap; the phases interleave into the rows
+    and columns.  ``K = 1`` gives every tap the same entry (``spread_windows``).
     """
     (ho, wo), (sh, sw), (hp, wp) = g.out_hw, g.strides, g.padded_hw
-    zero = jnp.zeros((), contrib.dtype)
-    total = None
-    for k, (u, v) in enumerate(_offsets(g)):
-        placed = lax.pad(contrib[:, :, :, k, :], zero,
-                         ((0, 0, 0), (u, hp - u - (ho - 1) * sh - 1, sh - 1),
-                          (v, wp - v - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
-        total = placed if total is None else total + placed
-    return total
+    n, k, c = contrib.shape[0], contrib.shape[3], contrib.shape[4]
+    mh, mw = -(-hp // sh), -(-wp // sw)                 # rows and columns per phase
+    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
+    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
+    th, tw = max(t for t, _ in rows), max(t for t, _ in cols)
+    padded = lax.pad(contrib, jnp.zeros((), contrib.dtype),
+                     ((0, 0, 0), (th, mh - ho, 0), (tw, mw - wo, 0), (0, 0, 0), (0, 0, 0)))
+    phases = {}
+    for tap, ((t, r), (t2, r2)) in enumerate(itertools.product(rows, cols)):
+        tap = tap if k > 1 else 0
+        part = lax.slice(padded, (0, th - t, tw - t2, tap, 0),
+                         (n, th - t + mh, tw - t2 + mw, tap + 1, c))[:, :, :, 0]
+        phases[r, r2] = phases[r, r2] + part if (r, r2) in phases else part
+    zero = jnp.zeros((n, mh, mw, c), contrib.dtype)     # a phase no tap reaches (gaps)
+    out = jnp.stack([jnp.stack([phases.get((r, r2), zero) for r2 in range(sw)], axis=3)
+                     for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
+    return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
 
 
 def sum_windows(x_pad: Array, g: Window) -> Array:
@@ -165,28 +176,10 @@ def sum_windows(x_pad: Array, g: Window) -> Array:
 def spread_windows(share: Array, g: Window) -> Array:
     """The transpose of ``sum_windows``: each window's value added to every position it covers.
 
-    ``(N, H_out, W_out, C) -> (N, Hp, Wp, C)``, equal to ``scatter_windows`` of ``share``
-    broadcast over the ``K`` positions, but written as reads, not strided writes (eq. 5.9):
-    padded row ``m s + r`` (phase ``r``) receives ``share[m - t]`` from the taps at offset
-    ``u = t s + r``.  Each of the ``s_h s_w`` phases is a sum of plain slices of one
-    zero-padded ``share``; the phases interleave into the rows and columns.
+    ``(N, H_out, W_out, C) -> (N, Hp, Wp, C)``: ``scatter_windows`` of ``share`` broadcast over
+    the ``K`` positions (eq. 5.9), without materialising the broadcast.
     """
-    (ho, wo), (sh, sw), (hp, wp) = g.out_hw, g.strides, g.padded_hw
-    n, c = share.shape[0], share.shape[3]
-    mh, mw = -(-hp // sh), -(-wp // sw)                 # rows and columns per phase
-    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
-    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
-    th, tw = max(t for t, _ in rows), max(t for t, _ in cols)
-    padded = lax.pad(share, jnp.zeros((), share.dtype),
-                     ((0, 0, 0), (th, mh - ho, 0), (tw, mw - wo, 0), (0, 0, 0)))
-    phases = {}
-    for (t, r), (t2, r2) in itertools.product(rows, cols):
-        part = lax.slice(padded, (0, th - t, tw - t2, 0), (n, th - t + mh, tw - t2 + mw, c))
-        phases[r, r2] = phases[r, r2] + part if (r, r2) in phases else part
-    zero = jnp.zeros((n, mh, mw, c), share.dtype)       # a phase no tap reaches (gaps)
-    out = jnp.stack([jnp.stack([phases.get((r, r2), zero) for r2 in range(sw)], axis=3)
-                     for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
-    return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
+    return scatter_windows(share[:, :, :, None, :], g)
 
 
 class Tiles(NamedTuple):

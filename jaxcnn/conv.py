@@ -29,7 +29,7 @@ METHODS = ("auto", "lax", "toeplitz")
 SPREAD_LIMIT = 20                 # the forward; every pass of a grouped convolution
 KERNEL_SPREAD_LIMIT = 100         # the kernel gradient, ungrouped, stride 1 (strided: never)
 INPUT_SPREAD_LIMIT = 50           # the input residual, ungrouped, stride 1
-STRIDED_INPUT_SPREAD_LIMIT = 100  # the input residual, ungrouped, strided
+STRIDED_INPUT_SPREAD_LIMIT = 30   # the input residual, ungrouped, strided (above: phases)
 GROUP_SPLIT_LIMIT = 8             # a grouped convolution with at most this many groups is split
 
 
@@ -58,7 +58,7 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
 
     ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C_in // G, F)`` -> ``dx (N, H, W, C_in)``.
 
-    Two formulations of the same sum (``method``):
+    Three formulations of the same sum (``method``):
 
     - ``"transposed"`` (the default): the forward stride becomes ``s - 1`` zeros between the
       entries of delta (lhs dilation), the kernel is rotated by 180 degrees with its in/out axes
@@ -67,11 +67,19 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
       (negative = a crop, which also drops the gradient on the forward's padding).
     - ``"scatter"`` (``G = 1``): eq. 4.5 read literally -- one matrix product gives every window's
       share ``delta[n,i,j,:] . w[p,q,c,:]``, and the transpose of the window gather (eq. 3.4) adds
-      the shares back where the windows came from.  It needs no lhs dilation, which XLA's CPU
-      backend runs slowly: ``conv_plan`` picks it for strided convolutions on CPU (1.0-1.7x
-      faster there, ``docs/performance.md``).  It materialises ``kh * kw`` shares per input
-      entry.
+      the shares back where the windows came from (by reads, eq. 3.5).  It needs no lhs
+      dilation, which XLA's CPU backend runs slowly, but materialises ``kh * kw`` shares per
+      input entry.
+    - ``"phases"`` (``G = 1``): eq. 4.9 -- each of the ``s_h s_w`` stride phases of ``dx_pad``
+      is a stride-1 full correlation of delta (no zeros inserted) with the taps of that phase;
+      one correlation computes them all as ``s_h s_w C`` output channels, which then interleave
+      back into rows and columns (depth-to-space).  No product with an inserted zero:
+      ``conv_plan`` picks it for strided convolutions on CPU (``docs/performance.md``).
     """
+    if method == "phases":
+        if groups != 1:
+            raise ValueError(f"Conv2D: the phase form of eq. 4.5 needs groups=1, got {groups}")
+        return _input_residual_by_phases(delta, w, g, precision)
     if method == "scatter":
         if groups != 1:
             raise ValueError(f"Conv2D: the scatter form of eq. 4.5 needs groups=1, got {groups}")
@@ -80,7 +88,8 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
         shares = jnp.dot(delta, w.reshape(kh * kw * c, f).T, precision=precision)
         return geo.unpad(geo.scatter_windows(shares.reshape(n, ho, wo, kh * kw, c), g), g)
     if method != "transposed":
-        raise ValueError(f"Conv2D: unknown method {method!r}; expected 'transposed' or 'scatter'")
+        raise ValueError(f"Conv2D: unknown method {method!r}; expected 'transposed', 'scatter' "
+                         f"or 'phases'")
     kh, kw, cg, f = w.shape
     fg = f // groups
     w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 4, 3, 2)
@@ -92,6 +101,34 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
         delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
         rhs_dilation=g.dilation, dimension_numbers=_DIMS, feature_group_count=groups,
         precision=precision)
+
+
+def _input_residual_by_phases(delta: Array, w: Array, g: geo.Window, precision=None) -> Array:
+    """Eq. 4.9: ``dx_pad[n, m s_h + r, m' s_w + r', c] = sum_{t,t',o} delta[n, m - t, m' - t', o]
+    w_eff[t s_h + r, t' s_w + r', c, o]``, ``w_eff`` the kernel with its dilation written out as
+    zeros and zero-extended to ``b s`` taps, ``b = ceil(k_eff / s)`` per axis.
+
+    ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C, F)`` -> ``dx (N, H, W, C)``; ``G = 1``.
+    """
+    kh, kw, c, f = w.shape
+    n, ho, wo, _ = delta.shape
+    (sh, sw), (dh, dw), (keh, kew) = g.strides, g.dilation, g.effective_size
+    bh, bw = -(-keh // sh), -(-kew // sw)
+    zero = jnp.zeros((), w.dtype)
+    w_eff = lax.pad(w, zero, ((0, bh * sh - keh, dh - 1), (0, bw * sw - kew, dw - 1),
+                              (0, 0, 0), (0, 0, 0)))             # (bh sh, bw sw, C, F)
+    w_phase = (w_eff.reshape(bh, sh, bw, sw, c, f).transpose(0, 2, 5, 1, 3, 4)
+               .reshape(bh, bw, f, sh * sw * c))[::-1, ::-1]     # rotated, in/out swapped
+    mh, mw = ho + bh - 1, wo + bw - 1                            # phase rows/columns reached
+    phases = lax.conv_general_dilated(delta, w_phase, (1, 1),
+                                      ((bh - 1, bh - 1), (bw - 1, bw - 1)),
+                                      dimension_numbers=_DIMS, precision=precision)
+    dx_pad = (phases.reshape(n, mh, mw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+              .reshape(n, mh * sh, mw * sw, c))                  # depth-to-space
+    (top, _), (left, _) = g.padding
+    h, wd = g.in_hw                                              # crop to dx, or zero-extend
+    return lax.pad(dx_pad, zero, ((0, 0, 0), (-top, h + top - mh * sh, 0),
+                                  (-left, wd + left - mw * sw, 0), (0, 0, 0)))
 
 
 def conv_backward_kernel(x: Array, delta: Array, g: geo.Window, groups: int,
@@ -196,9 +233,9 @@ def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, *, preci
 
 class ConvPlan(NamedTuple):
     """How each pass is computed: ``"lax"`` (XLA's convolutions, eqs. 4.2, 4.4, 4.5),
-    ``"toeplitz"`` (eqs. 4.6, 4.7, 4.8) or, for the input residual only, ``"scatter"`` (eq. 4.5
-    as a matrix product and the window scatter 3.4).  ``split``: a grouped convolution runs as
-    ``G`` ungrouped ones on its channel slices, each pass as named.  ``tile``: output columns
+    ``"toeplitz"`` (eqs. 4.6, 4.7, 4.8) or, for the input residual only, ``"phases"`` (eq. 4.9)
+    or ``"scatter"`` (eq. 4.5 as a matrix product and the window scatter 3.4).  ``split``: a
+    grouped convolution runs as ``G`` ungrouped ones on its channel slices, each pass as named.  ``tile``: output columns
     per tile of the Toeplitz form (``None``: the whole width)."""
 
     forward: str
@@ -222,8 +259,8 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     - the forward: ``SPREAD_LIMIT`` (20);
     - the kernel gradient: ``KERNEL_SPREAD_LIMIT`` (100) at stride 1; never when strided;
     - the input residual: ``INPUT_SPREAD_LIMIT`` (50) at stride 1,
-      ``STRIDED_INPUT_SPREAD_LIMIT`` (100) when strided -- and above it a strided input
-      residual is the matrix product + scatter rather than XLA's lhs-dilated transposed
+      ``STRIDED_INPUT_SPREAD_LIMIT`` (30) when strided -- and above it a strided input
+      residual is computed by stride phases (eq. 4.9), not by XLA's lhs-dilated transposed
       convolution;
     - a grouped convolution: ``SPREAD_LIMIT`` for all three passes.
 
@@ -257,7 +294,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
         limits = (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT, INPUT_SPREAD_LIMIT)
     forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in limits)
     if residual == "lax" and strided:
-        residual = "scatter"
+        residual = "phases"
     uses_tiles = "toeplitz" in (forward, kernel, residual)
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
 
@@ -293,14 +330,14 @@ def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, plan
 
 def planned_input_residual(delta: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,
                            precision=None) -> Array:
-    """The input residual as ``plan`` says: eq. 4.8, or eq. 4.5 transposed or as a scatter
-    (per group if ``plan.split``)."""
+    """The input residual as ``plan`` says: eq. 4.8, eq. 4.9, or eq. 4.5 transposed or as a
+    scatter (per group if ``plan.split``)."""
     if plan.split:
         return _per_group(planned_input_residual, delta, w, g, groups, plan, precision)
     if plan.input == "toeplitz":
         return conv_backward_input_toeplitz(delta, w, g, precision=precision, tile=plan.tile)
     return conv_backward_input(delta, w, g, groups, precision,
-                               method="scatter" if plan.input == "scatter" else "transposed")
+                               method="transposed" if plan.input == "lax" else plan.input)
 
 
 def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, groups: int = 1,

@@ -257,7 +257,7 @@ def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, p
 def test_conv_plan_auto_picks_by_spread_on_cpu():
     """``"auto"``: Toeplitz for few channels over narrow maps, XLA's convolutions for many
     channels (thresholds ``conv.SPREAD_LIMIT`` and the larger backward ones), grouped
-    convolutions split per group, and the scatter form for a strided input residual."""
+    convolutions split per group, and the stride phases for a strided input residual."""
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_plan
 
@@ -282,13 +282,16 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
     # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
     assert plan((16, 16), 3, 16, groups=16) == ("lax",) * 3 + (False, None)
+    # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 30,
+    # above it the stride phases (eq. 4.9), also per group of a split grouped convolution
     strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
-    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "scatter", False)    # spread 176
-    # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 100
+    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "phases", False)     # spread 176
+    assert conv_plan(strided, 16, 4)[:4] == ("lax", "lax", "phases", True)      # spread 44
     strided = geo.window("Conv2D", (14, 14), (5, 5), (2, 2), (1, 1), "VALID")
     assert conv_plan(strided, 6, 1) == ("toeplitz", "lax", "toeplitz", False, None)  # 15.6
     strided = geo.window("Conv2D", (14, 14), (3, 3), (2, 2), (1, 1), "VALID")
-    assert conv_plan(strided, 16, 1) == ("lax", "lax", "toeplitz", False, 3)  # spread 69
+    assert conv_plan(strided, 16, 1) == ("lax", "lax", "phases", False, None)  # spread 69
+    assert conv_plan(strided, 6, 1) == ("lax", "lax", "toeplitz", False, 3)      # spread 26
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
         conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft")
 
@@ -341,29 +344,33 @@ def test_avg_pool_large_windows(window, strides, padding):
     ((3, 3), (2, 2), (1, 1), "SAME"), ((3, 2), (1, 1), (1, 1), "VALID"),
     ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
     ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])
-def test_spread_windows_is_the_scatter_of_a_broadcast(size, strides, dilation, padding):
-    """Eq. 5.9 (stride phases of shifted slices) equals eq. 3.4 with ``G = share`` at every
-    window position, gaps (stride > window) and dilation included; and it is the transpose of
-    ``sum_windows``."""
+def test_scatter_windows_is_the_transpose_of_the_gather(size, strides, dilation, padding):
+    """Eq. 3.5 (stride phases of shifted slices) is eq. 3.4: ``scatter_windows`` equals the VJP
+    of ``windows`` for a random cotangent per window position, gaps (stride > window) and
+    dilation included; ``spread_windows`` (eq. 5.9) equals the VJP of ``sum_windows``."""
     from jaxcnn import _geometry as geo
 
     g = geo.window("AvgPool2D", (11, 10), size, strides, dilation, padding)
     rng = np.random.default_rng(5)
-    share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
-    scatter = geo.scatter_windows(
-        jnp.broadcast_to(share[:, :, :, None, :], (2, *g.out_hw, g.count, 3)), g)
-    spread = jax.jit(lambda a: geo.spread_windows(a, g))(share)
-    np.testing.assert_allclose(spread, scatter, rtol=1e-13, atol=1e-13)
     x_pad = jnp.zeros((2, *g.padded_hw, 3))
+    contrib = jnp.asarray(rng.normal(size=(2, *g.out_hw, g.count, 3)))
+    scatter = jax.jit(lambda a: geo.scatter_windows(a, g))(contrib)
+    _, vjp = jax.vjp(lambda x: geo.windows(x, g), x_pad)
+    np.testing.assert_allclose(scatter, vjp(contrib)[0], rtol=1e-13, atol=1e-13)
+    share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
+    spread = jax.jit(lambda a: geo.spread_windows(a, g))(share)
     _, vjp = jax.vjp(lambda x: geo.sum_windows(x, g), x_pad)
     np.testing.assert_allclose(spread, vjp(share)[0], rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("method", ["transposed", "scatter"])
+@pytest.mark.parametrize("method", ["transposed", "scatter", "phases"])
 @pytest.mark.parametrize("strides, dilation, padding", [
-    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID")])
-def test_conv_input_residual_both_formulations(method, strides, dilation, padding):
-    """Eq. 4.5 as a transposed convolution and as matmul + window scatter: both equal jax.vjp."""
+    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
+    ((2, 2), (2, 3), "SAME"), ((4, 3), 1, ((3, 0), (1, 1)))])
+def test_conv_input_residual_every_formulation(method, strides, dilation, padding):
+    """Eq. 4.5 as a transposed convolution, as matmul + window scatter, and by stride phases
+    (eq. 4.9; dilation sharing a factor with the stride, and strides past the kernel, leave
+    phases with no tap): each equals jax.vjp, jitted."""
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_backward_input, conv_forward
 
@@ -374,5 +381,21 @@ def test_conv_input_residual_both_formulations(method, strides, dilation, paddin
                    jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
     y, vjp = jax.vjp(lambda x: conv_forward(x, w, g, 1), x)
     delta = jnp.asarray(rng.normal(size=y.shape))
-    np.testing.assert_allclose(conv_backward_input(delta, w, g, 1, method=method), vjp(delta)[0],
-                               rtol=1e-12, atol=1e-12)
+    got = jax.jit(lambda d, w: conv_backward_input(d, w, g, 1, method=method))(delta, w)
+    np.testing.assert_allclose(got, vjp(delta)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_input_residual_formulation_errors():
+    """The matrix-product forms are ungrouped, and a misspelt form is named."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_backward_input
+
+    g = geo.window("Conv2D", (8, 8), (3, 3), (2, 2), (1, 1), "SAME")
+    delta, w = jnp.zeros((1, 4, 4, 4)), jnp.zeros((3, 3, 1, 4))
+    for method, form in (("scatter", "scatter"), ("phases", "phase")):
+        with pytest.raises(ValueError, match=f"Conv2D: the {form} form of eq. 4.5 needs groups=1, "
+                                             f"got 2"):
+            conv_backward_input(delta, w, g, 2, method=method)
+    with pytest.raises(ValueError, match="unknown method 'fft'; expected 'transposed', 'scatter' "
+                                         "or 'phases'"):
+        conv_backward_input(delta, w, g, 1, method="fft")
