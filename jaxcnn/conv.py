@@ -30,7 +30,6 @@ SPREAD_LIMIT = 20                 # the forward; every pass of a grouped convolu
 KERNEL_SPREAD_LIMIT = 100         # the kernel gradient, ungrouped, stride 1 (strided: never)
 INPUT_SPREAD_LIMIT = 50           # the input residual, ungrouped, stride 1
 STRIDED_INPUT_SPREAD_LIMIT = 30   # the input residual, ungrouped, strided (above: phases)
-FORWARD_CHANNEL_LIMIT = 4         # ... and the forward only up to this many channels per group
 GROUP_SPLIT_LIMIT = 8             # a grouped convolution with at most this many groups is split
 
 
@@ -263,11 +262,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
       ``STRIDED_INPUT_SPREAD_LIMIT`` (30) when strided -- and above it a strided input
       residual is computed by stride phases (eq. 4.9), not by XLA's lhs-dilated transposed
       convolution;
-    - a grouped convolution: ``SPREAD_LIMIT`` for all three passes;
-    - the forward also needs at most ``FORWARD_CHANNEL_LIMIT`` (4) channels per group, unless
-      the output is one column wide (then ``T`` is the kernel itself, with no zeros): from 6
-      channels on, XLA's forward keeps up (the sweep's 6-channel shapes total the same or
-      less with it), and it is what ``apply`` is held to.
+    - a grouped convolution: ``SPREAD_LIMIT`` for all three passes.
 
     The forward's choice is also what ``jax.grad`` of ``apply`` transposes; the backward passes
     choose for themselves.  A grouped convolution with at most ``GROUP_SPLIT_LIMIT`` groups is
@@ -298,8 +293,6 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     else:
         limits = (SPREAD_LIMIT, KERNEL_SPREAD_LIMIT, INPUT_SPREAD_LIMIT)
     forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in limits)
-    if c_in // groups > FORWARD_CHANNEL_LIMIT and wo > 1:
-        forward = "lax"
     if residual == "lax" and strided:
         residual = "phases"
     uses_tiles = "toeplitz" in (forward, kernel, residual)
