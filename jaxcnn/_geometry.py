@@ -135,33 +135,69 @@ def windows(x_pad: Array, g: Window) -> Array:
     return jnp.stack(list(_window_slices(x_pad, g)), axis=3)
 
 
-def scatter_windows(contrib: Array, g: Window) -> Array:
+def _phase_grid(g: Window):
+    """Eq. 3.5's grid: ``(mh, mw)`` rows and columns per stride phase, ``(th, tw)`` the largest
+    tap shifts ``floor(p d / s)``."""
+    (sh, sw), (hp, wp) = g.strides, g.padded_hw
+    return ((-(-hp // sh), -(-wp // sw)),
+            ((g.size[0] - 1) * g.dilation[0] // sh, (g.size[1] - 1) * g.dilation[1] // sw))
+
+
+def _sum_by_phase(part, g: Window, n: int, c: int, dtype) -> Array:
+    """Eq. 3.5's loop: ``part(tap, t, t2)`` is tap ``(p, q)``'s entries shifted ``t`` rows down
+    and ``t2`` columns right into its phase's grid, ``(N, mh, mw, C)``, for the tap at offsets
+    ``(t s_h + r, t2 s_w + r2)``; each phase ``(r, r2)`` sums its taps' parts, and the phases
+    interleave into the padded rows and columns: ``(N, Hp, Wp, C)``."""
+    (sh, sw), (hp, wp) = g.strides, g.padded_hw
+    (mh, mw), _ = _phase_grid(g)
+    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
+    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
+    phases = {}
+    for tap, ((t, r), (t2, r2)) in enumerate(itertools.product(rows, cols)):
+        shifted = part(tap, t, t2)
+        phases[r, r2] = phases[r, r2] + shifted if (r, r2) in phases else shifted
+    gap = jnp.zeros((n, mh, mw, c), dtype)              # a phase no tap reaches
+    out = jnp.stack([jnp.stack([phases.get((r, r2), gap) for r2 in range(sw)], axis=3)
+                     for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
+    return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
+
+
+def _pad_to_phase_grid(a: Array, g: Window) -> Array:
+    """``a (N, H_out, W_out, ...)`` zero-padded so that a slice from ``(th - t, tw - t2)`` of
+    ``(mh, mw)`` rows and columns is ``a`` shifted by ``(t, t2)`` into the phase grid."""
+    (mh, mw), (th, tw) = _phase_grid(g)
+    (ho, wo) = g.out_hw
+    config = [(0, 0, 0), (th, mh - ho, 0), (tw, mw - wo, 0)] + [(0, 0, 0)] * (a.ndim - 3)
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
+
+
+def scatter_windows(contrib: Array, g: Window, pad_first: bool = False) -> Array:
     """The transpose of ``windows``: add each window entry back where it came from (eq. 3.4).
 
     ``(N, H_out, W_out, K, C) -> (N, Hp, Wp, C)``; overlapping windows add up.  Written as
     reads, not strided writes (eq. 3.5): padded row ``m s + r`` (phase ``r``) receives entry
-    ``m - t`` of the taps at offset ``u = t s + r``.  Each of the ``s_h s_w`` phases is a sum of
-    plain slices of the zero-padded ``contrib``, one per tap; the phases interleave into the rows
-    and columns.  ``K = 1`` gives every tap the same entry (``spread_windows``).
+    ``m - t`` of the taps at offset ``u = t s + r``; each phase sums its taps, and the phases
+    interleave.  Each tap is shifted into place by its own padding, or with ``pad_first`` by
+    a slice of ``contrib`` padded once: the same sums, and which is faster depends on what
+    produced ``contrib`` (measured: a select, as in max pooling, pads per tap best; a fresh
+    matrix product, as in eq. 4.8, pads first best).
     """
-    (ho, wo), (sh, sw), (hp, wp) = g.out_hw, g.strides, g.padded_hw
-    n, k, c = contrib.shape[0], contrib.shape[3], contrib.shape[4]
-    mh, mw = -(-hp // sh), -(-wp // sw)                 # rows and columns per phase
-    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
-    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
-    th, tw = max(t for t, _ in rows), max(t for t, _ in cols)
-    padded = lax.pad(contrib, jnp.zeros((), contrib.dtype),
-                     ((0, 0, 0), (th, mh - ho, 0), (tw, mw - wo, 0), (0, 0, 0), (0, 0, 0)))
-    phases = {}
-    for tap, ((t, r), (t2, r2)) in enumerate(itertools.product(rows, cols)):
-        tap = tap if k > 1 else 0
-        part = lax.slice(padded, (0, th - t, tw - t2, tap, 0),
-                         (n, th - t + mh, tw - t2 + mw, tap + 1, c))[:, :, :, 0]
-        phases[r, r2] = phases[r, r2] + part if (r, r2) in phases else part
-    zero = jnp.zeros((n, mh, mw, c), contrib.dtype)     # a phase no tap reaches (gaps)
-    out = jnp.stack([jnp.stack([phases.get((r, r2), zero) for r2 in range(sw)], axis=3)
-                     for r in range(sh)], axis=2)       # (N, mh, sh, mw, sw, C)
-    return out.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
+    (mh, mw), (th, tw) = _phase_grid(g)
+    (ho, wo), n, c = g.out_hw, contrib.shape[0], contrib.shape[4]
+    if pad_first:
+        padded = _pad_to_phase_grid(contrib, g)
+
+        def part(tap, t, t2):
+            return lax.slice(padded, (0, th - t, tw - t2, tap, 0),
+                             (n, th - t + mh, tw - t2 + mw, tap + 1, c))[:, :, :, 0]
+    else:
+        zero = jnp.zeros((), contrib.dtype)
+
+        def part(tap, t, t2):
+            return lax.pad(contrib[:, :, :, tap], zero,
+                           ((0, 0, 0), (t, mh - ho - t, 0), (t2, mw - wo - t2, 0), (0, 0, 0)))
+
+    return _sum_by_phase(part, g, n, c, contrib.dtype)
 
 
 def sum_windows(x_pad: Array, g: Window) -> Array:
@@ -176,10 +212,18 @@ def sum_windows(x_pad: Array, g: Window) -> Array:
 def spread_windows(share: Array, g: Window) -> Array:
     """The transpose of ``sum_windows``: each window's value added to every position it covers.
 
-    ``(N, H_out, W_out, C) -> (N, Hp, Wp, C)``: ``scatter_windows`` of ``share`` broadcast over
-    the ``K`` positions (eq. 5.9), without materialising the broadcast.
+    ``(N, H_out, W_out, C) -> (N, Hp, Wp, C)``, equal to ``scatter_windows`` of ``share``
+    broadcast over the ``K`` positions (eq. 5.9, eq. 3.5 with one ``G`` for every tap), as
+    plain slices of one zero-padded ``share``.
     """
-    return scatter_windows(share[:, :, :, None, :], g)
+    (mh, mw), (th, tw) = _phase_grid(g)
+    n, c = share.shape[0], share.shape[3]
+    padded = _pad_to_phase_grid(share, g)
+
+    def part(tap, t, t2):
+        return lax.slice(padded, (0, th - t, tw - t2, 0), (n, th - t + mh, tw - t2 + mw, c))
+
+    return _sum_by_phase(part, g, n, c, share.dtype)
 
 
 class Tiles(NamedTuple):

@@ -345,18 +345,20 @@ def test_avg_pool_large_windows(window, strides, padding):
     ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
     ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])
 def test_scatter_windows_is_the_transpose_of_the_gather(size, strides, dilation, padding):
-    """Eq. 3.5 (stride phases of shifted slices) is eq. 3.4: ``scatter_windows`` equals the VJP
-    of ``windows`` for a random cotangent per window position, gaps (stride > window) and
-    dilation included; ``spread_windows`` (eq. 5.9) equals the VJP of ``sum_windows``."""
+    """Eq. 3.5 (stride phases of shifted taps) is eq. 3.4: ``scatter_windows``, either way of
+    shifting, equals the VJP of ``windows`` for a random cotangent per window position, gaps
+    (stride > window) and dilation included; ``spread_windows`` (eq. 5.9) equals the VJP of
+    ``sum_windows``."""
     from jaxcnn import _geometry as geo
 
     g = geo.window("AvgPool2D", (11, 10), size, strides, dilation, padding)
     rng = np.random.default_rng(5)
     x_pad = jnp.zeros((2, *g.padded_hw, 3))
     contrib = jnp.asarray(rng.normal(size=(2, *g.out_hw, g.count, 3)))
-    scatter = jax.jit(lambda a: geo.scatter_windows(a, g))(contrib)
     _, vjp = jax.vjp(lambda x: geo.windows(x, g), x_pad)
-    np.testing.assert_allclose(scatter, vjp(contrib)[0], rtol=1e-13, atol=1e-13)
+    for pad_first in (False, True):
+        scatter = jax.jit(lambda a: geo.scatter_windows(a, g, pad_first))(contrib)
+        np.testing.assert_allclose(scatter, vjp(contrib)[0], rtol=1e-13, atol=1e-13)
     share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
     spread = jax.jit(lambda a: geo.spread_windows(a, g))(share)
     _, vjp = jax.vjp(lambda x: geo.sum_windows(x, g), x_pad)
