@@ -236,8 +236,8 @@ class ConvPlan(NamedTuple):
     """How each pass is computed: ``"lax"`` (XLA's convolutions, eqs. 4.2, 4.4, 4.5),
     ``"toeplitz"`` (eqs. 4.6, 4.7, 4.8) or, for the input residual only, ``"phases"`` (eq. 4.9)
     or ``"scatter"`` (eq. 4.5 as a matrix product and the window scatter 3.4).  ``split``: a
-    grouped convolution runs as ``G`` ungrouped ones on its channel slices, each pass as named.  ``tile``: output columns
-    per tile of the Toeplitz form (``None``: the whole width)."""
+    grouped convolution runs as ``G`` ungrouped ones on its channel slices, each pass as named.
+    ``tile``: output columns per tile of the Toeplitz form (``None``: the whole width)."""
 
     forward: str
     kernel: str
