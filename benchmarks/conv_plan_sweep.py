@@ -40,7 +40,8 @@ LIMITS = (0, 5, 10, 20, 30, 50, 80, 100, 150, float("inf"))
 
 
 def both_forms(g, tile):
-    """Each pass as ``(toeplitz, lax[, scatter])``, functions of ``(x, w, delta)``."""
+    """Each pass as ``(toeplitz, lax[, scatter, phases])``, functions of ``(x, w, delta)``;
+    the last two only for a strided input residual (``STRIDED_INPUT_FORMS``)."""
     forms = {
         "forward": (lambda x, w, d: conv.conv_forward_toeplitz(x, w, g, tile=tile),
                     lambda x, w, d: conv.conv_forward(x, w, g, 1)),

@@ -110,7 +110,7 @@ def _input_residual_by_phases(delta: Array, w: Array, g: geo.Window, precision=N
 
     ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C, F)`` -> ``dx (N, H, W, C)``; ``G = 1``.
     """
-    kh, kw, c, f = w.shape
+    c, f = w.shape[2:]
     n, ho, wo, _ = delta.shape
     (sh, sw), (dh, dw), (keh, kew) = g.strides, g.dilation, g.effective_size
     bh, bw = -(-keh // sh), -(-kew // sw)
