@@ -156,14 +156,18 @@ def toeplitz_rows(x: Array, g: geo.Window, t: geo.Tiles) -> Array:
     rows it reads, across the tile's ``t.read`` columns.
 
     ``x (N, H, W, C)`` -> ``(N H_out t.count, k_h t.read C)``, columns ordered ``(p, v, c)``:
-    the window gather (3.3) with a window of ``k_h`` whole rows, then the tiles' columns.  (An
-    undilated kernel exactly as large as its padded input makes this the padded input
+    the tiles' columns first, then the window gather (3.3) with a window of ``k_h`` whole tile
+    rows (each tile row's ``t.read C`` entries taken as one channel axis).  Tiles first, because
+    the first gather then copies the small input rather than its ``k_h``-times-larger windows.
+    (An undilated kernel exactly as large as its padded input makes this the padded input
     flattened, and ``T`` the kernel flattened: a dense layer.)
     """
     x_pad = geo.fit_width(geo.pad(x, g), t.width)
-    rows = geo.windows(x_pad, geo.row_window(g, t.width))       # (N, H_out, width, k_h, C)
-    rows = jnp.moveaxis(rows, 3, 2)                              # (N, H_out, k_h, width, C)
-    return geo.gather_tiles(rows, t, axis=3).reshape(x.shape[0] * g.out_hw[0] * t.count, -1)
+    cols = geo.gather_tiles(x_pad, t, axis=2)                    # (N, Hp, count, read, C)
+    n, hp = cols.shape[:2]
+    rows = geo.windows(cols.reshape(n, hp, t.count, -1),         # (N, H_out, count, k_h, read C)
+                       geo.row_window(g, t.count))
+    return rows.reshape(n * g.out_hw[0] * t.count, -1)
 
 
 def toeplitz_kernel(w: Array, g: geo.Window, t: geo.Tiles) -> Array:

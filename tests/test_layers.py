@@ -321,6 +321,29 @@ def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("tile", [None, 2, 5])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])
+def test_toeplitz_rows_entries(tile, strides, dilation, padding):
+    """Eq. 4.6's row matrix, entry by entry: ``R[(n, i, tile), (p, v, c)] =
+    x_pad[n, i s_h + p d_h, tile * step + v, c]``, zero past the padded input."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import toeplitz_rows
+
+    x = np.random.default_rng(1).normal(size=(2, 9, 13, 3))
+    g = geo.window("Conv2D", (9, 13), (3, 2), jc.core.pair("", "", strides),
+                   jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
+    t = geo.column_tiles(g, tile)
+    r = np.asarray(jax.jit(lambda x: toeplitz_rows(x, g, t))(jnp.asarray(x)))
+    (top, bottom), (left, right) = g.padding
+    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right + t.width), (0, 0)))
+    (ho, _), (sh, _), (dh, _) = g.out_hw, g.strides, g.dilation
+    expected = np.array([[[x_pad[n, i * sh + p * dh, k * t.step + v, c]
+                           for p in range(3) for v in range(t.read) for c in range(3)]]
+                         for n in range(2) for i in range(ho) for k in range(t.count)])
+    np.testing.assert_array_equal(r, expected.reshape(r.shape))
+
+
 def test_toeplitz_tile_must_be_positive():
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_forward_toeplitz
