@@ -273,9 +273,11 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert plan((5, 5), 5, 16, padding="VALID") == ("toeplitz",) * 3 + (False, None)
     assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
     # each pass has its own limit: 3 channels, 32 wide (spread 34): XLA's forward, Toeplitz
-    # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient
-    assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 16)
-    assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 6)
+    # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient.
+    # With XLA's forward, four tiles where W_out >= 4 k_w (32 -> 8, 12 -> 3), else two.
+    assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 8)
+    assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 3)
+    assert plan((10, 10), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 4)
     # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
     assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
