@@ -18,6 +18,7 @@ import argparse
 import collections
 import glob
 import json
+import os
 import tempfile
 
 import jax
@@ -37,6 +38,11 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--hlo", default=None, help="write the optimized HLO of the step here")
     args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error(f"--steps must be >= 1, got {args.steps}")
+    if "xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
+        print("note: XLA_FLAGS lacks --xla_cpu_enable_xprof_traceme=true, so the trace has no "
+              "per-fusion events")
     keep_freed_blocks()
     make, shape = NETS[args.net]
     net, loss, optimizer = make(shape, 10), jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
@@ -62,6 +68,9 @@ def main(argv=None):
         return
     xspace = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
     data, _ = raw_to_tool_data.xspace_to_tool_data(xspace, "trace_viewer", {})
+    if not data:
+        print(f"xprof could not read the trace in {trace_dir}")
+        return
     events = json.loads(data)["traceEvents"]
     total, count = collections.Counter(), collections.Counter()
     for e in events:

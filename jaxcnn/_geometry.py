@@ -251,10 +251,12 @@ def column_tiles(g: Window, size: int | None = None) -> Tiles:
 
 
 def row_window(g: Window, width: int) -> Window:
-    """The window of whole rows: ``k_h`` taps down, ``width`` columns across the padded input.
+    """The window of whole rows: ``k_h`` taps down, one column wide, over ``width`` columns.
 
     Gathering with it gives, for each output row ``i``, the ``k_h`` padded input rows it reads:
-    ``(N, H_out, width, k_h, C)`` (eq. 4.6).
+    ``(N, H_out, width, k_h, C)`` (eq. 4.6).  ``toeplitz_rows`` gathers it over the column
+    tiles, ``(N, Hp, tiles, read C)``: ``width`` is then the tile count and each tile row's
+    ``read C`` entries the channel axis.
     """
     return Window((g.padded_hw[0], width), (g.size[0], 1), (g.strides[0], 1),
                   (g.dilation[0], 1), ((0, 0), (0, 0)), (g.out_hw[0], width))

@@ -280,8 +280,10 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     The Toeplitz form splits the output width into two tiles when ``W_out >= 2 k_w``: each
     tile's matrix then spends about half as much on zeros (eq. 4.6 per tile).  Where the
     forward is XLA's and the kernel gradient a Toeplitz product, there is no forward row
-    matrix for the kernel gradient to share inside a jitted step, and four tiles (when
-    ``W_out >= 4 k_w``) measured faster; where the forward is a Toeplitz product too, two.
+    matrix for the kernel gradient to share inside a jitted step, and tiles of
+    ``ceil(W_out / 4)`` columns (at most four; when ``W_out >= 4 k_w``) measured faster; a
+    Toeplitz input residual of the same layer uses them too.  Where the forward is a
+    Toeplitz product, two.
     """
     if method not in METHODS:
         raise ValueError(f"Conv2D: unknown method {method!r}; expected one of {METHODS}")
@@ -304,7 +306,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     if residual == "lax" and strided:
         residual = "phases"
     if forward == "lax" and kernel == "toeplitz" and wo >= 4 * g.size[1]:
-        tile = -(-wo // 4)          # no forward row matrix to share: four tiles, fewer zeros
+        tile = -(-wo // 4)          # no forward row matrix to share: <= 4 tiles, fewer zeros
     uses_tiles = "toeplitz" in (forward, kernel, residual)
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
 

@@ -277,6 +277,7 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # With XLA's forward, four tiles where W_out >= 4 k_w (32 -> 8, 12 -> 3), else two.
     assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 8)
     assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 3)
+    # 10 wide (spread 53, W_out 8 < 12): two tiles of 4
     assert plan((10, 10), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 4)
     # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
     assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
@@ -325,7 +326,7 @@ def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
 
 @pytest.mark.parametrize("tile", [None, 2, 5])
 @pytest.mark.parametrize("strides, dilation, padding", [
-    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])
+    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3))), ((1, 2), (2, 1), ((3, 0), (1, 1)))])
 def test_toeplitz_rows_entries(tile, strides, dilation, padding):
     """Eq. 4.6's row matrix, entry by entry: ``R[(n, i, tile), (p, v, c)] =
     x_pad[n, i s_h + p d_h, tile * step + v, c]``, zero past the padded input."""
