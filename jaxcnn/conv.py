@@ -21,7 +21,7 @@ from jax import lax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
-                         check_param, config, pair, positive_int, apply_from_forward)
+                         check_param, config, pair, positive_int)
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 METHODS = ("auto", "lax", "toeplitz")
@@ -195,14 +195,20 @@ def _tile_delta(delta: Array, t: geo.Tiles) -> Array:
 
 
 def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, *, precision=None,
-                          tile: int | None = None) -> Array:
+                          tile: int | None = None, bias: Array | None = None) -> Array:
     """Eq. 4.6, the forward (4.2) as one matrix product: ``rows(x) @ T(w)``, ``G = 1``.
 
     ``x (N, H, W, C)``, ``w (kh, kw, C, F)`` -> ``(N, H_out, W_out, F)``.  ``tile``: output
-    columns per tile (default: the whole width).
+    columns per tile (default: the whole width).  ``bias (F,)``: added inside the product, as
+    the "+1" bias unit of the source's figures -- a column of ones in ``R``, the bias (once
+    per output column of the tile) as a row of ``T``.
     """
     t = geo.column_tiles(g, tile)
-    y = jnp.dot(toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t), precision=precision)
+    rows, band = toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t)
+    if bias is not None:
+        rows = lax.pad(rows, jnp.ones((), rows.dtype), ((0, 0, 0), (0, 1, 0)))
+        band = jnp.concatenate([band, jnp.tile(bias, t.size)[None]], axis=0)
+    y = jnp.dot(rows, band, precision=precision)
     return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
 
 
@@ -309,6 +315,24 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
         tile = -(-wo // 4)          # no forward row matrix to share: <= 4 tiles, fewer zeros
     uses_tiles = "toeplitz" in (forward, kernel, residual)
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
+
+
+def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> bool:
+    """Whether ``Conv2D.forward`` adds the bias inside the Toeplitz product (eq. 4.6 with the
+    "+1" bias unit: a column of ones in ``R``, the bias as a row of ``T``).
+
+    Only for an ungrouped Toeplitz forward whose row matrix is no larger than its output,
+    ``k_h * read * C <= t * F`` per row (``t`` output columns per tile).  Without a bias
+    broadcast over the channel axis, XLA computes the elementwise layer that follows (a
+    sigmoid, say) in the product's own 2-D layout, whose long rows it vectorises; with one,
+    in ``(N, H, W, F)``, which it runs several times slower when ``F`` is small.  The price is
+    one more pass over ``R``, hence the size test.  ``apply`` keeps the separate add: autodiff
+    would transpose the larger product, which measured slower (``docs/performance.md``).
+    """
+    if plan.forward != "toeplitz" or plan.split:
+        return False
+    t = geo.column_tiles(g, plan.tile)
+    return g.size[0] * t.read * c_in <= t.size * features
 
 
 def _per_group(planned, a: Array, b: Array, g: geo.Window, groups: int, plan: ConvPlan,
@@ -421,13 +445,22 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         b = check_param(name, params, "b", (features,), x.dtype) if use_bias else None
         return w, b, geometry(x.shape[1:3])
 
-    def forward(params, x, *, key=None, train=True):
+    def output(params, x, hand):
         w, b, g = checked(params, x)
         plan = conv_plan(g, x.shape[3], groups, method)
+        if hand and use_bias and bias_in_product(g, x.shape[3], features, plan):
+            return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile,
+                                         bias=b)                                  # eq. 4.6
         y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
         if use_bias:
             y = y + b.reshape(1, 1, 1, -1)                                        # eq. 4.2
-        return y, ConvCache(x)
+        return y
+
+    def forward(params, x, *, key=None, train=True):
+        return output(params, x, hand=True), ConvCache(x)
+
+    def apply(params, x, *, key=None, train=True):
+        return output(params, x, hand=False)
 
     def backward(params, cache, delta):
         x = cache.x
@@ -440,6 +473,6 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         return grads, planned_input_residual(delta, w, g, groups, plan,          # eq. 4.5 / 4.8
                                              precision)
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(
+    return Layer(init, forward, backward, apply, name, config=config(
         kind="window", size=kernel_size, strides=strides, dilation=dilation, padding=padding,
         features=features, groups=groups, use_bias=use_bias, method=method))

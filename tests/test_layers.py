@@ -347,6 +347,52 @@ def test_toeplitz_rows_entries(tile, strides, dilation, padding):
     np.testing.assert_array_equal(r, expected.reshape(r.shape))
 
 
+@pytest.mark.parametrize("tile", [None, 2])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])
+def test_toeplitz_bias_inside_the_product(tile, strides, dilation, padding):
+    """Eq. 4.6 with the "+1" unit: a column of ones in ``R`` and the bias as a row of ``T``
+    give the product plus the bias, tile by tile."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_forward_toeplitz
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
+    b = jnp.asarray(rng.normal(size=(4,)))
+    g = geo.window("Conv2D", (9, 13), (3, 3), jc.core.pair("", "", strides),
+                   jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
+    folded = jax.jit(lambda x, w, b: conv_forward_toeplitz(x, w, g, tile=tile, bias=b))
+    np.testing.assert_allclose(folded(x, w, b),
+                               conv_forward_toeplitz(x, w, g, tile=tile) + b.reshape(1, 1, 1, -1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
+    """``Conv2D.forward`` adds the bias inside the Toeplitz product only where ``R`` has no
+    more entries per row than the output (``k_h read C <= t F``); ``apply`` never does, and
+    the two agree; the backward still equals ``jax.vjp`` of ``apply``."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import bias_in_product, conv_plan
+
+    def decide(hw, k, c, f, padding="VALID", groups=1):
+        g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
+        return bias_in_product(g, c, f, conv_plan(g, c, groups))
+
+    if jax.default_backend() != "cpu":                    # XLA's forward everywhere
+        assert not decide((28, 28), 9, 1, 20)
+        return
+    assert decide((28, 28), 9, 1, 20)                    # UFLDL: 9 * 18 * 1 = 162 <= 10 * 20
+    assert decide((39, 31), 4, 1, 20)                    # deepid's first: 68 <= 280
+    assert not decide((14, 14), 5, 6, 16)                # LeNet C3: 270 > 80
+    assert not decide((28, 28), 5, 1, 6, "SAME")         # LeNet C1: 90 > 84
+    assert not decide((32, 32), 3, 3, 64, "SAME")        # XLA's forward
+    assert not decide((8, 8), 3, 2, 8, groups=2)         # split per group
+    layer = jc.Conv2D(20, 9)
+    run_case(layer, (2, 28, 28, 1), jnp.float64, np.random.default_rng(5))
+    run_case(layer, (3, 28, 28, 1), jnp.float32, np.random.default_rng(6))
+
+
 def test_toeplitz_tile_must_be_positive():
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_forward_toeplitz
