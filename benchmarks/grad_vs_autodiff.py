@@ -7,7 +7,8 @@ noise hits both alike; the figures that matter are the ratios (hand-written / au
 over the repeats), each with a 95% bootstrap interval over the paired repeats.  Each step is ``value_and_grad`` + an optax SGD-momentum update, jitted:
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
-- autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward.
+- autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward
+  (the same values; ``Conv2D.forward`` may add its bias inside the product, ``apply`` after).
 
 Also measured:
 

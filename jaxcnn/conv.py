@@ -328,8 +328,10 @@ def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> 
     in ``(N, H, W, F)``, which it runs several times slower when ``F`` is small.  The price is
     one more pass over ``R``, hence the size test.  ``apply`` keeps the separate add: autodiff
     would transpose the larger product, which measured slower (``docs/performance.md``).
+    CPU only: the effect is XLA's CPU code generation, and off the CPU a reduced-precision
+    product would round the bias too.
     """
-    if plan.forward != "toeplitz" or plan.split:
+    if plan.forward != "toeplitz" or plan.split or jax.default_backend() != "cpu":
         return False
     t = geo.column_tiles(g, plan.tile)
     return g.size[0] * t.read * c_in <= t.size * features
@@ -397,7 +399,8 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
         convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
         kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same
-        sums.
+        sums.  ``forward`` may add the bias inside the Toeplitz product (``bias_in_product``),
+        ``apply`` never does: the same values up to float rounding.
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
     4.3 (bias), 4.4 (kernel), 4.5 (input residual); their Toeplitz forms eqs. 4.6-4.8.

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcnn as jc
-from harness import assert_backward_matches, init_as
+from harness import TOL, assert_backward_matches, init_as
 
 DTYPES = st.sampled_from([jnp.float32, jnp.float64])
 
@@ -389,8 +389,19 @@ def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
     assert not decide((32, 32), 3, 3, 64, "SAME")        # XLA's forward
     assert not decide((8, 8), 3, 2, 8, groups=2)         # split per group
     layer = jc.Conv2D(20, 9)
-    run_case(layer, (2, 28, 28, 1), jnp.float64, np.random.default_rng(5))
-    run_case(layer, (3, 28, 28, 1), jnp.float32, np.random.default_rng(6))
+    rng = np.random.default_rng(5)
+    for dtype in (jnp.float64, jnp.float32):
+        params, _ = init_as(layer, (28, 28, 1), dtype)
+        params["b"] = jnp.asarray(rng.normal(size=20), dtype)          # init's bias is zero
+        x = jnp.asarray(rng.normal(size=(3, 28, 28, 1)), dtype)
+        assert_backward_matches(layer, params, x)
+        y, _ = jax.jit(layer.forward)(params, x)
+        np.testing.assert_allclose(y, jax.jit(layer.apply)(params, x),
+                                   rtol=TOL[jnp.dtype(dtype)], atol=TOL[jnp.dtype(dtype)])
+    # forward's product has the column of ones (K = 9 * 18 + 1), apply's does not
+    forward_jaxpr = str(jax.make_jaxpr(layer.forward)(params, x))
+    apply_jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
+    assert "f32[120,163]" in forward_jaxpr and "163" not in apply_jaxpr
 
 
 def test_toeplitz_tile_must_be_positive():
