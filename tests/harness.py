@@ -32,8 +32,8 @@ def backward_errors(layer, params, x, *, key=None, train=True, seed=0):
     got = jax.jit(layer.backward)(params, cache, dy)
     y_ref, vjp = jax.vjp(lambda p, x: layer.apply(p, x, key=key, train=train), params, x)
     tol = TOL[jnp.dtype(x.dtype)]             # forward and apply may sum in another order
-    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * float(np.max(np.abs(y_ref),
-                                                                           initial=0.0)),
+    scale = float(np.max(np.abs(y_ref), initial=0.0))
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * scale,
                                err_msg=f"{layer.name}: forward and apply disagree")
     want = vjp(dy)
     got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
