@@ -8,14 +8,15 @@ over the repeats), each with a 95% bootstrap interval over the paired repeats.  
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward
-  (the same values; ``Conv2D.forward`` may add its bias inside the product, ``apply`` after).
+  (the same values; ``Conv2D.forward`` may add its bias inside the product, differentiated ``apply`` after).
 
 Also measured:
 
 - each layer's forward + ``backward`` against ``jax.vjp`` of its ``apply`` (the LeNet-5 and
   UFLDL convolutions both with ``method="auto"``, the formulation ``conv_plan`` picks, and with
   ``method="lax"``, XLA's convolutions -- compare the rows);
-- each convolution's forward (``apply``) against ``lax.conv_general_dilated``;
+- each convolution's forward (``apply``) against ``lax.conv_general_dilated``, and each net's
+  ``apply`` against the same net with every convolution ``method="lax"``;
 - compile time of the first step; the compiled step's temporary memory (XLA's memory analysis);
   what the backward keeps from the forward (the layer caches against the residuals ``jax.vjp``
   saves);
@@ -28,8 +29,11 @@ glibc is told to keep freed blocks (``_malloc.py``), for both contenders alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import platform
+import re
 import time
 
 import jax
@@ -44,9 +48,19 @@ from _malloc import keep_freed_blocks
 
 def wide(input_shape=(32, 32, 3), num_classes=10):
     """Two 3x3 convolutions with 64 channels on 32x32x3, max pooling, dense."""
-    return jc.serial(jc.Conv2D(64, 3, padding="SAME"), jc.ReLU(),
-                     jc.Conv2D(64, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2),
+    return jc.serial(zoo.Conv2D(64, 3, padding="SAME"), jc.ReLU(),
+                     zoo.Conv2D(64, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2),
                      jc.Flatten(), jc.Dense(num_classes))
+
+
+@contextlib.contextmanager
+def convolutions(method):
+    """Nets built inside are built with ``Conv2D(..., method=method)`` (the zoo's, ``wide``'s)."""
+    saved, zoo.Conv2D = zoo.Conv2D, functools.partial(jc.Conv2D, method=method)
+    try:
+        yield
+    finally:
+        zoo.Conv2D = saved
 
 
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
@@ -55,12 +69,14 @@ NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
 
 def samples(fns, args, repeats):
     """Seconds of each call: the functions called in turn ``repeats`` times after a warm-up;
-    ``(len(fns), repeats)``, column ``r`` one round."""
+    ``(len(fns), repeats)``, column ``r`` one round.  Every other round runs them in reverse
+    order, so that running first or last (after the other's call) favours none of them."""
     for f in fns:
         jax.block_until_ready(f(*args))
     times = np.zeros((len(fns), repeats))
     for r in range(repeats):
-        for i, f in enumerate(fns):
+        order = list(enumerate(fns))
+        for i, f in (order if r % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             jax.block_until_ready(f(*args))
             times[i, r] = time.perf_counter() - t
@@ -222,6 +238,17 @@ FORWARD = {   # name: (Conv2D args, per-example input shape)
 }
 
 
+def same_program(f, g, args):
+    """Whether ``jax.jit`` compiles ``f`` and ``g`` to the same XLA instructions (metadata
+    aside): then a ratio between them is the timing noise of one program."""
+    def instructions(fn):
+        text = jax.jit(fn).lower(*args).compile().as_text()
+        return [re.sub(r", (metadata=\{[^}]*\}|stack_frame_id=\d+)", "", line)
+                for line in text.splitlines() if " = " in line]
+
+    return instructions(f) == instructions(g)
+
+
 def bench_forward(batches, repeats, only=""):
     """``Conv2D.apply`` with ``method="auto"`` against ``lax.conv_general_dilated`` itself
     (``method="lax"``), forward only: the forward must never be slower."""
@@ -236,11 +263,37 @@ def bench_forward(batches, repeats, only=""):
             times = samples([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x),
                             repeats)
             (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
+            same = same_program(auto.apply, lax_conv.apply, (params, x))
             rows.append({"layer": name, "batch": batch, "auto_ms": ta * 1e3,
-                         "lax_ms": tl * 1e3, "ratio": ratio, "ratio_95": ci})
+                         "lax_ms": tl * 1e3, "ratio": ratio, "ratio_95": ci,
+                         "same_program": same})
             print(f"{name:28s} batch {batch:4d} forward: auto {ta * 1e3:7.2f} ms  lax.conv "
-                  f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
-                  flush=True)
+                  f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+                  f"{'  (same program)' if same else ''}", flush=True)
+    return rows
+
+
+def bench_net_forward(batches, repeats, names):
+    """Each net's ``apply`` (evaluation) against the same net whose convolutions are all
+    ``lax.conv_general_dilated`` (``method="lax"``), the same parameters."""
+    rows = []
+    for name in names:
+        make, shape = NETS[name]
+        net = make(shape, 10)
+        with convolutions("lax"):
+            lax_net = make(shape, 10)
+        params, _ = net.init(jax.random.key(0), shape)
+        for batch in batches:
+            x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, *shape)),
+                            jnp.float32)
+            times = samples([jax.jit(net.apply), jax.jit(lax_net.apply)], (params, x), repeats)
+            (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
+            same = same_program(net.apply, lax_net.apply, (params, x))
+            rows.append({"net": name, "batch": batch, "auto_ms": ta * 1e3, "lax_ms": tl * 1e3,
+                         "ratio": ratio, "ratio_95": ci, "same_program": same})
+            print(f"{name:7s} batch {batch:4d} apply: auto {ta * 1e3:7.2f} ms  lax.conv "
+                  f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+                  f"{'  (same program)' if same else ''}", flush=True)
     return rows
 
 
@@ -260,15 +313,18 @@ def main(argv=None):
     print(f"machine: {machine}")
     ceiling = matmul_ceiling(repeats)
     print(f"float32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
-    nets = bench_nets(batches, repeats, [n for n in args.nets.split(",") if n])
+    names = [n for n in args.nets.split(",") if n]
+    nets = bench_nets(batches, repeats, names)
     for row in nets:
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     layers = bench_layers(128, repeats, args.layers)
     forward = bench_forward(batches, repeats, args.layers)
+    net_forward = bench_net_forward(batches, repeats, names)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling, "nets": nets,
-                       "layers": layers, "forward": forward}, f, indent=1)
+                       "layers": layers, "forward": forward, "net_forward": net_forward}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ several times faster on CPU for the few-channel convolutions of small nets.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
@@ -31,6 +33,7 @@ KERNEL_SPREAD_LIMIT = 100         # the kernel gradient, ungrouped, stride 1 (st
 INPUT_SPREAD_LIMIT = 50           # the input residual, ungrouped, stride 1
 STRIDED_INPUT_SPREAD_LIMIT = 30   # the input residual, ungrouped, strided (above: phases)
 GROUP_SPLIT_LIMIT = 8             # a grouped convolution with at most this many groups is split
+INFERENCE_FEATURE_LIMIT = 16      # apply, undifferentiated: Toeplitz for C_g = 1, F_g <= this
 
 
 class ConvCache(NamedTuple):
@@ -247,16 +250,20 @@ class ConvPlan(NamedTuple):
     ``"toeplitz"`` (eqs. 4.6, 4.7, 4.8) or, for the input residual only, ``"phases"`` (eq. 4.9)
     or ``"scatter"`` (eq. 4.5 as a matrix product and the window scatter 3.4).  ``split``: a
     grouped convolution runs as ``G`` ungrouped ones on its channel slices, each pass as named.
-    ``tile``: output columns per tile of the Toeplitz form (``None``: the whole width)."""
+    ``tile``: output columns per tile of the Toeplitz form (``None``: the whole width).
+    ``inference``: the forward ``apply`` computes where nothing differentiates it
+    (``apply_output``); ``forward`` is the one it differentiates, and ``Conv2D.forward``'s."""
 
     forward: str
     kernel: str
     input: str
     split: bool = False
     tile: int | None = None
+    inference: str = "lax"
 
 
-def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> ConvPlan:
+def conv_plan(g: geo.Window, c_in: int, features: int, groups: int,
+              method: str = "auto") -> ConvPlan:
     """Pick the formulation of each pass for one layer shape (static; at trace time).
 
     ``"lax"`` forces XLA's convolutions, ``"toeplitz"`` the matrix products (a grouped
@@ -290,6 +297,16 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     ``ceil(W_out / 4)`` columns (at most four; when ``W_out >= 4 k_w``) measured faster; a
     Toeplitz input residual of the same layer uses them too.  Where the forward is a
     Toeplitz product, two.
+
+    ``apply`` evaluated, not differentiated, computes ``inference``'s forward: the Toeplitz
+    product only where the forward is one and it also evaluates faster -- a one-position
+    output (a dense layer's product), or one input channel per group with at most
+    ``INFERENCE_FEATURE_LIMIT`` (16) features per group (the sweep: 0.24-0.77 of XLA's time)
+    or a tile that reads at most twice the kernel's width (UFLDL's 9x9 layer).  Elsewhere
+    XLA's convolution: with more channels the two forward forms trade places by shape, batch
+    and process (LeNet-5's C3: 0.78-1.37), and with more features and a narrow kernel XLA's
+    is as fast (deepid's first layer).  ``jax.grad`` of ``apply`` still transposes
+    ``forward``'s form, the faster one to differentiate (``apply_output``).
     """
     if method not in METHODS:
         raise ValueError(f"Conv2D: unknown method {method!r}; expected one of {METHODS}")
@@ -297,7 +314,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     tile = -(-wo // 2) if wo >= 2 * g.size[1] else None
     if method != "auto":
         return ConvPlan(method, method, method, split=method == "toeplitz" and groups > 1,
-                        tile=tile if method == "toeplitz" else None)
+                        tile=tile if method == "toeplitz" else None, inference=method)
     if jax.default_backend() != "cpu" or groups > GROUP_SPLIT_LIMIT:
         return ConvPlan("lax", "lax", "lax")
     spread = (c_in // groups) * geo.column_tiles(g).read / g.size[1]
@@ -314,7 +331,22 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto") -> Co
     if forward == "lax" and kernel == "toeplitz" and wo >= 4 * g.size[1]:
         tile = -(-wo // 4)          # no forward row matrix to share: <= 4 tiles, fewer zeros
     uses_tiles = "toeplitz" in (forward, kernel, residual)
-    return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None)
+    inference = forward if _evaluates_as_toeplitz(g, c_in, features, groups, tile) else "lax"
+    return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None,
+                    inference=inference)
+
+
+def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int,
+                           tile: int | None) -> bool:
+    """``conv_plan``'s rule for ``inference``, where the forward is a Toeplitz product: a
+    one-position output (the product is then a dense layer's), or one input channel per group
+    with at most ``INFERENCE_FEATURE_LIMIT`` features per group or a tile that reads at most
+    twice the kernel's width (at most twice the multiply-adds of eq. 4.2)."""
+    if g.out_hw == (1, 1):
+        return True
+    read = geo.column_tiles(g, tile).read
+    return c_in // groups == 1 and (features // groups <= INFERENCE_FEATURE_LIMIT
+                                     or read <= 2 * g.effective_size[1])
 
 
 def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> bool:
@@ -326,8 +358,9 @@ def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> 
     broadcast over the channel axis, XLA computes the elementwise layer that follows (a
     sigmoid, say) in the product's own 2-D layout, whose long rows it vectorises; with one,
     in ``(N, H, W, F)``, which it runs several times slower when ``F`` is small.  The price is
-    one more pass over ``R``, hence the size test.  ``apply`` keeps the separate add: autodiff
-    would transpose the larger product, which measured slower (``docs/performance.md``).
+    one more pass over ``R``, hence the size test.  ``apply`` does the same when evaluated,
+    and adds the bias after the product when differentiated: autodiff would transpose the
+    larger product, which measured slower (``apply_output``, ``docs/performance.md``).
     CPU only: the effect is XLA's CPU code generation, and off the CPU a reduced-precision
     product would round the bias too.
     """
@@ -354,6 +387,55 @@ def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPl
     if plan.forward == "toeplitz":
         return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile)
     return conv_forward(x, w, g, groups, precision)
+
+
+def conv_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
+                plan: ConvPlan, precision=None, fold_bias: bool = False) -> Array:
+    """Eq. 4.2 with its bias, the forward in ``plan.forward``'s form; ``fold_bias``: the bias
+    added inside the Toeplitz product (``bias_in_product``), else after it."""
+    if fold_bias:
+        return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile, bias=b)
+    y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
+    return y if b is None else y + b.reshape(1, 1, 1, -1)
+
+
+def apply_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
+                 plan: ConvPlan, precision=None) -> Array:
+    """``Conv2D.apply``: eq. 4.2 with its bias, computed for evaluation in the form fastest to
+    evaluate (``plan.inference``, and the bias inside the product where ``bias_in_product``
+    allows) and differentiated through the form fastest to differentiate (``plan.forward``,
+    the bias added after).  Where the two differ, a ``jax.custom_jvp`` joins them whose rule
+    is ``jax.jvp`` of the second: ``jax.grad`` still differentiates a plain forward by
+    autodiff; the two compute the same sums, up to float rounding."""
+    evaluate = plan._replace(forward=plan.inference)
+    fold = b is not None and bias_in_product(g, x.shape[3], w.shape[3], evaluate)
+    if plan.inference == plan.forward and not fold:
+        return conv_output(x, w, b, g, groups, plan, precision)
+    return _evaluated((x, w, b), g, groups, plan, precision, fold)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision, fold: bool):
+    return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision,
+                       fold)
+
+
+@functools.partial(_evaluated.defjvp, symbolic_zeros=True)
+def _differentiated(g, groups, plan, precision, fold, primals, tangents):
+    """``jax.jvp`` of ``conv_output`` in ``plan.forward``'s form, over the operands that have
+    a tangent: one nothing differentiates (the data ``x`` of a first layer) stays a symbolic
+    zero, so no product with zeros is computed."""
+    (operands,), (operand_tangents,) = primals, tangents
+    live = [i for i, t in enumerate(operand_tangents)
+            if t is not None and not isinstance(t, SymbolicZero)]
+
+    def output(*live_operands):
+        args = list(operands)
+        for i, a in zip(live, live_operands):
+            args[i] = a
+        return conv_output(*args, g, groups, plan, precision)
+
+    return jax.jvp(output, [operands[i] for i in live], [operand_tangents[i] for i in live])
 
 
 def planned_kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, plan: ConvPlan,
@@ -399,8 +481,9 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
         convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
         kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same
-        sums.  ``forward`` may add the bias inside the Toeplitz product (``bias_in_product``),
-        ``apply`` never does: the same values up to float rounding.
+        sums.  ``forward`` may add the bias inside the Toeplitz product (``bias_in_product``);
+        ``apply`` may evaluate in another form than it differentiates (``apply_output``): the
+        same values up to float rounding.
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
     4.3 (bias), 4.4 (kernel), 4.5 (input residual); their Toeplitz forms eqs. 4.6-4.8.
@@ -450,14 +533,11 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
 
     def output(params, x, hand):
         w, b, g = checked(params, x)
-        plan = conv_plan(g, x.shape[3], groups, method)
-        if hand and use_bias and bias_in_product(g, x.shape[3], features, plan):
-            return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile,
-                                         bias=b)                                  # eq. 4.6
-        y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
-        if use_bias:
-            y = y + b.reshape(1, 1, 1, -1)                                        # eq. 4.2
-        return y
+        plan = conv_plan(g, x.shape[3], features, groups, method)
+        if not hand:
+            return apply_output(x, w, b, g, groups, plan, precision)
+        fold = use_bias and bias_in_product(g, x.shape[3], features, plan)
+        return conv_output(x, w, b, g, groups, plan, precision, fold)            # eq. 4.2 / 4.6
 
     def forward(params, x, *, key=None, train=True):
         return output(params, x, hand=True), ConvCache(x)
@@ -469,7 +549,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         x = cache.x
         w, _, g = checked(params, x)
         check_delta(name, delta, (x.shape[0], *g.out_hw, features), x.dtype)
-        plan = conv_plan(g, x.shape[3], groups, method)
+        plan = conv_plan(g, x.shape[3], features, groups, method)
         grads = {"w": planned_kernel_grad(x, delta, g, groups, plan, precision)}  # eq. 4.4 / 4.7
         if use_bias:
             grads["b"] = jnp.sum(delta, axis=(0, 1, 2))                          # eq. 4.3

@@ -249,9 +249,10 @@ def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, p
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
     plan = conv_plan(jc.conv.geo.window("Conv2D", (11, 10), (3, 2), jc.core.pair("", "", strides),
                                         jc.core.pair("", "", dilation),
-                                        jc.conv.geo.normalize_padding("", padding)), 3, groups,
+                                        jc.conv.geo.normalize_padding("", padding)), 3, 4, groups,
                      method)
     assert plan[:4] == (method, method, method, method == "toeplitz" and groups > 1)
+    assert plan.inference == method
 
 
 def test_conv_plan_auto_picks_by_spread_on_cpu():
@@ -261,8 +262,9 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_plan
 
-    def plan(hw, k, c_in, groups=1, padding="SAME"):
-        return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in, groups)
+    def plan(hw, k, c_in, groups=1, padding="SAME", features=8):
+        return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in,
+                         features, groups)[:5]
 
     if jax.default_backend() != "cpu":     # GPU/TPU: XLA's convolutions, whatever the shape
         assert plan((28, 28), 5, 1) == plan((8, 8), 3, 4, groups=2) == ("lax",) * 3 + (False, None)
@@ -288,15 +290,102 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 30,
     # above it the stride phases (eq. 4.9), also per group of a split grouped convolution
     strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
-    assert conv_plan(strided, 16, 1)[:4] == ("lax", "lax", "phases", False)     # spread 176
-    assert conv_plan(strided, 16, 4)[:4] == ("lax", "lax", "phases", True)      # spread 44
+    assert conv_plan(strided, 16, 8, 1)[:4] == ("lax", "lax", "phases", False)     # spread 176
+    assert conv_plan(strided, 16, 8, 4)[:4] == ("lax", "lax", "phases", True)      # spread 44
     strided = geo.window("Conv2D", (14, 14), (5, 5), (2, 2), (1, 1), "VALID")
-    assert conv_plan(strided, 6, 1) == ("toeplitz", "lax", "toeplitz", False, None)  # 15.6
+    assert conv_plan(strided, 6, 8, 1)[:5] == ("toeplitz", "lax", "toeplitz", False, None)  # 15.6
     strided = geo.window("Conv2D", (14, 14), (3, 3), (2, 2), (1, 1), "VALID")
-    assert conv_plan(strided, 16, 1) == ("lax", "lax", "phases", False, None)  # spread 69
-    assert conv_plan(strided, 6, 1) == ("lax", "lax", "toeplitz", False, 3)      # spread 26
+    assert conv_plan(strided, 16, 8, 1)[:5] == ("lax", "lax", "phases", False, None)  # spread 69
+    assert conv_plan(strided, 6, 8, 1)[:5] == ("lax", "lax", "toeplitz", False, 3)      # spread 26
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
-        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft")
+        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 8, 1, "fft")
+
+
+def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
+    """``inference`` (what ``apply`` computes when not differentiated) is the Toeplitz product
+    only where the forward is one and: one output position, or one input channel with at
+    most 16 features or a tile reading at most twice the kernel's width."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import conv_plan
+
+    def plan(hw, k, c_in, features, groups=1, padding="VALID"):
+        p = conv_plan(geo.window("Conv2D", hw, k, (1, 1), (1, 1), padding), c_in, features,
+                      groups)
+        return p.forward, p.inference
+
+    if jax.default_backend() != "cpu":
+        assert plan((28, 28), (5, 5), 1, 6, padding="SAME") == ("lax", "lax")
+        return
+    assert plan((28, 28), (5, 5), 1, 6, padding="SAME") == ("toeplitz",) * 2     # LeNet C1
+    assert plan((14, 14), (5, 5), 6, 16) == ("toeplitz", "lax")                   # LeNet C3
+    assert plan((5, 5), (5, 5), 16, 120) == ("toeplitz",) * 2                     # LeNet C5
+    assert plan((28, 28), (9, 9), 1, 20) == ("toeplitz",) * 2     # UFLDL: reads 18 <= 2 * 9
+    assert plan((39, 31), (4, 4), 1, 20) == ("toeplitz", "lax")    # deepid: reads 17 > 2 * 4
+    assert plan((28, 28), (4, 4), 1, 16) == ("toeplitz",) * 2                     # 16 features
+    assert plan((8, 8), (3, 3), 2, 8, groups=2) == ("toeplitz",) * 2   # one channel per group
+    assert plan((32, 32), (3, 3), 3, 64, padding="SAME") == ("lax", "lax")        # XLA's forward
+
+
+@pytest.mark.parametrize("features, k, shape, kwargs", [
+    (16, 5, (14, 14, 6), {}),                          # LeNet C3: XLA's to evaluate
+    (20, 9, (28, 28, 1), {}),                          # UFLDL: the bias inside the product
+    (4, 3, (9, 8, 4), {"groups": 2, "padding": "SAME"}),
+    (5, (3, 2), (9, 8, 3), {"use_bias": False, "strides": 2}),
+])
+def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape, kwargs):
+    """``apply`` may evaluate in one form and differentiate through another (``apply_output``:
+    a ``jax.custom_jvp`` whose rule is ``jax.jvp`` of the plan's forward).  Values, ``jax.vjp``,
+    ``jax.jvp``, a Hessian-vector product and ``jax.vmap`` all equal those of a plain
+    ``lax.conv_general_dilated`` forward (float64); a gradient with respect to the parameters
+    alone computes no product with the data's zero tangent; on CPU LeNet's C3 evaluates with
+    XLA's convolution and is differentiated through the Toeplitz product."""
+    from jax import lax
+
+    from jaxcnn import conv
+
+    layer = jc.Conv2D(features, k, **kwargs)
+    rng = np.random.default_rng(2)
+    params, _ = init_as(layer, shape, jnp.float64)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+    x = jnp.asarray(rng.normal(size=(3, *shape)))
+    strides = jc.core.pair("", "", kwargs.get("strides", 1))
+
+    def reference(p, x):
+        y = lax.conv_general_dilated(x, p["w"], strides, kwargs.get("padding", "VALID"),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=kwargs.get("groups", 1))
+        return y + p["b"].reshape(1, 1, 1, -1) if "b" in p else y
+
+    def close(a, b, tol=1e-10):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), a, b)
+
+    y = jax.jit(layer.apply)(params, x)
+    close(y, reference(params, x))
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    close(jax.jit(lambda p, x: jax.vjp(layer.apply, p, x)[1](delta))(params, x),
+          jax.vjp(reference, params, x)[1](delta))
+    tangent = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), (params, x))
+    close(jax.jvp(layer.apply, (params, x), tangent), jax.jvp(reference, (params, x), tangent))
+    hvp = [jax.jvp(jax.grad(lambda p: jnp.sum(jnp.sin(f(p, x)))), (params,), (tangent[0],))[1]
+           for f in (layer.apply, reference)]
+    close(*hvp)
+    close(jax.vmap(lambda x: layer.apply(params, x[None])[0])(x), y)
+
+    def dots(f):
+        return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(f(p) * delta)))(params)).count(
+            "dot_general")
+
+    g = conv.geo.window("Conv2D", shape[:2], jc.core.pair("", "", k), strides, (1, 1),
+                        conv.geo.normalize_padding("", kwargs.get("padding", "VALID")))
+    plan = conv.conv_plan(g, shape[2], features, kwargs.get("groups", 1))
+    assert dots(lambda p: layer.apply(p, x)) == dots(lambda p: conv.conv_output(
+        x, p["w"], p.get("b"), g, kwargs.get("groups", 1), plan))
+    if jax.default_backend() == "cpu" and features == 16:
+        evaluated = str(jax.make_jaxpr(layer.apply)(params, x))
+        differentiated = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(
+            params))
+        assert "conv_general_dilated" in evaluated and "dot_general" not in evaluated
+        assert "dot_general" in differentiated and "conv_general_dilated" not in differentiated
 
 
 @pytest.mark.parametrize("tile", [None, 1, 2, 3, 5, 100])
@@ -370,14 +459,15 @@ def test_toeplitz_bias_inside_the_product(tile, strides, dilation, padding):
 
 def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
     """``Conv2D.forward`` adds the bias inside the Toeplitz product only where ``R`` has no
-    more entries per row than the output (``k_h read C <= t F``); ``apply`` never does, and
-    the two agree; the backward still equals ``jax.vjp`` of ``apply``."""
+    more entries per row than the output (``k_h read C <= t F``); ``apply`` does too when
+    evaluated, not when differentiated; they agree; the backward still equals ``jax.vjp`` of
+    ``apply``."""
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import bias_in_product, conv_plan
 
     def decide(hw, k, c, f, padding="VALID", groups=1):
         g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
-        return bias_in_product(g, c, f, conv_plan(g, c, groups))
+        return bias_in_product(g, c, f, conv_plan(g, c, f, groups))
 
     if jax.default_backend() != "cpu":                    # XLA's forward everywhere
         assert not decide((28, 28), 9, 1, 20)
@@ -398,10 +488,13 @@ def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
         y, _ = jax.jit(layer.forward)(params, x)
         np.testing.assert_allclose(y, jax.jit(layer.apply)(params, x),
                                    rtol=TOL[jnp.dtype(dtype)], atol=TOL[jnp.dtype(dtype)])
-    # forward's product has the column of ones (K = 9 * 18 + 1), apply's does not
+    # forward's product has the column of ones (K = 9 * 18 + 1), and so has apply's when
+    # evaluated; differentiated, apply's product does not
     forward_jaxpr = str(jax.make_jaxpr(layer.forward)(params, x))
     apply_jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
-    assert "f32[120,163]" in forward_jaxpr and "163" not in apply_jaxpr
+    grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(params))
+    assert "f32[120,163]" in forward_jaxpr and "f32[120,163]" in apply_jaxpr
+    assert "163" not in grad_jaxpr
 
 
 def test_toeplitz_tile_must_be_positive():
