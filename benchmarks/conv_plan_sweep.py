@@ -60,7 +60,7 @@ def sweep(batch, repeats, stride=1, passes=PASSES, sizes=(8, 14, 28)):
     rows = []
     for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), sizes):
         g = geo.window("Conv2D", (h, h), (k, k), (stride, stride), (1, 1), "VALID")
-        tile = conv.conv_plan(g, c, f, 1, "toeplitz").tile
+        tile = conv.conv_plan(g, c, 1, "toeplitz", features=f).tile
         spread = c * geo.column_tiles(g).read / k
         rng = np.random.default_rng(0)
         args = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)

@@ -8,7 +8,8 @@ over the repeats), each with a 95% bootstrap interval over the paired repeats.  
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward
-  (the same values; ``Conv2D.forward`` may add its bias inside the product, differentiated ``apply`` after).
+  (the same values; ``Conv2D.forward`` may add its bias inside the product, differentiated
+  ``apply`` after it).
 
 Also measured:
 

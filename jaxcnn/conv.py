@@ -33,7 +33,11 @@ KERNEL_SPREAD_LIMIT = 100         # the kernel gradient, ungrouped, stride 1 (st
 INPUT_SPREAD_LIMIT = 50           # the input residual, ungrouped, stride 1
 STRIDED_INPUT_SPREAD_LIMIT = 30   # the input residual, ungrouped, strided (above: phases)
 GROUP_SPLIT_LIMIT = 8             # a grouped convolution with at most this many groups is split
-INFERENCE_FEATURE_LIMIT = 16      # apply, undifferentiated: Toeplitz for C_g = 1, F_g <= this
+# apply, evaluated: the Toeplitz forward where C_g <= 3, except one channel with more than 16
+# features per group and a kernel under 7 columns wide (conv_plan)
+INFERENCE_CHANNEL_LIMIT = 3
+INFERENCE_FEATURE_LIMIT = 16
+INFERENCE_WIDE_KERNEL = 7
 
 
 class ConvCache(NamedTuple):
@@ -262,8 +266,8 @@ class ConvPlan(NamedTuple):
     inference: str = "lax"
 
 
-def conv_plan(g: geo.Window, c_in: int, features: int, groups: int,
-              method: str = "auto") -> ConvPlan:
+def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
+              features: int) -> ConvPlan:
     """Pick the formulation of each pass for one layer shape (static; at trace time).
 
     ``"lax"`` forces XLA's convolutions, ``"toeplitz"`` the matrix products (a grouped
@@ -299,14 +303,21 @@ def conv_plan(g: geo.Window, c_in: int, features: int, groups: int,
     Toeplitz product, two.
 
     ``apply`` evaluated, not differentiated, computes ``inference``'s forward: the Toeplitz
-    product only where the forward is one and it also evaluates faster -- a one-position
-    output (a dense layer's product), or one input channel per group with at most
-    ``INFERENCE_FEATURE_LIMIT`` (16) features per group (the sweep: 0.24-0.77 of XLA's time)
-    or a tile that reads at most twice the kernel's width (UFLDL's 9x9 layer).  Elsewhere
-    XLA's convolution: with more channels the two forward forms trade places by shape, batch
-    and process (LeNet-5's C3: 0.78-1.37), and with more features and a narrow kernel XLA's
-    is as fast (deepid's first layer).  ``jax.grad`` of ``apply`` still transposes
-    ``forward``'s form, the faster one to differentiate (``apply_output``).
+    product only where the forward is one and it also evaluates faster (the forward sweep,
+    and whole nets' ``apply``, ``docs/performance.md``):
+
+    - a one-position output (the product is then a dense layer's);
+    - two or three input channels per group (``INFERENCE_CHANNEL_LIMIT``; every 3-channel
+      shape of the sweep ran at 0.27-1.00 of XLA's time);
+    - one input channel per group, with at most ``INFERENCE_FEATURE_LIMIT`` (16) features per
+      group (0.24-0.77) or a kernel at least ``INFERENCE_WIDE_KERNEL`` (7) columns wide
+      (UFLDL's 9x9: with the bias inside the product, its net evaluates 1.6-2x faster than
+      with XLA's convolution).
+
+    Elsewhere XLA's convolution: with 6 channels the two forward forms trade places by shape,
+    batch and process (LeNet-5's C3: 0.78-1.37), and one channel with 32 features and a 3- or
+    5-wide kernel ran slower as a Toeplitz product.  ``jax.grad`` of ``apply`` still
+    transposes ``forward``'s form, the faster one to differentiate (``apply_output``).
     """
     if method not in METHODS:
         raise ValueError(f"Conv2D: unknown method {method!r}; expected one of {METHODS}")
@@ -331,22 +342,22 @@ def conv_plan(g: geo.Window, c_in: int, features: int, groups: int,
     if forward == "lax" and kernel == "toeplitz" and wo >= 4 * g.size[1]:
         tile = -(-wo // 4)          # no forward row matrix to share: <= 4 tiles, fewer zeros
     uses_tiles = "toeplitz" in (forward, kernel, residual)
-    inference = forward if _evaluates_as_toeplitz(g, c_in, features, groups, tile) else "lax"
+    inference = forward if _evaluates_as_toeplitz(g, c_in, features, groups) else "lax"
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None,
                     inference=inference)
 
 
-def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int,
-                           tile: int | None) -> bool:
-    """``conv_plan``'s rule for ``inference``, where the forward is a Toeplitz product: a
-    one-position output (the product is then a dense layer's), or one input channel per group
-    with at most ``INFERENCE_FEATURE_LIMIT`` features per group or a tile that reads at most
-    twice the kernel's width (at most twice the multiply-adds of eq. 4.2)."""
+def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int) -> bool:
+    """``conv_plan``'s rule for ``inference`` where the forward is a Toeplitz product: a
+    one-position output (the product is then a dense layer's); two or three input channels per
+    group; or one, with at most ``INFERENCE_FEATURE_LIMIT`` features per group or a kernel at
+    least ``INFERENCE_WIDE_KERNEL`` columns wide."""
     if g.out_hw == (1, 1):
         return True
-    read = geo.column_tiles(g, tile).read
-    return c_in // groups == 1 and (features // groups <= INFERENCE_FEATURE_LIMIT
-                                     or read <= 2 * g.effective_size[1])
+    c, f = c_in // groups, features // groups
+    if c == 1:
+        return f <= INFERENCE_FEATURE_LIMIT or g.effective_size[1] >= INFERENCE_WIDE_KERNEL
+    return c <= INFERENCE_CHANNEL_LIMIT
 
 
 def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> bool:
@@ -358,9 +369,10 @@ def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> 
     broadcast over the channel axis, XLA computes the elementwise layer that follows (a
     sigmoid, say) in the product's own 2-D layout, whose long rows it vectorises; with one,
     in ``(N, H, W, F)``, which it runs several times slower when ``F`` is small.  The price is
-    one more pass over ``R``, hence the size test.  ``apply`` does the same when evaluated,
-    and adds the bias after the product when differentiated: autodiff would transpose the
-    larger product, which measured slower (``apply_output``, ``docs/performance.md``).
+    one more pass over ``R``, hence the size test.  ``apply`` does the same where it evaluates
+    as the Toeplitz product (``ConvPlan.inference``), and adds the bias after the product when
+    differentiated: autodiff would transpose the larger product, which measured slower
+    (``apply_output``, ``docs/performance.md``).
     CPU only: the effect is XLA's CPU code generation, and off the CPU a reduced-precision
     product would round the bias too.
     """
@@ -416,6 +428,8 @@ def apply_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
 def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision, fold: bool):
+    """Eq. 4.2 with its bias, ``operands = (x, w, b)``, in ``plan.inference``'s form (eq. 4.6
+    with the bias as a row of ``T`` where ``fold``); differentiated by ``_differentiated``."""
     return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision,
                        fold)
 
@@ -533,7 +547,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
 
     def output(params, x, hand):
         w, b, g = checked(params, x)
-        plan = conv_plan(g, x.shape[3], features, groups, method)
+        plan = conv_plan(g, x.shape[3], groups, method, features=features)
         if not hand:
             return apply_output(x, w, b, g, groups, plan, precision)
         fold = use_bias and bias_in_product(g, x.shape[3], features, plan)
@@ -549,7 +563,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         x = cache.x
         w, _, g = checked(params, x)
         check_delta(name, delta, (x.shape[0], *g.out_hw, features), x.dtype)
-        plan = conv_plan(g, x.shape[3], features, groups, method)
+        plan = conv_plan(g, x.shape[3], groups, method, features=features)
         grads = {"w": planned_kernel_grad(x, delta, g, groups, plan, precision)}  # eq. 4.4 / 4.7
         if use_bias:
             grads["b"] = jnp.sum(delta, axis=(0, 1, 2))                          # eq. 4.3

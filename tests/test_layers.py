@@ -249,8 +249,8 @@ def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, p
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
     plan = conv_plan(jc.conv.geo.window("Conv2D", (11, 10), (3, 2), jc.core.pair("", "", strides),
                                         jc.core.pair("", "", dilation),
-                                        jc.conv.geo.normalize_padding("", padding)), 3, 4, groups,
-                     method)
+                                        jc.conv.geo.normalize_padding("", padding)), 3, groups,
+                     method, features=4)
     assert plan[:4] == (method, method, method, method == "toeplitz" and groups > 1)
     assert plan.inference == method
 
@@ -264,7 +264,7 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
 
     def plan(hw, k, c_in, groups=1, padding="SAME", features=8):
         return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in,
-                         features, groups)[:5]
+                         groups, features=features)[:5]
 
     if jax.default_backend() != "cpu":     # GPU/TPU: XLA's convolutions, whatever the shape
         assert plan((28, 28), 5, 1) == plan((8, 8), 3, 4, groups=2) == ("lax",) * 3 + (False, None)
@@ -290,40 +290,50 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 30,
     # above it the stride phases (eq. 4.9), also per group of a split grouped convolution
     strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
-    assert conv_plan(strided, 16, 8, 1)[:4] == ("lax", "lax", "phases", False)     # spread 176
-    assert conv_plan(strided, 16, 8, 4)[:4] == ("lax", "lax", "phases", True)      # spread 44
+    # spread 176
+    assert conv_plan(strided, 16, 1, features=8)[:4] == ("lax", "lax", "phases", False)
+    # spread 44
+    assert conv_plan(strided, 16, 4, features=8)[:4] == ("lax", "lax", "phases", True)
     strided = geo.window("Conv2D", (14, 14), (5, 5), (2, 2), (1, 1), "VALID")
-    assert conv_plan(strided, 6, 8, 1)[:5] == ("toeplitz", "lax", "toeplitz", False, None)  # 15.6
+    # spread 15.6
+    assert conv_plan(strided, 6, 1, features=8)[:5] == ("toeplitz", "lax", "toeplitz", False, None)
     strided = geo.window("Conv2D", (14, 14), (3, 3), (2, 2), (1, 1), "VALID")
-    assert conv_plan(strided, 16, 8, 1)[:5] == ("lax", "lax", "phases", False, None)  # spread 69
-    assert conv_plan(strided, 6, 8, 1)[:5] == ("lax", "lax", "toeplitz", False, 3)      # spread 26
+    # spread 69
+    assert conv_plan(strided, 16, 1, features=8)[:5] == ("lax", "lax", "phases", False, None)
+    # spread 26
+    assert conv_plan(strided, 6, 1, features=8)[:5] == ("lax", "lax", "toeplitz", False, 3)
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
-        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 8, 1, "fft")
+        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft",
+                  features=8)
 
 
 def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
     """``inference`` (what ``apply`` computes when not differentiated) is the Toeplitz product
-    only where the forward is one and: one output position, or one input channel with at
-    most 16 features or a tile reading at most twice the kernel's width."""
+    only where the forward is one and: one output position; 2-3 input channels per group; or
+    one, with at most 16 features per group or a kernel at least 7 columns wide (dilated:
+    its effective width)."""
     from jaxcnn import _geometry as geo
     from jaxcnn.conv import conv_plan
 
-    def plan(hw, k, c_in, features, groups=1, padding="VALID"):
-        p = conv_plan(geo.window("Conv2D", hw, k, (1, 1), (1, 1), padding), c_in, features,
-                      groups)
+    def plan(hw, k, c_in, features, groups=1, padding="SAME", dilation=(1, 1)):
+        p = conv_plan(geo.window("Conv2D", hw, k, (1, 1), dilation, padding), c_in, groups,
+                      features=features)
         return p.forward, p.inference
 
     if jax.default_backend() != "cpu":
-        assert plan((28, 28), (5, 5), 1, 6, padding="SAME") == ("lax", "lax")
+        assert plan((28, 28), (5, 5), 1, 6) == ("lax", "lax")
         return
-    assert plan((28, 28), (5, 5), 1, 6, padding="SAME") == ("toeplitz",) * 2     # LeNet C1
-    assert plan((14, 14), (5, 5), 6, 16) == ("toeplitz", "lax")                   # LeNet C3
-    assert plan((5, 5), (5, 5), 16, 120) == ("toeplitz",) * 2                     # LeNet C5
-    assert plan((28, 28), (9, 9), 1, 20) == ("toeplitz",) * 2     # UFLDL: reads 18 <= 2 * 9
-    assert plan((39, 31), (4, 4), 1, 20) == ("toeplitz", "lax")    # deepid: reads 17 > 2 * 4
-    assert plan((28, 28), (4, 4), 1, 16) == ("toeplitz",) * 2                     # 16 features
-    assert plan((8, 8), (3, 3), 2, 8, groups=2) == ("toeplitz",) * 2   # one channel per group
-    assert plan((32, 32), (3, 3), 3, 64, padding="SAME") == ("lax", "lax")        # XLA's forward
+    assert plan((28, 28), (5, 5), 1, 6) == ("toeplitz",) * 2                      # LeNet C1
+    assert plan((14, 14), (5, 5), 6, 16, padding="VALID") == ("toeplitz", "lax")  # LeNet C3
+    assert plan((5, 5), (5, 5), 16, 120, padding="VALID") == ("toeplitz",) * 2    # LeNet C5
+    assert plan((28, 28), (9, 9), 1, 20, padding="VALID") == ("toeplitz",) * 2    # UFLDL
+    assert plan((39, 31), (4, 4), 1, 20, padding="VALID") == ("toeplitz", "lax")  # deepid
+    assert plan((8, 8), (3, 3), 1, 32) == ("toeplitz", "lax")            # the zoo's small
+    assert plan((28, 28), (4, 4), 1, 32, dilation=(2, 2)) == ("toeplitz",) * 2    # 7 wide
+    assert plan((14, 14), (5, 5), 3, 32) == ("toeplitz",) * 2                     # 3 channels
+    assert plan((14, 14), (5, 5), 8, 32, groups=4) == ("toeplitz",) * 2   # 2 per group
+    assert plan((14, 14), (5, 5), 12, 16, groups=2, padding="VALID") == ("toeplitz", "lax")
+    assert plan((32, 32), (3, 3), 3, 64) == ("lax", "lax")                   # XLA's forward
 
 
 @pytest.mark.parametrize("features, k, shape, kwargs", [
@@ -336,9 +346,10 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
     """``apply`` may evaluate in one form and differentiate through another (``apply_output``:
     a ``jax.custom_jvp`` whose rule is ``jax.jvp`` of the plan's forward).  Values, ``jax.vjp``,
     ``jax.jvp``, a Hessian-vector product and ``jax.vmap`` all equal those of a plain
-    ``lax.conv_general_dilated`` forward (float64); a gradient with respect to the parameters
-    alone computes no product with the data's zero tangent; on CPU LeNet's C3 evaluates with
-    XLA's convolution and is differentiated through the Toeplitz product."""
+    ``lax.conv_general_dilated`` forward (float64), also under ``jax.checkpoint``; a gradient
+    with respect to the parameters alone computes no product with the data's zero tangent; on
+    CPU LeNet's C3 evaluates with XLA's convolution and is differentiated through the Toeplitz
+    product."""
     from jax import lax
 
     from jaxcnn import conv
@@ -366,9 +377,10 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
           jax.vjp(reference, params, x)[1](delta))
     tangent = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), (params, x))
     close(jax.jvp(layer.apply, (params, x), tangent), jax.jvp(reference, (params, x), tangent))
-    hvp = [jax.jvp(jax.grad(lambda p: jnp.sum(jnp.sin(f(p, x)))), (params,), (tangent[0],))[1]
-           for f in (layer.apply, reference)]
-    close(*hvp)
+    for f in (layer.apply, jax.checkpoint(layer.apply)):     # second order, in p and in x
+        hvp = [jax.jvp(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), (0, 1)), (params, x),
+                       tangent)[1] for f in (f, reference)]
+        close(*hvp)
     close(jax.vmap(lambda x: layer.apply(params, x[None])[0])(x), y)
 
     def dots(f):
@@ -377,7 +389,7 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
 
     g = conv.geo.window("Conv2D", shape[:2], jc.core.pair("", "", k), strides, (1, 1),
                         conv.geo.normalize_padding("", kwargs.get("padding", "VALID")))
-    plan = conv.conv_plan(g, shape[2], features, kwargs.get("groups", 1))
+    plan = conv.conv_plan(g, shape[2], kwargs.get("groups", 1), features=features)
     assert dots(lambda p: layer.apply(p, x)) == dots(lambda p: conv.conv_output(
         x, p["w"], p.get("b"), g, kwargs.get("groups", 1), plan))
     if jax.default_backend() == "cpu" and features == 16:
@@ -467,7 +479,7 @@ def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
 
     def decide(hw, k, c, f, padding="VALID", groups=1):
         g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
-        return bias_in_product(g, c, f, conv_plan(g, c, f, groups))
+        return bias_in_product(g, c, f, conv_plan(g, c, groups, features=f))
 
     if jax.default_backend() != "cpu":                    # XLA's forward everywhere
         assert not decide((28, 28), 9, 1, 20)
