@@ -35,10 +35,11 @@ def backward_errors(layer, params, x, *, key=None, train=True, seed=0):
     scale = float(np.max(np.abs(y_ref), initial=0.0))
     np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * scale,
                                err_msg=f"{layer.name}: forward and apply disagree")
+    # Conv2D's apply may evaluate in another form than the one it differentiates
     y_eval = jax.jit(lambda p, x: layer.apply(p, x, key=key, train=train))(params, x)
-    np.testing.assert_allclose(y_eval, y_ref, rtol=tol, atol=tol * scale,   # Conv2D: may
+    np.testing.assert_allclose(y_eval, y_ref, rtol=tol, atol=tol * scale,
                                err_msg=f"{layer.name}: apply evaluated and differentiated "
-                                       f"disagree")                    # evaluate in another form
+                                       f"disagree")
     want = vjp(dy)
     got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
     assert jax.tree.structure(got) == jax.tree.structure(want), "gradient tree structure differs"

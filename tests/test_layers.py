@@ -17,6 +17,15 @@ from harness import TOL, assert_backward_matches, init_as
 DTYPES = st.sampled_from([jnp.float32, jnp.float64])
 
 
+def lax_conv(p, x, strides=1, padding="VALID", dilation=1, groups=1):
+    """The plain reference forward: ``lax.conv_general_dilated``, plus the bias if ``p`` has one."""
+    y = jax.lax.conv_general_dilated(
+        x, p["w"], jc.core.pair("", "", strides), padding,
+        rhs_dilation=jc.core.pair("", "", dilation), feature_group_count=groups,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + p["b"].reshape(1, 1, 1, -1) if "b" in p else y
+
+
 def _padding(draw, k_eff):
     kind = draw(st.sampled_from(["VALID", "SAME", "explicit"]))
     if kind != "explicit":
@@ -236,11 +245,8 @@ def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, p
     x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
     params, _ = init_as(layer, (11, 10, 3), jnp.float64)
     y, cache = jax.jit(layer.forward)(params, x)
-    ref, vjp = jax.vjp(lambda p, x: jax.lax.conv_general_dilated(
-        x, p["w"], jc.core.pair("", "", strides),
-        padding if isinstance(padding, str) else padding,
-        rhs_dilation=jc.core.pair("", "", dilation), feature_group_count=groups,
-        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"].reshape(1, 1, 1, -1), params, x)
+    ref, vjp = jax.vjp(lambda p, x: lax_conv(p, x, strides, padding, dilation, groups),
+                       params, x)
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
     delta = jnp.asarray(rng.normal(size=y.shape))
     grads, dx = jax.jit(layer.backward)(params, cache, delta)
@@ -350,8 +356,6 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
     with respect to the parameters alone computes no product with the data's zero tangent; on
     CPU LeNet's C3 evaluates with XLA's convolution and is differentiated through the Toeplitz
     product."""
-    from jax import lax
-
     from jaxcnn import conv
 
     layer = jc.Conv2D(features, k, **kwargs)
@@ -362,10 +366,8 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
     strides = jc.core.pair("", "", kwargs.get("strides", 1))
 
     def reference(p, x):
-        y = lax.conv_general_dilated(x, p["w"], strides, kwargs.get("padding", "VALID"),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=kwargs.get("groups", 1))
-        return y + p["b"].reshape(1, 1, 1, -1) if "b" in p else y
+        return lax_conv(p, x, strides, kwargs.get("padding", "VALID"),
+                        groups=kwargs.get("groups", 1))
 
     def close(a, b, tol=1e-10):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), a, b)
