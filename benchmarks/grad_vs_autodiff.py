@@ -4,7 +4,9 @@
 
 Everything is measured in ONE process with the contenders interleaved call by call, so machine
 noise hits both alike; the figures that matter are the ratios (hand-written / autodiff, median
-over the repeats), each with a 95% bootstrap interval over the paired repeats.  Each step is ``value_and_grad`` + an optax SGD-momentum update, jitted:
+over the rounds), each with a 95% bootstrap interval over the paired rounds.  Fast calls get
+more rounds than ``--repeats``, about ``--seconds`` of calls each (``samples``).  Each step is
+``value_and_grad`` + an optax SGD-momentum update, jitted:
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward
@@ -64,18 +66,35 @@ def convolutions(method):
         zoo.Conv2D = saved
 
 
+MAX_ROUNDS = 2000   # samples(): the most rounds a fast call gets
+
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
         "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3))}
 
 
-def samples(fns, args, repeats):
-    """Seconds of each call: the functions called in turn ``repeats`` times after a warm-up;
-    ``(len(fns), repeats)``, column ``r`` one round.  Every other round runs them in reverse
-    order, so that running first or last (after the other's call) favours none of them."""
+def samples(fns, args, repeats, seconds=0.0):
+    """Seconds of each call: the functions called in turn, round after round, after a warm-up;
+    ``(len(fns), rounds)``, column ``r`` one round.  Every other round runs them in reverse
+    order, so that running first or last (after the other's call) favours none of them.
+
+    ``rounds`` is ``repeats``, or more where the calls are fast: enough for every function to
+    run about ``seconds`` in all (at most ``MAX_ROUNDS``).  A millisecond call timed 30 times
+    gives a median of whatever state the machine was in for those few milliseconds (on the
+    2-core VM of ``docs/performance.md``, UFLDL's convolution at batch 32 took 0.40 or
+    0.56 ms, switching every few dozen calls).  The warm-up, a tenth of that time per
+    function (at least two calls), gives the estimate of a call's time."""
+    per_call = []
     for f in fns:
-        jax.block_until_ready(f(*args))
-    times = np.zeros((len(fns), repeats))
-    for r in range(repeats):
+        warm, start = [], time.perf_counter()
+        while len(warm) < 2 or time.perf_counter() - start < seconds / 10:
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            warm.append(time.perf_counter() - t)
+        per_call.append(np.median(warm))
+    rounds = repeats if seconds <= 0 else \
+        max(repeats, min(MAX_ROUNDS, int(seconds / max(per_call))))
+    times = np.zeros((len(fns), rounds))
+    for r in range(rounds):
         order = list(enumerate(fns))
         for i, f in (order if r % 2 == 0 else order[::-1]):
             t = time.perf_counter()
@@ -84,9 +103,9 @@ def samples(fns, args, repeats):
     return times
 
 
-def interleaved(fns, args, repeats):
-    """Median seconds of each function, called in turn ``repeats`` times after a warm-up."""
-    return [float(t) for t in np.median(samples(fns, args, repeats), axis=1)]
+def interleaved(fns, args, repeats, seconds=0.0):
+    """Median seconds of each function (``samples``)."""
+    return [float(t) for t in np.median(samples(fns, args, repeats, seconds), axis=1)]
 
 
 def paired_ratio(a, b, resamples=4000):
@@ -141,7 +160,7 @@ def saved_mib(net, loss, params, x, y):
     return mib(cache), mib(residuals)
 
 
-def bench_nets(batches, repeats, names):
+def bench_nets(batches, repeats, names, seconds=0.0):
     rows = []
     loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
     for name in names:
@@ -158,10 +177,11 @@ def bench_nets(batches, repeats, names):
             args = (params, opt_state, x, y)
             (ch, mh), (ca, ma) = (compile_seconds_and_memory(f, args) for f in (hand, auto))
             cache_mib, residual_mib = saved_mib(net, loss, params, x, y)
-            times = samples([jax.jit(hand), jax.jit(auto)], args, repeats)
+            times = samples([jax.jit(hand), jax.jit(auto)], args, repeats, seconds)
             (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             rows.append({"net": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
-                         "ratio": ratio, "ratio_95": ci, "images_per_s": batch / th,
+                         "ratio": ratio, "ratio_95": ci, "rounds": times.shape[1],
+                         "images_per_s": batch / th,
                          "gflops": 3 * flops * batch / th / 1e9,
                          "compile_hand_s": ch, "compile_autodiff_s": ca,
                          "temp_bytes_hand": mh, "temp_bytes_autodiff": ma,
@@ -199,6 +219,7 @@ for _m in ("auto", "lax"):   # LeNet-5's convolutions in the chosen form and in 
 LAYERS.update({
     "avg pool 2": (lambda: jc.AvgPool2D(2), (32, 32, 16)),
     "avg pool 3 s2 (overlap)": (lambda: jc.AvgPool2D(3, 2, "SAME"), (32, 32, 16)),
+    "avg pool 3 s1 (overlap)": (lambda: jc.AvgPool2D(3, 1, "SAME"), (32, 32, 16)),
     "max pool 2": (lambda: jc.MaxPool2D(2), (32, 32, 16)),
     "max pool 3 s2 (overlap)": (lambda: jc.MaxPool2D(3, 2, "SAME"), (32, 32, 16)),
     "stochastic pool 2": (lambda: jc.StochasticPool2D(2), (32, 32, 16)),
@@ -206,7 +227,7 @@ LAYERS.update({
 })
 
 
-def bench_layers(batch, repeats, only=""):
+def bench_layers(batch, repeats, only="", seconds=0.0):
     rows = []
     for name, (make, shape) in LAYERS.items():
         if only not in name:
@@ -220,10 +241,10 @@ def bench_layers(batch, repeats, only=""):
         delta = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
         hand = jax.jit(lambda p, x, d: layer.backward(p, layer.forward(p, x, key=key)[1], d))
         auto = jax.jit(lambda p, x, d: jax.vjp(lambda p, x: layer.apply(p, x, key=key), p, x)[1](d))
-        times = samples([hand, auto], (params, x, delta), repeats)
+        times = samples([hand, auto], (params, x, delta), repeats, seconds)
         (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
         rows.append({"layer": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
-                     "ratio": ratio, "ratio_95": ci})
+                     "ratio": ratio, "ratio_95": ci, "rounds": times.shape[1]})
         print(f"{name:34s} forward+backward: hand {th * 1e3:7.2f} ms  autodiff {ta * 1e3:7.2f} ms"
               f"  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
     return rows
@@ -250,7 +271,7 @@ def same_program(f, g, args):
     return instructions(f) == instructions(g)
 
 
-def bench_forward(batches, repeats, only=""):
+def bench_forward(batches, repeats, only="", seconds=0.0):
     """``Conv2D.apply`` with ``method="auto"`` against ``lax.conv_general_dilated`` itself
     (``method="lax"``), forward only: the forward must never be slower."""
     rows = []
@@ -262,11 +283,12 @@ def bench_forward(batches, repeats, only=""):
         for batch in batches:
             x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
             times = samples([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x),
-                            repeats)
+                            repeats, seconds)
             (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             same = same_program(auto.apply, lax_conv.apply, (params, x))
             rows.append({"layer": name, "batch": batch, "auto_ms": ta * 1e3,
                          "lax_ms": tl * 1e3, "ratio": ratio, "ratio_95": ci,
+                         "rounds": times.shape[1],
                          "same_program": same})
             print(f"{name:28s} batch {batch:4d} forward: auto {ta * 1e3:7.2f} ms  lax.conv "
                   f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -274,7 +296,7 @@ def bench_forward(batches, repeats, only=""):
     return rows
 
 
-def bench_net_forward(batches, repeats, names):
+def bench_net_forward(batches, repeats, names, seconds=0.0):
     """Each net's ``apply`` (evaluation) against the same net whose convolutions are all
     ``lax.conv_general_dilated`` (``method="lax"``), the same parameters."""
     rows = []
@@ -287,11 +309,13 @@ def bench_net_forward(batches, repeats, names):
         for batch in batches:
             x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, *shape)),
                             jnp.float32)
-            times = samples([jax.jit(net.apply), jax.jit(lax_net.apply)], (params, x), repeats)
+            times = samples([jax.jit(net.apply), jax.jit(lax_net.apply)], (params, x), repeats,
+                            seconds)
             (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             same = same_program(net.apply, lax_net.apply, (params, x))
             rows.append({"net": name, "batch": batch, "auto_ms": ta * 1e3, "lax_ms": tl * 1e3,
-                         "ratio": ratio, "ratio_95": ci, "same_program": same})
+                         "ratio": ratio, "ratio_95": ci, "rounds": times.shape[1],
+                         "same_program": same})
             print(f"{name:7s} batch {batch:4d} apply: auto {ta * 1e3:7.2f} ms  lax.conv "
                   f"{tl * 1e3:7.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
                   f"{'  (same program)' if same else ''}", flush=True)
@@ -303,11 +327,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="batch 32 and 128, fewer repeats")
     ap.add_argument("--nets", default=",".join(NETS), help="comma-separated; '' for none")
     ap.add_argument("--layers", default="", help="only the layer rows whose name contains this")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="rounds (at least)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="more rounds for fast calls: each contender runs about this long")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
     repeats = args.repeats or (10 if args.quick else 30)
+    seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     batches = (32, 128) if args.quick else (32, 128, 512)
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, " \
               f"jax {jax.__version__}"
@@ -315,12 +342,12 @@ def main(argv=None):
     ceiling = matmul_ceiling(repeats)
     print(f"float32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
     names = [n for n in args.nets.split(",") if n]
-    nets = bench_nets(batches, repeats, names)
+    nets = bench_nets(batches, repeats, names, seconds)
     for row in nets:
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
-    layers = bench_layers(128, repeats, args.layers)
-    forward = bench_forward(batches, repeats, args.layers)
-    net_forward = bench_net_forward(batches, repeats, names)
+    layers = bench_layers(128, repeats, args.layers, seconds)
+    forward = bench_forward(batches, repeats, args.layers, seconds)
+    net_forward = bench_net_forward(batches, repeats, names, seconds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling, "nets": nets,
