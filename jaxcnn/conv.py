@@ -243,9 +243,14 @@ def conv_backward_input_toeplitz(delta: Array, w: Array, g: geo.Window, *, preci
     t = geo.column_tiles(g, tile)
     shares = jnp.dot(_tile_delta(delta, t), toeplitz_kernel(w, g, t).T, precision=precision)
     rows = geo.scatter_tiles(shares.reshape(n, ho, t.count, kh, t.read, c), t, axis=3)
-    rows = jnp.moveaxis(rows, 2, 3)                              # (N, H_out, width, k_h, C)
-    dx_pad = geo.scatter_windows(rows, geo.row_window(g, t.width),   # (N, Hp, width, C)
-                                 pad_first=True)
+    if ho == 1:                 # one window of rows: they are dx_pad's rows, d_h apart
+        (hp, _), dh = g.padded_hw, g.dilation[0]
+        dx_pad = lax.pad(rows[:, 0], jnp.zeros((), rows.dtype),
+                         ((0, 0, 0), (0, hp - (kh - 1) * dh - 1, dh - 1), (0, 0, 0), (0, 0, 0)))
+    else:
+        rows = jnp.moveaxis(rows, 2, 3)                          # (N, H_out, width, k_h, C)
+        dx_pad = geo.scatter_windows(rows, geo.row_window(g, t.width),   # (N, Hp, width, C)
+                                     pad_first=True)
     return geo.unpad(geo.fit_width(dx_pad, g.padded_hw[1]), g)
 
 

@@ -114,7 +114,7 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
 
     Backward (eq. 5.2): delta is spread evenly over each window, ``delta / |R|`` to every
     position, and overlapping windows add up; for non-overlapping windows this is a broadcast,
-    otherwise sums of shifted slices of delta, one per stride phase (eq. 5.9).
+    otherwise sums of shifted copies of delta, side by side for every stride phase (eq. 5.9).
     """
     name = "AvgPool2D"
 

@@ -231,13 +231,14 @@ def test_max_pool_backward_sweep(case, ties):
 @pytest.mark.parametrize("method", ["lax", "toeplitz"])
 @pytest.mark.parametrize("strides, dilation, padding", [
     (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
-    ((1, 2), (2, 1), ((0, 4), (3, 0)))])
+    ((1, 2), (2, 1), ((0, 4), (3, 0))), (3, (4, 1), "VALID")])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_conv_all_three_passes_in_both_formulations(method, strides, dilation, padding, groups):
     """Eqs. 4.2/4.4/4.5 (XLA convolutions) and 4.6/4.7/4.8 (Toeplitz matrix products, one per
     group when grouped) give the forward of ``lax.conv_general_dilated`` and the kernel
     gradient and input residual of its ``jax.vjp``, in float64 to 1e-12; the rows a stride
-    skips get no residual."""
+    skips get no residual.  The last case has one output row (a dilated kernel 9 rows tall,
+    two rows unread), whose eq. 4.8 places the kernel's rows without a window scatter."""
     from jaxcnn.conv import conv_plan
 
     layer = jc.Conv2D(6, (3, 2), strides, padding, dilation, groups, method=method)
