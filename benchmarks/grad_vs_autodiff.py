@@ -82,9 +82,11 @@ def samples(fns, args, repeats, seconds=0.0):
     gives a median of whatever state the machine was in for those few milliseconds (on the
     2-core VM of ``docs/performance.md``, UFLDL's convolution at batch 32 took 0.40 or
     0.56 ms, switching every few dozen calls).  The warm-up, a tenth of that time per
-    function (at least two calls), gives the estimate of a call's time."""
+    function (at least two calls) after a first call that compiles, gives the estimate of a
+    call's time."""
     per_call = []
     for f in fns:
+        jax.block_until_ready(f(*args))          # compiles: not part of the estimate
         warm, start = [], time.perf_counter()
         while len(warm) < 2 or time.perf_counter() - start < seconds / 10:
             t = time.perf_counter()
