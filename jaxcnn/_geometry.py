@@ -219,9 +219,10 @@ def spread_windows(share: Array, g: Window) -> Array:
     ``s_h x s_w`` phases and kept (a constant mask) in the phases its taps reach; the sum is
     then in ``(N, mh, s_h, mw, s_w, C)`` order, and interleaving the phases is a reshape.  XLA
     fuses it into one loop of ``ceil(k_h / s_h) ceil(k_w / s_w)`` reads per position, with no
-    concatenation of phases: 0.52-0.84 of autodiff's time for 3x3 windows at stride 2, where
-    slices of a padded ``share`` stacked by phase took 1.08-1.28 (measured).  The shifts go
-    last to first: XLA's CPU loop ran the same sum in row-major order 2x slower (3x3, stride 1).
+    concatenation of phases: 0.51-0.84 of autodiff's time for 3x3 windows at stride 2, where
+    slices of a padded ``share`` stacked by phase took 1.04-1.09 (``docs/performance.md``,
+    table 2).  The shifts go last to first: XLA's CPU loop ran the same sum in row-major
+    order 2x slower (3x3, stride 1).
     """
     (sh, sw), (hp, wp) = g.strides, g.padded_hw
     (mh, mw), (th, tw) = _phase_grid(g)
