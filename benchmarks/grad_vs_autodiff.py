@@ -105,9 +105,9 @@ def samples(fns, args, repeats, seconds=0.0):
     return times
 
 
-def interleaved(fns, args, repeats, seconds=0.0):
+def interleaved(fns, args, repeats):
     """Median seconds of each function (``samples``)."""
-    return [float(t) for t in np.median(samples(fns, args, repeats, seconds), axis=1)]
+    return [float(t) for t in np.median(samples(fns, args, repeats), axis=1)]
 
 
 def paired_ratio(a, b, resamples=4000):

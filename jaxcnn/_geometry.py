@@ -143,6 +143,21 @@ def _phase_grid(g: Window):
             ((g.size[0] - 1) * g.dilation[0] // sh, (g.size[1] - 1) * g.dilation[1] // sw))
 
 
+def _tap_shifts(g: Window):
+    """Per axis, each tap's ``(shift t, phase r)`` with ``p d = t s + r``, in tap order."""
+    return ([divmod(p * g.dilation[0], g.strides[0]) for p in range(g.size[0])],
+            [divmod(q * g.dilation[1], g.strides[1]) for q in range(g.size[1])])
+
+
+def _shift_into_grid(a: Array, g: Window, t: int, t2: int) -> Array:
+    """``a (N, H_out, W_out, C)`` shifted ``t`` rows down and ``t2`` columns right into the
+    phase grid, zero elsewhere: ``(N, mh, mw, C)``."""
+    (mh, mw), _ = _phase_grid(g)
+    (ho, wo) = g.out_hw
+    return lax.pad(a, jnp.zeros((), a.dtype),
+                   ((0, 0, 0), (t, mh - ho - t, 0), (t2, mw - wo - t2, 0), (0, 0, 0)))
+
+
 def _sum_by_phase(part, g: Window, n: int, c: int, dtype) -> Array:
     """Eq. 3.5's loop: ``part(tap, t, t2)`` is tap ``(p, q)``'s entries shifted ``t`` rows down
     and ``t2`` columns right into its phase's grid, ``(N, mh, mw, C)``, for the tap at offsets
@@ -150,8 +165,7 @@ def _sum_by_phase(part, g: Window, n: int, c: int, dtype) -> Array:
     interleave into the padded rows and columns: ``(N, Hp, Wp, C)``."""
     (sh, sw), (hp, wp) = g.strides, g.padded_hw
     (mh, mw), _ = _phase_grid(g)
-    rows = [divmod(p * g.dilation[0], sh) for p in range(g.size[0])]   # (shift t, phase r)
-    cols = [divmod(q * g.dilation[1], sw) for q in range(g.size[1])]
+    rows, cols = _tap_shifts(g)
     phases = {}
     for tap, ((t, r), (t2, r2)) in enumerate(itertools.product(rows, cols)):
         shifted = part(tap, t, t2)
@@ -183,7 +197,7 @@ def scatter_windows(contrib: Array, g: Window, pad_first: bool = False) -> Array
     matrix product, as in eq. 4.8, pads first best).
     """
     (mh, mw), (th, tw) = _phase_grid(g)
-    (ho, wo), n, c = g.out_hw, contrib.shape[0], contrib.shape[4]
+    n, c = contrib.shape[0], contrib.shape[4]
     if pad_first:
         padded = _pad_to_phase_grid(contrib, g)
 
@@ -191,11 +205,8 @@ def scatter_windows(contrib: Array, g: Window, pad_first: bool = False) -> Array
             return lax.slice(padded, (0, th - t, tw - t2, tap, 0),
                              (n, th - t + mh, tw - t2 + mw, tap + 1, c))[:, :, :, 0]
     else:
-        zero = jnp.zeros((), contrib.dtype)
-
         def part(tap, t, t2):
-            return lax.pad(contrib[:, :, :, tap], zero,
-                           ((0, 0, 0), (t, mh - ho - t, 0), (t2, mw - wo - t2, 0), (0, 0, 0)))
+            return _shift_into_grid(contrib[:, :, :, tap], g, t, t2)
 
     return _sum_by_phase(part, g, n, c, contrib.dtype)
 
@@ -226,9 +237,8 @@ def spread_windows(share: Array, g: Window) -> Array:
     """
     (sh, sw), (hp, wp) = g.strides, g.padded_hw
     (mh, mw), (th, tw) = _phase_grid(g)
-    n, ho, wo, c = share.shape
-    rows = {divmod(p * g.dilation[0], sh) for p in range(g.size[0])}     # (shift t, phase r)
-    cols = {divmod(q * g.dilation[1], sw) for q in range(g.size[1])}
+    n, c = share.shape[0], share.shape[3]
+    rows, cols = (set(shifts) for shifts in _tap_shifts(g))
     zero = jnp.zeros((), share.dtype)
     total = None
     for t, t2 in itertools.product(range(th, -1, -1), range(tw, -1, -1)):
@@ -236,8 +246,7 @@ def spread_windows(share: Array, g: Window) -> Array:
                             for r in range(sh)])
         if not reached.any():
             continue
-        shifted = lax.pad(share, zero, ((0, 0, 0), (t, mh - ho - t, 0), (t2, mw - wo - t2, 0),
-                                        (0, 0, 0)))
+        shifted = _shift_into_grid(share, g, t, t2)
         part = jnp.broadcast_to(shifted[:, :, None, :, None, :], (n, mh, sh, mw, sw, c))
         if not reached.all():
             part = jnp.where(reached[None, None, :, None, :, None], part, zero)
