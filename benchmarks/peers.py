@@ -1,5 +1,5 @@
 """LeNet-5 training throughput: jaxcnn against the same net in plain JAX, Flax, Equinox and
-PyTorch, in ONE process with the contenders interleaved in blocks of steps.
+PyTorch, every contender in ONE process with the others, interleaved in blocks of steps.
 
     python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--block 10] [--json out.json]
 
@@ -12,12 +12,22 @@ are not installed are skipped (they are benchmark-only: ``pip install flax equin
 torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
 (``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
 per second, median over the timed steps.
+
+Each batch size runs in a fresh child process (``--same-process`` runs them all in this one).
+A batch measured after another in the same process inherits its heap, its threads' state and,
+for ``torch.compile``, a recompilation with the batch dimension made dynamic: at batch 128 after
+batch 32, every contender ran slower than at batch 128 alone, and by different amounts from run
+to run (``docs/performance.md``, section 4).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -28,6 +38,7 @@ import optax
 import jaxcnn as jc
 from jaxcnn import zoo
 from _malloc import keep_freed_blocks
+from grad_vs_autodiff import paired_ratio
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -240,10 +251,55 @@ def run(batches, repeats, block=10):
                     if i:
                         times.append(time.perf_counter() - t)
                 entry[1] = state
-        for name, (_, _, _, times) in steps.items():
+        rounds = {name: np.asarray(entry[3]).reshape(repeats, block - 1)
+                  for name, entry in steps.items()}
+        for name, times in rounds.items():
             ips = batch / float(np.median(times))
-            rows.append({"peer": name, "batch": batch, "images_per_s": ips})
+            rows.append({"peer": name, "batch": batch, "images_per_s": ips,
+                         "round_ms": [float(t) * 1e3 for t in np.median(times, axis=1)]})
             print(f"batch {batch:4d}  {name:26s} {ips:9.0f} images/s", flush=True)
+        for row in speedups(rows, batch):
+            print(speedup_line(row))
+    return rows
+
+
+JAX_PEERS = ("JAX lax.conv + jax.grad", "Flax linen", "Equinox")
+
+
+def speedups(rows, batch):
+    """jaxcnn's hand-written step (whole batch and chunked) against ``torch.compile`` and the
+    fastest JAX peer at ``batch``: the ratio of their median step times over the rounds, with
+    a 95% bootstrap interval that resamples whole rounds (``paired_ratio``; each round runs
+    every contender's block once, so noise common to a round cancels as in the ratio)."""
+    at = {r["peer"]: np.asarray(r["round_ms"]) for r in rows if r["batch"] == batch}
+    peers = [p for p in JAX_PEERS if p in at]
+    against = ([min(peers, key=lambda p: np.median(at[p]))] if peers else []) + \
+        (["PyTorch torch.compile"] if "PyTorch torch.compile" in at else [])
+    out = []
+    for mine in ("jaxcnn (hand-written)", MICRO):
+        for theirs in against if mine in at else []:
+            speedup, ci = paired_ratio(at[theirs], at[mine])
+            out.append({"peer": mine, "against": theirs, "batch": batch,
+                        "speedup": speedup, "speedup_95": ci})
+    return out
+
+
+def speedup_line(row):
+    return (f"batch {row['batch']:4d}  {row['peer']:26s} {row['speedup']:5.2f}x "
+            f"[{row['speedup_95'][0]:.2f}, {row['speedup_95'][1]:.2f}] of {row['against']}")
+
+
+def run_each_in_own_process(batches, repeats, block):
+    """``run`` for each batch in a fresh child process; the rows of all of them."""
+    rows = []
+    for batch in batches:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "rows.json")
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--same-process",
+                            "--batches", str(batch), "--repeats", str(repeats),
+                            "--block", str(block), "--json", out], check=True)
+            with open(out) as f:
+                rows += json.load(f)["rows"]
     return rows
 
 
@@ -254,14 +310,25 @@ def main(argv=None):
     ap.add_argument("--block", type=int, default=10,
                     help="consecutive steps per contender per round; the first is not timed")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--same-process", action="store_true",
+                    help="run every batch size in this process, one after another")
     args = ap.parse_args(argv)
-    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
+    if args.block < 2:
+        ap.error(f"--block must be at least 2 (its first step is not timed), got {args.block}")
+    batches = [int(b) for b in args.batches.split(",")]
     machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
-    print(f"machine: {machine}")
-    rows = run([int(b) for b in args.batches.split(",")], args.repeats, args.block)
+    if args.same_process or len(batches) == 1:
+        print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
+        print(f"machine: {machine}")
+        rows = run(batches, args.repeats, args.block)
+    else:
+        rows = run_each_in_own_process(batches, args.repeats, args.block)
+    ratios = [r for b in batches for r in speedups(rows, b)]
+    if not (args.same_process or len(batches) == 1):
+        print("\n".join(speedup_line(r) for r in ratios))      # all batches, once more
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine, "rows": rows, "speedups": ratios}, f, indent=1)
 
 
 if __name__ == "__main__":
