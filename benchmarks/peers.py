@@ -2,6 +2,7 @@
 PyTorch, every contender in ONE process with the others, interleaved in blocks of steps.
 
     python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--block 10] [--json out.json]
+                               [--same-process]
 
 The net: LeNet-5 with sigmoid units and average pooling on 28x28x1 (``jaxcnn.zoo.lenet5``:
 C1 conv 5x5x6 SAME, S2 avg 2, C3 conv 5x5x16, S4 avg 2, C5 conv 5x5x120, F6 dense 84, dense 10),
@@ -11,7 +12,8 @@ value-and-grad plus optax update.  Above batch 128, jaxcnn also runs with
 are not installed are skipped (they are benchmark-only: ``pip install flax equinox
 torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
 (``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
-per second, median over the timed steps.
+per second from the median over the rounds of each round's median step time; jaxcnn's speed-ups
+are ratios of the same medians, with 95% bootstrap intervals over the rounds.
 
 Each batch size runs in a fresh child process (``--same-process`` runs them all in this one).
 A batch measured after another in the same process inherits its heap, its threads' state and,
@@ -254,9 +256,10 @@ def run(batches, repeats, block=10):
         rounds = {name: np.asarray(entry[3]).reshape(repeats, block - 1)
                   for name, entry in steps.items()}
         for name, times in rounds.items():
-            ips = batch / float(np.median(times))
+            round_s = np.median(times, axis=1)
+            ips = batch / float(np.median(round_s))
             rows.append({"peer": name, "batch": batch, "images_per_s": ips,
-                         "round_ms": [float(t) * 1e3 for t in np.median(times, axis=1)]})
+                         "round_ms": [float(t) * 1e3 for t in round_s]})
             print(f"batch {batch:4d}  {name:26s} {ips:9.0f} images/s", flush=True)
         for row in speedups(rows, batch):
             print(speedup_line(row))
@@ -290,17 +293,24 @@ def speedup_line(row):
 
 
 def run_each_in_own_process(batches, repeats, block):
-    """``run`` for each batch in a fresh child process; the rows of all of them."""
-    rows = []
+    """``run`` for each batch in a fresh child process: the machine and the rows of all of
+    them, and the batches whose process failed (their error is on stderr)."""
+    machine, rows, failed = None, [], []
     for batch in batches:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "rows.json")
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--same-process",
-                            "--batches", str(batch), "--repeats", str(repeats),
-                            "--block", str(block), "--json", out], check=True)
+            child = subprocess.run([sys.executable, os.path.abspath(__file__), "--same-process",
+                                    "--batches", str(batch), "--repeats", str(repeats),
+                                    "--block", str(block), "--json", out])
+            if child.returncode:
+                print(f"batch {batch}: its process failed (exit status {child.returncode})",
+                      file=sys.stderr)
+                failed.append(batch)
+                continue
             with open(out) as f:
-                rows += json.load(f)["rows"]
-    return rows
+                result = json.load(f)
+            machine, rows = result["machine"], rows + result["rows"]
+    return machine, rows, failed
 
 
 def main(argv=None):
@@ -315,20 +325,28 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.block < 2:
         ap.error(f"--block must be at least 2 (its first step is not timed), got {args.block}")
-    batches = [int(b) for b in args.batches.split(",")]
-    machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
+    if args.repeats < 2:
+        ap.error(f"--repeats must be at least 2 (the intervals resample rounds), "
+                 f"got {args.repeats}")
+    batches = list(dict.fromkeys(int(b) for b in args.batches.split(",")))
+    failed = []
     if args.same_process or len(batches) == 1:
+        # JAX starts here only: a parent of child processes would hold a GPU's memory
+        machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
         print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
         print(f"machine: {machine}")
         rows = run(batches, args.repeats, args.block)
     else:
-        rows = run_each_in_own_process(batches, args.repeats, args.block)
+        machine, rows, failed = run_each_in_own_process(batches, args.repeats, args.block)
+        batches = [b for b in batches if b not in failed]
     ratios = [r for b in batches for r in speedups(rows, b)]
     if not (args.same_process or len(batches) == 1):
         print("\n".join(speedup_line(r) for r in ratios))      # all batches, once more
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows, "speedups": ratios}, f, indent=1)
+    if failed:
+        sys.exit(f"failed: the process of batch {', '.join(map(str, failed))}")
 
 
 if __name__ == "__main__":
