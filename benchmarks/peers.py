@@ -329,6 +329,8 @@ def main(argv=None):
         ap.error(f"--repeats must be at least 2 (the intervals resample rounds), "
                  f"got {args.repeats}")
     batches = list(dict.fromkeys(int(b) for b in args.batches.split(",")))
+    if min(batches) < 1:
+        ap.error(f"--batches must be positive, got {args.batches}")
     failed = []
     if args.same_process or len(batches) == 1:
         # JAX starts here only: a parent of child processes would hold a GPU's memory
