@@ -261,8 +261,6 @@ def run(batches, repeats, block=10):
             rows.append({"peer": name, "batch": batch, "images_per_s": ips,
                          "round_ms": [float(t) * 1e3 for t in round_s]})
             print(f"batch {batch:4d}  {name:26s} {ips:9.0f} images/s", flush=True)
-        for row in speedups(rows, batch):
-            print(speedup_line(row))
     return rows
 
 
@@ -342,8 +340,7 @@ def main(argv=None):
         machine, rows, failed = run_each_in_own_process(batches, args.repeats, args.block)
         batches = [b for b in batches if b not in failed]
     ratios = [r for b in batches for r in speedups(rows, b)]
-    if not (args.same_process or len(batches) == 1):
-        print("\n".join(speedup_line(r) for r in ratios))      # all batches, once more
+    print("\n".join(speedup_line(r) for r in ratios))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows, "speedups": ratios}, f, indent=1)
