@@ -340,6 +340,8 @@ def main(argv=None):
     batches = (32, 128) if args.quick else (32, 128, 512)
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, " \
               f"jax {jax.__version__}"
+    if jax.default_backend() != "cpu":      # float32 convolutions may use TF32 there
+        machine += f", matmul precision {jax.config.jax_default_matmul_precision or 'default'}"
     print(f"machine: {machine}")
     ceiling = matmul_ceiling(repeats)
     print(f"float32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")

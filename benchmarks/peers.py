@@ -2,7 +2,7 @@
 PyTorch, every contender in ONE process with the others, interleaved in blocks of steps.
 
     python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--block 10] [--json out.json]
-                               [--same-process]
+                               [--precision default|highest] [--same-process]
 
 The net: LeNet-5 with sigmoid units and average pooling on 28x28x1 (``jaxcnn.zoo.lenet5``:
 C1 conv 5x5x6 SAME, S2 avg 2, C3 conv 5x5x16, S4 avg 2, C5 conv 5x5x120, F6 dense 84, dense 10),
@@ -14,6 +14,13 @@ torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
 (``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
 per second from the median over the rounds of each round's median step time; jaxcnn's speed-ups
 are ratios of the same medians, with 95% bootstrap intervals over the rounds.
+
+On a GPU machine (JAX's default backend a GPU), PyTorch runs on CUDA too.  ``--precision``
+states the float32 arithmetic there (on a CPU it changes nothing): ``default`` is each
+framework's own default -- JAX's convolutions and matrix products may use TF32, as may
+PyTorch's cuDNN convolutions, while its matrix products stay float32 -- and ``highest`` is
+full float32 in both (``jax_default_matmul_precision="highest"``; PyTorch's
+``allow_tf32 = False`` for cuDNN and for matrix products).
 
 Each batch size runs in a fresh child process (``--same-process`` runs them all in this one).
 A batch measured after another in the same process inherits its heap, its threads' state and,
@@ -160,6 +167,12 @@ def equinox_step():
     return step, (model, opt.init(eqx.filter(model, eqx.is_array)))
 
 
+def torch_device():
+    """CUDA where JAX runs on a GPU and PyTorch sees one, else the CPU."""
+    import torch
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def torch_step(compiled):
     import torch
     from torch import nn
@@ -169,7 +182,7 @@ def torch_step(compiled):
         nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
         nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
         nn.Conv2d(16, 120, 5), nn.Sigmoid(), nn.Flatten(),
-        nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+        nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)).to(torch_device())
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -183,15 +196,28 @@ def torch_step(compiled):
     fn = torch.compile(train) if compiled else train
 
     def step(state, x, y):
-        return state, fn(x, y).item()
+        return state, fn(x, y).item()        # .item() waits for the device
 
     return step, None
 
 
 def to_torch(x, y):
     import torch
-    return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))), \
-        torch.from_numpy(y.astype(np.int64))
+    device = torch_device()
+    return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))).to(device), \
+        torch.from_numpy(y.astype(np.int64)).to(device)
+
+
+def set_precision(precision):
+    """``--precision`` for JAX and, where installed, PyTorch (see the module docstring)."""
+    if precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        try:
+            import torch
+        except ImportError:
+            return
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
@@ -208,6 +234,8 @@ def contenders():
             out[name] = make
         except ImportError:
             print(f"{name}: not installed, skipped")
+        except Exception as e:      # another version's API: the other contenders still run
+            print(f"{name}: could not be built ({type(e).__name__}: {e}), skipped")
     try:
         import torch
         out["PyTorch eager"] = lambda: torch_step(False)
@@ -290,7 +318,7 @@ def speedup_line(row):
             f"[{row['speedup_95'][0]:.2f}, {row['speedup_95'][1]:.2f}] of {row['against']}")
 
 
-def run_each_in_own_process(batches, repeats, block):
+def run_each_in_own_process(batches, repeats, block, precision):
     """``run`` for each batch in a fresh child process: the machine and the rows of all of
     them, and the batches whose process failed (their error is on stderr)."""
     machine, rows, failed = None, [], []
@@ -299,7 +327,8 @@ def run_each_in_own_process(batches, repeats, block):
             out = os.path.join(tmp, "rows.json")
             child = subprocess.run([sys.executable, os.path.abspath(__file__), "--same-process",
                                     "--batches", str(batch), "--repeats", str(repeats),
-                                    "--block", str(block), "--json", out])
+                                    "--block", str(block), "--precision", precision,
+                                    "--json", out])
             if child.returncode:
                 print(f"batch {batch}: its process failed (exit status {child.returncode})",
                       file=sys.stderr)
@@ -318,6 +347,9 @@ def main(argv=None):
     ap.add_argument("--block", type=int, default=10,
                     help="consecutive steps per contender per round; the first is not timed")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--precision", choices=("default", "highest"), default="default",
+                    help="float32 arithmetic on a GPU: each framework's default (TF32 allowed) "
+                         "or full float32 everywhere")
     ap.add_argument("--same-process", action="store_true",
                     help="run every batch size in this process, one after another")
     args = ap.parse_args(argv)
@@ -332,12 +364,21 @@ def main(argv=None):
     failed = []
     if args.same_process or len(batches) == 1:
         # JAX starts here only: a parent of child processes would hold a GPU's memory
+        set_precision(args.precision)
         machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
+        if jax.default_backend() != "cpu":
+            machine += f", precision {args.precision}"
+        try:
+            import torch
+            machine += f", torch {torch.__version__} on {torch_device()}"
+        except ImportError:
+            pass
         print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
         print(f"machine: {machine}")
         rows = run(batches, args.repeats, args.block)
     else:
-        machine, rows, failed = run_each_in_own_process(batches, args.repeats, args.block)
+        machine, rows, failed = run_each_in_own_process(batches, args.repeats, args.block,
+                                                          args.precision)
         batches = [b for b in batches if b not in failed]
     ratios = [r for b in batches for r in speedups(rows, b)]
     print("\n".join(speedup_line(r) for r in ratios))

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, on a machine whose JAX (and PyTorch, for the peers) sees a CUDA GPU:
+#   1. benchmarks/peers.py (LeNet-5 training throughput against plain JAX, Flax, Equinox and
+#      PyTorch on CUDA), at each framework's default float32 precision;
+#   2. benchmarks/grad_vs_autodiff.py --quick (hand-written / autodiff, per net and per layer);
+#   3. the in-process tests on the GPU (hand-written backward vs jax.vjp for every layer and net,
+#      the mutation test, the seed's examples, the errors; the CLI, example and distributed
+#      tests start their own CPU processes and are left to the CPU run).
+#
+#     bash benchmarks/gpu.sh OUTDIR        # logs and JSON land in OUTDIR
+#
+# jaxcnn runs from this checkout (PYTHONPATH), on whatever jax, optax, pytest and peers the
+# machine has.  Each stage has a time limit (seconds: TESTS_S, PEERS_S, GRADS_S) so that the
+# others still run; a stage cut short says so in its log.
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export XLA_PYTHON_CLIENT_PREALLOCATE=false     # several processes share the GPU
+py=${PYTHON:-python3}
+status=0
+
+stage() {   # stage NAME SECONDS COMMAND...: run it with a limit, its output to OUTDIR/NAME.log
+    local name=$1 limit=$2 rc
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && printf '\n' && echo "== $name: cut short at ${limit} s" | tee -a "$out/$name.log"
+    [ "$rc" = 0 ] || status=1
+    echo "== $name: exit status $rc"
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $py -c "import jax, optax; print('jax', jax.__version__, jax.devices(), 'optax', optax.__version__)"
+  $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    || true
+  $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|optax|flax|equinox|torch|triton|numpy) '
+  nproc; } 2>&1 | tee "$out/machine.txt"
+
+stage peers "${PEERS_S:-180}" $py benchmarks/peers.py --repeats 20 --block 6 \
+    --json "$out/peers-gpu.json"
+stage grads "${GRADS_S:-160}" $py benchmarks/grad_vs_autodiff.py --quick --seconds 0.2 \
+    --json "$out/grad_vs_autodiff-gpu.json"
+workers=$($py -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-6}")  # pytest-xdist, if there
+# tests: no convolution autotuning (it only picks the fastest algorithm; compiles sooner)
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+stage tests "${TESTS_S:-200}" $py -m pytest -v --tb=short -p no:cacheprovider $workers \
+    tests/test_layers.py tests/test_networks.py tests/test_mutation.py tests/test_seed.py \
+    tests/test_audit.py tests/test_errors.py tests/test_summary.py tests/test_train.py \
+    tests/test_show.py tests/test_api_doc.py tests/test_data.py
+exit $status
