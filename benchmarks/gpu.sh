@@ -43,10 +43,11 @@ stage peers "${PEERS_S:-180}" $py benchmarks/peers.py --repeats 20 --block 6 \
     --json "$out/peers-gpu.json"
 stage grads "${GRADS_S:-160}" $py benchmarks/grad_vs_autodiff.py --quick --seconds 0.2 \
     --json "$out/grad_vs_autodiff-gpu.json"
-workers=$($py -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-6}")  # pytest-xdist, if there
-# tests: no convolution autotuning (it only picks the fastest algorithm; compiles sooner)
+workers=$($py -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-8}")  # pytest-xdist, if there
+# tests: no convolution autotuning (it only picks the fastest algorithm; compiles sooner);
+# pytest-benchmark, where installed, warns under xdist, and the tests make warnings errors
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
-stage tests "${TESTS_S:-200}" $py -m pytest -v --tb=short -p no:cacheprovider $workers \
+stage tests "${TESTS_S:-200}" $py -m pytest -v --tb=short -p no:cacheprovider -p no:benchmark $workers \
     tests/test_layers.py tests/test_networks.py tests/test_mutation.py tests/test_seed.py \
     tests/test_audit.py tests/test_errors.py tests/test_summary.py tests/test_train.py \
     tests/test_show.py tests/test_api_doc.py tests/test_data.py

@@ -124,7 +124,9 @@ def test_bridge_inside_a_plain_jax_program():
         l2 = sum(jnp.sum(w ** 2) for w in jax.tree.leaves(p))
         return jc.softmax_cross_entropy.value(net.apply(p, x, key=key), labels) + 1e-3 * l2
 
-    got, want = jax.jit(jax.grad(loss))(params), jax.grad(plain)(params)
+    # both jitted: on a GPU, XLA's jitted float64 kernel gradients of this net differ from its
+    # op-by-op ones by up to 2e-9 (relative), the hand-written and the autodiff ones alike
+    got, want = jax.jit(jax.grad(loss))(params), jax.jit(jax.grad(plain))(params)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert rel_err(g, r) <= 1e-10
     with pytest.raises(TypeError, match="custom_vjp"):
