@@ -3,19 +3,19 @@
 #   1. benchmarks/peers.py (LeNet-5 training throughput against plain JAX, Flax, Equinox and
 #      PyTorch on CUDA), at each framework's default float32 precision;
 #   2. benchmarks/grad_vs_autodiff.py --quick (hand-written / autodiff, per net and per layer);
-#   3. the in-process tests on the GPU (hand-written backward vs jax.vjp for every layer and net,
-#      the mutation test, the seed's examples, the errors; the CLI, example and distributed
-#      tests start their own CPU processes and are left to the CPU run).
+#   3. the tests that run on JAX's default device (hand-written backward vs jax.vjp for every
+#      layer and net, the mutation test, the seed's examples, the errors; the CLI, example and
+#      distributed tests start their own CPU processes and are left to the CPU run).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # logs and JSON land in OUTDIR
 #
 # jaxcnn runs from this checkout (PYTHONPATH), on whatever jax, optax, pytest and peers the
-# machine has.  Each stage has a time limit (seconds: TESTS_S, PEERS_S, GRADS_S) so that the
-# others still run; a stage cut short says so in its log.  On one NVIDIA H200 the stages took
-# about 160, 85 and 135 s (docs/performance.md, section 7).
+# machine has.  Each stage has a time limit (seconds: PEERS_S, GRADS_S, TESTS_S) so that the
+# others still run; a stage cut short says so in its log.  On one NVIDIA H200, peers took about
+# 160 s, grad_vs_autodiff 85 s and the tests 135 s (docs/performance.md, section 7).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1    # absolute: the script changes directory
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export XLA_PYTHON_CLIENT_PREALLOCATE=false     # several processes share the GPU
@@ -26,7 +26,7 @@ stage() {   # stage NAME SECONDS COMMAND...: run it with a limit, its output to 
     local name=$1 limit=$2 rc
     shift 2
     echo "== $name (limit ${limit} s): $*"
-    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
     rc=${PIPESTATUS[0]}
     [ "$rc" = 124 ] && printf '\n' && echo "== $name: cut short at ${limit} s" | tee -a "$out/$name.log"
     [ "$rc" = 0 ] || status=1
@@ -37,8 +37,12 @@ stage() {   # stage NAME SECONDS COMMAND...: run it with a limit, its output to 
   $py -c "import jax, optax; print('jax', jax.__version__, jax.devices(), 'optax', optax.__version__)"
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     || true
-  $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|optax|flax|equinox|torch|triton|numpy) '
+  $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|optax|flax|equinox|torch|triton|numpy) '
   nproc; } 2>&1 | tee "$out/machine.txt"
+if ! $py -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
+    echo "JAX does not see a GPU here (its backend: $($py -c 'import jax; print(jax.default_backend())' 2>&1)); nothing run" >&2
+    exit 1
+fi
 
 stage peers "${PEERS_S:-260}" $py benchmarks/peers.py --repeats 20 --block 6 \
     --json "$out/peers-gpu.json"

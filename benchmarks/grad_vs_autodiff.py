@@ -165,21 +165,22 @@ def saved_mib(net, loss, params, x, y):
 def bench_nets(batches, repeats, names, seconds=0.0):
     rows = []
     loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
-    for name in names:
+    for n, name in enumerate(names):
         make, shape = NETS[name]
         net = make(shape, 10)
         params, _ = net.init(jax.random.key(0), shape)
         opt_state = optimizer.init(params)
         flops = jc.summary(net, shape).flops
         hand, auto = steps(net, loss, optimizer)
-        for batch in batches:
+        for b, batch in enumerate(batches):
             rng = np.random.default_rng(batch)
             x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
             y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
             args = (params, opt_state, x, y)
-            # compiled first by turns: on a GPU, XLA's autotuning results for a convolution
-            # or matrix product stay in the process, so the second compile may reuse them
-            first = "hand" if len(rows) % 2 == 0 else "autodiff"
+            # compiled first by turns, across batches and nets alike: on a GPU, XLA's
+            # autotuning results for a convolution or matrix product stay in the process, so
+            # the second compile of the same shapes may reuse them
+            first = "hand" if (n + b) % 2 == 0 else "autodiff"
             order = (hand, auto) if first == "hand" else (auto, hand)
             compiled = dict(zip(order, (compile_seconds_and_memory(f, args) for f in order)))
             (ch, mh), (ca, ma) = compiled[hand], compiled[auto]

@@ -223,6 +223,9 @@ def set_precision(precision):
 MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
 
 
+SKIPPED = {}     # peer -> why it did not run (not installed, or failed to build here)
+
+
 def contenders():
     out = {"jaxcnn (hand-written)": lambda: jaxcnn_step("hand"),
            MICRO: lambda: jaxcnn_step("hand", microbatch=128),
@@ -233,15 +236,17 @@ def contenders():
             make()
             out[name] = make
         except ImportError:
-            print(f"{name}: not installed, skipped")
+            SKIPPED[name] = "not installed"
         except Exception as e:      # another version's API: the other contenders still run
-            print(f"{name}: could not be built ({type(e).__name__}: {e}), skipped")
+            SKIPPED[name] = f"could not be built ({type(e).__name__}: {e})"
     try:
-        import torch
+        import torch  # noqa: F401  (installed?)
         out["PyTorch eager"] = lambda: torch_step(False)
         out["PyTorch torch.compile"] = lambda: torch_step(True)
     except ImportError:
-        print("PyTorch: not installed, skipped")
+        SKIPPED["PyTorch"] = "not installed"
+    for name, why in SKIPPED.items():
+        print(f"{name}: {why}, skipped")
     return out
 
 
@@ -320,8 +325,10 @@ def speedup_line(row):
 
 def run_each_in_own_process(batches, repeats, block, precision):
     """``run`` for each batch in a fresh child process: the machine and the rows of all of
-    them, and the batches whose process failed (their error is on stderr)."""
+    them, the batches whose process failed (their error is on stderr), and the peers that
+    were skipped, with why."""
     machine, rows, failed = None, [], []
+    skipped = {}
     for batch in batches:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "rows.json")
@@ -337,7 +344,8 @@ def run_each_in_own_process(batches, repeats, block, precision):
             with open(out) as f:
                 result = json.load(f)
             machine, rows = result["machine"], rows + result["rows"]
-    return machine, rows, failed
+            skipped.update(result.get("skipped", {}))
+    return machine, rows, failed, skipped
 
 
 def main(argv=None):
@@ -376,15 +384,17 @@ def main(argv=None):
         print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
         print(f"machine: {machine}")
         rows = run(batches, args.repeats, args.block)
+        skipped = SKIPPED
     else:
-        machine, rows, failed = run_each_in_own_process(batches, args.repeats, args.block,
-                                                          args.precision)
+        machine, rows, failed, skipped = run_each_in_own_process(
+            batches, args.repeats, args.block, args.precision)
         batches = [b for b in batches if b not in failed]
     ratios = [r for b in batches for r in speedups(rows, b)]
     print("\n".join(speedup_line(r) for r in ratios))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows, "speedups": ratios}, f, indent=1)
+            json.dump({"machine": machine, "rows": rows, "speedups": ratios,
+                       "skipped": skipped}, f, indent=1)
     if failed:
         sys.exit(f"failed: the process of batch {', '.join(map(str, failed))}")
 
