@@ -223,10 +223,10 @@ def set_precision(precision):
 MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
 
 
-SKIPPED = {}     # peer -> why it did not run (not installed, or failed to build here)
-
-
 def contenders():
+    """The step makers of the contenders that run here, and why each other one does not
+    (not installed, or failed to build with this version)."""
+    skipped = {}
     out = {"jaxcnn (hand-written)": lambda: jaxcnn_step("hand"),
            MICRO: lambda: jaxcnn_step("hand", microbatch=128),
            "jaxcnn apply + jax.grad": lambda: jaxcnn_step("auto"),
@@ -236,23 +236,23 @@ def contenders():
             make()
             out[name] = make
         except ImportError:
-            SKIPPED[name] = "not installed"
+            skipped[name] = "not installed"
         except Exception as e:      # another version's API: the other contenders still run
-            SKIPPED[name] = f"could not be built ({type(e).__name__}: {e})"
+            skipped[name] = f"could not be built ({type(e).__name__}: {e})"
     try:
         import torch  # noqa: F401  (installed?)
         out["PyTorch eager"] = lambda: torch_step(False)
         out["PyTorch torch.compile"] = lambda: torch_step(True)
     except ImportError:
-        SKIPPED["PyTorch"] = "not installed"
-    for name, why in SKIPPED.items():
+        skipped["PyTorch"] = "not installed"
+    for name, why in skipped.items():
         print(f"{name}: {why}, skipped")
-    return out
+    return out, skipped
 
 
 def run(batches, repeats, block=10):
     rows = []
-    makers = contenders()
+    makers, skipped = contenders()
     for batch in batches:
         rng = np.random.default_rng(batch)
         x_np = rng.normal(size=(batch, 28, 28, 1)).astype(np.float32)
@@ -294,7 +294,7 @@ def run(batches, repeats, block=10):
             rows.append({"peer": name, "batch": batch, "images_per_s": ips,
                          "round_ms": [float(t) * 1e3 for t in round_s]})
             print(f"batch {batch:4d}  {name:26s} {ips:9.0f} images/s", flush=True)
-    return rows
+    return rows, skipped
 
 
 JAX_PEERS = ("JAX lax.conv + jax.grad", "Flax linen", "Equinox")
@@ -383,8 +383,7 @@ def main(argv=None):
             pass
         print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
         print(f"machine: {machine}")
-        rows = run(batches, args.repeats, args.block)
-        skipped = SKIPPED
+        rows, skipped = run(batches, args.repeats, args.block)
     else:
         machine, rows, failed, skipped = run_each_in_own_process(
             batches, args.repeats, args.block, args.precision)
