@@ -71,7 +71,10 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
       entries of delta (lhs dilation), the kernel is rotated by 180 degrees with its in/out axes
       swapped inside each group, and the padding ``k_eff - 1 - lo`` on the top/left makes the
       correlation "full"; the bottom/right amount is whatever brings the output back to ``H``
-      (negative = a crop, which also drops the gradient on the forward's padding).
+      (negative = a crop, which also drops the gradient on the forward's padding).  The swap is
+      made by the kernel's dimension numbers (``HWOI``; for ``G > 1`` the group axis moved in
+      front of the channels), not by a transpose: the same convolution instruction as
+      ``jax.grad``'s transpose rule, so that off the CPU both compile, autotune and run it alike.
     - ``"scatter"`` (``G = 1``): eq. 4.5 read literally -- one matrix product gives every window's
       share ``delta[n,i,j,:] . w[p,q,c,:]``, and the transpose of the window gather (eq. 3.4) adds
       the shares back where the windows came from (by reads, eq. 3.5).  It needs no lhs
@@ -99,15 +102,15 @@ def conv_backward_input(delta: Array, w: Array, g: geo.Window, groups: int,
                          f"or 'phases'")
     kh, kw, cg, f = w.shape
     fg = f // groups
-    w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 4, 3, 2)
-           .reshape(kh, kw, fg, groups * cg))[::-1, ::-1]
+    w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 3, 2, 4)     # read as (O, I) =
+           .reshape(kh, kw, groups * cg, fg))[::-1, ::-1]                # (G C_g, F / G)
     pads = []
     for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
         pads.append((k - 1 - lo, n - (n_out - 1) * s - 1 + lo))
     return lax.conv_general_dilated(
         delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
-        rhs_dilation=g.dilation, dimension_numbers=_DIMS, feature_group_count=groups,
-        precision=precision)
+        rhs_dilation=g.dilation, dimension_numbers=("NHWC", "HWOI", "NHWC"),
+        feature_group_count=groups, precision=precision)
 
 
 def _input_residual_by_phases(delta: Array, w: Array, g: geo.Window, precision=None) -> Array:

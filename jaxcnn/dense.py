@@ -28,7 +28,8 @@ def Dense(features: int, use_bias: bool = True, *,
     """A fully connected layer ``z = a W + b`` (eq. 1.1) on inputs ``(N, in)``.
 
     Params ``{"w": (in, features), "b": (features,)}``.  Backward, with ``delta (N, features)``:
-    ``dW = a^T delta`` (eq. 1.4), ``db = sum_n delta_n`` (eq. 1.5), ``dx = delta W^T`` (eq. 1.6).
+    ``dW = a^T delta`` (eq. 1.4), ``db = sum_n delta_n`` (eq. 1.5), ``dx = delta W^T`` (eq. 1.6),
+    each contracted without a transposed copy of ``a`` or ``W``.
     Images go through ``Flatten()`` first.
     """
     name = "Dense"
@@ -64,10 +65,13 @@ def Dense(features: int, use_bias: bool = True, *,
         a = cache.a
         w, _ = checked(params, a)
         check_delta(name, delta, (a.shape[0], features), a.dtype)
-        grads = {"w": jnp.dot(a.T, delta, precision=precision)}                  # eq. 1.4
+        # eq. 1.4: the source's dJ/dW_ij = delta_i a_j, summed over n, is (out, in): transposed
+        # to W's (in, out).  Written so, both contractions are the very dot_general instructions
+        # jax.grad's transpose rule emits (off the CPU, XLA then autotunes and runs them alike).
+        grads = {"w": jnp.einsum("ni,nj->ij", delta, a, precision=precision).T}  # eq. 1.4
         if use_bias:
             grads["b"] = jnp.sum(delta, axis=0)                                   # eq. 1.5
-        return grads, jnp.dot(delta, w.T, precision=precision)                   # eq. 1.6
+        return grads, jnp.einsum("ni,ji->nj", delta, w, precision=precision)     # eq. 1.6
 
     return Layer(init, forward, backward, apply_from_forward(forward), name,
                  config=config(kind="dense", features=features, use_bias=use_bias))

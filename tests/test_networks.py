@@ -1,5 +1,7 @@
 """Whole networks: the hand-written residual chain equals ``jax.grad`` of the plain forward,
 and central finite differences in float64 agree with it, independent of autodiff."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +183,32 @@ def test_microbatch_errors():
         jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=0)
     with pytest.raises(TypeError, match=r"value_and_grad: microbatch must be an int, got 2.5"):
         jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=2.5)
+
+
+def _instructions(fn, args, op):
+    """The ``op`` instructions of ``jax.jit(fn)`` lowered at ``args``, SSA names taken out."""
+    text = jax.jit(fn).lower(*args).as_text()
+    return sorted(re.sub(r"%[\w#.]+", "%", line.split("=", 1)[1]).strip()
+                  for line in text.splitlines() if op in line)
+
+
+def test_lax_backward_is_autodiffs_convolutions_and_products():
+    """With XLA's convolutions (``"auto"`` off the CPU), every convolution and matrix product
+    of the hand-written step is the very instruction ``jax.grad``'s transpose rules emit:
+    strided, dilated, grouped, padded.  Off the CPU, XLA autotunes each distinct one when it
+    compiles, so the two steps then compile and run the same kernels."""
+    net = jc.serial(
+        jc.Conv2D(4, 3, padding="SAME", method="lax"), jc.ReLU(),
+        jc.Conv2D(6, 3, strides=2, padding=((1, 0), (0, 1)), method="lax"), jc.Tanh(),
+        jc.Conv2D(6, 3, dilation=2, groups=2, padding="SAME", method="lax"), jc.AvgPool2D(2),
+        jc.Conv2D(8, (2, 1), groups=2, method="lax"), jc.Sigmoid(),
+        jc.Flatten(), jc.Dense(12), jc.ReLU(), jc.Dense(10))
+    params, _ = net.init(jax.random.key(0), (13, 11, 2))
+    x, y = jnp.zeros((3, 13, 11, 2), jnp.float32), jnp.zeros((3,), jnp.int32)
+    loss = jc.softmax_cross_entropy
+    hand = jc.value_and_grad(net, loss)
+    auto = jax.value_and_grad(lambda p, x, y: loss.value(net.apply(p, x), y))
+    for op, count in (("stablehlo.convolution", 11), ("stablehlo.dot_general", 6)):
+        got, want = (_instructions(f, (params, x, y), op) for f in (hand, auto))
+        assert len(want) == count      # forward, kernel gradient, input residual (not the first)
+        assert got == want

@@ -1,0 +1,64 @@
+"""How many of the hand-written step's convolutions and matrix products autodiff's step also
+has, instruction for instruction: the same StableHLO ``convolution`` or ``dot_general``
+(operand types, window, dimension numbers, contracting dimensions).
+
+    python benchmarks/shared_instructions.py [--method lax] [--batch 32]
+
+On a GPU, XLA autotunes each distinct convolution and matrix product when it compiles a step,
+and keeps the results in the process: of two steps that share them, the one compiled second
+may compile faster (``docs/performance.md``, section 7).  With ``--method lax`` (what
+``"auto"`` is off the CPU) the hand-written step shares all of them: its input residuals
+and dense gradients are written with the dimension numbers of ``jax.grad``'s transpose rules
+(``tests/test_networks.py`` checks it).  ``--method auto`` counts the CPU's formulations
+where this runs on a CPU.  Only lowering, no compilation: it runs on any backend.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxcnn as jc
+from grad_vs_autodiff import NETS, convolutions, steps
+
+OPS = {"convolutions": "stablehlo.convolution", "matrix products": "stablehlo.dot_general"}
+
+
+def instructions(fn, args, op: str) -> collections.Counter:
+    """The ``op`` instructions of ``jax.jit(fn)`` lowered at ``args``, with the SSA names taken
+    out, counted."""
+    text = jax.jit(fn).lower(*args).as_text()
+    return collections.Counter(
+        re.sub(r"%[\w#.]+", "%", line.split("=", 1)[1]).strip()
+        for line in text.splitlines() if op in line)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="lax", choices=("lax", "auto", "toeplitz"))
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args(argv)
+    loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
+    print(f"instructions of the step, method={args.method!r}, batch {args.batch}, "
+          f"lowered for {jax.default_backend()}: hand-written / autodiff / shared")
+    for name, (make, shape) in NETS.items():
+        with convolutions(args.method):
+            net = make(shape, 10)
+        params, _ = net.init(jax.random.key(0), shape)
+        x = jnp.zeros((args.batch, *shape), jnp.float32)
+        y = jnp.zeros((args.batch,), jnp.int32)
+        step_args = (params, optimizer.init(params), x, y)
+        counts = []
+        for kind, op in OPS.items():
+            hand, auto = (instructions(f, step_args, op) for f in steps(net, loss, optimizer))
+            counts.append(f"{kind} {sum(hand.values()):3d} / {sum(auto.values()):3d} / "
+                          f"{sum((hand & auto).values()):3d}")
+        print(f"{name:7s} " + "   ".join(counts))
+
+
+if __name__ == "__main__":
+    main()
