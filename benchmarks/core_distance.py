@@ -3,11 +3,12 @@
     python benchmarks/core_distance.py [--seconds 360] [--batch 128] [--csv out.csv]
 
 Round after round, in one process: ten calls each of jaxcnn's LeNet-5 training step, of
-PyTorch's ``torch.compile`` step where PyTorch is installed (the steps of ``peers.py``), and
-of a 32 MiB elementwise pass (XLA), with the median of the last nine; and a cache-line round
-trip between two threads pinned to CPUs 0 and 1 (2000 round trips, median over the round).
-The round trip is a few lines of C, compiled with the system's C compiler (``cc``) into a
-temporary directory: Python's threads cannot time a single cache-line transfer.
+PyTorch's ``torch.compile`` step where it runs (the steps of ``peers.py``), and of a 32 MiB
+elementwise pass (XLA), with the median of the last nine; after each of those, a cache-line
+round trip between two threads pinned to CPUs 0 and 1 (the mean of 2000 round trips after 200
+untimed ones), and the round's median of those.  The round trip is a few lines of C,
+compiled with the system's C compiler (``cc``) into a temporary directory: Python's threads
+cannot time a single cache-line transfer.
 
 On the 2-core VM of ``docs/performance.md`` the round trip is either about 80 ns (the two
 cores near each other on the host) or 380-880 ns, and the far rounds are the rounds where
@@ -34,38 +35,41 @@ ROUND_TRIP_C = r"""
 #include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
+#define WARM_UP 200
 static _Alignas(64) atomic_int flag;
-static int trips;
+static int trips, pinned[2];
 static void pin(int cpu) {
     cpu_set_t set; CPU_ZERO(&set); CPU_SET(cpu, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    pinned[cpu] = pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
 }
-static void *pong(void *unused) {
+static void *pong(void *unused) {          /* answers every ping, warm-up trips included */
     pin(1);
-    for (int i = 0; i < trips; i++) {
+    for (int i = 0; i < WARM_UP + trips; i++) {
         while (atomic_load_explicit(&flag, memory_order_acquire) != 1) ;
         atomic_store_explicit(&flag, 0, memory_order_release);
     }
     return 0;
 }
+static void trip(void) {
+    atomic_store_explicit(&flag, 1, memory_order_release);
+    while (atomic_load_explicit(&flag, memory_order_acquire) != 0) ;
+}
 static void *ping(void *out) {
     struct timespec a, b;
     pin(0);
+    for (int i = 0; i < WARM_UP; i++) trip();   /* both threads pinned and running */
     clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int i = 0; i < trips; i++) {
-        atomic_store_explicit(&flag, 1, memory_order_release);
-        while (atomic_load_explicit(&flag, memory_order_acquire) != 0) ;
-    }
+    for (int i = 0; i < trips; i++) trip();
     clock_gettime(CLOCK_MONOTONIC, &b);
     *(double *)out = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / trips;
     return 0;
 }
-double round_trip_ns(int n) {
+double round_trip_ns(int n) {             /* -1 where a thread could not be pinned */
     pthread_t a, b; double out;
     trips = n; atomic_store(&flag, 0);
     pthread_create(&b, 0, pong, 0); pthread_create(&a, 0, ping, &out);
     pthread_join(a, 0); pthread_join(b, 0);
-    return out;
+    return pinned[0] && pinned[1] ? out : -1.0;
 }
 """
 
@@ -75,10 +79,20 @@ def round_trip(tmp: str):
     src, lib = os.path.join(tmp, "round_trip.c"), os.path.join(tmp, "round_trip.so")
     with open(src, "w") as f:
         f.write(ROUND_TRIP_C)
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-pthread", src, "-o", lib], check=True)
+    try:
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-pthread", src, "-o", lib], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"core_distance.py: could not compile the round-trip probe with cc "
+                         f"({e}); it needs a C compiler") from e
     fn = ctypes.CDLL(lib).round_trip_ns
     fn.restype, fn.argtypes = ctypes.c_double, [ctypes.c_int]
-    return fn
+
+    def timed(n: int) -> float:
+        ns = fn(n)
+        if ns < 0:
+            raise SystemExit("core_distance.py: could not pin a thread to CPU 0 or 1")
+        return ns
+    return timed
 
 
 def contenders(batch: int) -> dict:
@@ -102,9 +116,13 @@ def contenders(batch: int) -> dict:
     out["jaxcnn_ms"] = runner(*peers.jaxcnn_step("hand"), (jnp.asarray(x_np), jnp.asarray(y_np)))
     try:
         import torch  # noqa: F401  (installed?)
-        out["torch_compile_ms"] = runner(*peers.torch_step(True), peers.to_torch(x_np, y_np))
+        call = runner(*peers.torch_step(True), peers.to_torch(x_np, y_np))
+        call()                                       # compiles
+        out["torch_compile_ms"] = call
     except ImportError:
         print("PyTorch: not installed, skipped", file=sys.stderr)
+    except Exception as e:      # another version's API: the rest still runs, as in peers.py
+        print(f"torch.compile: failed ({type(e).__name__}: {e}), skipped", file=sys.stderr)
     big = jnp.ones((8 << 20,), jnp.float32)
     stream = jax.jit(lambda v: v * 1.0001 + 1.0)
     out["elementwise_ms"] = lambda: stream(big).block_until_ready()
@@ -118,8 +136,9 @@ def main(argv=None):
     ap.add_argument("--far-ns", type=float, default=300.0)
     ap.add_argument("--csv", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("core_distance.py needs two CPUs")
+    if not {0, 1} <= os.sched_getaffinity(0):
+        raise SystemExit(f"core_distance.py needs CPUs 0 and 1, this process may run on "
+                         f"{sorted(os.sched_getaffinity(0))}")
     keep_freed_blocks()
     with tempfile.TemporaryDirectory() as tmp:
         trip = round_trip(tmp)
@@ -148,9 +167,14 @@ def main(argv=None):
     if args.csv:
         with open(args.csv, "w") as f:
             f.write("\n".join(lines) + "\n")
+    if not rows:
+        raise SystemExit("core_distance.py: no round finished within --seconds")
     data = np.asarray(rows)
     far = data[:, -1] > args.far_ns
-    print(f"{int(far.sum())} far rounds (round trip > {args.far_ns:.0f} ns) of {len(data)}")
+    print(f"{int(far.sum())} far rounds (round trip > {args.far_ns:.0f} ns) of {len(data)}; "
+          f"round trip 5th-95th percentile: near "
+          f"{np.percentile(data[~far, -1], [5, 95]).round().tolist() if (~far).any() else '-'}, "
+          f"far {np.percentile(data[far, -1], [5, 95]).round().tolist() if far.any() else '-'}")
     for i, name in enumerate(names):
         near_m = np.median(data[~far, i]) if (~far).any() else float("nan")
         far_m = np.median(data[far, i]) if far.any() else float("nan")

@@ -15,13 +15,15 @@ torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
 per second from the median over the rounds of each round's median step time; jaxcnn's speed-ups
 are ratios of the same medians, with 95% bootstrap intervals over the rounds.
 
+A peer that fails to build, or to run its first steps at a batch size, is skipped there with
+the reason (``skipped`` in the JSON); the others still run.
+
 On a GPU machine (JAX's default backend a GPU), PyTorch runs on CUDA too, and also as
-``torch.compile(mode="reduce-overhead")``, which replays the step's kernels as CUDA graphs; a
-peer that fails to build or to run its first steps is skipped with the reason.  ``--precision``
-states the float32 arithmetic there (on a CPU it changes nothing): ``default`` is each
-framework's own default -- JAX's convolutions and matrix products may use TF32, as may
-PyTorch's cuDNN convolutions, while its matrix products stay float32 -- and ``highest`` is
-full float32 in both (``jax_default_matmul_precision="highest"``; PyTorch's
+``torch.compile(mode="reduce-overhead")``, which replays the step's kernels as CUDA graphs.
+``--precision`` states the float32 arithmetic there (on a CPU it changes nothing):
+``default`` is each framework's own default -- JAX's convolutions and matrix products may use
+TF32, as may PyTorch's cuDNN convolutions, while its matrix products stay float32 -- and
+``highest`` is full float32 in both (``jax_default_matmul_precision="highest"``; PyTorch's
 ``allow_tf32 = False`` for cuDNN and for matrix products).
 
 Each batch size runs in a fresh child process (``--same-process`` runs them all in this one).
@@ -226,6 +228,7 @@ def set_precision(precision):
 
 MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
 REDUCE_OVERHEAD = "PyTorch torch.compile reduce-overhead"      # on CUDA only
+NAME_WIDTH = len(REDUCE_OVERHEAD)
 
 
 def contenders():
@@ -280,8 +283,8 @@ def run(batches, repeats, block=10):
             except Exception as e:   # a peer this library version cannot run: the others still run
                 if not name.startswith(("PyTorch", "Flax", "Equinox")):
                     raise
-                skipped[name] = f"failed at batch {batch} ({type(e).__name__}: {e})"
-                print(f"{name}: {skipped[name]}, skipped", flush=True)
+                why = skipped[f"{name} at batch {batch}"] = f"failed ({type(e).__name__}: {e})"
+                print(f"{name} at batch {batch}: {why}, skipped", flush=True)
                 continue
             steps[name] = [step, state, args, []]
         names = list(steps)
@@ -307,7 +310,7 @@ def run(batches, repeats, block=10):
             ips = batch / float(np.median(round_s))
             rows.append({"peer": name, "batch": batch, "images_per_s": ips,
                          "round_ms": [float(t) * 1e3 for t in round_s]})
-            print(f"batch {batch:4d}  {name:26s} {ips:9.0f} images/s", flush=True)
+            print(f"batch {batch:4d}  {name:{NAME_WIDTH}s} {ips:9.0f} images/s", flush=True)
     return rows, skipped
 
 
@@ -315,10 +318,11 @@ JAX_PEERS = ("JAX lax.conv + jax.grad", "Flax linen", "Equinox")
 
 
 def speedups(rows, batch):
-    """jaxcnn's hand-written step (whole batch and chunked) against ``torch.compile`` (in each
-    mode that ran) and the fastest JAX peer at ``batch``: the ratio of their median step times over the rounds, with
-    a 95% bootstrap interval that resamples whole rounds (``paired_ratio``; each round runs
-    every contender's block once, so noise common to a round cancels as in the ratio)."""
+    """jaxcnn's hand-written step (whole batch and chunked) against ``torch.compile`` (each
+    mode that ran) and the fastest JAX peer at ``batch``: the ratio of their median step times
+    over the rounds, with a 95% bootstrap interval that resamples whole rounds
+    (``paired_ratio``; each round runs every contender's block once, so noise common to a
+    round cancels as in the ratio)."""
     at = {r["peer"]: np.asarray(r["round_ms"]) for r in rows if r["batch"] == batch}
     peers = [p for p in JAX_PEERS if p in at]
     against = ([min(peers, key=lambda p: np.median(at[p]))] if peers else []) + \
@@ -333,7 +337,7 @@ def speedups(rows, batch):
 
 
 def speedup_line(row):
-    return (f"batch {row['batch']:4d}  {row['peer']:26s} {row['speedup']:5.2f}x "
+    return (f"batch {row['batch']:4d}  {row['peer']:{NAME_WIDTH}s} {row['speedup']:5.2f}x "
             f"[{row['speedup_95'][0]:.2f}, {row['speedup_95'][1]:.2f}] of {row['against']}")
 
 

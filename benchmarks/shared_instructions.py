@@ -28,10 +28,9 @@ from grad_vs_autodiff import NETS, convolutions, steps
 OPS = {"convolutions": "stablehlo.convolution", "matrix products": "stablehlo.dot_general"}
 
 
-def instructions(fn, args, op: str) -> collections.Counter:
-    """The ``op`` instructions of ``jax.jit(fn)`` lowered at ``args``, with the SSA names taken
-    out, counted."""
-    text = jax.jit(fn).lower(*args).as_text()
+def instructions(text: str, op: str) -> collections.Counter:
+    """The ``op`` instructions of the StableHLO ``text``, with the SSA names taken out,
+    counted."""
     return collections.Counter(
         re.sub(r"%[\w#.]+", "%", line.split("=", 1)[1]).strip()
         for line in text.splitlines() if op in line)
@@ -52,9 +51,10 @@ def main(argv=None):
         x = jnp.zeros((args.batch, *shape), jnp.float32)
         y = jnp.zeros((args.batch,), jnp.int32)
         step_args = (params, optimizer.init(params), x, y)
+        texts = [jax.jit(f).lower(*step_args).as_text() for f in steps(net, loss, optimizer)]
         counts = []
         for kind, op in OPS.items():
-            hand, auto = (instructions(f, step_args, op) for f in steps(net, loss, optimizer))
+            hand, auto = (instructions(text, op) for text in texts)
             counts.append(f"{kind} {sum(hand.values()):3d} / {sum(auto.values()):3d} / "
                           f"{sum((hand & auto).values()):3d}")
         print(f"{name:7s} " + "   ".join(counts))
