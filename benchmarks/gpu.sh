@@ -3,16 +3,18 @@
 #   1. benchmarks/peers.py (LeNet-5 training throughput against plain JAX, Flax, Equinox and
 #      PyTorch on CUDA), at each framework's default float32 precision;
 #   2. benchmarks/grad_vs_autodiff.py --quick (hand-written / autodiff, per net and per layer);
-#   3. the tests that run on JAX's default device (hand-written backward vs jax.vjp for every
+#   3. benchmarks/compile_time.py (each step compiled in a fresh process: no autotuning shared);
+#   4. the tests that run on JAX's default device (hand-written backward vs jax.vjp for every
 #      layer and net, the mutation test, the seed's examples, the errors; the CLI, example and
 #      distributed tests start their own CPU processes and are left to the CPU run).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # logs and JSON land in OUTDIR
 #
 # jaxcnn runs from this checkout (PYTHONPATH), on whatever jax, optax, pytest and peers the
-# machine has.  Each stage has a time limit (seconds: PEERS_S, GRADS_S, TESTS_S) so that the
-# others still run; a stage cut short says so in its log.  On one NVIDIA H200, peers took about
-# 160 s, grad_vs_autodiff 85 s and the tests 135 s (docs/performance.md, section 7).
+# machine has.  Each stage has a time limit (seconds: PEERS_S, GRADS_S, COMPILE_S, TESTS_S) so
+# that the others still run; a stage cut short says so in its log.  On one NVIDIA H200, peers
+# took about 160 s, grad_vs_autodiff 85 s and the tests 135 s (docs/performance.md, section 7);
+# compile_time.py has not run there yet (eight processes, each initialising CUDA).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1    # absolute: the script changes directory
@@ -48,6 +50,8 @@ stage peers "${PEERS_S:-260}" $py benchmarks/peers.py --repeats 20 --block 6 \
     --json "$out/peers-gpu.json"
 stage grads "${GRADS_S:-150}" $py benchmarks/grad_vs_autodiff.py --quick --seconds 0.2 \
     --json "$out/grad_vs_autodiff-gpu.json"
+stage compile "${COMPILE_S:-150}" $py benchmarks/compile_time.py --nets lenet5,deepid \
+    --batch 128 --repeats 2 --json "$out/compile_time-gpu.json"
 workers=$($py -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-8}")  # pytest-xdist, if there
 # tests: no convolution autotuning (it only picks the fastest algorithm; compiles sooner);
 # pytest-benchmark, where installed, warns under xdist, and the tests make warnings errors
