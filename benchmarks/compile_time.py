@@ -7,10 +7,10 @@ a fresh process of its own.
 ``grad_vs_autodiff.py`` compiles both steps in one process, and on a GPU XLA keeps its
 autotuning results (per convolution and matrix product) in the process, so the step compiled
 second may reuse the first's work (``docs/performance.md``, section 7).  Here nothing is
-shared: every compilation runs in a new Python process that builds the net, lowers the step of
-``grad_vs_autodiff.steps`` (hand-written or autodiff, jitted, with the optax update) and
-times ``.compile()`` alone, after a warm-up compilation of an unrelated function that
-initialises the backend.  The two steps take turns, ``--repeats`` processes each; prints and
+shared: every compilation runs in a new Python process that builds the net and times the step
+of ``grad_vs_autodiff.steps`` (hand-written or autodiff, with the optax update) as
+``grad_vs_autodiff.py`` does, lowering and compiling (``compile_seconds_and_memory``), after
+a warm-up compilation of an unrelated function that initialises the backend.  The two steps take turns, ``--repeats`` processes each; prints and
 records each process's seconds, and the ratio of the medians.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -34,7 +33,7 @@ def compile_once(net_name: str, batch: int, which: str) -> float:
     import optax
 
     import jaxcnn as jc
-    from grad_vs_autodiff import NETS, steps
+    from grad_vs_autodiff import NETS, compile_seconds_and_memory, steps
     jax.jit(lambda v: v + 1).lower(jnp.zeros(3)).compile()      # the backend is up
     make, shape = NETS[net_name]
     net = make(shape, 10)
@@ -43,10 +42,7 @@ def compile_once(net_name: str, batch: int, which: str) -> float:
     args = (params, optimizer.init(params), jnp.zeros((batch, *shape), jnp.float32),
             jnp.zeros((batch,), jnp.int32))
     hand, auto = steps(net, loss, optimizer)
-    lowered = jax.jit(hand if which == "hand" else auto).lower(*args)
-    t = time.perf_counter()
-    lowered.compile()
-    return time.perf_counter() - t
+    return compile_seconds_and_memory(hand if which == "hand" else auto, args)[0]
 
 
 def in_fresh_process(net_name: str, batch: int, which: str) -> float:
