@@ -10,8 +10,8 @@ more rounds than ``--repeats``, about ``--seconds`` of calls each (``samples``).
 
 - hand-written: ``jc.value_and_grad(net, loss)`` (forward, output residual, backward);
 - autodiff: ``jax.value_and_grad`` of ``loss.value(net.apply(params, x), y)`` -- the same forward
-  (the same values; ``Conv2D.forward`` may add its bias inside the product, differentiated
-  ``apply`` after it).
+  (the same values; ``Conv2D.forward`` may add its bias to the Toeplitz product's rows,
+  ``apply`` after the reshape).
 
 Also measured:
 

@@ -209,17 +209,29 @@ def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, *, precision=None,
     """Eq. 4.6, the forward (4.2) as one matrix product: ``rows(x) @ T(w)``, ``G = 1``.
 
     ``x (N, H, W, C)``, ``w (kh, kw, C, F)`` -> ``(N, H_out, W_out, F)``.  ``tile``: output
-    columns per tile (default: the whole width).  ``bias (F,)``: added inside the product, as
-    the "+1" bias unit of the source's figures -- a column of ones in ``R``, the bias (once
-    per output column of the tile) as a row of ``T``.
+    columns per tile (default: the whole width).  ``bias (F,)``: added to the product in its
+    own layout ``(N H_out t.count, t.size F)``, once per output column of the tile
+    (``per_column``), before the reshape to ``(N, H_out, W_out, F)``.
     """
     t = geo.column_tiles(g, tile)
-    rows, band = toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t)
+    y = jnp.dot(toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t), precision=precision)
     if bias is not None:
-        rows = lax.pad(rows, jnp.ones((), rows.dtype), ((0, 0, 0), (0, 1, 0)))
-        band = jnp.concatenate([band, jnp.tile(bias, t.size)[None]], axis=0)
-    y = jnp.dot(rows, band, precision=precision)
+        y = y + per_column(bias, t)[None]
     return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
+
+
+def per_column(b: Array, t: geo.Tiles) -> Array:
+    """``b (F,)`` once for each of the tile's output columns, ``(t.size F,)`` -- the bias in the
+    Toeplitz product's column order ``(j, o)`` -- by a gather with constant indices.
+
+    Exact, and XLA keeps the gather a small array of its own, so an add of it to the product,
+    and the elementwise layer after it (a sigmoid, say), run along the product's long rows,
+    which XLA's CPU backend vectorises.  Written ``jnp.tile(b, t.size)``, the repeat is fused
+    into that loop as an index modulo ``F``, and the loop is not vectorised (over
+    ``(N, H, W, F)`` with small ``F`` it is not either): the sigmoid after LeNet-5's C3 took
+    1.1 ms either way at batch 512, 0.17 ms along the rows (``docs/performance.md``,
+    section 5)."""
+    return b[np.arange(t.size * b.shape[0]) % b.shape[0]]
 
 
 def conv_backward_kernel_toeplitz(x: Array, delta: Array, g: geo.Window, *,
@@ -368,28 +380,6 @@ def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int)
     return c <= INFERENCE_CHANNEL_LIMIT
 
 
-def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> bool:
-    """Whether ``Conv2D.forward`` adds the bias inside the Toeplitz product (eq. 4.6 with the
-    "+1" bias unit: a column of ones in ``R``, the bias as a row of ``T``).
-
-    Only for an ungrouped Toeplitz forward whose row matrix is no larger than its output,
-    ``k_h * read * C <= t * F`` per row (``t`` output columns per tile).  Without a bias
-    broadcast over the channel axis, XLA computes the elementwise layer that follows (a
-    sigmoid, say) in the product's own 2-D layout, whose long rows it vectorises; with one,
-    in ``(N, H, W, F)``, which it runs several times slower when ``F`` is small.  The price is
-    one more pass over ``R``, hence the size test.  ``apply`` does the same where it evaluates
-    as the Toeplitz product (``ConvPlan.inference``), and adds the bias after the product when
-    differentiated: autodiff would transpose the larger product, which measured slower
-    (``apply_output``, ``docs/performance.md``).
-    CPU only: the effect is XLA's CPU code generation, and off the CPU a reduced-precision
-    product would round the bias too.
-    """
-    if plan.forward != "toeplitz" or plan.split or jax.default_backend() != "cpu":
-        return False
-    t = geo.column_tiles(g, plan.tile)
-    return g.size[0] * t.read * c_in <= t.size * features
-
-
 def _per_group(planned, a: Array, b: Array, g: geo.Window, groups: int, plan: ConvPlan,
                precision) -> Array:
     """``planned`` (one of the three below) on each group's slice of the last axis of ``a``
@@ -410,10 +400,15 @@ def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPl
 
 
 def conv_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
-                plan: ConvPlan, precision=None, fold_bias: bool = False) -> Array:
-    """Eq. 4.2 with its bias, the forward in ``plan.forward``'s form; ``fold_bias``: the bias
-    added inside the Toeplitz product (``bias_in_product``), else after it."""
-    if fold_bias:
+                plan: ConvPlan, precision=None, bias_in_rows: bool = False) -> Array:
+    """Eq. 4.2 with its bias, the forward in ``plan.forward``'s form.  ``bias_in_rows``: where
+    that is one Toeplitz product (ungrouped, or not split), the bias is added to the product
+    in its own 2-D layout (``conv_forward_toeplitz``), as ``Conv2D.forward`` does; otherwise
+    to the ``(N, H_out, W_out, F)`` output, as ``apply`` does: autodiff transposes that add
+    faster (a sum over ``n, i, j``, where the add to the rows costs it a sum and a scatter),
+    and evaluated, XLA fuses the elementwise layer after it into the next layer's loop either
+    way (the two measured level; ``docs/performance.md``, section 5)."""
+    if bias_in_rows and b is not None and plan.forward == "toeplitz" and not plan.split:
         return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile, bias=b)
     y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
     return y if b is None else y + b.reshape(1, 1, 1, -1)
@@ -422,28 +417,25 @@ def conv_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
 def apply_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
                  plan: ConvPlan, precision=None) -> Array:
     """``Conv2D.apply``: eq. 4.2 with its bias, computed for evaluation in the form fastest to
-    evaluate (``plan.inference``, and the bias inside the product where ``bias_in_product``
-    allows) and differentiated through the form fastest to differentiate (``plan.forward``,
-    the bias added after).  Where the two differ, a ``jax.custom_jvp`` joins them whose rule
-    is ``jax.jvp`` of the second: ``jax.grad`` still differentiates a plain forward by
-    autodiff; the two compute the same sums, up to float rounding."""
-    evaluate = plan._replace(forward=plan.inference)
-    fold = b is not None and bias_in_product(g, x.shape[3], w.shape[3], evaluate)
-    if plan.inference == plan.forward and not fold:
+    evaluate (``plan.inference``) and differentiated through the form fastest to
+    differentiate (``plan.forward``); the bias added after either.  Where the two differ, a
+    ``jax.custom_jvp`` joins them whose rule is ``jax.jvp`` of the second: ``jax.grad`` still
+    differentiates a plain forward by autodiff; the two compute the same sums, up to float
+    rounding."""
+    if plan.inference == plan.forward:
         return conv_output(x, w, b, g, groups, plan, precision)
-    return _evaluated((x, w, b), g, groups, plan, precision, fold)
+    return _evaluated((x, w, b), g, groups, plan, precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision, fold: bool):
-    """Eq. 4.2 with its bias, ``operands = (x, w, b)``, in ``plan.inference``'s form (eq. 4.6
-    with the bias as a row of ``T`` where ``fold``); differentiated by ``_differentiated``."""
-    return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision,
-                       fold)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision):
+    """Eq. 4.2 with its bias, ``operands = (x, w, b)``, in ``plan.inference``'s form;
+    differentiated by ``_differentiated``."""
+    return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision)
 
 
 @functools.partial(_evaluated.defjvp, symbolic_zeros=True)
-def _differentiated(g, groups, plan, precision, fold, primals, tangents):
+def _differentiated(g, groups, plan, precision, primals, tangents):
     """``jax.jvp`` of ``conv_output`` in ``plan.forward``'s form, over the operands that have
     a tangent: one nothing differentiates (the data ``x`` of a first layer) stays a symbolic
     zero, so no product with zeros is computed."""
@@ -503,9 +495,9 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
         convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
         kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same
-        sums.  ``forward`` may add the bias inside the Toeplitz product (``bias_in_product``);
-        ``apply`` may evaluate in another form than it differentiates (``apply_output``): the
-        same values up to float rounding.
+        sums.  ``forward`` adds the bias to a Toeplitz product in the product's own layout,
+        ``apply`` after the reshape (``conv_output``); ``apply`` may evaluate in another form
+        than it differentiates (``apply_output``): the same values up to float rounding.
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
     4.3 (bias), 4.4 (kernel), 4.5 (input residual); their Toeplitz forms eqs. 4.6-4.8.
@@ -558,8 +550,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         plan = conv_plan(g, x.shape[3], groups, method, features=features)
         if not hand:
             return apply_output(x, w, b, g, groups, plan, precision)
-        fold = use_bias and bias_in_product(g, x.shape[3], features, plan)
-        return conv_output(x, w, b, g, groups, plan, precision, fold)            # eq. 4.2 / 4.6
+        return conv_output(x, w, b, g, groups, plan, precision, bias_in_rows=True)  # eq. 4.2 / 4.6
 
     def forward(params, x, *, key=None, train=True):
         return output(params, x, hand=True), ConvCache(x)

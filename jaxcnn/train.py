@@ -131,8 +131,8 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
 
     ``grad="manual"``: ``jaxcnn.value_and_grad``, the hand-written backward (eq. 6.2).
     ``grad="autodiff"``: ``jax.value_and_grad`` of ``loss.value(net.apply(...))`` -- the same
-    forward (the same values; ``Conv2D.forward`` may add its bias inside the product where
-    differentiated ``apply`` adds it after) differentiated by JAX, for comparison.
+    forward (the same values; ``Conv2D.forward`` may add its bias to the Toeplitz product's
+    rows where ``apply`` adds it after the reshape) differentiated by JAX, for comparison.
     ``microbatch``: either one on chunks of this many examples, averaged
     (``jaxcnn.network.microbatched``).
     """

@@ -359,7 +359,7 @@ def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
 
 @pytest.mark.parametrize("features, k, shape, kwargs", [
     (16, 5, (14, 14, 6), {}),                          # LeNet C3: XLA's to evaluate
-    (20, 9, (28, 28, 1), {}),                          # UFLDL: the bias inside the product
+    (20, 9, (28, 28, 1), {}),                          # UFLDL: the Toeplitz product
     (4, 3, (9, 8, 4), {"groups": 2, "padding": "SAME"}),
     (5, (3, 2), (9, 8, 3), {"use_bias": False, "strides": 2}),
 ])
@@ -468,11 +468,12 @@ def test_toeplitz_rows_entries(tile, strides, dilation, padding):
 @pytest.mark.parametrize("tile", [None, 2])
 @pytest.mark.parametrize("strides, dilation, padding", [
     (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])
-def test_toeplitz_bias_inside_the_product(tile, strides, dilation, padding):
-    """Eq. 4.6 with the "+1" unit: a column of ones in ``R`` and the bias as a row of ``T``
-    give the product plus the bias, tile by tile."""
+def test_toeplitz_bias_added_to_the_product_rows(tile, strides, dilation, padding):
+    """Eq. 4.6 with its bias: ``b`` repeated once per output column of the tile
+    (``per_column``, a gather, exactly ``jnp.tile``) and added to the product's 2-D rows gives
+    the product plus the bias, tile by tile, also where the last tile runs past ``W_out``."""
     from jaxcnn import _geometry as geo
-    from jaxcnn.conv import conv_forward_toeplitz
+    from jaxcnn.conv import conv_forward_toeplitz, per_column
 
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
@@ -480,34 +481,21 @@ def test_toeplitz_bias_inside_the_product(tile, strides, dilation, padding):
     b = jnp.asarray(rng.normal(size=(4,)))
     g = geo.window("Conv2D", (9, 13), (3, 3), jc.core.pair("", "", strides),
                    jc.core.pair("", "", dilation), geo.normalize_padding("", padding))
-    folded = jax.jit(lambda x, w, b: conv_forward_toeplitz(x, w, g, tile=tile, bias=b))
-    np.testing.assert_allclose(folded(x, w, b),
+    t = geo.column_tiles(g, tile)
+    np.testing.assert_array_equal(per_column(b, t), jnp.tile(b, t.size))
+    with_bias = jax.jit(lambda x, w, b: conv_forward_toeplitz(x, w, g, tile=tile, bias=b))
+    np.testing.assert_allclose(with_bias(x, w, b),
                                conv_forward_toeplitz(x, w, g, tile=tile) + b.reshape(1, 1, 1, -1),
                                rtol=1e-12, atol=1e-12)
 
 
-def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
-    """``Conv2D.forward`` adds the bias inside the Toeplitz product only where ``R`` has no
-    more entries per row than the output (``k_h read C <= t F``); ``apply`` does too when
-    evaluated, not when differentiated; they agree; the backward still equals ``jax.vjp`` of
-    ``apply``."""
-    from jaxcnn import _geometry as geo
-    from jaxcnn.conv import bias_in_product, conv_plan
-
-    def decide(hw, k, c, f, padding="VALID", groups=1):
-        g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
-        return bias_in_product(g, c, f, conv_plan(g, c, groups, features=f))
-
-    if jax.default_backend() != "cpu":                    # XLA's forward everywhere
-        assert not decide((28, 28), 9, 1, 20)
-        return
-    assert decide((28, 28), 9, 1, 20)                    # UFLDL: 9 * 18 * 1 = 162 <= 10 * 20
-    assert decide((39, 31), 4, 1, 20)                    # deepid's first: 68 <= 280
-    assert not decide((14, 14), 5, 6, 16)                # LeNet C3: 270 > 80
-    assert not decide((28, 28), 5, 1, 6, "SAME")         # LeNet C1: 90 > 84
-    assert not decide((32, 32), 3, 3, 64, "SAME")        # XLA's forward
-    assert not decide((8, 8), 3, 2, 8, groups=2)         # split per group
-    layer = jc.Conv2D(20, 9)
+def test_forward_adds_the_bias_to_the_product_rows():
+    """``Conv2D.forward`` adds the bias to a Toeplitz product in the product's 2-D layout (so
+    the elementwise layer after it runs along long rows); ``apply``, evaluated or
+    differentiated, adds it to the ``(N, H_out, W_out, F)`` output.  They agree, and the
+    backward equals ``jax.vjp`` of ``apply``, in float64 and float32.  With XLA's forward
+    there is no product layout, and the bias is added after it."""
+    layer = jc.Conv2D(20, 9)                       # UFLDL's: 20 outputs x 2 tiles of 10
     rng = np.random.default_rng(5)
     for dtype in (jnp.float64, jnp.float32):
         params, _ = init_as(layer, (28, 28, 1), dtype)
@@ -517,13 +505,20 @@ def test_bias_in_product_where_the_row_matrix_is_no_larger_than_the_output():
         y, _ = jax.jit(layer.forward)(params, x)
         np.testing.assert_allclose(y, jax.jit(layer.apply)(params, x),
                                    rtol=TOL[jnp.dtype(dtype)], atol=TOL[jnp.dtype(dtype)])
-    # forward's product has the column of ones (K = 9 * 18 + 1), and so has apply's when
-    # evaluated; differentiated, apply's product does not
-    forward_jaxpr = str(jax.make_jaxpr(layer.forward)(params, x))
-    apply_jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
-    grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(params))
-    assert "f32[120,163]" in forward_jaxpr and "f32[120,163]" in apply_jaxpr
-    assert "163" not in grad_jaxpr
+
+    def bias_adds(f, *args):
+        """The shapes of the adds in ``f``'s jaxpr as large as the output (3 * 20 * 20 * 20)."""
+        jaxpr = jax.make_jaxpr(f)(*args).jaxpr
+        return [str(e.outvars[0].aval.shape) for e in jaxpr.eqns
+                if e.primitive.name == "add" and e.outvars[0].aval.size == 24000]
+
+    toeplitz = jc.Conv2D(20, 9, method="toeplitz")
+    assert bias_adds(lambda p, x: toeplitz.forward(p, x)[0], params, x) == ["(120, 200)"]
+    assert bias_adds(toeplitz.apply, params, x) == ["(3, 20, 20, 20)"]
+    assert set(bias_adds(jax.grad(lambda p: jnp.sum(toeplitz.apply(p, x))), params)) == {
+        "(3, 20, 20, 20)"}
+    xla = jc.Conv2D(20, 9, method="lax")
+    assert bias_adds(lambda p, x: xla.forward(p, x)[0], params, x) == ["(3, 20, 20, 20)"]
 
 
 def test_toeplitz_tile_must_be_positive():
