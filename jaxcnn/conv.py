@@ -205,17 +205,24 @@ def _tile_delta(delta: Array, t: geo.Tiles) -> Array:
 
 
 def conv_forward_toeplitz(x: Array, w: Array, g: geo.Window, *, precision=None,
-                          tile: int | None = None, bias: Array | None = None) -> Array:
+                          tile: int | None = None, bias: Array | None = None,
+                          bias_inside: bool = False) -> Array:
     """Eq. 4.6, the forward (4.2) as one matrix product: ``rows(x) @ T(w)``, ``G = 1``.
 
     ``x (N, H, W, C)``, ``w (kh, kw, C, F)`` -> ``(N, H_out, W_out, F)``.  ``tile``: output
     columns per tile (default: the whole width).  ``bias (F,)``: added to the product in its
     own layout ``(N H_out t.count, t.size F)``, once per output column of the tile
-    (``per_column``), before the reshape to ``(N, H_out, W_out, F)``.
+    (``per_column``), before the reshape to ``(N, H_out, W_out, F)``; with ``bias_inside``,
+    inside the product instead, as the "+1" bias unit of the source's figures -- a column of
+    ones in ``R``, the same repeated bias as a row of ``T``.
     """
     t = geo.column_tiles(g, tile)
-    y = jnp.dot(toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t), precision=precision)
-    if bias is not None:
+    rows, band = toeplitz_rows(x, g, t), toeplitz_kernel(w, g, t)
+    if bias is not None and bias_inside:
+        rows = lax.pad(rows, jnp.ones((), rows.dtype), ((0, 0, 0), (0, 1, 0)))
+        band = jnp.concatenate([band, per_column(bias, t)[None]], axis=0)
+    y = jnp.dot(rows, band, precision=precision)
+    if bias is not None and not bias_inside:
         y = y + per_column(bias, t)[None]
     return y.reshape(x.shape[0], g.out_hw[0], t.count * t.size, -1)[:, :, :g.out_hw[1]]
 
@@ -380,6 +387,29 @@ def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int)
     return c <= INFERENCE_CHANNEL_LIMIT
 
 
+def bias_in_product(g: geo.Window, c_in: int, features: int, plan: ConvPlan) -> bool:
+    """Whether evaluated ``apply`` adds the bias inside the Toeplitz product (eq. 4.6 with the
+    "+1" bias unit: a column of ones in ``R``, the bias as a row of ``T``), ``plan`` being the
+    form it evaluates (``plan.inference`` as ``forward``).
+
+    Only for an ungrouped Toeplitz product whose row matrix is no larger than its output,
+    ``k_h * read * C <= t * F`` per row (``t`` output columns per tile): the price is one more
+    pass over ``R``.  Evaluated, XLA fuses the elementwise layer after the convolution (a
+    sigmoid, say) into the pooling after it, a loop over the pooled output in which a bias
+    added after the product -- to its rows or to ``(N, H, W, F)`` alike -- is read by an index
+    modulo ``F``, which XLA's CPU backend does not vectorise; inside the product there is no
+    bias left to read (UFLDL's net evaluates in 0.63-0.70 of the time, ``docs/performance.md``,
+    section 5).  ``Conv2D.forward`` adds its bias to the product's rows instead (it keeps the
+    sigmoid's output, so the sigmoid is a loop of its own, along the rows), and differentiated
+    ``apply`` after the reshape, whose transpose is cheapest.  CPU only: the effect is XLA's
+    CPU code generation, and off the CPU a reduced-precision product would round the bias too.
+    """
+    if plan.forward != "toeplitz" or plan.split or jax.default_backend() != "cpu":
+        return False
+    t = geo.column_tiles(g, plan.tile)
+    return g.size[0] * t.read * c_in <= t.size * features
+
+
 def _per_group(planned, a: Array, b: Array, g: geo.Window, groups: int, plan: ConvPlan,
                precision) -> Array:
     """``planned`` (one of the three below) on each group's slice of the last axis of ``a``
@@ -400,16 +430,18 @@ def planned_forward(x: Array, w: Array, g: geo.Window, groups: int, plan: ConvPl
 
 
 def conv_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
-                plan: ConvPlan, precision=None, bias_in_rows: bool = False) -> Array:
-    """Eq. 4.2 with its bias, the forward in ``plan.forward``'s form.  ``bias_in_rows``: where
-    that is one Toeplitz product (ungrouped, or not split), the bias is added to the product
-    in its own 2-D layout (``conv_forward_toeplitz``), as ``Conv2D.forward`` does; otherwise
-    to the ``(N, H_out, W_out, F)`` output, as ``apply`` does: autodiff transposes that add
-    faster (a sum over ``n, i, j``, where the add to the rows costs it a sum and a scatter),
-    and evaluated, XLA fuses the elementwise layer after it into the next layer's loop either
-    way (the two measured level; ``docs/performance.md``, section 5)."""
-    if bias_in_rows and b is not None and plan.forward == "toeplitz" and not plan.split:
-        return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile, bias=b)
+                plan: ConvPlan, precision=None, bias_form: str = "after") -> Array:
+    """Eq. 4.2 with its bias, the forward in ``plan.forward``'s form.  Where that is one
+    Toeplitz product (ungrouped, or not split), ``bias_form`` says where the bias goes: added
+    to the product's ``"rows"``, its own 2-D layout, as ``Conv2D.forward`` does; or
+    ``"inside"`` the product, as evaluated ``apply`` does where ``bias_in_product`` allows
+    (``conv_forward_toeplitz``).  Otherwise, and with ``"after"``, it is added to the
+    ``(N, H_out, W_out, F)`` output, as differentiated ``apply`` does: autodiff transposes
+    that add fastest (a sum over ``n, i, j``; the add to the rows costs it a sum and a
+    scatter, ``docs/performance.md``, section 5)."""
+    if b is not None and bias_form != "after" and plan.forward == "toeplitz" and not plan.split:
+        return conv_forward_toeplitz(x, w, g, precision=precision, tile=plan.tile, bias=b,
+                                     bias_inside=bias_form == "inside")
     y = planned_forward(x, w, g, groups, plan, precision)                     # eq. 4.2 / 4.6
     return y if b is None else y + b.reshape(1, 1, 1, -1)
 
@@ -417,25 +449,28 @@ def conv_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
 def apply_output(x: Array, w: Array, b: Array | None, g: geo.Window, groups: int,
                  plan: ConvPlan, precision=None) -> Array:
     """``Conv2D.apply``: eq. 4.2 with its bias, computed for evaluation in the form fastest to
-    evaluate (``plan.inference``) and differentiated through the form fastest to
-    differentiate (``plan.forward``); the bias added after either.  Where the two differ, a
-    ``jax.custom_jvp`` joins them whose rule is ``jax.jvp`` of the second: ``jax.grad`` still
-    differentiates a plain forward by autodiff; the two compute the same sums, up to float
-    rounding."""
-    if plan.inference == plan.forward:
+    evaluate (``plan.inference``, and the bias inside the product where ``bias_in_product``
+    allows) and differentiated through the form fastest to differentiate (``plan.forward``,
+    the bias added after the reshape).  Where the two differ, a ``jax.custom_jvp`` joins them
+    whose rule is ``jax.jvp`` of the second: ``jax.grad`` still differentiates a plain forward
+    by autodiff; the two compute the same sums, up to float rounding."""
+    evaluate = plan._replace(forward=plan.inference)
+    fold = b is not None and bias_in_product(g, x.shape[3], w.shape[3], evaluate)
+    if plan.inference == plan.forward and not fold:
         return conv_output(x, w, b, g, groups, plan, precision)
-    return _evaluated((x, w, b), g, groups, plan, precision)
+    return _evaluated((x, w, b), g, groups, plan, precision, "inside" if fold else "after")
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
-def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision):
-    """Eq. 4.2 with its bias, ``operands = (x, w, b)``, in ``plan.inference``'s form;
-    differentiated by ``_differentiated``."""
-    return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _evaluated(operands, g: geo.Window, groups: int, plan: ConvPlan, precision, bias_form: str):
+    """Eq. 4.2 with its bias, ``operands = (x, w, b)``, in ``plan.inference``'s form, the bias
+    where ``bias_form`` says; differentiated by ``_differentiated``."""
+    return conv_output(*operands, g, groups, plan._replace(forward=plan.inference), precision,
+                       bias_form)
 
 
 @functools.partial(_evaluated.defjvp, symbolic_zeros=True)
-def _differentiated(g, groups, plan, precision, primals, tangents):
+def _differentiated(g, groups, plan, precision, bias_form, primals, tangents):
     """``jax.jvp`` of ``conv_output`` in ``plan.forward``'s form, over the operands that have
     a tangent: one nothing differentiates (the data ``x`` of a first layer) stays a symbolic
     zero, so no product with zeros is computed."""
@@ -495,9 +530,9 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
       method: ``"auto"`` (per pass and shape, see ``conv_plan``), ``"lax"`` (XLA's
         convolutions: eqs. 4.2, 4.4, 4.5) or ``"toeplitz"`` (matrix products with the banded
         kernel matrix: eqs. 4.6-4.8; grouped: one per group).  Every choice computes the same
-        sums.  ``forward`` adds the bias to a Toeplitz product in the product's own layout,
-        ``apply`` after the reshape (``conv_output``); ``apply`` may evaluate in another form
-        than it differentiates (``apply_output``): the same values up to float rounding.
+        sums.  ``forward`` adds the bias to a Toeplitz product's rows, ``apply`` inside it or
+        after the reshape (``conv_output``); ``apply`` may evaluate in another form than it
+        differentiates (``apply_output``): the same values up to float rounding.
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
     4.3 (bias), 4.4 (kernel), 4.5 (input residual); their Toeplitz forms eqs. 4.6-4.8.
@@ -550,7 +585,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         plan = conv_plan(g, x.shape[3], groups, method, features=features)
         if not hand:
             return apply_output(x, w, b, g, groups, plan, precision)
-        return conv_output(x, w, b, g, groups, plan, precision, bias_in_rows=True)  # eq. 4.2 / 4.6
+        return conv_output(x, w, b, g, groups, plan, precision, "rows")       # eq. 4.2 / 4.6
 
     def forward(params, x, *, key=None, train=True):
         return output(params, x, hand=True), ConvCache(x)

@@ -491,10 +491,20 @@ def test_toeplitz_bias_added_to_the_product_rows(tile, strides, dilation, paddin
 
 def test_forward_adds_the_bias_to_the_product_rows():
     """``Conv2D.forward`` adds the bias to a Toeplitz product in the product's 2-D layout (so
-    the elementwise layer after it runs along long rows); ``apply``, evaluated or
-    differentiated, adds it to the ``(N, H_out, W_out, F)`` output.  They agree, and the
-    backward equals ``jax.vjp`` of ``apply``, in float64 and float32.  With XLA's forward
-    there is no product layout, and the bias is added after it."""
+    the elementwise layer after it runs along long rows); evaluated ``apply`` inside the
+    product, where its row matrix has no more entries per row than the output
+    (``bias_in_product``: ``k_h read C <= t F``); differentiated ``apply`` to the
+    ``(N, H_out, W_out, F)`` output.  They agree, and the backward equals ``jax.vjp`` of
+    ``apply``, in float64 and float32.  With XLA's forward there is no product, and the bias
+    is added after it."""
+    from jaxcnn import _geometry as geo
+    from jaxcnn.conv import bias_in_product, conv_plan
+
+    def decide(hw, k, c, f, padding="VALID", groups=1):
+        g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
+        plan = conv_plan(g, c, groups, features=f)
+        return bias_in_product(g, c, f, plan._replace(forward=plan.inference))
+
     layer = jc.Conv2D(20, 9)                       # UFLDL's: 20 outputs x 2 tiles of 10
     rng = np.random.default_rng(5)
     for dtype in (jnp.float64, jnp.float32):
@@ -512,13 +522,25 @@ def test_forward_adds_the_bias_to_the_product_rows():
         return [str(e.outvars[0].aval.shape) for e in jaxpr.eqns
                 if e.primitive.name == "add" and e.outvars[0].aval.size == 24000]
 
-    toeplitz = jc.Conv2D(20, 9, method="toeplitz")
+    toeplitz, xla = jc.Conv2D(20, 9, method="toeplitz"), jc.Conv2D(20, 9, method="lax")
     assert bias_adds(lambda p, x: toeplitz.forward(p, x)[0], params, x) == ["(120, 200)"]
-    assert bias_adds(toeplitz.apply, params, x) == ["(3, 20, 20, 20)"]
     assert set(bias_adds(jax.grad(lambda p: jnp.sum(toeplitz.apply(p, x))), params)) == {
         "(3, 20, 20, 20)"}
-    xla = jc.Conv2D(20, 9, method="lax")
     assert bias_adds(lambda p, x: xla.forward(p, x)[0], params, x) == ["(3, 20, 20, 20)"]
+    if jax.default_backend() != "cpu":                    # XLA's forward everywhere
+        assert not decide((28, 28), 9, 1, 20)
+        return
+    assert decide((28, 28), 9, 1, 20)                    # UFLDL: 9 * 18 * 1 = 162 <= 10 * 20
+    assert not decide((14, 14), 5, 6, 16)                # LeNet C3: XLA's to evaluate
+    assert not decide((28, 28), 5, 1, 6, "SAME")         # LeNet C1: 90 > 84
+    assert not decide((32, 32), 3, 3, 64, "SAME")        # XLA's forward
+    assert not decide((8, 8), 3, 2, 8, groups=2)         # split per group
+    # evaluated, apply's product has the column of ones (K = 9 * 18 + 1) and no add of the
+    # bias; forward's and differentiated apply's products do not
+    assert bias_adds(layer.apply, params, x) == []
+    assert "f32[120,163]" in str(jax.make_jaxpr(layer.apply)(params, x))
+    assert "163" not in str(jax.make_jaxpr(layer.forward)(params, x))
+    assert "163" not in str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(params))
 
 
 def test_toeplitz_tile_must_be_positive():
