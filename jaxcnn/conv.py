@@ -338,7 +338,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
       shape of the sweep ran at 0.27-1.00 of XLA's time);
     - one input channel per group, with at most ``INFERENCE_FEATURE_LIMIT`` (16) features per
       group (0.24-0.77) or a kernel at least ``INFERENCE_WIDE_KERNEL`` (7) columns wide
-      (UFLDL's 9x9: with the bias inside the product, its net evaluates 1.6-2x faster than
+      (UFLDL's 9x9: with the bias inside the product, its net evaluates 1.6-2.3x faster than
       with XLA's convolution).
 
     Elsewhere XLA's convolution: with 6 channels the two forward forms trade places by shape,
