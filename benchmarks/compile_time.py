@@ -10,8 +10,9 @@ second may reuse the first's work (``docs/performance.md``, section 7).  Here no
 shared: every compilation runs in a new Python process that builds the net and times the step
 of ``grad_vs_autodiff.steps`` (hand-written or autodiff, with the optax update) as
 ``grad_vs_autodiff.py`` does, lowering and compiling (``compile_seconds_and_memory``), after
-a warm-up compilation of an unrelated function that initialises the backend.  The two steps take turns, ``--repeats`` processes each; prints and
-records each process's seconds, and the ratio of the medians.
+a warm-up compilation of an unrelated function that initialises the backend.  The two steps
+take turns, ``--repeats`` processes each; prints and records each process's seconds, and the
+ratio of the medians.
 """
 from __future__ import annotations
 
