@@ -6,7 +6,7 @@ a fresh process of its own.
 
 ``grad_vs_autodiff.py`` compiles both steps in one process, and on a GPU XLA keeps its
 autotuning results (per convolution and matrix product) in the process, so the step compiled
-second may reuse the first's work (``docs/performance.md``, section 7).  Here nothing is
+second may reuse the first's work (``docs/performance.md``, section 6).  Here nothing is
 shared: every compilation runs in a new Python process that builds the net and times the step
 of ``grad_vs_autodiff.steps`` (hand-written or autodiff, with the optax update) as
 ``grad_vs_autodiff.py`` does, lowering and compiling (``compile_seconds_and_memory``), after

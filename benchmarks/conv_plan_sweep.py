@@ -9,15 +9,16 @@ kernels 3 and 5; square inputs ``--sizes``, by default 8, 14, 28; stride ``--str
 pass -- forward (eq. 4.6 vs 4.2), kernel gradient (4.7 vs 4.4), input residual (4.8 vs 4.5) --
 runs in both formulations, interleaved in one process (median of ``--repeats``).  With a
 stride above 1, the input residual's other form is measured three ways: XLA's lhs-dilated
-transposed convolution, the matrix product + window scatter (``method="scatter"``) and the
-stride phases (eq. 4.9, ``method="phases"``); the fastest of the three counts as "XLA's"
+transposed convolution, the matrix product + window scatter (the reference's eq. 4.5,
+``jaxcnn.reference.conv.backward_input``) and the stride phases (eq. 4.9,
+``jaxcnn.lowering.phases``); the fastest of the three counts as "XLA's"
 (``input_lax_form`` in the JSON says which), and each also gets a column of its own.
 
 Then, for each pass and each candidate limit, the sweep's total time if every shape with
 ``spread <= limit`` took the Toeplitz form and the rest XLA's convolution, and how many shapes
-that choice leaves more than 20% slower than the faster form.  ``conv.SPREAD_LIMIT``,
-``KERNEL_SPREAD_LIMIT``, ``INPUT_SPREAD_LIMIT`` and ``STRIDED_INPUT_SPREAD_LIMIT`` are read off
-this table (``docs/performance.md``).
+that choice leaves more than 20% slower than the faster form.  The spread limits of
+``jaxcnn.lowering.plan.LIMITS`` (``forward``, ``kernel``, ``input``, ``strided_input``) are read
+off this table (``docs/performance.md``, section 8, "the convolution plan").
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import _geometry as geo, conv
+from jaxcnn import _geometry as geo
+from jaxcnn.lowering import phases, toeplitz, xla
+from jaxcnn.lowering.plan import conv_plan
+from jaxcnn.reference import conv as reference
 from _malloc import keep_freed_blocks
 from grad_vs_autodiff import samples
 
@@ -43,16 +47,16 @@ def both_forms(g, tile):
     """Each pass as ``(toeplitz, lax[, scatter, phases])``, functions of ``(x, w, delta)``;
     the last two only for a strided input residual (``STRIDED_INPUT_FORMS``)."""
     forms = {
-        "forward": (lambda x, w, d: conv.conv_forward_toeplitz(x, w, g, tile=tile),
-                    lambda x, w, d: conv.conv_forward(x, w, g, 1)),
-        "kernel": (lambda x, w, d: conv.conv_backward_kernel_toeplitz(x, d, g, tile=tile),
-                   lambda x, w, d: conv.conv_backward_kernel(x, d, g, 1)),
-        "input": (lambda x, w, d: conv.conv_backward_input_toeplitz(d, w, g, tile=tile),
-                  lambda x, w, d: conv.conv_backward_input(d, w, g, 1)),
+        "forward": (lambda x, w, d: toeplitz.forward(x, w, g, tile=tile),
+                    lambda x, w, d: xla.forward(x, w, g, 1)),
+        "kernel": (lambda x, w, d: toeplitz.kernel_grad(x, d, g, tile=tile),
+                   lambda x, w, d: xla.kernel_grad(x, d, g, 1)),
+        "input": (lambda x, w, d: toeplitz.input_residual(d, w, g, tile=tile),
+                  lambda x, w, d: xla.input_residual(d, w, g, 1)),
     }
     if max(g.strides) > 1:
-        forms["input"] += tuple((lambda m: lambda x, w, d: conv.conv_backward_input(
-            d, w, g, 1, method=m))(m) for m in STRIDED_INPUT_FORMS[1:])
+        forms["input"] += (lambda x, w, d: reference.backward_input(d, w, g),
+                           lambda x, w, d: phases.input_residual(d, w, g))
     return forms
 
 
@@ -60,8 +64,8 @@ def sweep(batch, repeats, stride=1, passes=PASSES, sizes=(8, 14, 28)):
     rows = []
     for c, f, k, h in itertools.product((1, 3, 6, 16), (6, 16, 32), (3, 5), sizes):
         g = geo.window("Conv2D", (h, h), (k, k), (stride, stride), (1, 1), "VALID")
-        tile = conv.conv_plan(g, c, 1, "toeplitz", features=f).tile
-        spread = c * geo.column_tiles(g).read / k
+        tile = conv_plan(g, c, 1, "toeplitz", features=f).tile
+        spread = c * toeplitz.column_tiles(g).read / k
         rng = np.random.default_rng(0)
         args = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
                      for s in ((batch, h, h, c), (k, k, c, f), (batch, *g.out_hw, f)))

@@ -12,7 +12,7 @@ cannot time a single cache-line transfer.
 
 On the 2-core VM of ``docs/performance.md`` the round trip is either about 80 ns (the two
 cores near each other on the host) or 380-880 ns, and the far rounds are the rounds where
-jaxcnn's step is slow (section 4).  Prints a CSV row per round, then the medians of each
+jaxcnn's step is slow (section 7 there).  Prints a CSV row per round, then the medians of each
 column over the near rounds and over the far ones (``--far-ns``, default 300).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@
 # jaxcnn runs from this checkout (PYTHONPATH), on whatever jax, optax, pytest and peers the
 # machine has.  Each stage has a time limit (seconds: PEERS_S, GRADS_S, COMPILE_S, TESTS_S) so
 # that the others still run; a stage cut short says so in its log.  On one NVIDIA H200, peers
-# took about 160 s, grad_vs_autodiff 85 s and the tests 135 s (docs/performance.md, section 7);
+# took about 160 s, grad_vs_autodiff 85 s and the tests 135 s (docs/performance.md, section 5);
 # compile_time.py has not run there yet (eight processes, each initialising CUDA).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}

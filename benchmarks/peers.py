@@ -30,7 +30,7 @@ Each batch size runs in a fresh child process (``--same-process`` runs them all 
 A batch measured after another in the same process inherits its heap, its threads' state and,
 for ``torch.compile``, a recompilation with the batch dimension made dynamic: at batch 128 after
 batch 32, every contender ran slower than at batch 128 alone, and by different amounts from run
-to run (``docs/performance.md``, section 4).
+to run (``docs/performance-log.md``, section 4).
 """
 from __future__ import annotations
 

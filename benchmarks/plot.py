@@ -1,11 +1,16 @@
 """The figure of docs/performance.md, from the JSON the two benchmarks write.
 
     python benchmarks/plot.py [--grad benchmarks/grad_vs_autodiff-cpu.json]
-                              [--peers benchmarks/peers-cpu.json] [--out docs/figures/performance.png]
+                              [--peers benchmarks/peers-cpu.json] [--run 7]
+                              [--out docs/figures/performance.png]
 
 Left: LeNet-5 training throughput of every peer at each batch size (``peers.py``).  Right: the
 hand-written / autodiff step-time ratio of every benchmark net (``grad_vs_autodiff.py``), with
 the 1.0 line and each ratio's 95% bootstrap interval.
+
+``--peers`` is one run as ``peers.py --json`` writes it, or several runs of one sitting folded
+into ``{"note": ..., "runs": {"7": run, "8": run, ...}}`` (``benchmarks/peers-cpu.json``); of
+those, ``--run`` is drawn, by default the first (the table run of docs/performance.md).
 """
 from __future__ import annotations
 
@@ -53,14 +58,30 @@ def plot(grad: dict, peers: dict, out: str) -> None:
     fig.savefig(out, dpi=110)
 
 
+def one_run(peers: dict, run: str | None) -> dict:
+    """The run ``run`` of a folded peers file (the first where ``run`` is None); a file of one
+    run is that run."""
+    if "runs" not in peers:
+        if run is not None:
+            raise ValueError(f"--run {run}: the peers file holds one run, not several")
+        return peers
+    runs = peers["runs"]
+    key = next(iter(runs)) if run is None else run
+    if key not in runs:
+        raise ValueError(f"--run {key}: the peers file holds runs {', '.join(runs)}")
+    return runs[key]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grad", default="benchmarks/grad_vs_autodiff-cpu.json")
     ap.add_argument("--peers", default="benchmarks/peers-cpu.json")
+    ap.add_argument("--run", default=None, help="which run of a folded peers file (default: "
+                    "the first)")
     ap.add_argument("--out", default="docs/figures/performance.png")
     args = ap.parse_args(argv)
     with open(args.grad) as g, open(args.peers) as p:
-        plot(json.load(g), json.load(p), args.out)
+        plot(json.load(g), one_run(json.load(p), args.run), args.out)
     print(f"wrote {args.out}")
 
 

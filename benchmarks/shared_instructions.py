@@ -6,11 +6,12 @@ has, instruction for instruction: the same StableHLO ``convolution`` or ``dot_ge
 
 On a GPU, XLA autotunes each distinct convolution and matrix product when it compiles a step,
 and keeps the results in the process: of two steps that share them, the one compiled second
-may compile faster (``docs/performance.md``, section 7).  With ``--method lax`` (what
-``"auto"`` is off the CPU) the hand-written step shares all of them: its input residuals
-and dense gradients are written with the dimension numbers of ``jax.grad``'s transpose rules
-(``tests/test_networks.py`` checks it).  ``--method auto`` counts the CPU's formulations
-where this runs on a CPU.  Only lowering, no compilation: it runs on any backend.
+may compile faster (``docs/performance.md``, section 8, "the hand-written step asks XLA for
+autodiff's own instructions").  With ``--method lax`` (what ``"auto"`` is off the CPU) the
+hand-written step shares all of them: its input residuals and dense gradients are written
+with the dimension numbers of ``jax.grad``'s transpose rules (``tests/test_networks.py``
+checks it).  ``--method auto`` counts the CPU's formulations where this runs on a CPU.
+Only lowering, no compilation: it runs on any backend.
 """
 from __future__ import annotations
 

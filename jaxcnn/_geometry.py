@@ -228,12 +228,10 @@ def spread_windows(share: Array, g: Window) -> Array:
     row ``m s + r`` receives ``share[m - t]`` for each tap at offset ``t s + r``, so each shift
     ``(t, t2)`` of ``share``, padded into place on the phase grid, is broadcast over the
     ``s_h x s_w`` phases and kept (a constant mask) in the phases its taps reach; the sum is
-    then in ``(N, mh, s_h, mw, s_w, C)`` order, and interleaving the phases is a reshape.  XLA
-    fuses it into one loop of ``ceil(k_h / s_h) ceil(k_w / s_w)`` reads per position, with no
-    concatenation of phases: 0.51-0.84 of autodiff's time for 3x3 windows at stride 2, where
-    slices of a padded ``share`` stacked by phase took 1.04-1.09 (``docs/performance.md``,
-    table 2).  The shifts go last to first: XLA's CPU loop ran the same sum in row-major
-    order 2x slower (3x3, stride 1).
+    then in ``(N, mh, s_h, mw, s_w, C)`` order, and interleaving the phases is a reshape: one
+    fused loop of ``ceil(k_h / s_h) ceil(k_w / s_w)`` reads per position, with no concatenation
+    of phases.  The shifts go last to first, the order XLA's CPU loop runs fastest
+    (``docs/performance.md#why-avg-pool-spread``).
     """
     (sh, sw), (hp, wp) = g.strides, g.padded_hw
     (mh, mw), (th, tw) = _phase_grid(g)
@@ -252,77 +250,6 @@ def spread_windows(share: Array, g: Window) -> Array:
             part = jnp.where(reached[None, None, :, None, :, None], part, zero)
         total = part if total is None else total + part
     return total.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
-
-
-class Tiles(NamedTuple):
-    """Output columns in tiles of ``size``: ``count`` tiles, tile ``t`` reading the ``read``
-    padded input columns from ``t * step`` on; ``width`` columns in all (the padded input is
-    cropped or zero-extended to it).  With one tile, ``read`` is every column the windows read,
-    ``(W_out - 1) s_w + k_eff``; the remaining ``r`` of the padded input never are (Section 3)."""
-
-    size: int
-    count: int
-    step: int
-    read: int
-    width: int
-
-
-def column_tiles(g: Window, size: int | None = None) -> Tiles:
-    """Split the ``W_out`` output columns into tiles of ``size`` (default: one tile)."""
-    wo, sw, kw = g.out_hw[1], g.strides[1], g.effective_size[1]
-    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
-        raise ValueError(f"Conv2D: tile must be an int >= 1 (output columns per tile), "
-                         f"got {size!r}")
-    size = wo if size is None else min(size, wo)
-    count = -(-wo // size)
-    return Tiles(size, count, size * sw, (size - 1) * sw + kw, (count * size - 1) * sw + kw)
-
-
-def row_window(g: Window, width: int) -> Window:
-    """The window of whole rows: ``k_h`` taps down, one column wide, over ``width`` columns.
-
-    Gathering with it gives, for each output row ``i``, the ``k_h`` padded input rows it reads:
-    ``(N, H_out, width, k_h, C)`` (eq. 4.6).  ``toeplitz_rows`` gathers it over the column
-    tiles, ``(N, Hp, tiles, read C)``: ``width`` is then the tile count and each tile row's
-    ``read C`` entries the channel axis.
-    """
-    return Window((g.padded_hw[0], width), (g.size[0], 1), (g.strides[0], 1),
-                  (g.dilation[0], 1), ((0, 0), (0, 0)), (g.out_hw[0], width))
-
-
-def fit_width(x: Array, width: int) -> Array:
-    """Crop or zero-extend the columns (axis 2) of an NHWC array to ``width``."""
-    extra = width - x.shape[2]
-    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (0, extra, 0), (0, 0, 0)))
-
-
-def gather_tiles(a: Array, t: Tiles, axis: int) -> Array:
-    """Each tile's ``t.read`` columns of ``a`` (columns along ``axis``, ``t.width`` of them),
-    stacked on a new axis 2: ``(N, H, ..., width, ...) -> (N, H, t.count, ..., read, ...)``."""
-    if t.count == 1:
-        return jnp.expand_dims(a, 2)
-    return jnp.stack([lax.slice_in_dim(a, i * t.step, i * t.step + t.read, axis=axis)
-                      for i in range(t.count)], axis=2)
-
-
-def scatter_tiles(parts: Array, t: Tiles, axis: int) -> Array:
-    """The transpose of ``gather_tiles``: add each tile's columns back; overlaps add up."""
-    if t.count == 1:
-        return parts[:, :, 0]
-    zero = jnp.zeros((), parts.dtype)
-    placed = []
-    for i in range(t.count):
-        config = [(0, 0, 0)] * (parts.ndim - 1)
-        config[axis] = (i * t.step, t.width - i * t.step - t.read, 0)
-        placed.append(lax.pad(parts[:, :, i], zero, config))
-    return sum(placed[1:], placed[0])
-
-
-def column_taps(g: Window, t: Tiles) -> np.ndarray:
-    """``v[q, j] = j s_w + q d_w``: the column of its tile that tap ``q`` of the tile's output
-    column ``j`` reads.  A static ``(k_w, t.size)`` int array; eq. 4.6."""
-    q, j = np.meshgrid(np.arange(g.size[1]), np.arange(t.size), indexing="ij")
-    return j * g.strides[1] + q * g.dilation[1]
 
 
 def window_counts(g: Window) -> np.ndarray:

@@ -10,6 +10,10 @@
 2. **end to end.**  ``value_and_grad`` (the whole hand-written chain) against ``jax.grad`` of
    ``loss.value(net.apply(...))``.
 
+``gradient_check`` is the end-to-end comparison alone, the same two gradients, jitted and
+reduced on the device to one relative error per parameter array (a ``GradCheck``): the check
+``fit`` runs before training and every ``check_grads`` steps.
+
 Optionally, each layer is also compared with central finite differences in float64, which does
 not use autodiff at all: the directional derivative ``<delta, d apply / d leaf . v>`` along a
 random direction ``v`` for each parameter leaf and the input.
@@ -25,16 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import Layer
+from jaxcnn.core import Layer, Params, layer_keys
 from jaxcnn.losses import Loss
-from jaxcnn.network import _keys, value_and_grad
+from jaxcnn.step import loss_and_grad, memoise
 
-__all__ = ["TOLERANCES", "FD_STEP", "Row", "GradReport", "compare", "check_grads", "check_layer"]
+__all__ = ["TOLERANCES", "FD_STEP", "Row", "GradReport", "compare", "check_grads", "check_layer",
+           "GradCheck", "gradient_check", "default_tolerance"]
 
 TOLERANCES = {"float32": 1e-4, "float64": 1e-9, "finite differences": 1e-5}
 """Largest relative error that passes: by the dtype of the comparison, and for the float64
@@ -203,7 +209,7 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
     if finite_differences:
         _require_x64("check_grads(finite_differences=True)")
     layers = net.layers or (net,)
-    keys = _keys(key, len(layers)) if net.layers else [key]
+    keys = layer_keys(key, len(layers)) if net.layers else [key]
     layer_params = params if net.layers else (params,)
     rng = np.random.default_rng(seed)
 
@@ -231,8 +237,7 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
         rows += _layer_rows(i, layer, p, a, delta, cache, k, train, finite_differences, rng)
 
     # end to end: the whole hand-written chain against jax.grad of the plain forward
-    _, grads = value_and_grad(net, loss)(params, x, targets, key=key, train=train)
-    ref = jax.grad(lambda q: loss.value(net.apply(q, x, key=key, train=train), targets))(params)
+    grads, ref = _end_to_end(net, loss)(params, x, targets, key, train)
     tol = TOLERANCES.get(_dtype_of(x), TOLERANCES["float32"])
     for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads), jax.tree.leaves(ref)):
         rows.append(Row(None, "network", quantity, "jax.grad", *compare(g, w), tol))
@@ -266,3 +271,95 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     delta = jnp.asarray(rng.normal(size=y.shape), y.dtype)
     rows = _layer_rows(0, layer, params, x, delta, cache, key, train, finite_differences, rng)
     return GradReport(tuple(rows), _dtype_of(x))
+
+
+# --- end to end: the whole hand-written chain against jax.grad -------------------------------
+
+def _end_to_end(net: Layer, loss: Loss) -> Callable:
+    """``(params, x, targets, key, train) -> (hand-written grads, jax.grad grads)``.
+
+    The two ``grad`` modes of ``step.loss_and_grad`` on the same forward: ``value_and_grad``
+    (eq. 6.2) and ``jax.grad`` of ``loss.value(net.apply(...))``.  ``check_grads``' end-to-end
+    rows compare them on the host in float64; ``gradient_check`` compares them jitted, on the
+    device, where ``fit`` runs it every few steps.
+    """
+    manual, auto = loss_and_grad(net, loss, "manual"), loss_and_grad(net, loss, "autodiff")
+
+    def both(params, x, targets, key, train):
+        return (manual(params, x, targets, key=key, train=train)[1],
+                auto(params, x, targets, key=key, train=train)[1])
+
+    return both
+
+
+class GradCheck(NamedTuple):
+    """Per parameter array: ``max|hand - autodiff| / max|autodiff|``, and the worst of them."""
+
+    errors: dict[str, float]
+    worst: float
+    worst_name: str
+
+    def line(self) -> str:
+        """The line ``fit`` prints before training."""
+        return (f"gradient check (hand-written vs jax.grad, 1 batch): worst relative error "
+                f"{self.worst:.1e} over {len(self.errors)} parameter arrays")
+
+    def report(self, tol: float) -> str:
+        """The arrays above ``tol`` (NaN included), worst first."""
+        bad = {k: v for k, v in self.errors.items() if not v <= tol}
+        return "; ".join(f"{k}: {v:.2e}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+
+
+def _array_names(net: Layer, params) -> list[str]:
+    """``"serial[0] Conv2D params['w']"`` per parameter leaf, in ``tree_leaves`` order."""
+    names = []
+    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+        if net.layers and path and isinstance(path[0], jax.tree_util.SequenceKey):
+            i = path[0].idx
+            names.append(f"serial[{i}] {net.layers[i].name} "
+                         f"params{jax.tree_util.keystr(tuple(path[1:]))}")
+        else:
+            names.append("params" + jax.tree_util.keystr(path))
+    return names
+
+
+@memoise
+def _relative_errors(net: Layer, loss: Loss) -> Callable:
+    """Jitted ``(params, x, targets, key) -> [relative error per parameter leaf]`` of
+    ``_end_to_end`` in training mode, computed in the params' dtype on the device."""
+    both = _end_to_end(net, loss)
+
+    def relative(a, b):
+        scale = jnp.maximum(jnp.max(jnp.abs(b)), jnp.finfo(b.dtype).tiny)
+        return jnp.max(jnp.abs(a - b)) / scale
+
+    def errors(params, x, targets, key):
+        hand, ref = both(params, x, targets, key, True)
+        return [relative(a, b) for a, b in
+                zip(jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(ref))]
+
+    return jax.jit(errors)
+
+
+def gradient_check(net: Layer, loss: Loss, params: Params, x, targets, *,
+                   key=None) -> GradCheck:
+    """Compare the hand-written gradients with ``jax.grad`` of the same forward on one batch.
+
+    The end-to-end comparison of ``check_grads``, jitted and reduced on the device to one
+    relative error per parameter array: cheap enough for ``fit`` to run every few steps.
+    A NaN error counts as the worst.
+    """
+    values = _relative_errors(net, loss)(params, x, targets, key)
+    errs = dict(zip(_array_names(net, params), (float(e) for e in values)))
+    worst_name = max(errs, key=lambda k: -1.0 if math.isnan(errs[k]) else errs[k]) \
+        if errs else "-"
+    worst = max((v if not math.isnan(v) else math.inf for v in errs.values()), default=0.0)
+    return GradCheck(errs, worst, worst_name)
+
+
+def default_tolerance(params: Params) -> float:
+    """``TOLERANCES`` for the params' widest float dtype: ``1e-4`` relative error for
+    float32, ``1e-9`` for float64 (``fit``'s default ``grad_tol``)."""
+    widest = max((np.finfo(leaf.dtype).bits for leaf in jax.tree_util.tree_leaves(params)
+                  if jnp.issubdtype(leaf.dtype, jnp.floating)), default=32)
+    return TOLERANCES["float64" if widest >= 64 else "float32"]

@@ -19,8 +19,9 @@ params ``()``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -194,4 +195,19 @@ def layer_error(where: str, err: Exception) -> Exception:
     if type(err) in (ValueError, TypeError):
         return type(err)(f"{where} {err}")
     return err
+
+
+@contextlib.contextmanager
+def in_layer(where: str) -> Iterator[None]:
+    """Run a sub-layer's pass; its ``ValueError`` / ``TypeError`` is raised again with
+    ``where`` (e.g. ``serial[3]``) in front of the message (``layer_error``)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise layer_error(where, err) from err
+
+
+def layer_keys(key: Array | None, n: int) -> list:
+    """One key per sub-layer, split from ``key``; ``None`` for each when no key is given."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 

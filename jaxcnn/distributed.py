@@ -8,7 +8,7 @@ One mesh axis, ``"batch"``, over the chosen devices of every process::
     opt_state   NamedSharding(mesh, P())              and so does every process
 
 A step is ``jax.shard_map`` of the single-device ``value_and_grad`` over the batch axis, then
-``lax.pmean`` of the loss and the gradients, then the optax update (``train.update_step``) of
+``lax.pmean`` of the loss and the gradients, then the optax update (``step.update_step``) of
 the replicated parameters::
 
     shard step   (J_d, g_d) = value_and_grad(params, x_d, t_d, key=fold_in(key, d))  on device d
@@ -62,8 +62,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn.core import Array, Layer, Params
 from jaxcnn.losses import Loss
-from jaxcnn.network import microbatched, value_and_grad
-from jaxcnn.train import GRADS, _memo, update_step
+from jaxcnn.microbatch import microbatched
+from jaxcnn.network import value_and_grad
+from jaxcnn.step import GRADS, memoise, update_step
 
 __all__ = [
     "BATCH", "ENV", "DataParallel", "data_parallel", "check_batch_size",
@@ -289,11 +290,11 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     return jax.jit(step, out_shardings=(rep, rep, rep))
 
 
-@_memo
+@memoise
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, grad: str,
              plan: DataParallel, microbatch: int | None = None) -> Callable:
     """``fit``'s step on a mesh: ``(params, opt_state, x, targets, step_key, step)`` with the
-    forward's key ``fold_in(step_key, step)``, as the single-device step."""
+    forward's key ``fold_in(step_key, step)``, as the single-device ``step.fit_step``."""
     update = update_step(loss_and_grad(net, loss, plan, grad, microbatch), optimizer)
 
     def step_fn(params, opt_state, x, targets, step_key, step):

@@ -5,16 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
-from jaxcnn.core import Array, Layer, Params, config, layer_error, positive_int
+from jaxcnn.core import Array, Layer, Params, config, in_layer, layer_keys
 from jaxcnn.losses import Loss
-
-
-def _keys(key, n: int):
-    """One key per layer, or ``None`` for each when no key is given."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
+from jaxcnn.microbatch import microbatched
 
 
 def serial(*layers: Layer) -> Layer:
@@ -34,56 +28,48 @@ def serial(*layers: Layer) -> Layer:
                             f"(did you write jc.Sigmoid instead of jc.Sigmoid()?)")
     name = "serial(" + ", ".join(layer.name for layer in layers) + ")"
 
-    def where(i):
-        return f"serial[{i}]"
-
-    def checked(params):
+    def each(params, key=None):
+        """``(position, layer, params, key)`` per layer, params checked to be this net's."""
         if not isinstance(params, (tuple, list)) or len(params) != len(layers):
             got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
             raise ValueError(f"serial: expected params as a tuple of {len(layers)} entries, one "
                              f"per layer, got {got} -- params from another network?")
-        return params
+        return zip((f"serial[{i}]" for i in range(len(layers))), layers, params,
+                   layer_keys(key, len(layers)))
 
     def init(key, input_shape):
         params, shape = [], input_shape
         for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
-            try:
+            with in_layer(f"serial[{i}]"):
                 p, shape = layer.init(k, shape)
-            except (ValueError, TypeError) as err:
-                raise layer_error(where(i), err) from err
             params.append(p)
         return tuple(params), shape
 
     def forward(params, x, *, key=None, train=True):
         caches = []
-        for i, (layer, p, k) in enumerate(zip(layers, checked(params), _keys(key, len(layers)))):
-            try:
+        for where, layer, p, k in each(params, key):
+            with in_layer(where):
                 x, cache = layer.forward(p, x, key=k, train=train)
-            except (ValueError, TypeError) as err:
-                raise layer_error(where(i), err) from err
             caches.append(cache)
         return x, tuple(caches)
 
     def backward(params, cache, delta):
-        params = checked(params)
+        steps = list(each(params))
         if not isinstance(cache, tuple) or len(cache) != len(layers):
             got = len(cache) if isinstance(cache, tuple) else type(cache).__name__
             raise ValueError(f"serial: expected a cache of {len(layers)} entries from this "
                              f"network's forward, got {got}")
-        grads = [None] * len(layers)
-        for i in reversed(range(len(layers))):
-            try:
-                grads[i], delta = layers[i].backward(params[i], cache[i], delta)
-            except (ValueError, TypeError) as err:
-                raise layer_error(where(i), err) from err
-        return tuple(grads), delta
+        grads = []
+        for (where, layer, p, _), c in zip(reversed(steps), reversed(cache)):   # eq. 6.1
+            with in_layer(where):
+                g, delta = layer.backward(p, c, delta)
+            grads.append(g)
+        return tuple(reversed(grads)), delta
 
     def apply(params, x, *, key=None, train=True):
-        for i, (layer, p, k) in enumerate(zip(layers, checked(params), _keys(key, len(layers)))):
-            try:
+        for where, layer, p, k in each(params, key):
+            with in_layer(where):
                 x = layer.apply(p, x, key=k, train=train)
-            except (ValueError, TypeError) as err:
-                raise layer_error(where(i), err) from err
         return x
 
     return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"))
@@ -98,11 +84,12 @@ def value_and_grad(net: Layer, loss: Loss, *,
     given a batch axis of one, ``jax.vmap(lambda x, t: f(params, x[None], t[None]))(xs, ts)``.
 
     ``microbatch``: run eq. 6.2 on consecutive chunks of this many examples, one after another,
-    and average their losses and gradients (``microbatched``): the whole batch's ``J`` and
-    gradient up to float rounding, with a chunk's activations in memory instead of the batch's
-    (on a CPU, also a working set that stays in cache: ``docs/performance.md``).  The batch
-    must be a multiple of it, or at most it (then it is one chunk).  A given ``key`` is split
-    into one key per chunk, so stochastic layers draw differently than on the whole batch.
+    and average their losses and gradients (``jaxcnn.microbatch.microbatched``): the whole
+    batch's ``J`` and gradient up to float rounding, with a chunk's activations in memory
+    instead of the batch's (on a CPU, also a working set that stays in cache:
+    ``docs/performance.md#why-microbatch``).  The batch must be a multiple of it, or at most
+    it (then it is one chunk).  A given ``key`` is split into one key per chunk, so stochastic
+    layers draw differently than on the whole batch.
     """
     def whole(params, x, targets, key, train):
         y, cache = net.forward(params, x, key=key, train=train)
@@ -110,46 +97,6 @@ def value_and_grad(net: Layer, loss: Loss, *,
         return loss.value(y, targets), grads
 
     return microbatched(whole, microbatch, "value_and_grad")
-
-
-def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
-                 ) -> Callable[..., tuple[Array, Params]]:
-    """``vg(params, x, targets, key, train) -> (J, grads)`` on consecutive chunks of
-    ``microbatch`` examples, one after another (``lax.scan``), losses and gradients averaged:
-    ``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
-
-    For a ``vg`` whose ``J`` is a batch mean (every jaxcnn loss) this is the whole batch's
-    ``J`` and gradient up to float rounding.  ``microbatch=None``, or at least the batch: one
-    call on the whole batch.  Otherwise the batch must be a multiple of ``microbatch``
-    (``ValueError`` naming ``name``), and a given ``key`` is split into one key per chunk.
-    Memory: one chunk's activations at a time, and every chunk's gradients until they are
-    averaged (the number of chunks times the parameters).
-    """
-    if microbatch is not None:
-        microbatch = positive_int(name, "microbatch", microbatch)
-
-    def f(params, x, targets, *, key=None, train=True):
-        n = x.shape[0]
-        if microbatch is None or microbatch >= n:
-            return vg(params, x, targets, key, train)
-        if n % microbatch:
-            raise ValueError(f"{name}: the batch ({n}) must be a multiple of "
-                             f"microbatch={microbatch} or at most it")
-        count = n // microbatch
-        chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
-        keys = None if key is None else jax.random.split(key, count)
-
-        def one(_, chunk):
-            (xc, tc), kc = chunk
-            return None, vg(params, xc, tc, kc, train)
-
-        # each chunk's (J, grads) stacked, then averaged, rather than summed into a carry:
-        # zeros for a carry would lack the device-varying type of per-device gradients under
-        # shard_map, and starting it from a first chunk outside the scan measured 6% slower
-        _, parts = lax.scan(one, None, (chunks, keys))
-        return jax.tree.map(lambda a: jnp.mean(a, axis=0), parts)
-
-    return f
 
 
 def bridge(net: Layer, *, key=None, train: bool = True) -> Callable[[Params, Array], Array]:

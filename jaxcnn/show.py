@@ -440,29 +440,11 @@ def _pooling_input(path=None, size: int = 16) -> np.ndarray:
     return np.asarray(ReLU().apply((), jnp.asarray(edges)))[:, :, 0]
 
 
-def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4,
-                 samples: int = 3, draws: int = 1000, seed: int = 0, image=None) -> Shown:
-    """Average, max and stochastic pooling of one non-negative feature map, and their backward.
-
-    Top row: the map (window grid drawn) and each pooling's output -- ``AvgPool2D`` (eq. 5.1),
-    ``MaxPool2D`` (5.3), ``samples`` training draws of ``StochasticPool2D`` (5.5), the mean of
-    ``draws`` draws, and the test-time weighted average ``sum a^2 / sum a`` (5.7).  Bottom row:
-    what each backward pass hands the input for ``delta = 1`` at every output: spread evenly
-    (5.2), routed to the maximum (5.4), routed to the sampled position read from the cache
-    (5.6), on average over the draws ``p = a / sum a``, and the test-time derivative
-    ``(2a - y) / S`` (5.8).
-
-    ``feature_map``: ``(H, W)``, ``>= 0``, sides divisible by ``window``; default a 16x16 map of
-    vertical edges (ReLU of Sobel) on the photograph (``image``: another photograph's path).
-    ``data`` holds every output (``y_*``) and input residual (``dx_*``), ``p`` and the drawn
-    positions ``index_sample`` ``(samples, H/k, W/k)``.
-    """
-    a = _pooling_input(image) if feature_map is None else np.asarray(feature_map, np.float32)
-    if a.ndim != 2 or a.shape[0] % window or a.shape[1] % window:
-        raise ValueError(f"plot_pooling: expected a 2-D feature map with sides divisible by "
-                         f"the window {window}, got shape {a.shape}")
-    if np.min(a) < 0:
-        raise ValueError("plot_pooling: stochastic pooling needs a non-negative feature map")
+def _pooling_passes(a: np.ndarray, window: int, samples: int, draws: int,
+                    seed: int) -> dict[str, Any]:
+    """The numbers ``plot_pooling`` draws: each pooling's output (``y_*``) and input residual
+    for ``delta = 1`` (``dx_*``) of the map ``a`` ``(H, W)``, the routed maxima
+    (``index_max``), the first ``samples`` drawn positions (``index_sample``) and ``p``."""
     h, w = a.shape
     x = jnp.asarray(a.reshape(1, h, w, 1))
     ones = jnp.ones((1, h // window, w // window, 1), jnp.float32)
@@ -498,7 +480,11 @@ def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4
     sums = a.reshape(h // window, window, w // window, window).sum(axis=(1, 3))
     totals = np.repeat(np.repeat(sums, window, axis=0), window, axis=1)
     data["p"] = np.where(totals > 0, a / np.where(totals > 0, totals, 1), 0)
+    return data
 
+
+def _pooling_columns(samples: int, draws: int) -> list[tuple[str, str, str]]:
+    """The panels right of the map: (data key suffix, title above, title below)."""
     columns = [("avg", "average (5.1)", "spread: delta / k² (5.2)"),
                ("max", "max (5.3)", "routed to the max (5.4)")]
     columns += [(f"sample{s}", f"stochastic, draw {s + 1} (5.5)",
@@ -506,43 +492,91 @@ def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4
     columns += [("mean", f"mean of {draws} draws",
                  f"mean of {draws} draws ≈ p = a / Σa"),
                 ("test", "test time Σa² / Σa (5.7)", "test time (2a − y) / Σa (5.8)")]
+    return columns
+
+
+def _window_grid(ax, window: int, h: int, w: int) -> None:
+    """White lines between the pooling windows of an ``h x w`` map; no ticks."""
+    for v in range(window, h, window):
+        ax.axhline(v - 0.5, color="white", linewidth=1)
+    for v in range(window, w, window):
+        ax.axvline(v - 0.5, color="white", linewidth=1)
+    _no_ticks(ax)
+
+
+def _draw_pooling_input(above, below, data: dict[str, Any], window: int, vmax: float):
+    """The left column: the feature map with its windows and maxima marked, and below it the
+    legend of the backward row.  Returns the map's image (for the colour bar)."""
+    a = data["input"]
+    h, w = a.shape
+    image = above.imshow(a, cmap="viridis", vmin=0, vmax=vmax)
+    _window_grid(above, window, h, w)
+    above.set_title(f"feature map {h}x{w},\n{window}x{window} windows", fontsize=10)
+    rows, cols = np.divmod(data["index_max"], window)      # mark each window's maximum
+    ii, jj = np.indices(rows.shape)
+    above.scatter(jj * window + cols, ii * window + rows, marker="x", color="red", s=18,
+                  linewidths=1.2, label="max")
+    above.legend(loc="lower right", fontsize=7, framealpha=0.6, handletextpad=0.2)
+    below.axis("off")
+    below.text(0.0, 0.5, "backward pass:\nthe residual dJ/dx\neach input gets\nfor delta = 1 at\n"
+               "every output\n\n(red +, blue −)", fontsize=10, va="center",
+               transform=below.transAxes)
+    return image
+
+
+def _draw_pooling_column(above, below, data: dict[str, Any], column: tuple[str, str, str],
+                         window: int, vmax: float, lim: float):
+    """One pooling: its output with the values written in, and below it its input residual.
+    Returns the residual's image (for the colour bar)."""
+    name, title_y, title_dx = column
+    h, w = data["input"].shape
+    y = data["y_" + name]
+    above.imshow(y, cmap="viridis", vmin=0, vmax=vmax)
+    _annotate(above, y, lambda v: f"{v:.2f}", dark=y < 0.55 * vmax, size=8)
+    _no_ticks(above)
+    above.set_title(title_y, fontsize=10)
+    image = below.imshow(data["dx_" + name], cmap="RdBu_r", vmin=-lim, vmax=lim)
+    _window_grid(below, window, h, w)
+    below.set_title(title_dx, fontsize=9)
+    if name == "avg":
+        below.text(w / 2 - 0.5, h / 2 - 0.5, f"1/{window * window} to every input",
+                   ha="center", va="center", fontsize=9)
+    return image
+
+
+def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4,
+                 samples: int = 3, draws: int = 1000, seed: int = 0, image=None) -> Shown:
+    """Average, max and stochastic pooling of one non-negative feature map, and their backward.
+
+    Top row: the map (window grid drawn) and each pooling's output -- ``AvgPool2D`` (eq. 5.1),
+    ``MaxPool2D`` (5.3), ``samples`` training draws of ``StochasticPool2D`` (5.5), the mean of
+    ``draws`` draws, and the test-time weighted average ``sum a^2 / sum a`` (5.7).  Bottom row:
+    what each backward pass hands the input for ``delta = 1`` at every output: spread evenly
+    (5.2), routed to the maximum (5.4), routed to the sampled position read from the cache
+    (5.6), on average over the draws ``p = a / sum a``, and the test-time derivative
+    ``(2a - y) / S`` (5.8).
+
+    ``feature_map``: ``(H, W)``, ``>= 0``, sides divisible by ``window``; default a 16x16 map of
+    vertical edges (ReLU of Sobel) on the photograph (``image``: another photograph's path).
+    ``data`` holds every output (``y_*``) and input residual (``dx_*``), ``p`` and the drawn
+    positions ``index_sample`` ``(samples, H/k, W/k)``.
+    """
+    a = _pooling_input(image) if feature_map is None else np.asarray(feature_map, np.float32)
+    if a.ndim != 2 or a.shape[0] % window or a.shape[1] % window:
+        raise ValueError(f"plot_pooling: expected a 2-D feature map with sides divisible by "
+                         f"the window {window}, got shape {a.shape}")
+    if np.min(a) < 0:
+        raise ValueError("plot_pooling: stochastic pooling needs a non-negative feature map")
+    data = _pooling_passes(a, window, samples, draws, seed)
+    columns = _pooling_columns(samples, draws)
     ncols = len(columns) + 1
     fig = _figure(2.35 * ncols + 1.2, 5.6)
     axes = fig.subplots(2, ncols)
     vmax = float(np.max(a)) or 1.0
     lim = _symmetric([data["dx_" + c[0]] for c in columns])
-
-    def grid(ax):
-        for v in range(window, h, window):
-            ax.axhline(v - 0.5, color="white", linewidth=1)
-        for v in range(window, w, window):
-            ax.axvline(v - 0.5, color="white", linewidth=1)
-        _no_ticks(ax)
-
-    top = axes[0, 0].imshow(a, cmap="viridis", vmin=0, vmax=vmax)
-    grid(axes[0, 0])
-    axes[0, 0].set_title(f"feature map {h}x{w},\n{window}x{window} windows", fontsize=10)
-    rows, cols = np.divmod(data["index_max"], window)      # mark each window's maximum
-    ii, jj = np.indices(rows.shape)
-    axes[0, 0].scatter(jj * window + cols, ii * window + rows, marker="x", color="red", s=18,
-                       linewidths=1.2, label="max")
-    axes[0, 0].legend(loc="lower right", fontsize=7, framealpha=0.6, handletextpad=0.2)
-    axes[1, 0].axis("off")
-    axes[1, 0].text(0.0, 0.5, "backward pass:\nthe residual dJ/dx\neach input gets\nfor delta = 1 at\n"
-                    "every output\n\n(red +, blue −)", fontsize=10, va="center",
-                    transform=axes[1, 0].transAxes)
-    for c, (name, title_y, title_dx) in enumerate(columns, start=1):
-        y = data["y_" + name]
-        axes[0, c].imshow(y, cmap="viridis", vmin=0, vmax=vmax)
-        _annotate(axes[0, c], y, lambda v: f"{v:.2f}", dark=y < 0.55 * vmax, size=8)
-        _no_ticks(axes[0, c])
-        axes[0, c].set_title(title_y, fontsize=10)
-        bottom = axes[1, c].imshow(data["dx_" + name], cmap="RdBu_r", vmin=-lim, vmax=lim)
-        grid(axes[1, c])
-        axes[1, c].set_title(title_dx, fontsize=9)
-        if name == "avg":
-            axes[1, c].text(w / 2 - 0.5, h / 2 - 0.5, f"1/{window * window} to every input",
-                            ha="center", va="center", fontsize=9)
+    top = _draw_pooling_input(axes[0, 0], axes[1, 0], data, window, vmax)
+    for c, column in enumerate(columns, start=1):
+        bottom = _draw_pooling_column(axes[0, c], axes[1, c], data, column, window, vmax, lim)
     fig.colorbar(top, ax=axes[0, :], shrink=0.85, label="activation", pad=0.01)
     fig.colorbar(bottom, ax=axes[1, :], shrink=0.85, label="dJ/dx", pad=0.01)
     fig.suptitle("Pooling a feature map three ways, and what each passes back in the backward "
@@ -567,38 +601,10 @@ def _native_shape(arch: str) -> tuple[int, ...]:
     return tuple(inspect.signature(zoo.ARCHS[arch]).parameters["input_shape"].default)
 
 
-def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image=None,
-                          seed: int = 0) -> Shown:
-    """The receptive field of one unit of each layer of the zoo net ``arch``, on its input.
-
-    The input is a photograph (``image``: a path; default Grace Hopper's face) at the net's
-    native size (``input_shape``, default the one its paper used: DeepID 39x31, LeNet-5
-    28x28).  For each convolution, pooling and dense layer: the rectangle is the field of the
-    layer's centre unit -- its size from ``jc.summary``, its place from each window's padding
-    and stride (a field may reach into the padding, past the image); the heat map is
-    ``|dJ/dx|`` for ``delta = 1`` at that unit (all channels), from the hand-written backward of
-    the layers up to it, with initial (untrained) parameters drawn with ``seed``: the pixels
-    that unit actually depends on, always inside its field (after a ReLU or a max pooling, only
-    some of them).
-
-    ``data["layers"]``: one dict per drawn layer with ``index``, ``name``, ``unit`` (row,
-    column), ``field`` (top, left, height, width in input pixels) and ``grad`` ``(H, W)``.
-    """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
-
-    from jaxcnn import zoo
-
-    shape = tuple(input_shape) if input_shape is not None else _native_shape(arch)
-    net = zoo.get(arch, shape)
-    img = photo(shape[:2], path=image, channels=shape[2])
-    layers = _leaves(net)
-    table = summary(net, shape)
-    flat = serial(*layers)
-    params, _ = flat.init(jax.random.key(seed), shape)
-    x = jnp.asarray(img[None], jnp.float32)
-
+def _fields(layers: list[Layer], table, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The layers ``plot_receptive_fields`` draws -- every convolution and pooling, and the
+    first dense layer -- each with its centre ``unit`` and that unit's ``field`` (top, left,
+    height, width in input pixels), from ``summary``'s rows and each window's padding."""
     drawn, start, jump, in_shape, dense_seen = [], (0, 0), (1, 1), shape, False
     for l, (layer, row) in enumerate(zip(layers, table.rows)):
         cfg = dict(layer.config)
@@ -620,12 +626,18 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
             continue
         drawn.append({"index": l, "name": layer.name, "unit": unit, "field": field,
                       "output_shape": row.output_shape, "size": cfg.get("size")})
+    return drawn
+
+
+def _field_gradients(layers: list[Layer], table, drawn: list[dict[str, Any]], params,
+                     x: jax.Array, seed: int) -> np.ndarray:
+    """``|dJ/dx|`` ``(len(drawn), H, W)`` for ``delta = 1`` at each drawn layer's unit, by the
+    hand-written backward."""
+    flat = serial(*layers)
 
     @jax.jit
     def gradients(params, x):
-        """``|dJ/dx|`` for ``delta = 1`` at each drawn layer's unit, by the hand-written backward.
-
-        Example ``b`` of a batch of copies of ``x`` carries drawn layer ``b``'s question: the
+        """Example ``b`` of a batch of copies of ``x`` carries drawn layer ``b``'s question: the
         backward pass (eq. 6.1, layer by layer from the top) adds its ``delta`` at that layer's
         output, where the residual from above is still 0 for it.
         """
@@ -644,7 +656,66 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
             _, delta = layers[l].backward(params[l], caches[l], delta)
         return jnp.sum(jnp.abs(delta), axis=3)
 
-    for d, grad in zip(drawn, np.asarray(gradients(params, x))):
+    return np.asarray(gradients(params, x))
+
+
+def _draw_field(ax, d: dict[str, Any], img: np.ndarray) -> None:
+    """One panel: the photograph, the unit's gradient over it and its field's rectangle."""
+    from matplotlib.patches import Rectangle
+
+    h, w, channels = img.shape
+    top, left, fh, fw = d["field"]
+    ax.imshow(img[:, :, 0] if channels == 1 else img, cmap="gray", vmin=0, vmax=1)
+    g = d["grad"] / max(float(np.max(d["grad"])), 1e-30)
+    # opaque where the gradient is large, the photograph showing through where it is small
+    ax.imshow(np.ma.masked_where(g <= 0, g), cmap="plasma", vmin=0, vmax=1,
+              alpha=np.where(g > 0, 0.3 + 0.6 * g, 0))
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), fw, fh, fill=False, edgecolor="cyan",
+                           linewidth=2))
+    ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="0.3", linewidth=1,
+                           linestyle=":"))
+    ax.set_xlim(min(-0.5, left - 1.0), max(w - 0.5, left + fw))
+    ax.set_ylim(max(h - 0.5, top + fh), min(-0.5, top - 1.0))
+    _no_ticks(ax)
+    k = d["size"]
+    what = f"{d['name']} {k[0]}x{k[1]}" if k else d["name"]
+    out = "x".join(str(v) for v in d["output_shape"])
+    where = (f"unit ({d['unit'][0]}, {d['unit'][1]})" if d["unit"] is not None
+             else "every unit")
+    ax.set_title(f"[{d['index']}] {what} -> {out}\n{where}: field {fh}x{fw}", fontsize=9)
+
+
+def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image=None,
+                          seed: int = 0) -> Shown:
+    """The receptive field of one unit of each layer of the zoo net ``arch``, on its input.
+
+    The input is a photograph (``image``: a path; default Grace Hopper's face) at the net's
+    native size (``input_shape``, default the one its paper used: DeepID 39x31, LeNet-5
+    28x28).  For each convolution, pooling and dense layer: the rectangle is the field of the
+    layer's centre unit -- its size from ``jc.summary``, its place from each window's padding
+    and stride (a field may reach into the padding, past the image); the heat map is
+    ``|dJ/dx|`` for ``delta = 1`` at that unit (all channels), from the hand-written backward of
+    the layers up to it, with initial (untrained) parameters drawn with ``seed``: the pixels
+    that unit actually depends on, always inside its field (after a ReLU or a max pooling, only
+    some of them).
+
+    ``data["layers"]``: one dict per drawn layer with ``index``, ``name``, ``unit`` (row,
+    column), ``field`` (top, left, height, width in input pixels) and ``grad`` ``(H, W)``.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from jaxcnn import zoo
+
+    shape = tuple(input_shape) if input_shape is not None else _native_shape(arch)
+    net = zoo.get(arch, shape)
+    img = photo(shape[:2], path=image, channels=shape[2])
+    layers = _leaves(net)
+    table = summary(net, shape)
+    params, _ = serial(*layers).init(jax.random.key(seed), shape)
+    x = jnp.asarray(img[None], jnp.float32)
+    drawn = _fields(layers, table, shape)
+    for d, grad in zip(drawn, _field_gradients(layers, table, drawn, params, x, seed)):
         d["grad"] = grad
 
     cols = min(len(drawn), 4)
@@ -653,25 +724,7 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
     fig = _figure(3.0 * cols * max(w / h, 0.7) + 0.6, 3.5 * rows + 0.7)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, d in zip(axes, drawn):
-        top, left, fh, fw = d["field"]
-        ax.imshow(img[:, :, 0] if shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        g = d["grad"] / max(float(np.max(d["grad"])), 1e-30)
-        # opaque where the gradient is large, the photograph showing through where it is small
-        ax.imshow(np.ma.masked_where(g <= 0, g), cmap="plasma", vmin=0, vmax=1,
-                  alpha=np.where(g > 0, 0.3 + 0.6 * g, 0))
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), fw, fh, fill=False, edgecolor="cyan",
-                               linewidth=2))
-        ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="0.3", linewidth=1,
-                               linestyle=":"))
-        ax.set_xlim(min(-0.5, left - 1.0), max(w - 0.5, left + fw))
-        ax.set_ylim(max(h - 0.5, top + fh), min(-0.5, top - 1.0))
-        _no_ticks(ax)
-        k = d["size"]
-        what = f"{d['name']} {k[0]}x{k[1]}" if k else d["name"]
-        out = "x".join(str(v) for v in d["output_shape"])
-        where = (f"unit ({d['unit'][0]}, {d['unit'][1]})" if d["unit"] is not None
-                 else "every unit")
-        ax.set_title(f"[{d['index']}] {what} -> {out}\n{where}: field {fh}x{fw}", fontsize=9)
+        _draw_field(ax, d, img)
     for ax in axes[len(drawn):]:
         ax.axis("off")
     fig.colorbar(ScalarMappable(Normalize(0, 1), "plasma"), ax=axes.tolist(), shrink=0.6,

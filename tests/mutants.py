@@ -4,14 +4,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn import conv as conv_mod
+from jaxcnn.reference import conv as reference_conv
 
 
 def conv_without_flip(layer, params, cache, x, delta):
     """Input residual with the kernel *not* rotated by 180 degrees."""
     grads, _ = layer.backward(params, cache, delta)
     g = geo.window("Conv2D", x.shape[1:3], (3, 3), (2, 2), (1, 1), "VALID")
-    return grads, conv_mod.conv_backward_input(delta, params["w"][::-1, ::-1], g, 1)
+    return grads, reference_conv.backward_input(delta, params["w"][::-1, ::-1], g)
 
 
 def kernel_gradient_flipped(layer, params, cache, x, delta):

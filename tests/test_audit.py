@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcnn as jc
+from jaxcnn import audit
 from jaxcnn.core import Layer
 from mutants import (avg_pool_not_divided, conv_without_flip, dense_bias_gradient_averaged,
                      kernel_gradient_flipped, max_pool_routes_to_last_tie, mutate,
@@ -80,6 +81,30 @@ def test_a_planted_mistake_is_pinned_on_its_layer(mistake, dtype):
     assert report.first_bad_layer == index, str(report)
     assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
     assert f"FAILED: first wrong layer is {index} ({layers[index].name})" in str(report)
+
+
+def test_gradient_check_is_the_end_to_end_comparison_of_the_audit():
+    """``gradient_check`` (``fit``'s check: jitted, reduced on the device) compares the same two
+    gradients as ``check_grads``' end-to-end rows: the same relative error per parameter array,
+    and a planted mistake is named by both."""
+    index, wrong = PLANTED["conv kernel gradient flipped"]
+    layers = list(audited_net().layers)
+    layers[index] = mutate(layers[index], wrong)
+    net, params, x, labels = setup(jnp.float64, jc.serial(*layers))
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    check = audit.gradient_check(net, jc.softmax_cross_entropy, params, x, labels)
+    end_to_end = [row for row in report.rows if row.layer is None]
+    assert [row.quantity for row in end_to_end] == ["params[0]['b']", "params[0]['w']",
+                                                    "params[2]['b']", "params[2]['w']",
+                                                    "params[7]['b']", "params[7]['w']"]
+    assert list(check.errors) == ["serial[0] Conv2D params['b']", "serial[0] Conv2D params['w']",
+                                  "serial[2] Conv2D params['b']", "serial[2] Conv2D params['w']",
+                                  "serial[7] Dense params['b']", "serial[7] Dense params['w']"]
+    np.testing.assert_allclose(list(check.errors.values()), [r.max_rel for r in end_to_end],
+                               rtol=1e-9, atol=1e-12)
+    assert check.worst_name == "serial[2] Conv2D params['w']"
+    assert check.worst > audit.default_tolerance(params) == audit.TOLERANCES["float64"]
+    assert [row.ok for row in end_to_end] == [True, True, True, False, True, True]
 
 
 def leaky_relu(slope=0.1, derivative=None):

@@ -23,7 +23,7 @@ def x_of(*shape, dtype=jnp.float32):
     (lambda: jc.Conv2D(4, 3, groups=0), r"Conv2D: groups must be >= 1, got 0"),
     (lambda: jc.Conv2D(4, 3, groups=3), r"Conv2D: features \(=4\) must be divisible by groups \(=3\)"),
     (lambda: jc.Conv2D(4, 3, method="fft"),
-     r"Conv2D: unknown method 'fft'; expected one of \('auto', 'lax', 'toeplitz'\)"),
+     r"Conv2D: unknown method 'fft'; expected one of \('auto', 'reference', 'lax', 'toeplitz'\)"),
     (lambda: jc.Conv2D(4, 3, padding="FULL"), r"Conv2D: unknown padding 'FULL'; expected one of \('VALID', 'SAME'\)"),
     (lambda: jc.Conv2D(4, 3, padding=((1, -1), (0, 0))), r"Conv2D: padding amounts must be >= 0"),
     (lambda: jc.AvgPool2D(0), r"AvgPool2D: window must be >= 1, got \(0, 0\)"),

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import jaxcnn as jc
-from jaxcnn import data, train, zoo
+from jaxcnn import data, report, train, zoo
 from jaxcnn.core import Layer
 
 
@@ -259,7 +259,7 @@ def test_resume_mid_epoch_after_a_kill(digits, tmp_path, monkeypatch):
             self.n += n
             if self.n == 13:                   # after step 13: the checkpoint of step 12 exists
                 raise KeyboardInterrupt
-    monkeypatch.setattr(train, "_progress", lambda *a: Killed())
+    monkeypatch.setattr(report, "progress_bar", lambda *a: Killed())
     with pytest.raises(KeyboardInterrupt):
         train.fit(net, params, x, y, **kw, checkpoint_every=4)
     state, meta = train.load_checkpoint(tmp_path)

@@ -1,0 +1,46 @@
+"""Checks of what training is given, made before anything runs: counts (``fit``'s ``epochs``,
+``evaluate``'s ``batch_size``, ...) and data that fits the network.
+
+Raise ``ValueError``/``TypeError`` naming the argument, the expected and the given value.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxcnn.core import Layer, Params
+from jaxcnn.data import check_arrays
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an ``int`` if it is a positive integer (not a bool)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def check_data(net: Layer, params: Params, x, targets, what: str) -> None:
+    """Images fit the net (rank, size, channels, dtype), and targets fit its output: class
+    indices (checked by ``data.check_arrays``) for ``(N, classes)`` outputs, or real targets
+    of the output's shape.  ``what`` names the set in messages ("training set")."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 2:
+        raise ValueError(f"{what}: images must be an array with a batch axis, e.g. "
+                         f"(N, H, W, C), got {shape if shape is not None else type(x).__name__}")
+    try:
+        out = jax.eval_shape(
+            lambda p, xs: net.forward(p, xs, key=jax.random.key(0), train=True)[0],
+            params, jax.ShapeDtypeStruct(tuple(shape), x.dtype))
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{what}: images of shape {tuple(shape)} and dtype {x.dtype} do not "
+                        f"fit the network: {err}") from err
+    if np.issubdtype(getattr(targets, "dtype", np.float64), np.integer):
+        if len(out.shape) != 2:
+            raise ValueError(f"{what}: integer labels need a network with outputs (N, classes), "
+                             f"this one gives {out.shape[1:]} per example")
+        check_arrays(x, targets, out.shape[1], what)
+    elif getattr(targets, "shape", None) != (shape[0], *out.shape[1:]):
+        raise ValueError(f"{what}: targets must have shape {(shape[0], *out.shape[1:])} (one "
+                         f"network output per image), got {getattr(targets, 'shape', None)}")

@@ -1,0 +1,70 @@
+"""Evaluation: a net's mean loss and accuracy over a whole set, in test mode.
+
+The set is cut into chunks of one size (``EVAL_BATCH`` in ``fit``), the last one padded and
+masked, so that every set -- training subset, test split, any length -- runs through one
+compiled function per net and loss.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn._checks import positive_int
+from jaxcnn.core import Layer, Params
+from jaxcnn.losses import Loss
+from jaxcnn.step import memoise
+
+__all__ = ["EVAL_BATCH", "evaluate", "evaluator"]
+
+EVAL_BATCH = 1000
+"""The evaluation chunk: one compiled shape for every set, and ``evaluate``'s default."""
+
+
+@memoise
+def _chunk_sums(net: Layer, loss: Loss) -> Callable:
+    """Jitted ``(params, x, targets, mask) -> (summed loss, correct count)`` over one chunk."""
+
+    def chunk_sums(params, x, targets, mask):
+        out = net.apply(params, x, key=None, train=False)
+        per_example = jax.vmap(lambda o, t: loss.value(o[None], t[None]))(out, targets)
+        total = jnp.sum(jnp.where(mask, per_example, jnp.zeros((), per_example.dtype)))
+        if jnp.issubdtype(targets.dtype, jnp.integer) and out.ndim == 2:
+            hit = jnp.argmax(out, axis=1).astype(targets.dtype) == targets
+            return total, jnp.sum(hit & mask)
+        return total, jnp.zeros((), jnp.int32)
+
+    return jax.jit(chunk_sums)
+
+
+def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:
+    """``(params, x, targets) -> (mean loss, accuracy or None)`` over NumPy arrays, in padded
+    chunks of ``chunk`` examples: ``evaluate`` with the net and loss fixed, as ``fit`` uses it
+    after every epoch."""
+    chunk_sums = _chunk_sums(net, loss)
+
+    def evaluate(params, x, targets):
+        n = len(x)
+        total, correct = 0.0, 0
+        for start in range(0, n, chunk):
+            xs, ts = x[start:start + chunk], targets[start:start + chunk]
+            m = len(xs)
+            if m < chunk:                       # pad the last chunk; the mask drops the padding
+                xs = np.concatenate([xs, np.zeros((chunk - m, *xs.shape[1:]), xs.dtype)])
+                ts = np.concatenate([ts, np.zeros((chunk - m, *ts.shape[1:]), ts.dtype)])
+            s, c = chunk_sums(params, xs, ts, np.arange(chunk) < m)
+            total, correct = total + float(s), correct + int(c)
+        classify = np.issubdtype(targets.dtype, np.integer)
+        return total / n, (correct / n if classify else None)
+
+    return evaluate
+
+
+def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
+             batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
+    """Mean loss and accuracy (``None`` unless targets are class indices) of ``net.apply`` in
+    test mode over ``(x, targets)``, in batches of ``batch_size``."""
+    return evaluator(net, loss, positive_int("batch_size", batch_size))(
+        params, np.asarray(x), np.asarray(targets))

@@ -1,0 +1,74 @@
+"""Convolution as XLA's convolution instructions: eqs. 4.2, 4.4 and 4.5 by
+``lax.conv_general_dilated`` (``Conv2D(method="lax")``, and ``"auto"`` off the CPU).
+
+Each pass is one instruction, the very one ``jax.grad`` emits for the same forward, so that off
+the CPU both compile, autotune and run alike.  Proven equal to ``jaxcnn.reference.conv`` in
+``tests/test_lowerings.py``.  Shapes: ``x (N, H, W, C_in)``, ``w (kh, kw, C_in // G, F)``,
+``delta (N, H_out, W_out, F)``, ``G`` groups.
+"""
+from __future__ import annotations
+
+from jax import lax
+
+from jaxcnn import _geometry as geo
+from jaxcnn.core import Array
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+"""The forward's dimension numbers: images NHWC, kernels HWIO."""
+
+
+def forward(x: Array, w: Array, g: geo.Window, groups: int, precision=None) -> Array:
+    """Eq. 4.2 without the bias: ``y[n,i,j,o] = sum_{p,q,c} x_pad[n, i s + p d, j s + q d, c] w[p,q,c,o]``.
+
+    ``x (N, H, W, C_in)``, ``w (kh, kw, C_in // G, F)`` -> ``(N, H_out, W_out, F)``.
+    """
+    return lax.conv_general_dilated(
+        x, w, window_strides=g.strides, padding=g.padding, rhs_dilation=g.dilation,
+        dimension_numbers=DIMS, feature_group_count=groups, precision=precision)
+
+
+def kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, precision=None) -> Array:
+    """Eq. 4.4, the kernel gradient: the correlation of the input with delta.
+
+    ``x (N, H, W, C_in)``, ``delta (N, H_out, W_out, F)`` -> ``dw (kh, kw, C_in // G, F)``.
+
+    ``dw[p,q,c,o] = sum_{n,i,j} x_pad[n, i s + p d, j s + q d, c] delta[n,i,j,o]``: delta is the
+    sliding "kernel", dilated by the forward stride, stepping by the forward dilation; the sum
+    runs over the batch, so the batch axis plays the role of the contracted channel axis and the
+    input channels that of the batch (split into G groups by ``batch_group_count``).  The rows
+    past the last one read (the remainder ``r`` of Section 3) are cropped by the padding.
+    """
+    pads = []
+    for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
+        pads.append((lo, k + (n_out - 1) * s - n - lo))
+    return lax.conv_general_dilated(
+        x, delta, window_strides=g.dilation, padding=pads, rhs_dilation=g.strides,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
+        precision=precision)
+
+
+def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, precision=None) -> Array:
+    """Eq. 4.5, second line: the full convolution of delta with the rotated kernel, as one
+    transposed convolution.
+
+    ``delta (N, H_out, W_out, F)``, ``w (kh, kw, C_in // G, F)`` -> ``dx (N, H, W, C_in)``.
+
+    The forward stride becomes ``s - 1`` zeros between the entries of delta (lhs dilation), the
+    kernel is rotated by 180 degrees with its in/out axes swapped inside each group, and the
+    padding ``k_eff - 1 - lo`` on the top/left makes the correlation "full"; the bottom/right
+    amount is whatever brings the output back to ``H`` (negative = a crop, which also drops the
+    gradient on the forward's padding).  The swap is made by the kernel's dimension numbers
+    (``HWOI``; for ``G > 1`` the group axis moved in front of the channels), not by a
+    transpose: the instruction of ``jax.grad``'s transpose rule.
+    """
+    kh, kw, cg, f = w.shape
+    fg = f // groups
+    w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 3, 2, 4)     # read as (O, I) =
+           .reshape(kh, kw, groups * cg, fg))[::-1, ::-1]                # (G C_g, F / G)
+    pads = []
+    for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
+        pads.append((k - 1 - lo, n - (n_out - 1) * s - 1 + lo))
+    return lax.conv_general_dilated(
+        delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
+        rhs_dilation=g.dilation, dimension_numbers=("NHWC", "HWOI", "NHWC"),
+        feature_group_count=groups, precision=precision)

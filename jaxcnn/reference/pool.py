@@ -1,0 +1,104 @@
+"""Pooling as the textbook writes it: eqs. 5.1-5.8 of ``docs/derivation.md``.
+
+Every forward gathers the windows (3.3) and reduces each one -- a mean, a max, a sample, a
+weighted mean -- and every backward gives each window entry its share of the window's delta
+and adds the shares back where they were read (3.4): the routes of Section 5.  No lowering, no
+switch: the pooling layers' fast forms (``jaxcnn.lowering.pool``) are proven equal to these.
+
+Shapes: input ``x (N, H, W, C)``, output and ``delta (N, H_out, W_out, C)``, ``index`` the window
+position ``k < K`` each output took (row-major, ``(N, H_out, W_out, C)`` ints); ``g`` the window's
+placement (``geo.Window``).  Backward passes return ``dx (N, H, W, C)``: the residual on the
+padding is dropped.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import _geometry as geo
+from jaxcnn.core import Array
+
+
+def window_size(g: geo.Window, count_include_pad: bool, dtype) -> Array:
+    """``|R_ij|`` of eq. 5.1: ``kh kw``, or (``count_include_pad=False``) the number of real
+    input positions in each window, ``(1, H_out, W_out, 1)``; geometry only, never data."""
+    if count_include_pad:
+        return jnp.asarray(g.count, dtype)
+    return jnp.asarray(geo.window_counts(g)[None, :, :, None], dtype)
+
+
+def avg_forward(x: Array, g: geo.Window, size: Array) -> Array:
+    """Eq. 5.1: ``y[n,i,j,c] = sum_{(u,v) in R_ij} x_pad[n,u,v,c] / |R_ij|``, padding zero."""
+    return jnp.sum(geo.windows(geo.pad(x, g), g), axis=3) / size
+
+
+def avg_backward(delta: Array, g: geo.Window, size: Array) -> Array:
+    """Eq. 5.2: every entry of window ``(i, j)`` gets ``delta[n,i,j,c] / |R_ij|``; overlaps add."""
+    share = delta / size
+    shares = jnp.broadcast_to(share[:, :, :, None, :], (*share.shape[:3], g.count,
+                                                         share.shape[3]))
+    return geo.unpad(geo.scatter_windows(shares, g), g)
+
+
+def max_forward(x: Array, g: geo.Window) -> tuple[Array, Array]:
+    """Eq. 5.3: ``y = max_{R_ij} x_pad`` with ``-inf`` padding, and ``index``, the position of
+    the *first* maximum in row-major window order (``jnp.argmax`` keeps the first of ties)."""
+    windows = geo.windows(geo.pad(x, g, -jnp.inf), g)                    # (N, Ho, Wo, K, C)
+    index = jnp.argmax(windows, axis=3)
+    return take(windows, index), index
+
+
+def route(index: Array, delta: Array, g: geo.Window) -> Array:
+    """Eqs. 5.4 and 5.6: each window's whole delta goes to its position ``index``; a position
+    chosen by several overlapping windows receives the sum."""
+    k = jnp.arange(g.count, dtype=index.dtype).reshape(1, 1, 1, -1, 1)
+    shares = jnp.where(index[:, :, :, None, :] == k, delta[:, :, :, None, :], 0)
+    return geo.unpad(geo.scatter_windows(shares, g), g)
+
+
+def take(windows: Array, index: Array) -> Array:
+    """``windows[n, i, j, index[n, i, j, c], c]``: the entry each window chose."""
+    return jnp.take_along_axis(windows, index[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+
+
+def stochastic_sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, Array]:
+    """Eq. 5.5 by the inverse of each window's cumulative distribution: ``(y, index)``.
+
+    With ``c_k`` the sum of the window's positive entries up to position ``k`` (row-major) and
+    ``u ~ U[0, 1)``, one per window, ``k`` is the first position with ``c_k > u S``,
+    ``S = c_{K-1}``, so ``P(k) = a_k / S``.  Counting the positions passed,
+    ``sum_k [c_k <= u S and c_k < S]``, never passes the last positive entry, even where
+    ``u S`` rounds up to ``S``; a window with ``S = 0`` takes position 0.  One uniform number
+    per window and ``K`` compares on the ``K`` window slices
+    (``docs/performance.md#why-stochastic-sampler``).  Unpadded windows."""
+    slices = list(geo.window_slices(x, g))
+    cum = [jnp.maximum(slices[0], 0)]
+    for a in slices[1:]:
+        cum.append(cum[-1] + jnp.maximum(a, 0))
+    total = cum[-1]
+    threshold = jax.random.uniform(key, total.shape, total.dtype) * total
+    index = sum((((c <= threshold) & (c < total)).astype(jnp.int32) for c in cum[:-1]),
+                jnp.zeros(total.shape, jnp.int32))              # a 1x1 window: position 0
+    y = slices[0]
+    for k, a in enumerate(slices[1:], 1):
+        y = jnp.where(index == k, a, y)
+    return y, index
+
+
+def stochastic_expectation(x: Array, g: geo.Window) -> Array:
+    """Eq. 5.7, test time: ``y = sum(a^2) / S`` per window, ``S = sum(a)``; 0 where ``S = 0``
+    (the inner ``where`` keeps the untaken branch finite, so autodiff agrees with 5.8)."""
+    windows = geo.windows(x, g)
+    s = jnp.sum(windows, axis=3)
+    return jnp.where(s > 0, jnp.sum(windows * windows, axis=3) / jnp.where(s > 0, s, 1), 0)
+
+
+def stochastic_expectation_backward(x: Array, delta: Array, g: geo.Window) -> Array:
+    """Eq. 5.8: ``dy/da_k = (2 a_k - y) / S`` (0 where ``S = 0``), scattered as in 3.4."""
+    windows = geo.windows(x, g)
+    s = jnp.sum(windows, axis=3)
+    safe = jnp.where(s > 0, s, 1)
+    y = jnp.where(s > 0, jnp.sum(windows * windows, axis=3) / safe, 0)
+    slope = jnp.where((s > 0)[:, :, :, None, :],
+                      (2 * windows - y[:, :, :, None, :]) / safe[:, :, :, None, :], 0)
+    return geo.unpad(geo.scatter_windows(slope * delta[:, :, :, None, :], g), g)

@@ -1,0 +1,80 @@
+"""What a run shows while it trains and when it ends: the progress bar, the loss and accuracy
+curves, the final line.
+
+tqdm and matplotlib (the ``train`` extra) are imported only where used; nothing here touches
+the numbers ``fit`` computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["progress_bar", "postfix", "plot_curves", "final_line"]
+
+
+class _NoBar:
+    def update(self, n): pass
+    def set_postfix_str(self, s, refresh=True): pass
+    def close(self): pass
+
+
+def progress_bar(show: bool, total: int, initial: int):
+    """A tqdm bar over ``total`` steps on stderr, starting at ``initial`` (a resumed run); one
+    that shows nothing where ``show`` is false.  Either has ``update``, ``set_postfix_str``
+    and ``close``."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
+def postfix(epoch: int, epochs: int, train_loss, history: list[dict]) -> str:
+    """The bar's postfix: ``epoch 2/10, loss 0.1234, train acc 0.987, test acc 0.975``."""
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    if train_loss is not None:
+        parts.append(f"loss {train_loss:.4f}")
+    if history:
+        h = history[-1]
+        if h["train_accuracy"] is not None:
+            parts.append(f"train acc {h['train_accuracy']:.3f}")
+        if h["test_accuracy"] is not None:
+            parts.append(f"test acc {h['test_accuracy']:.3f}")
+    return ", ".join(parts)
+
+
+def plot_curves(history: list[dict], path: str, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and test) to a PNG, with matplotlib's Agg canvas."""
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for key, label, ax in (("train_loss", "train (epoch mean)", ax_loss),
+                           ("test_loss", "test", ax_loss),
+                           ("train_accuracy", "train", ax_acc),
+                           ("test_accuracy", "test", ax_acc)):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, [np.nan if v is None else v for v in values], marker=".",
+                    label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def final_line(s: dict, out) -> str:
+    """The line ``fit`` prints at the end, from its ``summary``: the test accuracy (or the
+    training loss), epochs, steps, seconds and where the outputs are."""
+    parts = []
+    if s["test_accuracy"] is not None:
+        parts.append(f"test accuracy {100 * s['test_accuracy']:.2f}% (loss {s['test_loss']:.4f})")
+    elif s["train_loss"] is not None:
+        parts.append(f"train loss {s['train_loss']:.4f}")
+    parts.append(f"after {s['epochs']} epochs ({s['steps']} steps) in {s['seconds']:.1f} s")
+    line = ", ".join(parts)
+    return line + (f"; outputs in {out}" if out is not None else "")

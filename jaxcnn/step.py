@@ -1,0 +1,177 @@
+"""The training step: the gradient (hand-written or ``jax.grad``), then an optax update.
+
+A step is ``loss_and_grad`` -- forward, the loss's output residual, backward, no autodiff
+(eq. 6.2) -- then ``optimizer.update`` and ``optax.apply_updates``, all under one ``jax.jit``.
+Nothing here reads files, prints or loops over epochs: that is ``jaxcnn.train.fit``'s.
+``jaxcnn.train`` re-exports what a loop of one's own needs (``train.make_step``, ...);
+``fit_step``, ``step_keys`` and ``memoise`` are shared by ``fit`` and ``jaxcnn.distributed``.
+
+Every random choice of a run is a function of ``(seed, epoch, step)``, one ``fold_in`` stream
+per use of the seed::
+
+    key       = jax.random.key(seed)
+    params    = net.init(fold_in(key, 0), input_shape)              init_params
+    order(e)  = permutation(fold_in(fold_in(key, 1), e), n_train)   epoch_order
+    key(s)    = fold_in(fold_in(key, 2), s)                         fold_in(step_keys(key), s)
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import numpy as np
+import optax
+
+from jaxcnn.core import Array, Layer, Params
+from jaxcnn.losses import Loss
+from jaxcnn.microbatch import microbatched
+from jaxcnn.network import value_and_grad
+
+__all__ = [
+    "GRADS", "OPTIMIZERS", "make_optimizer", "loss_and_grad", "train_step", "update_step",
+    "make_step", "fit_step", "init_params", "epoch_order", "step_keys", "memoise",
+]
+
+GRADS = ("manual", "autodiff")
+"""How a step gets its gradient: the hand-written backward, or ``jax.grad`` of the same forward."""
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+}
+"""``jaxcnn train --optimizer``: name -> ``fn(learning_rate)``."""
+
+_INIT, _DATA, _STEP = 0, 1, 2          # fold_in tags: one independent stream per use of the seed
+
+
+def memoise(builder: Callable) -> Callable:
+    """Cache what ``builder`` makes for equal (hashable) positional arguments; unhashable ones
+    build anew.
+
+    For the builders of jitted functions (``fit_step``, ``distributed.fit_step``, the gradient
+    check, the evaluator): repeated ``fit`` calls with the same net, loss and optimizer objects
+    then reuse one set of compiled functions instead of tracing and compiling again.
+    """
+    cached = functools.lru_cache(maxsize=16)(builder)
+
+    @functools.wraps(builder)
+    def build(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return builder(*args)
+        return cached(*args)
+
+    return build
+
+
+def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """An optax optimizer by name: ``sgd``, ``momentum`` (SGD, momentum 0.9) or ``adam``.
+
+    The same arguments give the same object, so that ``fit`` reuses its compiled steps.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate) \
+            or learning_rate <= 0:
+        raise ValueError(f"the learning rate must be a positive number, got {learning_rate!r}")
+    return _optimizer(name, float(learning_rate))
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    return OPTIMIZERS[name](learning_rate)
+
+
+def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int | None = None
+                  ) -> Callable[..., tuple[Array, Params]]:
+    """``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
+
+    ``grad="manual"``: ``jaxcnn.value_and_grad``, the hand-written backward (eq. 6.2).
+    ``grad="autodiff"``: ``jax.value_and_grad`` of ``loss.value(net.apply(...))`` -- the same
+    forward (the same values; ``Conv2D.forward`` may add its bias to the Toeplitz product's
+    rows where ``apply`` adds it after the reshape) differentiated by JAX, for comparison.
+    ``microbatch``: either one on chunks of this many examples, averaged
+    (``jaxcnn.microbatch.microbatched``).
+    """
+    if grad == "manual":
+        return value_and_grad(net, loss, microbatch=microbatch)
+    if grad != "autodiff":
+        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+
+    def f(params, x, targets, key, train):
+        return jax.value_and_grad(
+            lambda p: loss.value(net.apply(p, x, key=key, train=train), targets))(params)
+
+    return microbatched(f, microbatch, "value_and_grad")
+
+
+def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+               grad: str = "manual", microbatch: int | None = None) -> Callable:
+    """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``."""
+    return update_step(loss_and_grad(net, loss, grad, microbatch), optimizer)
+
+
+def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``train_step`` for any ``vg(params, x, targets, *, key, train) -> (J, grads)``: the
+    gradients, then the optax update.  (``jaxcnn.distributed`` passes its sharded ``vg``.)"""
+
+    def step(params, opt_state, x, targets, key):
+        value, grads = vg(params, x, targets, key=key, train=True)
+        # optax promotes implicitly (adam's ``b1 ** count`` is float ** int32): trace it under
+        # standard promotion, so that it also runs where jaxcnn is tested under strict promotion
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return params, opt_state, value
+
+    return step
+
+
+def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+              grad: str = "manual", microbatch: int | None = None) -> Callable:
+    """``jax.jit`` of ``train_step``: one mini-batch update, compiled once per batch shape.
+
+    >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
+    >>> params, opt_state, J = step(params, opt_state, x, labels, key)
+    """
+    return jax.jit(train_step(net, loss, optimizer, grad, microbatch))
+
+
+@memoise
+def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+             grad: str, microbatch: int | None = None) -> Callable:
+    """``fit``'s step on one device, jitted and cached per arguments:
+    ``(params, opt_state, x_all, y_all, index, step_key, step) -> (params, opt_state, J)``.
+
+    The batch ``x_all[index]`` is gathered on the device (the data set is an argument, never a
+    compiled-in constant) and the forward's key is ``fold_in(step_key, step)``, ``step_key``
+    being ``step_keys(key)``.  ``distributed.fit_step`` is the same on a mesh.
+    """
+    update = train_step(net, loss, optimizer, grad, microbatch)
+
+    def step_fn(params, opt_state, x_all, y_all, index, step_key, step):
+        return update(params, opt_state, x_all[index], y_all[index],
+                      jax.random.fold_in(step_key, step))
+
+    return jax.jit(step_fn)
+
+
+def init_params(net: Layer, input_shape, seed: int = 0) -> tuple[Params, tuple[int, ...]]:
+    """``net.init`` with the key ``fit`` reserves for initialisation: ``fold_in(key(seed), 0)``."""
+    return net.init(jax.random.fold_in(jax.random.key(seed), _INIT), tuple(input_shape))
+
+
+def epoch_order(seed_key: Array, epoch: int, n: int) -> np.ndarray:
+    """Epoch ``epoch``'s data order: a permutation of ``range(n)`` from ``(key, epoch)`` only."""
+    k = jax.random.fold_in(jax.random.fold_in(seed_key, _DATA), epoch)
+    return np.asarray(jax.random.permutation(k, n)).astype(np.int32)
+
+
+def step_keys(seed_key: Array) -> Array:
+    """The stream of the forward's keys: step ``s`` draws from ``fold_in(step_keys(key), s)``,
+    independent of the init and data-order streams of the same seed."""
+    return jax.random.fold_in(seed_key, _STEP)

@@ -1,0 +1,413 @@
+"""Every fast form of a pass equals the reference derivation (``jaxcnn.reference``) and
+``jax.vjp``; the convolution plan picks the forms it should.
+
+The lowerings: XLA's convolutions (``jaxcnn.lowering.xla``), the Toeplitz matrix products
+(``toeplitz``, eqs. 4.6-4.8, over column tiles of any size), the strided input residual by
+stride phases (``phases``, eq. 4.9), pooling's sums and spreads (``pool``, eqs. 5.1, 5.2, 5.9);
+and how a layer joins them (``dispatch``: per group, the bias on the product's rows or inside
+it, ``apply`` evaluated in one form and differentiated in another).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn as jc
+from harness import TOL, assert_backward_matches, init_as
+from jaxcnn import _geometry as geo
+from jaxcnn.lowering import dispatch, phases, toeplitz, xla
+from jaxcnn.lowering import pool as fast_pool
+from jaxcnn.lowering.plan import LIMITS, bias_in_product, conv_plan
+from jaxcnn.reference import conv as ref
+from jaxcnn.reference import pool as ref_pool
+from test_layers import lax_conv, run_case
+
+
+def window(hw, k, strides=1, dilation=1, padding="VALID", name="Conv2D"):
+    """``geo.window`` from a layer's arguments (ints or pairs, any padding spelling)."""
+    pair = lambda v: jc.core.pair("", "", v)  # noqa: E731
+    return geo.window(name, hw, pair(k), pair(strides), pair(dilation),
+                      geo.normalize_padding("", padding))
+
+
+def close(got, want, tol=1e-12):
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["reference", "lax", "toeplitz"])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
+    ((1, 2), (2, 1), ((0, 4), (3, 0))), (3, (4, 1), "VALID")])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv_all_three_passes_in_every_method(method, strides, dilation, padding, groups):
+    """Eqs. 4.2/4.4/4.5 (the reference, and XLA's convolutions) and 4.6/4.7/4.8 (Toeplitz
+    matrix products, one per group when grouped) give the forward of ``lax.conv_general_dilated`` and the kernel
+    gradient and input residual of its ``jax.vjp``, in float64 to 1e-12; the rows a stride
+    skips get no residual.  The last case has one output row (a dilated kernel 9 rows tall,
+    two rows unread), whose eq. 4.8 places the kernel's rows without a window scatter."""
+    layer = jc.Conv2D(6, (3, 2), strides, padding, dilation, groups, method=method)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
+    params, _ = init_as(layer, (11, 10, 3), jnp.float64)
+    y, cache = jax.jit(layer.forward)(params, x)
+    ref, vjp = jax.vjp(lambda p, x: lax_conv(p, x, strides, padding, dilation, groups),
+                       params, x)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    grads, dx = jax.jit(layer.backward)(params, cache, delta)
+    ref_grads, ref_dx = vjp(delta)
+    np.testing.assert_allclose(grads["w"], ref_grads["w"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+    plan = conv_plan(window((11, 10), (3, 2), strides, dilation, padding), 3, groups, method,
+                     features=4)
+    assert plan[:4] == (method, method, method, method == "toeplitz" and groups > 1)
+    assert plan.inference == method
+
+
+def test_conv_plan_auto_picks_by_spread_on_cpu():
+    """``"auto"``: Toeplitz for few channels over narrow maps, XLA's convolutions for many
+    channels (``LIMITS.forward`` and the larger backward ones), grouped
+    convolutions split per group, and the stride phases for a strided input residual."""
+    def plan(hw, k, c_in, groups=1, padding="SAME", features=8):
+        return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in,
+                         groups, features=features)[:5]
+
+    if jax.default_backend() != "cpu":     # GPU/TPU: XLA's convolutions, whatever the shape
+        assert plan((28, 28), 5, 1) == plan((8, 8), 3, 4, groups=2) == ("lax",) * 3 + (False, None)
+        return
+    # LeNet-5 C1: spread 6.4, and 28 output columns in two tiles of 14
+    assert plan((28, 28), 5, 1) == ("toeplitz", "toeplitz", "toeplitz", False, 14)
+    # LeNet-5 C5: spread 16; one output column, one tile
+    assert plan((5, 5), 5, 16, padding="VALID") == ("toeplitz",) * 3 + (False, None)
+    assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
+    # each pass has its own limit: 3 channels, 32 wide (spread 34): XLA's forward, Toeplitz
+    # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient.
+    # With XLA's forward, four tiles where W_out >= 4 k_w (32 -> 8, 12 -> 3), else two.
+    assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 8)
+    assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 3)
+    # 10 wide (spread 53, W_out 8 < 12): two tiles of 4
+    assert plan((10, 10), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 4)
+    # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
+    assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
+    assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
+    assert plan((32, 32), 3, 64, groups=4)[:4] == ("lax", "lax", "lax", True)
+    # depthwise, 16 groups (> GROUP_SPLIT_LIMIT): not unrolled into 16 programs
+    assert plan((16, 16), 3, 16, groups=16) == ("lax",) * 3 + (False, None)
+    # strided: XLA's kernel gradient always; the Toeplitz input residual up to spread 30,
+    # above it the stride phases (eq. 4.9), also per group of a split grouped convolution
+    strided = geo.window("Conv2D", (32, 32), (3, 3), (2, 2), (1, 1), "SAME")
+    # spread 176
+    assert conv_plan(strided, 16, 1, features=8)[:4] == ("lax", "lax", "phases", False)
+    # spread 44
+    assert conv_plan(strided, 16, 4, features=8)[:4] == ("lax", "lax", "phases", True)
+    strided = geo.window("Conv2D", (14, 14), (5, 5), (2, 2), (1, 1), "VALID")
+    # spread 15.6
+    assert conv_plan(strided, 6, 1, features=8)[:5] == ("toeplitz", "lax", "toeplitz", False, None)
+    strided = geo.window("Conv2D", (14, 14), (3, 3), (2, 2), (1, 1), "VALID")
+    # spread 69
+    assert conv_plan(strided, 16, 1, features=8)[:5] == ("lax", "lax", "phases", False, None)
+    # spread 26
+    assert conv_plan(strided, 6, 1, features=8)[:5] == ("lax", "lax", "toeplitz", False, 3)
+    with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
+        conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft",
+                  features=8)
+
+
+def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
+    """``inference`` (what ``apply`` computes when not differentiated) is the Toeplitz product
+    only where the forward is one and: one output position; 2-3 input channels per group; or
+    one, with at most 16 features per group or a kernel at least 7 columns wide (dilated:
+    its effective width)."""
+    def plan(hw, k, c_in, features, groups=1, padding="SAME", dilation=(1, 1)):
+        p = conv_plan(geo.window("Conv2D", hw, k, (1, 1), dilation, padding), c_in, groups,
+                      features=features)
+        return p.forward, p.inference
+
+    if jax.default_backend() != "cpu":
+        assert plan((28, 28), (5, 5), 1, 6) == ("lax", "lax")
+        return
+    assert plan((28, 28), (5, 5), 1, 6) == ("toeplitz",) * 2                      # LeNet C1
+    assert plan((14, 14), (5, 5), 6, 16, padding="VALID") == ("toeplitz", "lax")  # LeNet C3
+    assert plan((5, 5), (5, 5), 16, 120, padding="VALID") == ("toeplitz",) * 2    # LeNet C5
+    assert plan((28, 28), (9, 9), 1, 20, padding="VALID") == ("toeplitz",) * 2    # UFLDL
+    assert plan((39, 31), (4, 4), 1, 20, padding="VALID") == ("toeplitz", "lax")  # deepid
+    assert plan((8, 8), (3, 3), 1, 32) == ("toeplitz", "lax")            # the zoo's small
+    assert plan((28, 28), (4, 4), 1, 32, dilation=(2, 2)) == ("toeplitz",) * 2    # 7 wide
+    assert plan((14, 14), (5, 5), 3, 32) == ("toeplitz",) * 2                     # 3 channels
+    assert plan((14, 14), (5, 5), 8, 32, groups=4) == ("toeplitz",) * 2   # 2 per group
+    assert plan((14, 14), (5, 5), 12, 16, groups=2, padding="VALID") == ("toeplitz", "lax")
+    assert plan((32, 32), (3, 3), 3, 64) == ("lax", "lax")                   # XLA's forward
+
+
+@pytest.mark.parametrize("features, k, shape, kwargs", [
+    (16, 5, (14, 14, 6), {}),                          # LeNet C3: XLA's to evaluate
+    (20, 9, (28, 28, 1), {}),                          # UFLDL: the Toeplitz product
+    (4, 3, (9, 8, 4), {"groups": 2, "padding": "SAME"}),
+    (5, (3, 2), (9, 8, 3), {"use_bias": False, "strides": 2}),
+])
+def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape, kwargs):
+    """``apply`` may evaluate in one form and differentiate through another (``dispatch.evaluate``:
+    a ``jax.custom_jvp`` whose rule is ``jax.jvp`` of the plan's forward).  Values, ``jax.vjp``,
+    ``jax.jvp``, a Hessian-vector product and ``jax.vmap`` all equal those of a plain
+    ``lax.conv_general_dilated`` forward (float64), also under ``jax.checkpoint``; a gradient
+    with respect to the parameters alone computes no product with the data's zero tangent; on
+    CPU LeNet's C3 evaluates with XLA's convolution and is differentiated through the Toeplitz
+    product."""
+    layer = jc.Conv2D(features, k, **kwargs)
+    rng = np.random.default_rng(2)
+    params, _ = init_as(layer, shape, jnp.float64)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+    x = jnp.asarray(rng.normal(size=(3, *shape)))
+    strides = jc.core.pair("", "", kwargs.get("strides", 1))
+
+    def reference(p, x):
+        return lax_conv(p, x, strides, kwargs.get("padding", "VALID"),
+                        groups=kwargs.get("groups", 1))
+
+    def close(a, b, tol=1e-10):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), a, b)
+
+    y = jax.jit(layer.apply)(params, x)
+    close(y, reference(params, x))
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    close(jax.jit(lambda p, x: jax.vjp(layer.apply, p, x)[1](delta))(params, x),
+          jax.vjp(reference, params, x)[1](delta))
+    tangent = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), (params, x))
+    close(jax.jvp(layer.apply, (params, x), tangent), jax.jvp(reference, (params, x), tangent))
+    for f in (layer.apply, jax.checkpoint(layer.apply)):     # second order, in p and in x
+        hvp = [jax.jvp(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), (0, 1)), (params, x),
+                       tangent)[1] for f in (f, reference)]
+        close(*hvp)
+    close(jax.vmap(lambda x: layer.apply(params, x[None])[0])(x), y)
+
+    def dots(f):
+        return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(f(p) * delta)))(params)).count(
+            "dot_general")
+
+    g = window(shape[:2], k, strides, 1, kwargs.get("padding", "VALID"))
+    plan = conv_plan(g, shape[2], kwargs.get("groups", 1), features=features)
+    assert dots(lambda p: layer.apply(p, x)) == dots(lambda p: dispatch.forward(
+        x, p["w"], p.get("b"), g, kwargs.get("groups", 1), plan))
+    if jax.default_backend() == "cpu" and features == 16:
+        evaluated = str(jax.make_jaxpr(layer.apply)(params, x))
+        differentiated = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(
+            params))
+        assert "conv_general_dilated" in evaluated and "dot_general" not in evaluated
+        assert "dot_general" in differentiated and "conv_general_dilated" not in differentiated
+
+
+@pytest.mark.parametrize("tile", [None, 1, 2, 3, 5, 100])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), ((1, 2), (2, 1), ((0, 4), (3, 0)))])
+def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
+    """Eqs. 4.6-4.8 over column tiles of any size (the last one zero-filled past ``W_out``,
+    ``100`` meaning one tile) equal the reference (eqs. 4.2, 4.4, 4.5) and ``jax.vjp`` of
+    ``lax.conv_general_dilated``."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
+    g = window((9, 13), 3, strides, dilation, padding)
+    y, vjp = jax.vjp(lambda x, w: xla.forward(x, w, g, 1), x, w)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    dx, dw = vjp(delta)
+    for want, got in (((y, ref.forward(x, w, None, g)), toeplitz.forward(x, w, g, tile=tile)),
+                      ((dw, ref.backward_kernel(x, delta, g)),
+                       toeplitz.kernel_grad(x, delta, g, tile=tile)),
+                      ((dx, ref.backward_input(delta, w, g)),
+                       toeplitz.input_residual(delta, w, g, tile=tile))):
+        for oracle in want:
+            close(got, oracle)
+
+
+@pytest.mark.parametrize("tile", [None, 2, 5])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3))), ((1, 2), (2, 1), ((3, 0), (1, 1)))])
+def test_toeplitz_rows_entries(tile, strides, dilation, padding):
+    """Eq. 4.6's row matrix, entry by entry: ``R[(n, i, tile), (p, v, c)] =
+    x_pad[n, i s_h + p d_h, tile * step + v, c]``, zero past the padded input."""
+    x = np.random.default_rng(1).normal(size=(2, 9, 13, 3))
+    g = window((9, 13), (3, 2), strides, dilation, padding)
+    t = toeplitz.column_tiles(g, tile)
+    r = np.asarray(jax.jit(lambda x: toeplitz.toeplitz_rows(x, g, t))(jnp.asarray(x)))
+    (top, bottom), (left, right) = g.padding
+    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right + t.width), (0, 0)))
+    (ho, _), (sh, _), (dh, _) = g.out_hw, g.strides, g.dilation
+    expected = np.array([[[x_pad[n, i * sh + p * dh, k * t.step + v, c]
+                           for p in range(3) for v in range(t.read) for c in range(3)]]
+                         for n in range(2) for i in range(ho) for k in range(t.count)])
+    np.testing.assert_array_equal(r, expected.reshape(r.shape))
+
+
+@pytest.mark.parametrize("tile", [None, 2])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])
+def test_toeplitz_bias_added_to_the_product_rows(tile, strides, dilation, padding):
+    """Eq. 4.6 with its bias: ``b`` repeated once per output column of the tile
+    (``per_column``, a gather, exactly ``jnp.tile``) and added to the product's 2-D rows gives
+    the product plus the bias, tile by tile, also where the last tile runs past ``W_out``; so
+    does the "+1" unit inside the product; both equal the reference forward with its bias."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
+    b = jnp.asarray(rng.normal(size=(4,)))
+    g = window((9, 13), 3, strides, dilation, padding)
+    t = toeplitz.column_tiles(g, tile)
+    np.testing.assert_array_equal(toeplitz.per_column(b, t), jnp.tile(b, t.size))
+    plain = toeplitz.forward(x, w, g, tile=tile) + b.reshape(1, 1, 1, -1)
+    for inside in (False, True):
+        with_bias = jax.jit(lambda x, w, b: toeplitz.forward(x, w, g, tile=tile, bias=b,
+                                                             bias_inside=inside))(x, w, b)
+        close(with_bias, plain)
+        close(with_bias, ref.forward(x, w, b, g))
+
+
+def test_forward_adds_the_bias_to_the_product_rows():
+    """``Conv2D.forward`` adds the bias to a Toeplitz product in the product's 2-D layout (so
+    the elementwise layer after it runs along long rows); evaluated ``apply`` inside the
+    product, where its row matrix has no more entries per row than the output
+    (``bias_in_product``: ``k_h read C <= t F``); differentiated ``apply`` to the
+    ``(N, H_out, W_out, F)`` output.  They agree, and the backward equals ``jax.vjp`` of
+    ``apply``, in float64 and float32.  With XLA's forward there is no product, and the bias
+    is added after it."""
+    def decide(hw, k, c, f, padding="VALID", groups=1):
+        g = geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding)
+        plan = conv_plan(g, c, groups, features=f)
+        return bias_in_product(g, c, f, plan._replace(forward=plan.inference))
+
+    layer = jc.Conv2D(20, 9)                       # UFLDL's: 20 outputs x 2 tiles of 10
+    rng = np.random.default_rng(5)
+    for dtype in (jnp.float64, jnp.float32):
+        params, _ = init_as(layer, (28, 28, 1), dtype)
+        params["b"] = jnp.asarray(rng.normal(size=20), dtype)          # init's bias is zero
+        x = jnp.asarray(rng.normal(size=(3, 28, 28, 1)), dtype)
+        assert_backward_matches(layer, params, x)
+        y, _ = jax.jit(layer.forward)(params, x)
+        np.testing.assert_allclose(y, jax.jit(layer.apply)(params, x),
+                                   rtol=TOL[jnp.dtype(dtype)], atol=TOL[jnp.dtype(dtype)])
+
+    def bias_adds(f, *args):
+        """The shapes of the adds in ``f``'s jaxpr as large as the output (3 * 20 * 20 * 20)."""
+        jaxpr = jax.make_jaxpr(f)(*args).jaxpr
+        return [str(e.outvars[0].aval.shape) for e in jaxpr.eqns
+                if e.primitive.name == "add" and e.outvars[0].aval.size == 24000]
+
+    toeplitz, xla = jc.Conv2D(20, 9, method="toeplitz"), jc.Conv2D(20, 9, method="lax")
+    assert bias_adds(lambda p, x: toeplitz.forward(p, x)[0], params, x) == ["(120, 200)"]
+    assert set(bias_adds(jax.grad(lambda p: jnp.sum(toeplitz.apply(p, x))), params)) == {
+        "(3, 20, 20, 20)"}
+    assert bias_adds(lambda p, x: xla.forward(p, x)[0], params, x) == ["(3, 20, 20, 20)"]
+    if jax.default_backend() != "cpu":                    # XLA's forward everywhere
+        assert not decide((28, 28), 9, 1, 20)
+        return
+    assert decide((28, 28), 9, 1, 20)                    # UFLDL: 9 * 18 * 1 = 162 <= 10 * 20
+    assert not decide((14, 14), 5, 6, 16)                # LeNet C3: XLA's to evaluate
+    assert not decide((28, 28), 5, 1, 6, "SAME")         # LeNet C1: 90 > 84
+    assert not decide((32, 32), 3, 3, 64, "SAME")        # XLA's forward
+    assert not decide((8, 8), 3, 2, 8, groups=2)         # split per group
+    # evaluated, apply's product has the column of ones (K = 9 * 18 + 1) and no add of the
+    # bias; forward's and differentiated apply's products do not
+    assert bias_adds(layer.apply, params, x) == []
+    assert "f32[120,163]" in str(jax.make_jaxpr(layer.apply)(params, x))
+    assert "163" not in str(jax.make_jaxpr(layer.forward)(params, x))
+    assert "163" not in str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply(p, x))))(params))
+
+
+def test_toeplitz_tile_must_be_positive():
+    g = geo.window("Conv2D", (6, 6), (3, 3), (1, 1), (1, 1), "VALID")
+    with pytest.raises(ValueError, match=r"Conv2D: tile must be an int >= 1 \(output columns "
+                                         r"per tile\), got 0"):
+        toeplitz.forward(jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 2)), g, tile=0)
+
+
+@pytest.mark.parametrize("window_, strides, padding", [(5, None, "VALID"), (5, 2, "SAME"),
+                                                       ((7, 3), 1, "VALID")])
+def test_avg_pool_large_windows(window_, strides, padding):
+    """Windows of more than ``SLICE_SUM_LIMIT`` positions take ``lax.reduce_window`` instead
+    of the sum of strided slices; the backward (eq. 5.2) still equals ``jax.vjp``."""
+    assert jc.core.pair("", "", window_)[0] * jc.core.pair("", "", window_)[1] \
+        > fast_pool.SLICE_SUM_LIMIT
+    rng = np.random.default_rng(4)
+    run_case(jc.AvgPool2D(window_, strides, padding), (2, 11, 9, 3), jnp.float64, rng)
+
+
+@pytest.mark.parametrize("size, strides, padding", [
+    ((3, 3), (2, 2), "SAME"), ((3, 2), (1, 1), "VALID"), ((2, 2), (3, 4), "VALID"),
+    ((3, 2), (2, 3), ((1, 2), (0, 1))), ((1, 1), (2, 1), "VALID"), ((2, 2), (2, 2), "VALID"),
+    ((5, 4), (1, 2), ((2, 3), (1, 0)))])
+def test_pool_lowerings_equal_the_reference(size, strides, padding):
+    """``window_sums`` (slices or ``reduce_window``) is eq. 5.1's numerator; ``spread`` (the
+    block broadcast where windows tile the input, eq. 5.9 otherwise) is eq. 5.2's scatter;
+    ``max_pool`` (``reduce_window``) is eq. 5.3, and ``jax.vjp`` of it routes as eq. 5.4."""
+    g = window((11, 10), size, strides, 1, padding, name="AvgPool2D")
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.integers(0, 3, size=(2, 11, 10, 3)).astype(np.float64))  # ties
+    size_ = ref_pool.window_size(g, True, x.dtype)
+    close(fast_pool.window_sums(x, g) / size_, ref_pool.avg_forward(x, g, size_))
+    share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
+    close(fast_pool.spread(share, g), ref_pool.avg_backward(share * size_, g, size_))
+    y, index = ref_pool.max_forward(x, g)
+    fast_y, vjp = jax.vjp(lambda x: fast_pool.max_pool(x, g), x)
+    close(fast_y, y)
+    close(vjp(share)[0], ref_pool.route(index, share, g))
+
+
+@pytest.mark.parametrize("size, strides, dilation, padding", [
+    ((3, 3), (2, 2), (1, 1), "SAME"), ((3, 2), (1, 1), (1, 1), "VALID"),
+    ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
+    ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])
+def test_spread_windows_is_the_transpose_of_sum_windows(size, strides, dilation, padding):
+    """``spread_windows`` (eq. 5.9) equals the VJP of ``sum_windows``, gaps (stride > window)
+    and dilation included."""
+    g = geo.window("AvgPool2D", (11, 10), size, strides, dilation, padding)
+    share = jnp.asarray(np.random.default_rng(5).normal(size=(2, *g.out_hw, 3)))
+    spread = jax.jit(lambda a: geo.spread_windows(a, g))(share)
+    _, vjp = jax.vjp(lambda x: geo.sum_windows(x, g), jnp.zeros((2, *g.padded_hw, 3)))
+    np.testing.assert_allclose(spread, vjp(share)[0], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("form", ["lax", "phases", "reference", "reference (4.5, line 2)"])
+@pytest.mark.parametrize("strides, dilation, padding", [
+    (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
+    ((2, 2), (2, 3), "SAME"), ((4, 3), 1, ((3, 0), (1, 1)))])
+def test_conv_input_residual_every_formulation(form, strides, dilation, padding):
+    """Eq. 4.5 as a transposed convolution, as matmul + window scatter (the reference's first
+    line), as the full convolution with the rotated kernel (its second line), and by stride
+    phases (eq. 4.9; dilation sharing a factor with the stride, and strides past the kernel,
+    leave phases with no tap): each equals jax.vjp and the reference, jitted."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
+    w = jnp.asarray(rng.normal(size=(3, 2, 3, 4)))
+    g = window((11, 10), (3, 2), strides, dilation, padding)
+    y, vjp = jax.vjp(lambda x: xla.forward(x, w, g, 1), x)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    compute = {"lax": lambda d, w: xla.input_residual(d, w, g, 1),
+               "phases": lambda d, w: phases.input_residual(d, w, g),
+               "reference": lambda d, w: ref.backward_input(d, w, g),
+               "reference (4.5, line 2)": lambda d, w: ref.backward_input_full(d, w, g)}[form]
+    got = jax.jit(compute)(delta, w)
+    close(got, vjp(delta)[0])
+    close(got, ref.backward_input(delta, w, g))
+
+
+@pytest.mark.parametrize("plan", [
+    ("toeplitz", "toeplitz", "phases", True, 2), ("lax", "lax", "phases", True, None),
+    ("reference", "reference", "reference", False, None), ("lax", "toeplitz", "lax", True, 3)])
+def test_dispatch_runs_any_plan_per_group(plan):
+    """``dispatch`` runs each pass in the form its plan names, per group where the plan
+    splits a grouped convolution -- the phases form too, which is ungrouped -- and every plan
+    gives the reference's forward, kernel gradient and input residual."""
+    from jaxcnn.lowering.plan import ConvPlan
+
+    plan = ConvPlan(*plan)
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 6)))
+    b = jnp.asarray(rng.normal(size=(6,)))
+    g = window((9, 8), 3, 2, 1, "SAME")
+    y = dispatch.forward(x, w, b, g, 3, plan, bias="rows")
+    close(y, ref.forward(x, w, b, g, 3))
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    close(dispatch.kernel_grad(x, delta, g, 3, plan), ref.backward_kernel(x, delta, g, 3))
+    close(dispatch.input_residual(delta, w, g, 3, plan), ref.backward_input(delta, w, g, 3))
+    with pytest.raises(KeyError):
+        dispatch.input_residual(delta, w, g, 3, plan._replace(input="fft"))

@@ -1,0 +1,146 @@
+"""The reference derivation (``jaxcnn.reference``) is right: each textbook pass equals
+``jax.vjp`` of its textbook forward and of XLA's own operation, and the window scatter (3.4)
+is the transpose of the window gather (3.3).  The lowerings are then held to it
+(``test_lowerings.py``)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxcnn as jc
+from harness import TOL, rel_err
+from jaxcnn import _geometry as geo
+from jaxcnn.reference import conv as ref
+from jaxcnn.reference import pool as ref_pool
+from test_layers import _extent, _padding, lax_conv
+
+
+@st.composite
+def geometries(draw, max_kernel=4, dilated=True):
+    """A window placement over an input it fits: kernel, strides, dilation, padding, size."""
+    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilated else (1, 1)
+    k_eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    padding = _padding(draw, k_eff)
+    pads = padding if not isinstance(padding, str) else ((0, 0), (0, 0))
+    hw = tuple(_extent(draw, k, p) for k, p in zip(k_eff, pads))
+    return geo.window("Conv2D", hw, kernel, strides, dilation, geo.normalize_padding("", padding))
+
+
+def assert_close(got, want, dtype):
+    err = rel_err(got, want)
+    assert err <= TOL[jnp.dtype(dtype)], f"relative error {err} > {TOL[jnp.dtype(dtype)]}"
+
+
+@settings(max_examples=15)
+@given(geometries(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 3), st.sampled_from([jnp.float32, jnp.float64]))
+def test_reference_conv_passes_are_the_vjp_of_its_forward(g, groups, c_g, f_g, n, dtype):
+    """Eq. 4.2 equals ``lax.conv_general_dilated``; eqs. 4.3, 4.4 and both lines of 4.5 equal
+    ``jax.vjp`` of eq. 4.2 for a random cotangent, and of XLA's convolution, grouped or not."""
+    rng = np.random.default_rng(n * 7 + groups)
+    x = jnp.asarray(rng.normal(size=(n, *g.in_hw, groups * c_g)), dtype)
+    w = jnp.asarray(rng.normal(size=(*g.size, c_g, groups * f_g)), dtype)
+    b = jnp.asarray(rng.normal(size=(groups * f_g,)), dtype)
+    y, vjp = jax.vjp(lambda x, w, b: ref.forward(x, w, b, g, groups), x, w, b)
+    want_y, lax_vjp = jax.vjp(lambda p, x: lax_conv(p, x, g.strides, g.padding, g.dilation,
+                                                    groups), {"w": w, "b": b}, x)
+    assert_close(y, want_y, dtype)
+    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
+    dx, dw, db = vjp(delta)
+    lax_grads, lax_dx = lax_vjp(delta)
+    hand = jax.jit(lambda x, w, d: (ref.backward_bias(d), ref.backward_kernel(x, d, g, groups),
+                                    ref.backward_input(d, w, g, groups),
+                                    ref.backward_input_full(d, w, g, groups)))(x, w, delta)
+    for got, want in zip(hand, (db, dw, dx, dx)):
+        assert_close(got, want, dtype)
+    for got, want in zip(hand, (lax_grads["b"], lax_grads["w"], lax_dx, lax_dx)):
+        assert_close(got, want, dtype)
+
+
+def test_reference_forward_is_the_sources_example():
+    """The source's 3x3 kernel over its 5x5 binary image gives its feature map (eq. 4.2)."""
+    x = jnp.asarray([[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 0],
+                     [0, 1, 1, 0, 0]], jnp.float32).reshape(1, 5, 5, 1)
+    w = jnp.asarray([[1, 0, 1], [0, 1, 0], [1, 0, 1]], jnp.float32).reshape(3, 3, 1, 1)
+    g = geo.window("Conv2D", (5, 5), (3, 3), (1, 1), (1, 1), "VALID")
+    np.testing.assert_array_equal(ref.forward(x, w, None, g)[0, :, :, 0],
+                                  [[4, 3, 4], [2, 4, 3], [2, 3, 4]])
+
+
+def test_reference_input_residual_of_a_one_dimensional_example():
+    """Eq. 4.5 by hand on one axis: ``y[i] = x[i] w[0] + x[i+1] w[1]`` (k = 2, s = 1), so
+    ``dx = [d0 w0, d0 w1 + d1 w0, d1 w1]`` -- the full convolution of delta with ``w``."""
+    w = jnp.asarray([2.0, 5.0]).reshape(1, 2, 1, 1)
+    delta = jnp.asarray([3.0, 7.0]).reshape(1, 1, 2, 1)
+    g = geo.window("Conv2D", (1, 3), (1, 2), (1, 1), (1, 1), "VALID")
+    for backward in (ref.backward_input, ref.backward_input_full):
+        np.testing.assert_array_equal(backward(delta, w, g).ravel(), [6.0, 29.0, 35.0])
+
+
+@pytest.mark.parametrize("size, strides, dilation, padding", [
+    ((3, 3), (2, 2), (1, 1), "SAME"), ((3, 2), (1, 1), (1, 1), "VALID"),
+    ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
+    ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])
+def test_scatter_windows_is_the_transpose_of_the_gather(size, strides, dilation, padding):
+    """Eq. 3.5 (stride phases of shifted taps) is eq. 3.4: ``scatter_windows``, either way of
+    shifting, equals the VJP of ``windows`` for a random cotangent per window position, gaps
+    (stride > window) and dilation included."""
+    g = geo.window("AvgPool2D", (11, 10), size, strides, dilation, padding)
+    rng = np.random.default_rng(5)
+    x_pad = jnp.zeros((2, *g.padded_hw, 3))
+    contrib = jnp.asarray(rng.normal(size=(2, *g.out_hw, g.count, 3)))
+    _, vjp = jax.vjp(lambda x: geo.windows(x, g), x_pad)
+    for pad_first in (False, True):
+        scatter = jax.jit(lambda a: geo.scatter_windows(a, g, pad_first))(contrib)
+        np.testing.assert_allclose(scatter, vjp(contrib)[0], rtol=1e-13, atol=1e-13)
+
+
+@settings(max_examples=12)
+@given(geometries(max_kernel=3, dilated=False), st.booleans(), st.booleans(),
+       st.sampled_from([jnp.float32, jnp.float64]))
+def test_reference_pool_passes_are_the_vjp_of_their_forwards(g, count_include_pad, ties, dtype):
+    """Eq. 5.2 is ``jax.vjp`` of eq. 5.1 (either divisor); eq. 5.4 is ``jax.vjp`` of
+    ``lax.reduce_window`` max, tied windows included (first maximum); eq. 5.8 is ``jax.vjp``
+    of eq. 5.7; eq. 5.6 routes as ``jax.vjp`` of taking the drawn entries."""
+    if any(p >= k for (lo, hi), k in zip(g.padding, g.size) for p in (lo, hi)):
+        g = g._replace(padding=tuple((min(lo, k - 1), min(hi, k - 1))
+                                     for (lo, hi), k in zip(g.padding, g.size)))
+        g = geo.window("MaxPool2D", g.in_hw, g.size, g.strides, g.dilation, g.padding)
+    rng = np.random.default_rng(int(ties) + 2 * int(count_include_pad))
+    shape = (2, *g.in_hw, 3)
+    x = jnp.asarray(rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape), dtype)
+    size = ref_pool.window_size(g, count_include_pad, dtype)
+    y, vjp = jax.vjp(lambda x: ref_pool.avg_forward(x, g, size), x)
+    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
+    assert_close(ref_pool.avg_backward(delta, g, size), vjp(delta)[0], dtype)
+    y, index = ref_pool.max_forward(x, g)
+    want, vjp = jax.vjp(lambda x: jax.lax.reduce_window(
+        x, np.array(-np.inf, x.dtype), jax.lax.max, (1, *g.size, 1), (1, *g.strides, 1),
+        ((0, 0), *g.padding, (0, 0))), x)
+    assert_close(y, want, dtype)
+    assert_close(ref_pool.route(index, delta, g), vjp(delta)[0], dtype)
+    if any(k > n for k, n in zip(g.size, g.in_hw)):
+        return                                            # stochastic pooling pads nothing
+    valid = geo.window("StochasticPool2D", g.in_hw, g.size, g.strides, (1, 1), "VALID")
+    a = jnp.where(x > 0.5, jnp.abs(x), 0)                   # non-negative, all-zero windows
+    y, vjp = jax.vjp(lambda a: ref_pool.stochastic_expectation(a, valid), a)
+    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
+    assert_close(ref_pool.stochastic_expectation_backward(a, delta, valid), vjp(delta)[0], dtype)
+    _, index = ref_pool.stochastic_sample(a, valid, jax.random.key(0))
+    _, vjp = jax.vjp(lambda a: ref_pool.take(geo.windows(a, valid), index), a)
+    assert_close(ref_pool.route(index, delta, valid), vjp(delta)[0], dtype)
+
+
+def test_reference_method_runs_the_textbook_in_a_layer():
+    """``Conv2D(method="reference")`` computes every pass with the reference itself."""
+    layer = jc.Conv2D(4, 3, strides=2, padding="SAME", groups=2, method="reference")
+    params, _ = layer.init(jax.random.key(0), (7, 7, 2))
+    x = jnp.ones((1, 7, 7, 2), jnp.float32)
+    for jaxpr in (jax.make_jaxpr(layer.forward)(params, x),
+                  jax.make_jaxpr(lambda p, x: layer.backward(p, layer.forward(p, x)[1],
+                                                             jnp.ones((1, 4, 4, 4), jnp.float32)))(params, x)):
+        assert "conv_general_dilated" not in str(jaxpr) and "dot_general" in str(jaxpr)
