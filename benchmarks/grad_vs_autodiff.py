@@ -69,7 +69,10 @@ def convolutions(method):
 MAX_ROUNDS = 2000   # samples(): the most rounds a fast call gets
 
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
-        "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3))}
+        "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3)),
+        "resnet": (zoo.resnet, (32, 32, 3))}
+"""The nets of the whole-step table; deepid with its skip connection and the residual net
+branch and merge (``jaxcnn.graph``)."""
 
 
 def samples(fns, args, repeats, seconds=0.0):

@@ -1,11 +1,17 @@
-"""Train the two classic nets of the zoo on the bundled 8x8 digits, with the hand-written backward.
+"""Train three nets of the zoo on the bundled 8x8 digits, with the hand-written backward.
 
     python examples/train_zoo.py [--fast] [--out DIR]
 
 - LeNet-5 (LeCun et al. 1998): sigmoid units and average pooling -- the source post's
   activation, f(z) = 1 / (1 + e^-z);
-- the DeepID-style face-recognition net the source post pictures (Sun et al. 2014): four ReLU
-  convolution layers, three max-pooling layers, one fully connected layer, softmax.
+- the DeepID face-recognition net the source post pictures (Sun et al. 2014): four ReLU
+  convolution layers, three max-pooling layers, and the fully connected layer reading both the
+  third pooling layer and the fourth convolution (its skip connection), softmax;
+- a small residual net (He et al. 2016): basic blocks whose skips add the block's input to its
+  output, global average pooling.
+
+The last two branch and merge: their backward passes sum the residuals at every branch point
+(``docs/derivation.md``, eqs. 6.5-6.8).
 
 For each net the script prints ``jc.summary`` (shapes, parameters, FLOPs, receptive fields),
 trains it with ``jc.fit`` -- whose first act is to compare the hand-written gradients with
@@ -13,10 +19,10 @@ trains it with ``jc.fit`` -- whose first act is to compare the hand-written grad
 writes, in DIR (default ``figures``):
 
     train_zoo_<net>_kernels.png   the learned first-layer kernels (jaxcnn.show.plot_kernels)
-    train_zoo_curves.png          both nets' training loss and test accuracy per epoch
+    train_zoo_curves.png          the nets' training loss and test accuracy per epoch
 
 ``--fast`` (or the environment variable ``JAXCNN_FAST=1``): two epochs each, to see it run.
-The full run takes about twenty seconds on a laptop CPU.
+The full run takes about half a minute on a laptop CPU.
 """
 import argparse
 import os
@@ -28,7 +34,8 @@ import jaxcnn as jc
 from jaxcnn import data, show, train, zoo
 
 # (net, optimizer, learning rate, epochs): the sigmoid net needs a larger step and longer
-NETS = (("lenet5", "adam", 1e-2, 40), ("deepid", "adam", 1e-3, 10))
+NETS = (("lenet5", "adam", 1e-2, 40), ("deepid", "adam", 1e-3, 10),
+        ("resnet", "adam", 1e-3, 10))
 
 
 def first_conv(params):
@@ -53,8 +60,8 @@ def plot_histories(histories, path):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("LeNet-5 (sigmoid, average pooling) and DeepID (ReLU, max pooling) on the "
-                 "8x8 digits, hand-written gradients")
+    fig.suptitle("LeNet-5 (sigmoid, average pooling), DeepID (ReLU, max pooling, a skip) and a "
+                 "residual net on the 8x8 digits, hand-written gradients")
     fig.savefig(path, dpi=80)
 
 

@@ -9,18 +9,20 @@ from jaxcnn.audit import GradReport, check_grads, check_layer
 from jaxcnn.conv import Conv2D
 from jaxcnn.core import HWIO, NHWC, Layer
 from jaxcnn.dense import Dense, Flatten
+from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel, residual
 from jaxcnn.losses import Loss, softmax_cross_entropy, squared_error
 from jaxcnn.network import bridge, serial, value_and_grad
-from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
+from jaxcnn.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D, StochasticPool2D
 from jaxcnn.summary import Summary, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "NHWC", "HWIO",
-    "Conv2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D",
+    "Conv2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D", "GlobalAvgPool2D",
     "Sigmoid", "Tanh", "ReLU", "Softmax", "Dense", "Flatten",
     "serial", "value_and_grad", "bridge",
+    "FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual",
     "Loss", "softmax_cross_entropy", "squared_error",
     "check_grads", "check_layer", "GradReport",
     "summary", "Summary",

@@ -2,7 +2,8 @@
 
 An activation ``a = f(z)`` passes back ``delta_z = delta_a * f'(z)`` (eq. 2.2).  Sigmoid and tanh
 take ``f'`` from the cached *output* (eqs. 2.1, 2.3), so the backward recomputes no exponential;
-ReLU takes it from the sign of its output (eq. 2.4).  Inputs of any rank, batch axis first.
+ReLU takes it from the sign of its output (eq. 2.4).  Inputs of any rank, batch axis first;
+an empty batch gives an empty output.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import Array, Layer, check_delta, check_no_params, config
+from jaxcnn.core import Array, Layer, check_array, check_delta, check_no_params, config
 
 
 class ActivationCache(NamedTuple):
@@ -29,9 +30,9 @@ def _activation(name: str, f: Callable[[Array], Array],
 
     def apply(params, x, *, key=None, train=True):
         check_no_params(name, params)
-        if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name}: expected a floating-point array, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        check_array(name, "the input", x, "(N, ...)")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name}: expected a floating-point array, got {x.dtype}")
         return f(x)
 
     def forward(params, x, *, key=None, train=True):

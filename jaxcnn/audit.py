@@ -19,11 +19,18 @@ not use autodiff at all: the directional derivative ``<delta, d apply / d leaf .
 random direction ``v`` for each parameter leaf and the input.
 
 Tolerances follow the dtype (``TOLERANCES``): a row passes when its relative error
-``max |hand - ref| / max |ref|`` is at most the tolerance.  Max-pooling ties agree by
-construction (both sides route to the first maximum) and stochastic pooling uses the same key,
-hence the same draws, on both sides.  Finite differences are not defined at kinks and exact ties
-(ReLU at 0, a max-pooling window of tied zeros after a ReLU): where the one-sided slopes along
-``v`` disagree, the row is marked ``kink`` and not counted -- the ``jax.vjp`` row still is.
+``max |hand - ref| / max |ref|`` is at most the tolerance.  In float16 and bfloat16 the
+autodiff side rounds its own sums to 8-11 bits (XLA accumulates the transposes of broadcasts
+in the dtype), so a layer's reference is ``jax.vjp`` both in the dtype and in float32 at the
+same point, and the row compares with the closer (the dtype's is the one for a layer that draws
+random numbers in its dtype, stochastic pooling); the end-to-end rows, which would compound the
+16-bit rounding of every layer, run in float32 at the same params and input.  Non-finite
+inputs or params are refused (``ValueError``): gradients are compared where they exist.
+Max-pooling ties agree by construction (both sides route to the first maximum) and stochastic
+pooling uses the same key, hence the same draws, on both sides.  Finite differences are not
+defined at kinks and exact ties (ReLU at 0, a max-pooling window of tied zeros after a ReLU):
+where the one-sided slopes along ``v`` disagree, the row is marked ``kink`` and not counted --
+the ``jax.vjp`` row still is.
 """
 from __future__ import annotations
 
@@ -35,16 +42,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import Layer, Params, layer_keys
+from jaxcnn.core import (Layer, Params, check_array, is_concrete, leaves, map_leaves, path_name,
+                         positive_int)
 from jaxcnn.losses import Loss
 from jaxcnn.step import loss_and_grad, memoise
 
-__all__ = ["TOLERANCES", "FD_STEP", "Row", "GradReport", "compare", "check_grads", "check_layer",
-           "GradCheck", "gradient_check", "default_tolerance"]
+__all__ = ["TOLERANCES", "LOW_PRECISION", "FD_STEP", "Row", "GradReport", "compare",
+           "check_grads", "check_layer", "GradCheck", "gradient_check", "default_tolerance"]
 
-TOLERANCES = {"float32": 1e-4, "float64": 1e-9, "finite differences": 1e-5}
+TOLERANCES = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-4, "float64": 1e-9,
+              "finite differences": 1e-5}
 """Largest relative error that passes: by the dtype of the comparison, and for the float64
-central finite differences (step ``FD_STEP``), whose truncation error dominates."""
+central finite differences (step ``FD_STEP``), whose truncation error dominates.  The 16-bit
+entries hold a layer's backward against the closer ``jax.vjp`` reference (see the module
+docstring): about 10 and 6 units of rounding (2^-10, 2^-7), above what correct layers show and
+below the smallest planted mistake (``docs/audit.md#tolerances`` has the measurements)."""
+
+LOW_PRECISION = ("float16", "bfloat16")
+"""Dtypes whose end-to-end comparison runs in float32 and whose layers are also compared with
+a float32 ``jax.vjp``."""
 
 FD_STEP = 1e-6
 
@@ -53,8 +69,8 @@ FD_STEP = 1e-6
 class Row:
     """One comparison: one gradient (a parameter leaf or the input residual) of one layer."""
 
-    layer: int | None      # index in ``serial`` order; None for the end-to-end rows
-    name: str              # the layer's name
+    layer: int | None      # index of the top-level layer that holds it; None: end to end
+    name: str              # the (leaf) layer's name
     quantity: str          # "params['w']", "dx", ...
     reference: str         # "jax.vjp", "jax.grad", "finite differences"
     max_abs: float
@@ -62,6 +78,7 @@ class Row:
     cosine: float
     tolerance: float
     kink: bool = False     # finite differences only: the forward has a kink or tie here
+    path: str = ""         # inside combinators: "serial[2] > parallel[0] > serial[1] Sigmoid"
 
     @property
     def ok(self) -> bool:
@@ -81,9 +98,17 @@ class GradReport:
 
     @property
     def first_bad_layer(self) -> int | None:
-        """Index (in ``serial`` order, 0-based) of the first layer with a failing row, or None."""
+        """Index (in ``serial`` order, 0-based) of the first top-level layer with a failing row
+        -- the one that holds the wrong leaf, inside a combinator -- or None."""
         bad = [row.layer for row in self.rows if not row.ok and row.layer is not None]
         return min(bad) if bad else None
+
+    @property
+    def first_bad_path(self) -> str | None:
+        """The first failing leaf named by its path (``serial[2] > parallel[0] > serial[1]
+        Sigmoid``), or None."""
+        bad = [row for row in self.rows if not row.ok and row.layer is not None]
+        return (bad[0].path or bad[0].name) if bad else None
 
     @property
     def worst(self) -> float:
@@ -92,7 +117,8 @@ class GradReport:
     def __str__(self) -> str:
         head = ("layer", "name", "gradient", "reference", "max abs err", "max rel err",
                 "cosine", "ok")
-        body = [("-" if r.layer is None else str(r.layer), r.name, r.quantity, r.reference,
+        body = [("-" if r.layer is None else str(r.layer), r.path or r.name, r.quantity,
+                 r.reference,
                  f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.cosine:.8f}",
                  "kink" if r.kink else "ok" if r.ok else "FAIL") for r in self.rows]
         widths = [max(len(x) for x in col) for col in zip(head, *body)]
@@ -103,7 +129,7 @@ class GradReport:
                       f"error {self.worst:.1e})"
         else:
             where = self.first_bad_layer
-            verdict = (f"FAILED: first wrong layer is {where} ({self.rows_of(where)[0].name})"
+            verdict = (f"FAILED: first wrong layer is {where} ({self.first_bad_path})"
                        if where is not None else "FAILED: the end-to-end gradients disagree")
         return "\n".join([*lines, verdict])
 
@@ -124,63 +150,108 @@ def compare(got, want) -> tuple[float, float, float]:
     return abs_err, rel_err, cosine
 
 
-def _leaf_names(tree) -> list[str]:
-    return ["params" + jax.tree_util.keystr(path)
+def _leaf_names(tree, prefix: str = "params") -> list[str]:
+    return [prefix + jax.tree_util.keystr(path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _dtype_of(x) -> str:
-    return str(jnp.dtype(x.dtype))
+    """The dtype of ``x``, or of the first array of a tuple of them."""
+    return str(jnp.dtype(jax.tree.leaves(x)[0].dtype))
 
 
-def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rng):
-    """Compare one layer's backward at its real input ``a`` and reference residual ``delta``."""
+def _widen(tree):
+    """The tree's 16-bit floating leaves in float32 (exactly: every 16-bit value is a float32)."""
+    return jax.tree.map(lambda v: v.astype(jnp.float32) if hasattr(v, "dtype")
+                        and str(jnp.dtype(v.dtype)) in LOW_PRECISION else v, tree)
+
+
+def _vjp(layer, p, a, delta, key, train):
+    _, vjp = jax.vjp(lambda p, a: layer.apply(p, a, key=key, train=train), p, a)
+    return vjp(delta)
+
+
+def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rng, path=""):
+    """Compare one layer's backward at its real input ``a`` and reference residual ``delta``
+    (either may be a tuple of arrays, for a branch or a merge)."""
     dtype = _dtype_of(a)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
     got_p, got_x = layer.backward(p, cache, delta)
-    _, vjp = jax.vjp(lambda p, a: layer.apply(p, a, key=key, train=train), p, a)
-    want_p, want_x = vjp(delta)
-    rows = []
-    names = [*_leaf_names(want_p), "dx"]
-    got = [*jax.tree.leaves(got_p), got_x]
-    want = [*jax.tree.leaves(want_p), want_x]
+    want_p, want_x = _vjp(layer, p, a, delta, key, train)
     if jax.tree.structure(got_p) != jax.tree.structure(want_p):
         raise ValueError(f"{layer.name}: backward returned dparams with structure "
                          f"{jax.tree.structure(got_p)}, expected that of params "
                          f"{jax.tree.structure(want_p)}")
-    for quantity, g, w in zip(names, got, want):
-        rows.append(Row(i, layer.name, quantity, "jax.vjp", *compare(g, w), tol))
+    names = [*_leaf_names(want_p), *_leaf_names(want_x, "dx")]
+    got = jax.tree.leaves((got_p, got_x))
+    want, reference = jax.tree.leaves((want_p, want_x)), "jax.vjp"
+    if dtype in LOW_PRECISION:          # the same derivative, without 16-bit sums on its side
+        wide = jax.tree.leaves(_vjp(layer, *_widen((p, a, delta)), key, train))
+        if _worst(got, wide) < _worst(got, want):
+            want, reference = wide, "jax.vjp float32"
+    rows = [Row(i, layer.name, quantity, reference, *compare(g, w), tol, path=path)
+            for quantity, g, w in zip(names, got, want)]
     if finite_differences:
-        rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng)
+        rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path)
     return rows
 
 
-def _fd_rows(i, layer, p, a, delta, key, train, names, got, rng):
+def _worst(got, want) -> float:
+    """The largest relative error over matching leaves (NaN counts as infinite)."""
+    errors = [compare(g, w)[1] for g, w in zip(got, want)]
+    return max((math.inf if math.isnan(e) else e for e in errors), default=0.0)
+
+
+def _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path=""):
     """Central differences in float64 of ``<delta, apply(p, a)>`` along one random direction per
     gradient leaf, against the hand-written gradient's inner product with that direction."""
     to64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)  # noqa: E731
-    p64, a64, d64 = to64(p), to64(a), to64(delta)
-    leaves, treedef = jax.tree.flatten(p64)
+    leaves, treedef = jax.tree.flatten(to64((p, a)))
+    d64 = to64(delta)
     rows = []
     for j, (quantity, g) in enumerate(zip(names, got)):
-        base = leaves[j] if j < len(leaves) else a64
-        v = jnp.asarray(rng.normal(size=base.shape))
+        v = jnp.asarray(rng.normal(size=leaves[j].shape))
 
-        def phi(t):
-            moved = [leaf + t * v if k == j else leaf for k, leaf in enumerate(leaves)]
-            x = a64 + t * v if j == len(leaves) else a64
-            y = layer.apply(jax.tree.unflatten(treedef, moved), x, key=key, train=train)
-            return float(jnp.sum(d64 * y))
+        def phi(t, leaves, v, key, j=j):
+            p_t, a_t = jax.tree.unflatten(
+                treedef, [leaf + t * v if k == j else leaf for k, leaf in enumerate(leaves)])
+            y = layer.apply(p_t, a_t, key=key, train=train)
+            return sum(jnp.sum(d * o) for d, o in zip(jax.tree.leaves(d64), jax.tree.leaves(y)))
 
-        before, at, after = phi(-FD_STEP), phi(0.0), phi(FD_STEP)
+        before, at, after = (float(phi(t, leaves, v, key)) for t in (-FD_STEP, 0.0, FD_STEP))
         numeric = (after - before) / (2 * FD_STEP)
         # one-sided slopes that disagree: no derivative to compare with along v
         right, left = (after - at) / FD_STEP, (at - before) / FD_STEP
         kink = abs(right - left) > 1e-4 * (abs(right) + abs(left)) + 1e-8
         analytic = float(jnp.sum(jnp.asarray(g, jnp.float64) * v))
         rows.append(Row(i, layer.name, quantity, "finite differences",
-                        *compare([analytic], [numeric]), TOLERANCES["finite differences"], kink))
+                        *compare([analytic], [numeric]), TOLERANCES["finite differences"], kink,
+                        path))
     return rows
+
+
+def _check_point(what: str, params, x, targets=None) -> None:
+    """The audit's point: ``x`` an array holding at least one example, and ``x``, ``params`` and
+    real ``targets`` finite where concrete.  At NaN or infinity gradients are not defined (and
+    ``jax.grad`` itself routes NaNs by convention), so no layer could be blamed."""
+    check_array(what, "x", x, "with a batch axis")
+    if not x.shape or x.shape[0] == 0:
+        raise ValueError(f"{what}: x is an empty batch (shape {tuple(x.shape)}); the audit "
+                         f"needs at least one example")
+    named = [("x", x), *zip(_leaf_names(params), jax.tree.leaves(params))]
+    if targets is not None and jnp.issubdtype(getattr(targets, "dtype", int), jnp.floating):
+        named.append(("targets", targets))
+    for name, value in named:
+        if not (hasattr(value, "dtype") and jnp.issubdtype(value.dtype, jnp.inexact)
+                and is_concrete(value)):
+            continue
+        values = np.asarray(value, np.float64 if jnp.issubdtype(value.dtype, jnp.floating)
+                            else np.complex128)
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        if nan or inf:
+            raise ValueError(f"{what}: the input holds non-finite values: {name} has {nan} NaN "
+                             f"and {inf} infinite of its {values.size} entries; gradients are "
+                             f"compared where they are defined -- audit a finite batch")
 
 
 def _require_x64(what: str) -> None:
@@ -194,7 +265,8 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
     """Audit ``net``'s hand-written gradients on one batch; see the module docstring.
 
     Args:
-      net: a ``serial`` network (each of its top-level layers is audited) or a single layer.
+      net: a network (``serial``, and every combinator of ``jaxcnn.graph`` inside it: each
+        leaf layer is audited, named by its path) or a single layer.
       loss: ``softmax_cross_entropy``, ``squared_error`` or any ``Loss``.
       params, x, targets: as for ``value_and_grad``; the comparison runs in ``x``'s dtype.
       key, train: as for ``forward`` (stochastic pooling needs a key when ``train``).
@@ -203,45 +275,75 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
       seed: for the random finite-difference directions.
 
     Returns:
-      A ``GradReport`` with one row per layer and gradient leaf (plus the input residual),
-      and end-to-end rows (``layer`` None) for the whole hand-written chain.
+      A ``GradReport`` with one row per leaf layer and gradient leaf (plus the input residual;
+      ``layer`` is the index of the top-level layer that holds the leaf, ``path`` its path
+      when it sits inside a combinator), and end-to-end rows (``layer`` None) for the whole
+      hand-written chain.
     """
     if finite_differences:
         _require_x64("check_grads(finite_differences=True)")
-    layers = net.layers or (net,)
-    keys = layer_keys(key, len(layers)) if net.layers else [key]
-    layer_params = params if net.layers else (params,)
+    _check_point("check_grads", params, x, targets)
     rng = np.random.default_rng(seed)
-
-    # forward, keeping each layer's input and cache
-    inputs, caches, outputs, a = [], [], [], x
-    for layer, p, k in zip(layers, layer_params, keys):
-        inputs.append(a)
-        a, cache = layer.forward(p, a, key=k, train=train)
-        caches.append(cache)
-        outputs.append(a)
-
-    # the reference residual of every layer's output, by autodiff through the layers above it:
-    # a zero "tap" added to each output has the gradient dJ/d(output)
-    def loss_with_taps(taps):
-        a = x
-        for layer, p, k, tap in zip(layers, layer_params, keys, taps):
-            a = layer.apply(p, a, key=k, train=train) + tap
-        return loss.value(a, targets)
-
-    deltas = jax.grad(loss_with_taps)([jnp.zeros_like(y) for y in outputs])
-
+    seen = _run_leaves(net, params, x, key, train)
+    deltas = _reference_deltas(net, loss, params, x, targets, key, train, seen)
     rows = []
-    for i, (layer, p, a, cache, delta, k) in enumerate(
-            zip(layers, layer_params, inputs, caches, deltas, keys)):
-        rows += _layer_rows(i, layer, p, a, delta, cache, k, train, finite_differences, rng)
-
-    # end to end: the whole hand-written chain against jax.grad of the plain forward
-    grads, ref = _end_to_end(net, loss)(params, x, targets, key, train)
-    tol = TOLERANCES.get(_dtype_of(x), TOLERANCES["float32"])
-    for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads), jax.tree.leaves(ref)):
-        rows.append(Row(None, "network", quantity, "jax.grad", *compare(g, w), tol))
+    for path, (leaf, p, a, cache, k, _) in seen.items():
+        rows += _layer_rows(path[0] if path else 0, leaf, p, a, deltas[path], cache, k, train,
+                            finite_differences, rng,
+                            path_name(net, path) if len(path) > 1 else "")
+    rows += _end_to_end_rows(net, loss, params, x, targets, key, train)
     return GradReport(tuple(rows), _dtype_of(x))
+
+
+def _run_leaves(net: Layer, params, x, key, train) -> dict:
+    """The net's forward with every leaf instrumented (``core.map_leaves``): per leaf path, in
+    the order the forward runs them, ``(leaf, params, input, cache, key, output)`` -- what each
+    leaf really sees inside the net.  Eager, as the rest of the audit: one compiled kernel per
+    operation and shape, shared by every audit in the process."""
+    seen = {}
+
+    def record(path, leaf):
+        def forward(p, a, *, key=None, train=True):
+            y, cache = leaf.forward(p, a, key=key, train=train)
+            seen[path] = (leaf, p, a, cache, key, y)
+            return y, cache
+
+        return leaf._replace(forward=forward)
+
+    map_leaves(net, record).forward(params, x, key=key, train=train)
+    return seen
+
+
+def _reference_deltas(net: Layer, loss: Loss, params, x, targets, key, train, seen) -> dict:
+    """The reference residual of every leaf's output, by autodiff through everything above
+    it: a zero "tap" added to each leaf's output (in ``apply``) has the gradient
+    ``dJ/d(output)``; per leaf path."""
+    def loss_with_taps(taps, params, x, targets, key):
+        def tapped(path, leaf):
+            def apply(p, a, *, key=None, train=True):
+                return jax.tree.map(jnp.add, leaf.apply(p, a, key=key, train=train), taps[path])
+
+            return leaf._replace(apply=apply)
+
+        y = map_leaves(net, tapped).apply(params, x, key=key, train=train)
+        return loss.value(y, targets)
+
+    return jax.grad(loss_with_taps)({path: jax.tree.map(jnp.zeros_like, item[-1])
+                                     for path, item in seen.items()}, params, x, targets, key)
+
+
+def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
+    """The whole hand-written chain against ``jax.grad`` of the plain forward; in float32 at
+    the same point for a 16-bit ``x``, whose chain would compound every layer's rounding."""
+    dtype, reference = _dtype_of(x), "jax.grad"
+    if dtype in LOW_PRECISION:
+        params, x, targets = _widen((params, x, targets))
+        dtype, reference = "float32", "jax.grad float32"
+    grads, ref = _end_to_end(net, loss)(params, x, targets, key, train)
+    tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
+    return [Row(None, "network", quantity, reference, *compare(g, w), tol)
+            for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads),
+                                      jax.tree.leaves(ref))]
 
 
 def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64, key=None,
@@ -256,6 +358,7 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     """
     if jnp.dtype(dtype) == jnp.float64 or finite_differences:
         _require_x64(f"check_layer({layer.name}, dtype=float64)")
+    batch = positive_int(f"check_layer({layer.name})", "batch", batch)
     rng = np.random.default_rng(seed)
     init_key, key_default = jax.random.split(jax.random.key(seed))
     params, out_shape = layer.init(init_key, tuple(input_shape))
@@ -263,6 +366,7 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     if x is None:
         x = rng.normal(size=(batch, *input_shape))
     x = jnp.asarray(x, dtype)
+    _check_point(f"check_layer({layer.name})", params, x)
     key = key_default if key is None else key
     y, cache = layer.forward(params, x, key=key, train=train)
     if tuple(y.shape[1:]) != tuple(out_shape):
@@ -311,15 +415,17 @@ class GradCheck(NamedTuple):
 
 
 def _array_names(net: Layer, params) -> list[str]:
-    """``"serial[0] Conv2D params['w']"`` per parameter leaf, in ``tree_leaves`` order."""
+    """``"serial[0] Conv2D params['w']"`` per parameter leaf, in ``tree_leaves`` order; inside
+    combinators the leaf's path, ``"serial[9] > parallel[0] > serial[0] Conv2D params['w']"``."""
     names = []
-    for path, _ in jax.tree_util.tree_leaves_with_path(params):
-        if net.layers and path and isinstance(path[0], jax.tree_util.SequenceKey):
-            i = path[0].idx
-            names.append(f"serial[{i}] {net.layers[i].name} "
-                         f"params{jax.tree_util.keystr(tuple(path[1:]))}")
-        else:
-            names.append("params" + jax.tree_util.keystr(path))
+    for tree_path, _ in jax.tree_util.tree_leaves_with_path(params):
+        layer, path, k = net, [], 0
+        while layer.layers and k < len(tree_path) and \
+                isinstance(tree_path[k], jax.tree_util.SequenceKey):
+            path.append(tree_path[k].idx)
+            layer, k = layer.layers[tree_path[k].idx], k + 1
+        where = path_name(net, tuple(path)) + " " if path else ""
+        names.append(f"{where}params{jax.tree_util.keystr(tuple(tree_path[k:]))}")
     return names
 
 
@@ -349,6 +455,8 @@ def gradient_check(net: Layer, loss: Loss, params: Params, x, targets, *,
     relative error per parameter array: cheap enough for ``fit`` to run every few steps.
     A NaN error counts as the worst.
     """
+    if _dtype_of(x) in LOW_PRECISION:          # as check_grads' end-to-end rows
+        params, x, targets = _widen((params, x, targets))
     values = _relative_errors(net, loss)(params, x, targets, key)
     errs = dict(zip(_array_names(net, params), (float(e) for e in values)))
     worst_name = max(errs, key=lambda k: -1.0 if math.isnan(errs[k]) else errs[k]) \
@@ -358,8 +466,10 @@ def gradient_check(net: Layer, loss: Loss, params: Params, x, targets, *,
 
 
 def default_tolerance(params: Params) -> float:
-    """``TOLERANCES`` for the params' widest float dtype: ``1e-4`` relative error for
-    float32, ``1e-9`` for float64 (``fit``'s default ``grad_tol``)."""
+    """``TOLERANCES`` for the dtype ``gradient_check`` compares in: ``1e-9`` relative error
+    when the params' widest float dtype is float64, else ``1e-4`` (float32, and float16 or
+    bfloat16 params, whose end-to-end comparison runs in float32) -- ``fit``'s default
+    ``grad_tol``."""
     widest = max((np.finfo(leaf.dtype).bits for leaf in jax.tree_util.tree_leaves(params)
                   if jnp.issubdtype(leaf.dtype, jnp.floating)), default=32)
     return TOLERANCES["float64" if widest >= 64 else "float32"]

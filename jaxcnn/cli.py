@@ -1,28 +1,46 @@
 """The ``jaxcnn`` command line: ``jaxcnn train`` (a thin layer over ``jaxcnn.train.fit``),
-``jaxcnn check`` (over ``jaxcnn.audit.check_grads``) and ``jaxcnn show`` (``jaxcnn.show``).
+``jaxcnn check`` (over ``jaxcnn.audit.check_grads``), ``jaxcnn show`` (``jaxcnn.show``) and
+``jaxcnn data download`` (``jaxcnn.data.download``).
 
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
-1 a fault during training (non-finite loss, diverging gradients), 130 interrupted.  Errors go to
-stderr as ``jaxcnn <command>: error: <message>``.
+1 a fault during training (non-finite loss, diverging gradients) or a failed download, 130
+interrupted.  Errors go to stderr as ``jaxcnn <command>: error: <message>``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 import jax
 
-from jaxcnn.data import DATASETS
+from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES
 from jaxcnn.show import add_show_command
 from jaxcnn.train import GRADS, OPTIMIZERS
-from jaxcnn.zoo import ARCHS
+from jaxcnn.zoo import ARCHS, RECIPES
 
-TRAIN_DEFAULTS = {"dataset": "digits", "arch": "small", "epochs": 30, "batch_size": 32,
-                  "lr": 1e-3, "optimizer": "adam", "seed": 0, "grad": "manual"}
-"""``jaxcnn train``'s defaults: >= 98% test accuracy on the digits in seconds (docs/training.md)."""
+TRAIN_DEFAULTS = {"dataset": "digits", "arch": "small", "batch_size": 32, "optimizer": "adam",
+                  "seed": 0, "grad": "manual"}
+"""``jaxcnn train``'s defaults: >= 98% test accuracy on the digits in seconds (docs/training.md).
+``--lr`` and ``--epochs`` default to the ``--arch``'s recipe (``jaxcnn.zoo.RECIPES``)."""
+
+EXTRAS = {"train": ("orbax", "tqdm", "matplotlib", "sklearn")}
+"""The optional dependencies by extra: a command that misses one says which extra to install."""
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default once: appended as ``(default: X)`` unless the
+    help text already says it, and never for an option without one (``None``, a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _parsed(convert: Callable, valid: Callable, what: str) -> Callable[[str], object]:
@@ -60,7 +78,21 @@ def _error(command: str, message, code: int) -> int:
     return code
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("jaxcnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 # --- jaxcnn train --------------------------------------------------------------------------
+
+def _recipes(field: str) -> str:
+    """``"small 0.001, lenet5 0.01, ..."``: one field of every zoo net's recipe, for --help."""
+    return ", ".join(f"{name} {getattr(recipe, field):g}" for name, recipe in RECIPES.items())
+
 
 def _add_train(subparsers) -> None:
     d = TRAIN_DEFAULTS
@@ -69,29 +101,36 @@ def _add_train(subparsers) -> None:
         description="Train a CNN whose gradients come from the hand-written backward passes "
                     "(checked against jax.grad on one batch first). With no options: the small "
                     "default net on scikit-learn's bundled 8x8 digits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     p.add_argument("--dataset", choices=DATASETS, default=d["dataset"],
                    help="digits is bundled with scikit-learn; mnist and fashion-mnist read the "
                         "four standard IDX files (gzipped or not) from --data-dir")
     p.add_argument("--data-dir", metavar="DIR",
                    help="directory of the IDX files (default: data/<dataset>)")
+    p.add_argument("--download", action="store_true",
+                   help="first download the mnist or fashion-mnist files missing from "
+                        "--data-dir and verify their MD5s (as jaxcnn data download)")
     p.add_argument("--arch", choices=tuple(ARCHS), default=d["arch"],
                    help="network from jaxcnn.zoo; its layout adapts to the image size")
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"],
-                   help="total epochs (a resumed run continues up to this many)")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="total epochs (a resumed run continues up to this many) (default: the "
+                        "--arch's: " + _recipes("epochs") + ")")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="N",
+                   help="examples per training step (with --devices: over all devices)")
     p.add_argument("--microbatch", type=_positive_int, metavar="M",
                    help="compute each step's gradient on chunks of M examples (per device), "
                         "averaged: the same update, a chunk's activations in memory "
                         "(default: the whole batch at once)")
-    p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
+    p.add_argument("--lr", type=_positive_float, metavar="X",
+                   help="learning rate (default: the --arch's: " + _recipes("lr") + ")")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help="momentum is SGD with momentum 0.9")
     p.add_argument("--seed", type=int, default=d["seed"],
                    help="initialisation, data order and stochastic layers")
     p.add_argument("--out", metavar="DIR",
                    help="output directory: checkpoints, metrics.jsonl, summary.json, curves.png "
-                        "(default: runs/<dataset>-<arch>)")
+                        "(default: a new runs/<dataset>-<arch>[-k]; with --resume the newest "
+                        "of them)")
     p.add_argument("--grad", choices=GRADS, default=d["grad"],
                    help="manual: the hand-written backward; autodiff: jax.grad of the same "
                         "forward, for comparison")
@@ -125,19 +164,83 @@ def _add_train(subparsers) -> None:
     p.set_defaults(run=_run_train)
 
 
+def _default_out(args) -> str:
+    """``--out`` when none is given: a fresh ``runs/<dataset>-<arch>[-k]`` for a new run
+    (``checkpoints.fresh_out``), the newest of them that holds a checkpoint for ``--resume``
+    (``checkpoints.latest_out``); plain ``runs/<dataset>-<arch>`` for ``--overwrite`` and in a
+    run over several processes (which must all pick the same)."""
+    from jaxcnn import checkpoints
+
+    base = os.path.join("runs", f"{args.dataset}-{args.arch}")
+    if args.overwrite or jax.process_count() > 1:
+        return base
+    if args.resume:
+        return checkpoints.latest_out(base) or base
+    return checkpoints.fresh_out(base)
+
+
+def _show_warning_lines(command: str):
+    """A ``warnings.showwarning`` that prints jaxcnn's ``CheckpointWarning`` as one line,
+    ``jaxcnn <command>: warning: <message>``, on stderr (others as Python does)."""
+    from jaxcnn.checkpoints import CheckpointWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CheckpointWarning):
+            print(f"jaxcnn {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _check_device_flags(args, devices) -> None:
+    """``--devices`` and ``--batch-size`` against the devices there are, in the flags' words
+    (``jaxcnn.distributed`` checks the same for its Python callers)."""
+    available = jax.devices()
+    if devices != "all" and devices > len(available):
+        raise ValueError(f"--devices {devices}, but {len(available)} device"
+                         f"{'s are' if len(available) > 1 else ' is'} available "
+                         f"({available[0].platform}); pass --devices all or a number from 1 "
+                         f"to {len(available)}")
+    count = len(available) if devices == "all" else devices
+    if args.batch_size % count:
+        raise ValueError(f"--batch-size {args.batch_size} must divide by the number of "
+                         f"devices ({count}): each takes an equal share of every batch")
+
+
+def _check_batch_flags(args, devices, n_train: int, dataset: str) -> None:
+    """``--batch-size`` and ``--microbatch`` against the data set, in the flags' words."""
+    if args.batch_size > n_train:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {n_train} training "
+                         f"images of {dataset}")
+    if args.microbatch is not None and devices is None \
+            and args.batch_size > args.microbatch and args.batch_size % args.microbatch:
+        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of --microbatch "
+                         f"{args.microbatch}, or at most it")
+
+
 def _run_train(args) -> int:
     from jaxcnn import data, distributed, train, zoo
 
-    out = args.out or os.path.join("runs", f"{args.dataset}-{args.arch}")
     try:                            # before anything touches a device
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     except (ValueError, RuntimeError) as err:
         return _error("train", f"jax.distributed: {err}", 2)
     devices = args.devices or ("all" if jax.process_count() > 1 else None)
+    recipe = zoo.RECIPES[args.arch]
+    args.lr = recipe.lr if args.lr is None else args.lr
+    args.epochs = recipe.epochs if args.epochs is None else args.epochs
+    out = args.out or _default_out(args)
     try:
         if devices is not None:     # fail before loading the data
-            distributed.check_batch_size(distributed.data_parallel(devices), args.batch_size)
+            _check_device_flags(args, devices)
+        if args.download:           # DownloadError is an OSError: exit 2, nothing trained
+            data.download(args.dataset, args.data_dir,
+                          log=print if distributed.is_main() else None)
         ds = data.load(args.dataset, args.data_dir)
+        _check_batch_flags(args, devices, len(ds.x_train), ds.name)
         try:
             net = zoo.get(args.arch, ds.image_shape, ds.num_classes)
             params, _ = train.init_params(net, ds.image_shape, args.seed)
@@ -145,7 +248,10 @@ def _run_train(args) -> int:
             h, w, c = ds.image_shape
             raise ValueError(f"--arch {args.arch} does not fit the {ds.name} images "
                              f"({h}x{w}x{c}): {err}") from err
-        optimizer = train.make_optimizer(args.optimizer, args.lr)
+        try:
+            optimizer = train.make_optimizer(args.optimizer, args.lr)
+        except ValueError as err:
+            raise ValueError(f"--lr {args.lr:g}: {err}") from None
     except (ValueError, TypeError, OSError) as err:
         return _error("train", err, 2)
 
@@ -158,16 +264,21 @@ def _run_train(args) -> int:
               f"gradients; outputs in {out}")
     info = {"dataset": ds.name, "arch": args.arch, "optimizer": args.optimizer, "lr": args.lr}
     try:
-        train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                  optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, grad=args.grad, microbatch=args.microbatch,
-                  devices=devices,
-                  check_grads=args.check_grads, out=out,
-                  resume=args.resume, overwrite=args.overwrite,
-                  checkpoint_every=args.checkpoint_every, info=info, verbose=True,
-                  progress=not args.quiet)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", train.CheckpointWarning)
+            warnings.showwarning = _show_warning_lines("train")
+            train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                      optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                      seed=args.seed, grad=args.grad, microbatch=args.microbatch,
+                      devices=devices,
+                      check_grads=args.check_grads, out=out,
+                      resume=args.resume, overwrite=args.overwrite,
+                      checkpoint_every=args.checkpoint_every, info=info, verbose=True,
+                      progress=not args.quiet)
     except train.TrainingError as err:
         return _error("train", err, 1)
+    except train.CheckpointError as err:
+        return _error("train", f"{err}; pass --overwrite to start again, or --out DIR", 2)
     except (ValueError, TypeError, OSError) as err:
         hint = ("; pass --resume to continue it, --overwrite to start again, or --out DIR"
                 if "already holds a run" in str(err) else "")
@@ -186,13 +297,17 @@ def _add_check(subparsers) -> None:
         description="Compare every layer's hand-written backward with jax.vjp of its forward "
                     "(and optionally float64 central finite differences) on a random batch, "
                     "print the table, and exit 1 if any check fails (docs/audit.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     p.add_argument("--arch", choices=tuple(ARCHS), default=TRAIN_DEFAULTS["arch"],
                    help="network from jaxcnn.zoo, at its native input size")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                   default="float32",
+                   help="the dtype of the params, the batch and the comparison (tolerances by "
+                        "dtype: docs/audit.md)")
     p.add_argument("--finite-differences", action="store_true",
                    help="also compare with float64 central differences")
-    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                   help="images in the random batch")
     p.add_argument("--seed", type=int, default=0, help="params, batch and directions")
     p.set_defaults(run=_run_check)
 
@@ -224,10 +339,56 @@ def _run_check(args) -> int:
     return 0 if report.ok else 1
 
 
+# --- jaxcnn data ---------------------------------------------------------------------------
+
+def _add_data(subparsers) -> None:
+    p = subparsers.add_parser(
+        "data", help="download MNIST or Fashion-MNIST for jaxcnn train",
+        description="Get the data sets jaxcnn train reads (the digits need nothing: they ship "
+                    "with scikit-learn).")
+    actions = p.add_subparsers(title="actions", dest="action", required=True, metavar="ACTION")
+    d = actions.add_parser(
+        "download", help="download a data set's four IDX files and verify their MD5s",
+        description="Download the four .gz IDX files of MNIST or Fashion-MNIST from their "
+                    "published locations (or --mirror), check each against its published MD5 "
+                    "and move it into --data-dir only then; files already there with the "
+                    "right MD5 are kept. Exit code 1 when a file cannot be downloaded or "
+                    "does not verify (nothing is left in its place), 2 for bad options.")
+    d.add_argument("dataset", choices=tuple(SOURCES))
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="where to put the files (default: data/<dataset>, where jaxcnn train "
+                        "looks)")
+    d.add_argument("--mirror", metavar="URL",
+                   help="fetch URL/<file>.gz instead (default: the published locations, in "
+                        "order, listed in jaxcnn.data.SOURCES)")
+    d.add_argument("--timeout", type=_positive_float, default=DOWNLOAD_TIMEOUT,
+                   metavar="SECONDS",
+                   help="the longest any one request may wait (default: %(default)s)")
+    d.set_defaults(run=_run_data_download)
+
+
+def _run_data_download(args) -> int:
+    from jaxcnn import data
+
+    try:
+        paths = data.download(args.dataset, args.data_dir, mirror=args.mirror,
+                              timeout=args.timeout, log=print)
+    except ValueError as err:       # a --mirror that is not an http(s) URL
+        return _error("data download", err, 2)
+    except OSError as err:          # DownloadError, or a --data-dir that cannot be made
+        return _error("data download", err, 1)
+    except KeyboardInterrupt:
+        return _error("data download", "interrupted; no partial file was left", 130)
+    where = os.path.dirname(paths["x_train"])
+    print(f"{args.dataset}: the four files are in {where}; train with: jaxcnn train --dataset "
+          f"{args.dataset}{f' --data-dir {where}' if args.data_dir is not None else ''}")
+    return 0
+
+
 # --- the dispatcher ------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_check, add_show_command)
+    _add_train, _add_check, add_show_command, _add_data)
 """One entry per subcommand: a function that adds its parser (with ``run`` set)."""
 
 
@@ -236,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxcnn",
         description="CNNs in JAX whose backward passes are derived by hand and checked "
                     "against jax.grad.")
+    parser.add_argument("--version", action="version", version=f"jaxcnn {_version()}")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True,
                                        metavar="COMMAND")
     for add in COMMANDS:
@@ -250,7 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:     # --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ImportError as err:               # an optional dependency: name its extra
+        missing = (err.name or getattr(err.__cause__, "name", None) or "").partition(".")[0]
+        for extra, modules in EXTRAS.items():
+            if missing in modules:
+                return _error(args.command, f"this command needs the '{extra}' extra ({missing} "
+                                            f"is not installed): pip install 'jaxcnn[{extra}]'", 2)
+        raise
 
 
 if __name__ == "__main__":

@@ -124,7 +124,10 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
 
     def planned(params, x):
         w, b, g = _checked(name, s, params, x)
-        return w, b, g, conv_plan(g, x.shape[3], s.groups, method, features=s.features)
+        # an empty batch (N = 0) runs XLA's convolutions, which take it; the Toeplitz and
+        # reference forms reshape by N.  The output is empty and the parameter gradients 0.
+        form = method if x.shape[0] else "lax"
+        return w, b, g, conv_plan(g, x.shape[3], s.groups, form, features=s.features)
 
     def forward(params, x, *, key=None, train=True):
         w, b, g, plan = planned(params, x)

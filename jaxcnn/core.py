@@ -62,11 +62,14 @@ class ApplyFn(Protocol):
 class Layer(NamedTuple):
     """A layer (or a network of layers): four pure functions and a name for messages.
 
-    ``layers`` holds the sub-layers of a combinator such as ``serial``; it is empty otherwise.
-    ``config`` holds the layer's static settings as sorted ``(name, value)`` pairs, so that a
-    layer stays hashable (a static argument of ``jax.jit``): ``kind`` and, for a sliding window,
-    ``size``, ``strides``, ``dilation``, ``padding``.  ``summary`` reads it; ``()`` for a layer
-    that does not say.
+    ``layers`` holds the sub-layers of a combinator such as ``serial`` or ``parallel``; it is
+    empty otherwise, and ``build(*layers)`` then makes the same combinator over other
+    sub-layers (the audit rebuilds a net with every leaf instrumented).  ``config`` holds the
+    layer's static settings as sorted ``(name, value)`` pairs, so that a layer stays hashable (a
+    static argument of ``jax.jit``): ``kind`` and, for a sliding window, ``size``, ``strides``,
+    ``dilation``, ``padding``.  ``summary`` reads it; ``()`` for a layer that does not say.
+    A layer with several inputs or outputs (``jaxcnn.graph``) takes or returns tuples of
+    arrays, and its ``init`` tuples of per-example shapes.
     """
 
     init: InitFn
@@ -76,6 +79,7 @@ class Layer(NamedTuple):
     name: str
     layers: tuple["Layer", ...] = ()
     config: tuple[tuple[str, Any], ...] = ()
+    build: Any = None
 
 
 @jax.tree_util.register_static
@@ -130,15 +134,43 @@ def positive_int(layer: str, arg: str, value) -> int:
     return int(value)
 
 
+def describe(value) -> str:
+    """A short description of a non-array argument for an error message: ``None``,
+    ``int 3``, ``a list of 2 entries``, or the type's name."""
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, complex, np.generic)):
+        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, (list, tuple)):
+        n = len(value)
+        return f"a {type(value).__name__} of {n} entr{'y' if n == 1 else 'ies'}"
+    return type(value).__name__
+
+
+def check_array(layer: str, arg: str, x, what: str = "") -> None:
+    """``x`` is an array (a ``jax.Array``, a tracer or a NumPy array): anything with a shape
+    and a dtype.  Lists, tuples, scalars and ``None`` are refused with a ``TypeError``: a list
+    has no dtype to check, and a layer does not guess one."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{layer}: expected {arg} to be an array{' ' + what if what else ''}, "
+                        f"got {describe(x)} -- convert it with jnp.asarray(..., dtype)")
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` holds values now (an array, not a tracer under ``jit``/``grad``/``vmap``):
+    value checks (labels in range, stochastic pooling's inputs >= 0) run only then."""
+    return not isinstance(x, jax.core.Tracer)
+
+
 def check_input(layer: str, x, rank: int, what: str) -> None:
-    """``x`` is a floating array of the given rank (batch axis included)."""
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise TypeError(f"{layer}: expected an array, got {type(x).__name__}")
-    if len(shape) != rank:
-        raise ValueError(f"{layer}: expected input of rank {rank} {what}, got shape {tuple(shape)}")
+    """``x`` is a floating array of the given rank (batch axis included).  An empty batch
+    (``N = 0``) is allowed: every layer maps it to an empty output."""
+    check_array(layer, "the input", x, what.split(";")[0])      # the layout, not the advice
     if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
         raise TypeError(f"{layer}: expected a floating-point input, got dtype {x.dtype}")
+    if len(x.shape) != rank:
+        raise ValueError(f"{layer}: expected input of rank {rank} {what}, got shape "
+                         f"{tuple(x.shape)}")
 
 
 def check_input_shape(layer: str, input_shape, rank: int, what: str) -> Shape:
@@ -157,7 +189,8 @@ def check_input_shape(layer: str, input_shape, rank: int, what: str) -> Shape:
 
 def check_delta(layer: str, delta, expected: Shape, dtype=None) -> None:
     """The residual handed to ``backward`` has the shape of the forward output."""
-    shape = tuple(getattr(delta, "shape", ()))
+    check_array(layer, "backward's delta", delta)
+    shape = tuple(delta.shape)
     if shape != tuple(expected):
         raise ValueError(f"{layer}: backward got delta of shape {shape}, "
                          f"expected the forward output's shape {tuple(expected)}")
@@ -211,3 +244,37 @@ def layer_keys(key: Array | None, n: int) -> list:
     """One key per sub-layer, split from ``key``; ``None`` for each when no key is given."""
     return [None] * n if key is None else list(jax.random.split(key, n))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking a network's tree of layers: the leaves (layers without sub-layers) in order, and the
+# same network rebuilt with every leaf replaced -- how the audit and the figures instrument a
+# net without knowing its combinators.
+# ---------------------------------------------------------------------------------------------
+
+def leaves(layer: Layer, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, ...], Layer]]:
+    """``(path, leaf)`` for every leaf of ``layer``, depth first in the order its forward runs
+    them; ``path`` is the leaf's position, one index per combinator level."""
+    if not layer.layers:
+        return [(path, layer)]
+    return [item for i, sub in enumerate(layer.layers) for item in leaves(sub, (*path, i))]
+
+
+def map_leaves(layer: Layer, fn, path: tuple[int, ...] = ()) -> Layer:
+    """``layer`` rebuilt (``Layer.build``) with every leaf replaced by ``fn(path, leaf)``."""
+    if not layer.layers:
+        return fn(path, layer)
+    if layer.build is None:
+        raise TypeError(f"{layer.name}: a combinator without build cannot be rebuilt over "
+                        f"new sub-layers")
+    return layer.build(*(map_leaves(sub, fn, (*path, i)) for i, sub in enumerate(layer.layers)))
+
+
+def path_name(layer: Layer, path: tuple[int, ...]) -> str:
+    """``"serial[2] > parallel[0] > serial[1] Sigmoid"``: the leaf at ``path``, named by the
+    combinators it sits in and its own name."""
+    parts = []
+    for i in path:
+        parts.append(f"{dict(layer.config).get('kind', layer.name)}[{i}]")
+        layer = layer.layers[i]
+    return " > ".join(parts) + (" " if parts else "") + layer.name

@@ -7,21 +7,36 @@ checked once here, at the boundary, so that training never starts on bad data:
   no download) with a fixed stratified 80/20 train/test split;
 - ``load_idx_dataset(data_dir)``: the four standard IDX files of MNIST or Fashion-MNIST
   (``train-images-idx3-ubyte`` ... , gzipped or not), as published by LeCun et al. and Zalando;
-- ``read_idx(path)``: one IDX file as a numpy array.
+- ``read_idx(path)``: one IDX file as a numpy array, read safely: header first, its size
+  checked against the file and ``MAX_IDX_BYTES`` before anything large is read;
+- ``download(name, data_dir)``: MNIST's or Fashion-MNIST's four files from their published
+  locations (``SOURCES``), each moved into place only once its MD5 matches.
 
 scikit-learn is imported only when the digits are loaded (it is in the ``train`` extra).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import http.client
+import math
 import os
+import stat
+import struct
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "DATASETS", "IDX_FILES", "Dataset", "check_arrays", "load", "load_digits",
-    "load_idx_dataset", "read_idx", "find_idx_files", "write_idx",
+    "load_idx_dataset", "read_idx", "find_idx_files", "write_idx", "MAX_IDX_BYTES", "SOURCES",
+    "Source", "DOWNLOAD_TIMEOUT", "DownloadError", "download",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -122,50 +137,156 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
 
 # --- IDX files (MNIST, Fashion-MNIST) -------------------------------------------------------
 
+MAX_IDX_BYTES = 4 * 1024 ** 3
+"""The most data one IDX file may hold, in bytes after decompression (4 GiB; MNIST's training
+images are 47 MB).  ``read_idx`` refuses a larger header before reading or decompressing
+anything, and ``download`` stops a download that grows past it.  Raise it (it is read at each
+call) for a bigger data set."""
+
+# deflate's densest code is a 258-byte match in 2 bits, so a gzip file of n bytes decompresses to
+# at most 1032 n bytes (zlib's FAQ): a header claiming more is refused before decompressing.
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20                  # bytes read, decompressed or downloaded at a time
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(path: str, mode: int) -> ValueError | None:
+    """The error for a path whose (followed) mode is not a regular file's; ``None`` if it is."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+    real = os.path.realpath(path)
+    via = f" (a link to {real})" if real != os.path.abspath(path) else ""
+    return ValueError(f"{path}{via}: is {kind}; expected a regular file (or a link to one)")
+
+
+def _open_regular(path: str):
+    """``path`` opened for binary reading if it is, or links to, a regular file.
+
+    Anything else (FIFO, device, directory, socket) is refused with ``ValueError`` before it is
+    opened, and again after (the open is non-blocking, so a FIFO swapped in between cannot hang).
+    """
+    err = _not_regular(path, os.stat(path).st_mode)
+    if err is not None:
+        raise err
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        err = _not_regular(path, os.fstat(fd).st_mode)
+        if err is not None:
+            raise err
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_header(path: str, read) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The dtype, shape and header length of an IDX file, parsed with ``read(n)`` (which returns
+    at most ``n`` bytes, fewer at the end of the file)."""
+    magic = read(4)
+    if len(magic) < 4:
+        raise ValueError(f"{path}: corrupt IDX header: the file has {len(magic)} bytes, "
+                         f"fewer than the 4 of the magic number")
+    zero, code, ndim = magic[0:2], magic[2], magic[3]
+    if zero != b"\x00\x00" or code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: corrupt IDX header: magic number {magic.hex(' ')}, "
+                         f"expected 00 00 <type> <ndim> with type one of "
+                         f"{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}")
+    if ndim == 0:
+        raise ValueError(f"{path}: corrupt IDX header: 0 dimensions")
+    sizes = read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{path}: corrupt IDX header: {ndim} dimensions need a "
+                         f"{4 + 4 * ndim}-byte header, the file has {4 + len(sizes)} bytes")
+    shape = struct.unpack(f">{ndim}I", sizes)
+    return np.dtype(_IDX_DTYPES[code]), shape, 4 + 4 * ndim
+
+
+def _claims(dtype: np.dtype, shape: tuple[int, ...]) -> str:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return f"the header says shape {shape} of {dtype.name} ({nbytes} bytes of data)"
+
+
+def _data_bytes(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """The bytes of data a header claims (a Python integer: no overflow), at most the cap."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: {_claims(dtype, shape)}, more than the {MAX_IDX_BYTES} a data "
+                         f"file may hold (jaxcnn.data.MAX_IDX_BYTES)")
+    return nbytes
+
+
+def _read_raw(path: str, f, size: int) -> tuple[bytearray, np.dtype, tuple[int, ...]]:
+    """The data of an uncompressed IDX file of ``size`` bytes, read only once the header
+    agrees with the size exactly."""
+    dtype, shape, header = _read_header(path, f.read)
+    nbytes = _data_bytes(path, dtype, shape)
+    if size - header != nbytes:
+        raise ValueError(f"{path}: {_claims(dtype, shape)} but the file holds {size - header}")
+    data = bytearray(nbytes)
+    got = f.readinto(data)
+    if got != nbytes:                # the file shrank after fstat
+        raise ValueError(f"{path}: {_claims(dtype, shape)} but the file holds {got}")
+    return data, dtype, shape
+
+
+def _read_gzip(path: str, f, size: int) -> tuple[bytearray, np.dtype, tuple[int, ...]]:
+    """The data of a gzipped IDX file of ``size`` bytes: the header is decompressed and checked
+    first, then the data a chunk at a time, never more than the header claims plus one byte."""
+    try:
+        with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+            dtype, shape, header = _read_header(path, stream.read)
+            nbytes = _data_bytes(path, dtype, shape)
+            if header + nbytes > _DEFLATE_MAX_RATIO * size:
+                raise ValueError(f"{path}: {_claims(dtype, shape)} but a gzip file of {size} "
+                                 f"bytes decompresses to at most {_DEFLATE_MAX_RATIO * size}")
+            data = bytearray()
+            while len(data) <= nbytes:
+                chunk = stream.read(min(_CHUNK, nbytes + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: not a readable gzip file ({err})") from err
+    if len(data) != nbytes:
+        held = len(data) if len(data) < nbytes else f"more than {nbytes}"
+        raise ValueError(f"{path}: {_claims(dtype, shape)} but the file holds {held} "
+                         f"(decompressed)")
+    return data, dtype, shape
+
+
 def read_idx(path) -> np.ndarray:
     """Read one IDX file (gzipped or raw; detected from its first bytes, not its name).
 
     The format: two zero bytes, a type code (0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int,
     0x0D float, 0x0E double), the number of dimensions ``d``, ``d`` big-endian uint32 sizes,
-    then the data in C order.  Returns an array of that shape in native byte order.  Raises
-    ``ValueError`` naming the file and the fault for a corrupt header or a size mismatch.
+    then the data in C order.  Returns an array of that shape in native byte order.
+
+    Read safely: the path must be, or link to, a regular file (a FIFO, device or directory is
+    refused without blocking); the header is parsed first and the size it claims checked
+    against ``MAX_IDX_BYTES`` and against the file -- a raw file must hold exactly that many
+    bytes, a gzip stream is decompressed a chunk at a time up to one byte more than that -- so
+    memory never grows past what the file really holds.  Raises ``ValueError`` naming the file,
+    the expected and the found size or fault (``OSError`` when the file cannot be opened).
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable gzip file ({err})") from err
-    if len(raw) < 4:
-        raise ValueError(f"{path}: corrupt IDX header: the file has {len(raw)} bytes, "
-                         f"fewer than the 4 of the magic number")
-    zero, code, ndim = raw[0:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: corrupt IDX header: magic number {raw[:4].hex(' ')}, "
-                         f"expected 00 00 <type> <ndim> with type one of "
-                         f"{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}")
-    if ndim == 0:
-        raise ValueError(f"{path}: corrupt IDX header: 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: corrupt IDX header: {ndim} dimensions need a {header}-byte "
-                         f"header, the file has {len(raw)} bytes")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"{path}: the header says shape {shape} of {dtype.name} "
-                         f"({expected} bytes of data) but the file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        gzipped = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        data, dtype, shape = (_read_gzip if gzipped else _read_raw)(path, f, size)
+    array = np.frombuffer(data, dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def find_idx_files(data_dir) -> dict[str, str]:
     """The paths of the four IDX files in ``data_dir``, by role (``x_train``, ...).
 
-    Each may be gzipped (``.gz``) or not.  Raises ``FileNotFoundError`` listing the expected
-    names and the directory when any is missing or the directory cannot be read.
+    Each may be gzipped (``.gz``) or not, but not both: a raw file and a ``.gz`` of the same
+    name together raise ``ValueError`` naming both.  Raises ``FileNotFoundError`` listing the
+    expected names and the directory when any is missing or the directory cannot be read.
     """
     data_dir = os.fspath(data_dir)
     expected = ", ".join(f"{name}[.gz]" for name in IDX_FILES.values())
@@ -176,51 +297,73 @@ def find_idx_files(data_dir) -> dict[str, str]:
                                 f"({err.strerror or err}); it should hold {expected}") from err
     found, missing = {}, []
     for role, name in IDX_FILES.items():
-        for candidate in (name, name + ".gz"):
-            if candidate in present:
-                found[role] = os.path.join(data_dir, candidate)
-                break
+        candidates = [c for c in (name, name + ".gz") if c in present]
+        if len(candidates) == 2:
+            raw, gz = (os.path.join(data_dir, c) for c in candidates)
+            raise ValueError(f"{raw} and {gz} are both present: expected one copy of {name} "
+                             f"(raw or gzipped), got two that may differ; remove one")
+        if candidates:
+            found[role] = os.path.join(data_dir, candidates[0])
         else:
             missing.append(name)
     if missing:
         what = "is empty" if not present else f"lacks {', '.join(f'{m}[.gz]' for m in missing)}"
         raise FileNotFoundError(
             f"the data directory {os.path.abspath(data_dir)!r} {what}; an MNIST-style data set "
-            f"needs the four IDX files {expected} (download them from the data set's site, e.g. "
-            f"https://github.com/zalandoresearch/fashion-mnist for Fashion-MNIST)")
+            f"needs the four IDX files {expected}")
     return found
+
+
+def _idx_split(paths: dict[str, str], split: str, name: str, num_classes: int):
+    """The images ``(N, rows, cols, 1)`` float32 and labels ``(N,)`` int32 of one split."""
+    px, py = paths["x_" + split], paths["y_" + split]
+    x = read_idx(px)
+    if x.ndim != 3:
+        raise ValueError(f"{px}: expected images of rank 3 (N, rows, cols), got shape {x.shape}")
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{px}: expected images of unsigned bytes (IDX type 08, scaled by "
+                         f"1/255) or floats (kept as they are), got {x.dtype}; convert them, "
+                         f"e.g. to float32 in [0, 1] (jaxcnn.data.write_idx)")
+    y = read_idx(py)
+    if y.ndim != 1:
+        raise ValueError(f"{py}: expected labels of rank 1 (N,), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{py}: expected integer labels, got {y.dtype}")
+    if len(x) != len(y):
+        raise ValueError(f"{px} holds {len(x)} images but {py} holds {len(y)} labels")
+    images = x.astype(np.float32)[..., None]
+    if x.dtype == np.uint8:
+        images /= np.float32(255)
+    labels = y.astype(np.int32)
+    check_arrays(images, labels, num_classes, f"{name} {split} set ({px}, {py})")
+    return images, labels
 
 
 def load_idx_dataset(data_dir, name: str = "mnist", num_classes: int = 10) -> Dataset:
     """An MNIST-style data set from its four IDX files in ``data_dir`` (see ``IDX_FILES``).
 
     Image files must be ``(N, rows, cols)`` unsigned bytes (scaled by 1/255 to ``[0, 1]``) or
-    floats (kept as they are); label files ``(N,)`` integers in ``[0, num_classes)``.
+    floats (kept as they are); other integer images (int8, int16, int32) are refused, not
+    guessed at.  Label files must be ``(N,)`` integers in ``[0, num_classes)``.  Each file is
+    read with ``read_idx``.  When files are missing and ``name`` is in ``SOURCES`` the error
+    names the command that downloads them.
     """
-    paths = find_idx_files(data_dir)
-    arrays = {role: read_idx(path) for role, path in paths.items()}
-    for split in ("train", "test"):
-        x, y = arrays["x_" + split], arrays["y_" + split]
-        px, py = paths["x_" + split], paths["y_" + split]
-        if x.ndim != 3:
-            raise ValueError(f"{px}: expected images of rank 3 (N, rows, cols), got shape "
-                             f"{x.shape}")
-        if y.ndim != 1:
-            raise ValueError(f"{py}: expected labels of rank 1 (N,), got shape {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{py}: expected integer labels, got {y.dtype}")
-        if len(x) != len(y):
-            raise ValueError(f"{px} holds {len(x)} images but {py} holds {len(y)} labels")
-        scale = 255.0 if x.dtype == np.uint8 else 1.0
-        arrays["x_" + split] = (x.astype(np.float32) / np.float32(scale))[..., None]
-        arrays["y_" + split] = y.astype(np.int32)
-        check_arrays(arrays["x_" + split], arrays["y_" + split], num_classes,
-                     f"{name} {split} set ({px}, {py})")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise ValueError(f"{name}: train images are {arrays['x_train'].shape[1:3]} but test "
-                         f"images {arrays['x_test'].shape[1:3]}")
-    return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                   num_classes, name)
+    data_dir = os.fspath(data_dir)
+    try:
+        paths = find_idx_files(data_dir)
+    except FileNotFoundError as err:
+        if name not in SOURCES:
+            raise
+        raise FileNotFoundError(f"{err}; download them with: jaxcnn data download {name} "
+                                f"--data-dir {data_dir} (or add --download to jaxcnn train; "
+                                f"in Python: jaxcnn.data.download({name!r}, {data_dir!r}))"
+                                ) from err
+    x_train, y_train = _idx_split(paths, "train", name, num_classes)
+    x_test, y_test = _idx_split(paths, "test", name, num_classes)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"{name}: train images are {x_train.shape[1:3]} but test images "
+                         f"{x_test.shape[1:3]}")
+    return Dataset(x_train, y_train, x_test, y_test, num_classes, name)
 
 
 def load(name: str, data_dir=None) -> Dataset:
@@ -247,3 +390,160 @@ def write_idx(path, array: np.ndarray) -> None:
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(data)
+
+
+# --- downloading MNIST and Fashion-MNIST ----------------------------------------------------
+
+class Source(NamedTuple):
+    """Where a data set's four ``.gz`` IDX files are published: base URLs (each ending in ``/``,
+    tried in order for every file) and the MD5 of each file, by file name."""
+
+    urls: tuple[str, ...]
+    md5: dict[str, str]
+
+
+SOURCES = {
+    "mnist": Source(
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    "fashion-mnist": Source(
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+}
+"""The data sets ``download`` fetches: the published locations and MD5s (torchvision's), MNIST's
+S3 copy first and LeCun's original site (often down) second."""
+
+DOWNLOAD_TIMEOUT = 60.0
+"""``download``'s default timeout in seconds: the most any one request (connecting, or waiting
+for the next block of data) may wait."""
+
+
+class DownloadError(OSError):
+    """A file could not be downloaded from any of its URLs, or did not match its checksum; the
+    message names the file and each URL's fault (an MD5 mismatch: the expected and the got
+    checksum).  Nothing is left in the file's place."""
+
+
+class _Failed(Exception):
+    """One URL's fault, collected by ``_download_file``."""
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with _open_regular(path) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, out, timeout: float) -> tuple[str, int]:
+    """Stream ``url`` into the open file ``out``; its MD5 and length.  Raises ``_Failed`` for an
+    HTTP error, a body shorter than its ``Content-Length`` or longer than ``MAX_IDX_BYTES``."""
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        err.close()
+        raise _Failed(f"HTTP {err.code} {err.reason}") from None
+    with response:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_IDX_BYTES:
+            raise _Failed(f"{declared} bytes, more than jaxcnn.data.MAX_IDX_BYTES "
+                          f"({MAX_IDX_BYTES})")
+        digest, length = hashlib.md5(usedforsecurity=False), 0
+        while chunk := response.read(_CHUNK):
+            length += len(chunk)
+            if length > MAX_IDX_BYTES:
+                raise _Failed(f"more than jaxcnn.data.MAX_IDX_BYTES ({MAX_IDX_BYTES}) bytes")
+            digest.update(chunk)
+            out.write(chunk)
+    if declared.isdigit() and length != int(declared):
+        raise _Failed(f"truncated: got {length} of the {declared} bytes announced")
+    return digest.hexdigest(), length
+
+
+def _fetch_verified(url: str, target: str, md5: str, timeout: float) -> int:
+    """Download ``url`` to a temporary file beside ``target``, and move it into place only if
+    its MD5 is ``md5``; the bytes written.  On any fault the temporary file is removed."""
+    directory, name = os.path.split(target)
+    fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            got, length = _fetch(url, out, timeout)
+        if got != md5:
+            raise _Failed(f"MD5 mismatch: expected {md5}, got {got} ({length} bytes)")
+        os.replace(part, target)
+        return length
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(part)
+        raise
+
+
+def _download_file(urls, target: str, md5: str, timeout: float, log) -> None:
+    """``target`` from the first of ``urls`` that serves it with the right MD5, or
+    ``DownloadError`` listing every URL's fault."""
+    faults = []
+    for url in urls:
+        try:
+            length = _fetch_verified(url, target, md5, timeout)
+        except (_Failed, OSError, http.client.HTTPException) as err:
+            faults.append(f"{url}: {err}")
+            continue
+        log(f"{os.path.basename(target)}: downloaded from {url} ({length:,} bytes, MD5 {md5} "
+            f"verified)")
+        return
+    raise DownloadError(f"{os.path.basename(target)}: could not download it into "
+                        f"{os.path.dirname(target) or '.'} ({'; '.join(faults)}); nothing was "
+                        f"written")
+
+
+def _mirror_urls(mirror: str) -> tuple[str, ...]:
+    scheme = urllib.parse.urlsplit(mirror).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"mirror: expected an http:// or https:// URL, got {mirror!r}")
+    return (mirror.rstrip("/") + "/",)
+
+
+def download(name: str, data_dir=None, *, mirror: str | None = None,
+             timeout: float = DOWNLOAD_TIMEOUT, log=None) -> dict[str, str]:
+    """Download the four ``.gz`` IDX files of ``name`` (``"mnist"`` or ``"fashion-mnist"``, see
+    ``SOURCES``) into ``data_dir`` (default ``data/<name>``, created if need be); their paths
+    by role, as ``find_idx_files`` returns them.
+
+    Each file comes from the first of its published URLs that serves it (or from
+    ``<mirror>/<file>.gz`` alone), is written to a temporary file in ``data_dir``, checked
+    against its published MD5, and only then moved into place (``os.replace``): a failed,
+    truncated or corrupt download leaves nothing behind and raises ``DownloadError`` naming the
+    file, each URL's fault and, for a mismatch, the expected and the got MD5.  A ``.gz`` already
+    there with the right MD5 is kept; one with another MD5 is replaced once a download
+    verifies; an uncompressed copy already there is kept as it is (it cannot be checked).
+    ``timeout`` (seconds) bounds every request; ``log`` (e.g. ``print``) receives a line per
+    file.  Standard library only (``urllib``).
+    """
+    if name not in SOURCES:
+        raise ValueError(f"no download for the data set {name!r}; expected one of "
+                         f"{', '.join(SOURCES)} (the digits ship with scikit-learn)")
+    source, log = SOURCES[name], log or (lambda line: None)
+    urls = source.urls if mirror is None else _mirror_urls(mirror)
+    data_dir = os.path.join("data", name) if data_dir is None else os.fspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    paths = {}
+    for role, stem in IDX_FILES.items():
+        raw, target = os.path.join(data_dir, stem), os.path.join(data_dir, stem + ".gz")
+        md5 = source.md5[stem + ".gz"]
+        if os.path.lexists(raw) and not os.path.lexists(target):
+            log(f"{stem}: already in {data_dir}, uncompressed (kept, not verified)")
+            paths[role] = raw
+            continue
+        if os.path.isfile(target) and _md5(target) == md5:
+            log(f"{stem}.gz: already in {data_dir}, MD5 {md5} verified")
+        else:
+            _download_file([base + stem + ".gz" for base in urls], target, md5, timeout, log)
+        paths[role] = target
+    return paths

@@ -12,8 +12,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, check_param, config, positive_int, apply_from_forward)
+from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_delta,
+                         check_input, check_input_shape, check_no_params, check_param, config,
+                         positive_int)
 
 
 class DenseCache(NamedTuple):
@@ -93,10 +94,13 @@ def Flatten() -> Layer:
 
     def forward(params, x, *, key=None, train=True):
         check_no_params(name, params)
-        if getattr(x, "ndim", 0) < 2:
+        check_array(name, "the input", x, "(N, d1, d2, ...)")
+        if x.ndim < 2:
             raise ValueError(f"{name}: expected an input with a batch axis and at least one "
-                             f"more, got shape {getattr(x, 'shape', None)}")
-        return x.reshape(x.shape[0], -1), FlattenCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)))
+                             f"more, got shape {tuple(x.shape)}")
+        # the row length spelled out: reshape(N, -1) cannot infer it when N = 0
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        return y, FlattenCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)))
 
     def backward(params, cache, delta):
         check_no_params(name, params)
@@ -104,4 +108,5 @@ def Flatten() -> Layer:
         check_delta(name, delta, (shape[0], math.prod(shape[1:])), cache.input.value.dtype)
         return (), delta.reshape(shape)
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(kind="flatten"))
+    return Layer(init, forward, backward, apply_from_forward(forward), name,
+                 config=config(kind="flatten"))

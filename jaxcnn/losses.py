@@ -1,6 +1,7 @@
 """Losses: a value and the output residual it starts the backward pass with.
 
-Each loss is a mean over the batch, so its ``delta`` (``dJ/d outputs``) carries the ``1/N``.
+Each loss is a mean over the batch, so its ``delta`` (``dJ/d outputs``) carries the ``1/N``;
+an empty batch (``N = 0``) has no mean and raises ``ValueError`` naming the loss.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import Array
+from jaxcnn.core import Array, describe, is_concrete
 
 
 class Loss(NamedTuple):
@@ -22,25 +23,33 @@ class Loss(NamedTuple):
 
 
 def _check_outputs(name: str, outputs, rank: int | None = None) -> None:
-    if not hasattr(outputs, "shape") or not jnp.issubdtype(outputs.dtype, jnp.floating):
+    if not (hasattr(outputs, "shape") and hasattr(outputs, "dtype")):
         raise TypeError(f"{name}: outputs must be a floating-point array, got "
-                        f"{getattr(outputs, 'dtype', type(outputs).__name__)}")
+                        f"{describe(outputs)}")
+    if not jnp.issubdtype(outputs.dtype, jnp.floating):
+        raise TypeError(f"{name}: outputs must be a floating-point array, got {outputs.dtype}")
     if outputs.ndim < 1 or (rank is not None and outputs.ndim != rank):
         raise ValueError(f"{name}: outputs must have shape "
                          f"{'(N, classes)' if rank == 2 else '(N, ...)'}, got {outputs.shape}")
+    if outputs.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (outputs of shape {outputs.shape}); the "
+                         f"loss is a mean over the examples and needs at least one")
 
 
 # --- softmax cross-entropy -------------------------------------------------------------------
 
 def _check_labels(name: str, logits, labels) -> None:
     _check_outputs(name, logits, rank=2)
-    if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer):
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
         raise TypeError(f"{name}: labels must be an integer array of class indices, got "
-                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+                        f"{describe(labels)}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{name}: labels must be an integer array of class indices, got "
+                        f"{labels.dtype}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"{name}: labels must have shape {logits.shape[:1]} (one class index per "
                          f"row of the outputs {logits.shape}), got {labels.shape}")
-    if not isinstance(labels, jax.core.Tracer):   # concrete labels are checked now; traced -> NaN
+    if is_concrete(labels):              # concrete labels are checked now; traced ones -> NaN
         concrete = np.asarray(labels)
         lo, hi = int(concrete.min(initial=0)), int(concrete.max(initial=0))
         if lo < 0 or hi >= logits.shape[1]:
@@ -82,9 +91,12 @@ they make the loss NaN, so they can never pass silently.
 
 def _check_targets(name: str, outputs, targets) -> None:
     _check_outputs(name, outputs)
-    if getattr(targets, "shape", None) != outputs.shape:
+    if not (hasattr(targets, "shape") and hasattr(targets, "dtype")):
+        raise TypeError(f"{name}: targets must be an array of the outputs' shape "
+                        f"{outputs.shape}, got {describe(targets)}")
+    if targets.shape != outputs.shape:
         raise ValueError(f"{name}: targets must have the outputs' shape {outputs.shape}, got "
-                         f"{getattr(targets, 'shape', type(targets).__name__)}")
+                         f"{targets.shape}")
     if targets.dtype != outputs.dtype:
         raise TypeError(f"{name}: targets have dtype {targets.dtype} but outputs {outputs.dtype}")
 

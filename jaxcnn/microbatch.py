@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.core import Params, Array, positive_int
+from jaxcnn.core import Array, Params, check_array, positive_int
 
 
 def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
@@ -33,6 +33,8 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         microbatch = positive_int(name, "microbatch", microbatch)
 
     def f(params, x, targets, *, key=None, train=True):
+        check_array(name, "x", x, "with a batch axis")
+        check_array(name, "targets", targets, "with a batch axis")
         n = x.shape[0]
         if microbatch is None or microbatch >= n:
             return vg(params, x, targets, key, train)

@@ -18,7 +18,8 @@ def serial(*layers: Layer) -> Layer:
     the tuple of their caches; ``backward`` runs them in reverse, each turning the residual of
     its output into the gradients of its params and the residual of its input -- the chain
     rule, layer by layer (eq. 6.1).  A given ``key`` is split into one key per layer.
-    Errors name the failing layer by its position: ``serial[3] Conv2D: ...``.
+    Errors name the failing layer by its position: ``serial[3] Conv2D: ...``.  An empty batch
+    (``N = 0``) passes through every layer as an empty array.
     """
     if not layers:
         raise ValueError("serial: needs at least one layer")
@@ -72,7 +73,8 @@ def serial(*layers: Layer) -> Layer:
                 x = layer.apply(p, x, key=k, train=train)
         return x
 
-    return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"))
+    return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"),
+                 build=serial)
 
 
 def value_and_grad(net: Layer, loss: Loss, *,
@@ -90,13 +92,16 @@ def value_and_grad(net: Layer, loss: Loss, *,
     ``docs/performance.md#why-microbatch``).  The batch must be a multiple of it, or at most
     it (then it is one chunk).  A given ``key`` is split into one key per chunk, so stochastic
     layers draw differently than on the whole batch.
+
+    ``x`` and ``targets`` must be arrays (``TypeError`` otherwise); an empty batch reaches the
+    loss, which raises ``ValueError`` (a mean over no examples).
     """
     def whole(params, x, targets, key, train):
         y, cache = net.forward(params, x, key=key, train=train)
         grads, _ = net.backward(params, cache, loss.delta(y, targets))
         return loss.value(y, targets), grads
 
-    return microbatched(whole, microbatch, "value_and_grad")
+    return microbatched(whole, microbatch, "value_and_grad")      # checks x and targets
 
 
 def bridge(net: Layer, *, key=None, train: bool = True) -> Callable[[Params, Array], Array]:

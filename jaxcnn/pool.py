@@ -3,20 +3,22 @@ hand-written backward.
 
 Shapes: input ``x (N, H, W, C)``, output and ``delta (N, H_out, W_out, C)`` with ``H_out`` from
 eq. 3.1; strides default to the window, and overlapping windows (stride < window) are allowed --
-where windows overlap, the residuals they pass back add up (eq. 3.4).  The three layers share
-``_pool_layer`` (checks, geometry, the layer protocol) and differ only in their pair of passes:
-the textbook forms of ``jaxcnn.reference.pool``, or where one is faster the lowering of
-``jaxcnn.lowering.pool`` proven equal to it.
+where windows overlap, the residuals they pass back add up (eq. 3.4).  An empty batch
+(``N = 0``) gives an empty output.  The three layers share ``_pool_layer`` (checks, geometry,
+the layer protocol) and differ only in their pair of passes: the textbook forms of
+``jaxcnn.reference.pool``, or where one is faster the lowering of ``jaxcnn.lowering.pool``
+proven equal to it.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, config, pair)
+                         check_no_params, config, is_concrete, pair)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -25,8 +27,9 @@ class PoolCache(NamedTuple):
     """What a pooling forward saves.
 
     ``input``: the input's shape and dtype (static, a ``jax.ShapeDtypeStruct``).  ``index``: the
-    window position each output took its value from (max: the first maximum; stochastic,
-    training: the sampled one), ``(N, H_out, W_out, C)`` ints, or ``None``.  ``x``: the input,
+    window position each output routes its delta to (max: the first maximum, or by the NaN rule
+    of ``jaxcnn.reference.pool.max_forward``; stochastic, training: the sampled one),
+    ``(N, H_out, W_out, C)`` ints, or ``None``.  ``x``: the input,
     kept only by stochastic pooling at test time, whose derivative depends on every entry of
     the window (eq. 5.8); ``None`` otherwise.
     """
@@ -81,6 +84,16 @@ def _pool_layer(name: str, window, strides, padding,
         kind="window", size=window, strides=strides, dilation=(1, 1), padding=padding))
 
 
+def _check_non_negative(name: str, x) -> None:
+    """Stochastic pooling's domain, checked where ``x`` holds values (not under ``jit``)."""
+    if is_concrete(x) and x.size:
+        low = float(jnp.min(x))
+        if low < 0:
+            raise ValueError(f"{name}: inputs must be >= 0 (each window is a distribution over "
+                             f"its entries, eq. 5.5), got a most negative entry of {low} -- "
+                             f"put a ReLU or a sigmoid before it")
+
+
 def _static(x: Array) -> Static:
     return Static(jax.ShapeDtypeStruct(x.shape, x.dtype))
 
@@ -123,6 +136,10 @@ def MaxPool2D(window, strides=None, padding="VALID") -> Layer:
     window's maximum; among tied maxima to the *first* in row-major window order -- the choice
     ``jax.grad`` of ``lax.reduce_window`` max makes, so the two agree on tied inputs too.  The
     cache holds that index per output, not the input.
+
+    NaN: a window holding one outputs NaN (as ``apply``'s ``lax.reduce_window``), and its delta
+    goes where ``jax.grad`` sends it: to the first maximum of the entries after the window's
+    last NaN, or to that NaN if it is the window's last entry (``derivation.md``, eq. 5.4).
     """
     name = "MaxPool2D"
 
@@ -153,12 +170,18 @@ def StochasticPool2D(window, strides=None) -> Layer:
     Test time (``train=False``; eq. 5.7): ``y = sum(p a) = sum(a^2) / S``, 0 where ``S = 0``,
     with its exact derivative ``dy/da_i = (2 a_i - y) / S`` (eq. 5.8; 0 where ``S = 0``).
 
-    Inputs are expected to be >= 0 (after a ReLU or sigmoid); this is a value, not a shape,
-    and is not checked under ``jit``.
+    Inputs must be >= 0 (after a ReLU or sigmoid): each window is a distribution over its
+    entries.  A concrete input is checked (``ValueError`` naming the most negative entry); a
+    traced one (under ``jit``, ``grad``, ``vmap``) cannot be, and then a negative entry is never
+    drawn in training (eq. 5.5 samples by ``max(a, 0)``; a window with no positive entry outputs
+    its first entry, negative or not), while at test time eq. 5.7 divides by ``S = sum(a)``
+    with the negative entries counted, so ``y`` may leave the window's range (0 where
+    ``S <= 0``).
     """
     name = "StochasticPool2D"
 
     def forward(x, g, key, train):
+        _check_non_negative(name, x)
         if not train:
             return ref.stochastic_expectation(x, g), PoolCache(_static(x), x=x)     # eq. 5.7
         if key is None:
@@ -174,3 +197,34 @@ def StochasticPool2D(window, strides=None) -> Layer:
         return ref.stochastic_expectation_backward(cache.x, delta, g)             # eq. 5.8
 
     return _pool_layer(name, window, strides, "VALID", forward, backward)
+
+
+# --- global average pooling ------------------------------------------------------------------
+
+def GlobalAvgPool2D() -> Layer:
+    """Global average pooling, the head of residual nets: ``(N, H, W, C) -> (N, C)``,
+    ``y[n, c] = (1 / HW) sum_{i,j} x[n, i, j, c]`` (eq. 5.10: average pooling with one window
+    as large as the input, the output's spatial axes dropped).  Backward (eq. 5.10): every
+    position gets ``delta[n, c] / (H W)``."""
+    name = "GlobalAvgPool2D"
+
+    def init(key, input_shape):
+        h, w, c = check_input_shape(name, input_shape, 3, "(H, W, C)")
+        return (), (c,)
+
+    def forward(params, x, *, key=None, train=True):
+        check_no_params(name, params)
+        check_input(name, x, 4, "(N, H, W, C)")
+        return jnp.mean(x, axis=(1, 2)), PoolCache(_static(x))                 # eq. 5.10
+
+    def backward(params, cache, delta):
+        check_no_params(name, params)
+        n, h, w, c = cache.input.value.shape
+        check_delta(name, delta, (n, c), cache.input.value.dtype)
+        share = delta / jnp.asarray(h * w, delta.dtype)                          # eq. 5.10
+        return (), jnp.broadcast_to(share[:, None, None, :], (n, h, w, c))
+
+    def apply(params, x, *, key=None, train=True):
+        return forward(params, x)[0]
+
+    return Layer(init, forward, backward, apply, name, config=config(kind="global"))

@@ -41,8 +41,10 @@ def postfix(epoch: int, epochs: int, train_loss, history: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def plot_curves(history: list[dict], path: str, title: str = "") -> None:
-    """Loss and accuracy per epoch (train and test) to a PNG, with matplotlib's Agg canvas."""
+def plot_curves(history: list[dict], path, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and test) to a PNG, with matplotlib's Agg canvas.
+    ``path``: a file name or a binary file object (``fit`` writes through a temporary file).
+    Non-finite values are drawn as gaps."""
     from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
@@ -52,10 +54,9 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
                            ("test_loss", "test", ax_loss),
                            ("train_accuracy", "train", ax_acc),
                            ("test_accuracy", "test", ax_acc)):
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            ax.plot(epochs, [np.nan if v is None else v for v in values], marker=".",
-                    label=label)
+        values = [_finite_or_nan(h.get(key)) for h in history]
+        if not all(np.isnan(values)):
+            ax.plot(epochs, values, marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
@@ -64,7 +65,16 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
             ax.legend()
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
+
+
+def _finite_or_nan(v) -> float:
+    """A history value to plot: ``None`` or non-finite as NaN (a gap)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return np.nan
+    return v if np.isfinite(v) else np.nan
 
 
 def final_line(s: dict, out) -> str:

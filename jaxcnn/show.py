@@ -43,11 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import _geometry as geo
 from jaxcnn.activations import ReLU
 from jaxcnn.conv import Conv2D
-from jaxcnn.core import Layer
-from jaxcnn.network import serial
+from jaxcnn.core import Layer, leaves, map_leaves
 from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
 from jaxcnn.summary import summary
 
@@ -586,13 +584,6 @@ def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4
 
 # --- receptive fields --------------------------------------------------------------------------
 
-def _leaves(layer: Layer) -> list[Layer]:
-    """The layers of a (nested) ``serial`` in order: the rows of ``summary``."""
-    if not layer.layers:
-        return [layer]
-    return [leaf for sub in layer.layers for leaf in _leaves(sub)]
-
-
 def _native_shape(arch: str) -> tuple[int, ...]:
     from jaxcnn import zoo
 
@@ -602,59 +593,59 @@ def _native_shape(arch: str) -> tuple[int, ...]:
 
 
 def _fields(layers: list[Layer], table, shape: tuple[int, ...]) -> list[dict[str, Any]]:
-    """The layers ``plot_receptive_fields`` draws -- every convolution and pooling, and the
+    """The leaves ``plot_receptive_fields`` draws -- every convolution and pooling, and the
     first dense layer -- each with its centre ``unit`` and that unit's ``field`` (top, left,
-    height, width in input pixels), from ``summary``'s rows and each window's padding."""
-    drawn, start, jump, in_shape, dense_seen = [], (0, 0), (1, 1), shape, False
+    height, width in input pixels), from ``summary``'s rows (one per leaf, in order)."""
+    drawn, dense_seen = [], False
     for l, (layer, row) in enumerate(zip(layers, table.rows)):
-        cfg = dict(layer.config)
-        kind = cfg.get("kind")
-        if kind == "window":
-            g = geo.window(layer.name, in_shape[:2], cfg["size"], cfg["strides"],
-                           cfg["dilation"], cfg["padding"])
-            # unit 0 of this layer reads from `lo` positions before the first of its input
-            start = tuple(s - lo * j for s, (lo, _), j in zip(start, g.padding, jump))
-            jump = row.jump
-        in_shape = row.output_shape
+        kind = dict(layer.config).get("kind")
         if kind == "window":
             unit = tuple((n - 1) // 2 for n in row.output_shape[:2])
-            top, left = (s + u * j for s, u, j in zip(start, unit, jump))
+            top, left = (s + u * j for s, u, j in zip(row.start, unit, row.jump))
             field = (top, left, *row.receptive_field)
         elif kind == "dense" and not dense_seen:      # the first dense layer sees everything
             dense_seen, unit, field = True, None, (0, 0, shape[0], shape[1])
         else:
             continue
         drawn.append({"index": l, "name": layer.name, "unit": unit, "field": field,
-                      "output_shape": row.output_shape, "size": cfg.get("size")})
+                      "output_shape": row.output_shape,
+                      "size": dict(layer.config).get("size")})
     return drawn
 
 
-def _field_gradients(layers: list[Layer], table, drawn: list[dict[str, Any]], params,
-                     x: jax.Array, seed: int) -> np.ndarray:
+def _asking(leaf: Layer, b: int, unit) -> Layer:
+    """``leaf`` whose backward adds ``delta = 1`` at ``unit`` (all of its outputs when
+    ``None``) of example ``b`` to the residual from above: drawn layer ``b``'s question."""
+
+    def backward(params, cache, delta):
+        ask = delta.at[b, unit[0], unit[1]].add(1) if unit is not None else delta.at[b].add(1)
+        return leaf.backward(params, cache, ask)
+
+    return leaf._replace(backward=backward)
+
+
+def _field_gradients(net: Layer, drawn: list[dict[str, Any]], params, x: jax.Array,
+                     seed: int) -> np.ndarray:
     """``|dJ/dx|`` ``(len(drawn), H, W)`` for ``delta = 1`` at each drawn layer's unit, by the
     hand-written backward."""
-    flat = serial(*layers)
+    asks = {d["index"]: b for b, d in enumerate(drawn)}
+    order = {path: l for l, (path, _) in enumerate(leaves(net))}
+
+    def ask(path, leaf):
+        b = asks.get(order[path])
+        return leaf if b is None else _asking(leaf, b, drawn[b]["unit"])
+
+    probe = map_leaves(net, ask)
 
     @jax.jit
     def gradients(params, x):
         """Example ``b`` of a batch of copies of ``x`` carries drawn layer ``b``'s question: the
-        backward pass (eq. 6.1, layer by layer from the top) adds its ``delta`` at that layer's
-        output, where the residual from above is still 0 for it.
-        """
+        backward pass (eqs. 6.1, 6.5-6.8) starts from a zero residual at the output and each
+        drawn layer adds its ``delta`` to the residual of its own output."""
         batch = jnp.broadcast_to(x, (len(drawn), *x.shape[1:]))
-        _, caches = flat.forward(params, batch, key=jax.random.key(seed), train=False)
-        delta = None
-        for l in reversed(range(drawn[-1]["index"] + 1)):
-            ask = [b for b, d in enumerate(drawn) if d["index"] == l]
-            if ask:
-                inject = jnp.zeros((len(drawn), *table.rows[l].output_shape), jnp.float32)
-                for b in ask:
-                    unit = drawn[b]["unit"]
-                    inject = (inject.at[b, unit[0], unit[1]].set(1) if unit is not None
-                              else inject.at[b].set(1))
-                delta = inject if delta is None else delta + inject
-            _, delta = layers[l].backward(params[l], caches[l], delta)
-        return jnp.sum(jnp.abs(delta), axis=3)
+        y, caches = probe.forward(params, batch, key=jax.random.key(seed), train=False)
+        _, dx = probe.backward(params, caches, jnp.zeros_like(y))
+        return jnp.sum(jnp.abs(dx), axis=3)
 
     return np.asarray(gradients(params, x))
 
@@ -710,12 +701,12 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
     shape = tuple(input_shape) if input_shape is not None else _native_shape(arch)
     net = zoo.get(arch, shape)
     img = photo(shape[:2], path=image, channels=shape[2])
-    layers = _leaves(net)
+    layers = [leaf for _, leaf in leaves(net)]
     table = summary(net, shape)
-    params, _ = serial(*layers).init(jax.random.key(seed), shape)
+    params, _ = net.init(jax.random.key(seed), shape)
     x = jnp.asarray(img[None], jnp.float32)
     drawn = _fields(layers, table, shape)
-    for d, grad in zip(drawn, _field_gradients(layers, table, drawn, params, x, seed)):
+    for d, grad in zip(drawn, _field_gradients(net, drawn, params, x, seed)):
         d["grad"] = grad
 
     cols = min(len(drawn), 4)

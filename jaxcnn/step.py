@@ -72,12 +72,20 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
     """An optax optimizer by name: ``sgd``, ``momentum`` (SGD, momentum 0.9) or ``adam``.
 
     The same arguments give the same object, so that ``fit`` reuses its compiled steps.
+    The rate must be positive and finite in float32, the precision it is applied in: 1e39 is
+    a float64 but ``inf`` in float32, 1e-46 rounds to 0 (``ValueError`` naming the value).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate) \
-            or learning_rate <= 0:
+    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool) \
+            or not math.isfinite(learning_rate) or learning_rate <= 0:
         raise ValueError(f"the learning rate must be a positive number, got {learning_rate!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        as_float32 = float(np.float32(learning_rate))
+    if not (math.isfinite(as_float32) and as_float32 > 0):
+        raise ValueError(f"the learning rate must be a positive number that is finite in "
+                         f"float32 (at most {float(np.finfo(np.float32).max):.4g}), got "
+                         f"{learning_rate!r}, which is {as_float32} in float32")
     return _optimizer(name, float(learning_rate))
 
 

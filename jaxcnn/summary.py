@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 
+from jaxcnn import _geometry as geo
 from jaxcnn.core import Layer
 
 __all__ = ["Summary", "SummaryRow", "summary"]
@@ -28,13 +30,14 @@ class SummaryRow:
     """One layer of a ``Summary``: its position, name, output shape, parameters, FLOPs and
     receptive field."""
 
-    index: str               # position in the network, "3" or "1.2" for nested serials
+    index: str               # position in the network, "3", or "1.2" inside a combinator
     name: str
-    output_shape: tuple[int, ...]
+    output_shape: tuple      # per example; a tuple of shapes for a layer with several outputs
     params: int
     flops: int | None        # None for a layer whose config does not say how to count
     receptive_field: tuple[int, int] | None   # (height, width) in input pixels
     jump: tuple[int, int] | None              # distance in input pixels between adjacent units
+    start: tuple[int, int] | None = None      # top-left of unit (0, 0)'s field (< 0: padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +71,16 @@ class Summary:
 
 
 def _flops(cfg: dict, in_shape, out_shape) -> int | None:
-    out = math.prod(out_shape)
     kind = cfg.get("kind")
+    if kind in ("flatten", "identity", "fanout", "fanin_concat"):
+        return 0
+    out = math.prod(out_shape)
     if kind == "elementwise":
         return out
-    if kind == "flatten":
-        return 0
+    if kind == "fanin_sum":
+        return out * (len(in_shape) - 1)
+    if kind == "global":
+        return math.prod(in_shape)
     if kind == "dense":
         return 2 * in_shape[0] * out + (out if cfg["use_bias"] else 0)
     if kind == "window":
@@ -85,51 +92,103 @@ def _flops(cfg: dict, in_shape, out_shape) -> int | None:
     return None
 
 
+class _Field(NamedTuple):
+    """A unit's receptive field ``size``, the ``jump`` between adjacent units and the
+    top-left ``start`` of unit (0, 0)'s field, in input pixels (height, width)."""
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[int, int]
+
+
+def _merge(fields) -> _Field | None:
+    """Where branches merge, a unit sees what any branch's unit sees: the widest field."""
+    if any(f is None for f in fields):
+        return None
+    return _Field(*(tuple(pick(v) for v in zip(*parts)) for pick, parts in zip(
+        (max, max, min), zip(*((f.size, f.jump, f.start) for f in fields)))))
+
+
+def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
+    """The field after the leaf ``layer`` (its ``config``); ``field`` is one ``_Field`` (or a
+    tuple of them for several inputs), ``None`` when unknown."""
+    cfg = dict(layer.config)
+    kind = cfg.get("kind")
+    if isinstance(field, tuple) and not isinstance(field, _Field):
+        return _merge(field) if kind in ("fanin_sum", "fanin_concat") else None
+    if field is None:
+        return None
+    if kind == "window":
+        g = geo.window(layer.name, in_shape[:2], cfg["size"], cfg["strides"], cfg["dilation"],
+                       cfg["padding"])
+        return _Field(tuple(r + (k - 1) * j for r, k, j in
+                            zip(field.size, g.effective_size, field.jump)),
+                      tuple(j * s for j, s in zip(field.jump, g.strides)),
+                      tuple(s - lo * j for s, (lo, _), j in zip(field.start, g.padding,
+                                                               field.jump)))
+    if kind in ("flatten", "dense", "global"):
+        return _Field(whole, whole, (0, 0))
+    if kind in ("elementwise", "identity"):
+        return field
+    if kind == "fanout":
+        return (field,) * cfg["n"]
+    return None
+
+
+def _row_field(field):
+    """The field a summary row shows: a tuple of fields (a branch point's copies) as one."""
+    if isinstance(field, tuple) and not isinstance(field, _Field):
+        field = _merge(field)
+    return field
+
+
 def summary(net: Layer, input_shape) -> Summary:
     """Summarise ``net`` for a per-example ``input_shape`` (``(H, W, C)`` for images).
 
     Parameter counts come from ``net.init``; shapes, FLOPs and receptive fields from each
-    layer's ``config`` (see the module docstring for the conventions).
+    layer's ``config`` (see the module docstring for the conventions).  A network that
+    branches lists every layer of every branch, indexed by its path (``"2.0.1"``: layer 1 of
+    branch 0 of layer 2); a layer with several outputs shows their shapes as a tuple, and a
+    merge's units see the widest of its inputs' fields.
     """
     input_shape = tuple(int(d) for d in input_shape)
     rows: list[SummaryRow] = []
-    spatial = len(input_shape) == 3
-    field = [(1, 1), (1, 1)] if spatial else None      # receptive field and jump
+    whole = input_shape[:2]
 
-    def walk(layer: Layer, shape, key, prefix: str):
-        nonlocal field
-        if layer.layers:
-            for i, (sub, k) in enumerate(zip(layer.layers,
-                                             jax.random.split(key, len(layer.layers)))):
-                shape = walk(sub, shape, k, f"{prefix}{i}" if not prefix else f"{prefix}.{i}")
-            return shape
+    def leaf(layer: Layer, shape, field, key, prefix: str):
         shapes = []
 
         def init_params(k):      # traced only: no parameter is allocated
             params, out = layer.init(k, shape)
-            shapes.append(tuple(out))
+            shapes.append(out)
             return params
 
         params = jax.eval_shape(init_params, key)
-        out_shape = shapes[0]
-        cfg = dict(layer.config)
-        n_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
-        if field is not None:
-            kind = cfg.get("kind")
-            if kind == "window":
-                (r, j) = field
-                k_eff = [d * (k - 1) + 1 for k, d in zip(cfg["size"], cfg["dilation"])]
-                field = [tuple(ri + (ke - 1) * ji for ri, ke, ji in zip(r, k_eff, j)),
-                         tuple(ji * s for ji, s in zip(j, cfg["strides"]))]
-            elif kind in ("flatten", "dense"):
-                field = [input_shape[:2], input_shape[:2]]
-            elif kind != "elementwise":
-                field = None
-        rows.append(SummaryRow(prefix or "0", layer.name, out_shape, n_params,
+        out_shape, cfg = shapes[0], dict(layer.config)
+        field = _next_field(layer, field, whole, shape)
+        shown = _row_field(field)
+        rows.append(SummaryRow(prefix or "0", layer.name, out_shape,
+                               sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)),
                                _flops(cfg, shape, out_shape),
-                               None if field is None else tuple(field[0]),
-                               None if field is None else tuple(field[1])))
-        return out_shape
+                               *((None,) * 3 if shown is None else shown)))
+        return out_shape, field
 
-    walk(net, input_shape, jax.random.key(0), "")
+    def walk(layer: Layer, shape, field, key, prefix: str):
+        if not layer.layers:
+            return leaf(layer, shape, field, key, prefix)
+        branches = dict(layer.config).get("kind") == "parallel"
+        outs = []
+        for i, (sub, k) in enumerate(zip(layer.layers, jax.random.split(key, len(layer.layers)))):
+            at = f"{prefix}.{i}" if prefix else f"{i}"
+            if branches:
+                outs.append(walk(sub, shape[i], None if field is None else field[i], k, at))
+            else:
+                shape, field = walk(sub, shape, field, k, at)
+        if branches:
+            shapes, fields = zip(*outs)
+            return tuple(shapes), (None if any(f is None for f in fields) else tuple(fields))
+        return shape, field
+
+    walk(net, input_shape, _Field((1, 1), (1, 1), (0, 0)) if len(input_shape) == 3 else None,
+         jax.random.key(0), "")
     return Summary(input_shape, tuple(rows))

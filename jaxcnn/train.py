@@ -19,13 +19,14 @@ left out.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,10 @@ import optax
 from jaxcnn import distributed, report
 from jaxcnn._checks import check_data, positive_int
 from jaxcnn.audit import GradCheck, check_grads as audit_grads, default_tolerance, gradient_check
-from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, Checkpoints, load_checkpoint,
-                                prepare_out, write_atomic)
+from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, CheckpointWarning,
+                                Checkpoints, load_checkpoint, lock_out, named_arrays,
+                                prepare_out, replace_atomic, strict_json, warn_passed,
+                                write_atomic)
 from jaxcnn.core import Layer, Params
 from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
 from jaxcnn.losses import Loss, softmax_cross_entropy
@@ -46,7 +49,8 @@ from jaxcnn.step import (GRADS, OPTIMIZERS, epoch_order, fit_step, init_params, 
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "CHECKPOINT_DIR", "EVAL_BATCH", "OUTPUT_FILES",
-    "TrainingError", "NonFiniteLossError", "GradientMismatchError",
+    "TrainingError", "NonFiniteLossError", "NonFiniteStateError", "GradientMismatchError",
+    "CheckpointError", "CheckpointWarning",
     "make_optimizer", "loss_and_grad", "train_step", "update_step", "make_step",
     "init_params", "epoch_order", "GradCheck", "gradient_check", "default_tolerance",
     "evaluate", "plot_curves", "load_checkpoint", "FitResult", "fit",
@@ -62,6 +66,16 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; ``step`` is the global step (0-based) that produced it."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class NonFiniteStateError(TrainingError):
+    """The parameters or the optimizer state stopped being finite (the run diverged); found
+    before a checkpoint would have saved them, so none holds them.  ``step``: the number of
+    steps run when they were found (the step that checkpoint would have had)."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -129,18 +143,29 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         ``default_tolerance(params)``) raise ``GradientMismatchError``.  The comparison is also
         made, and printed, once before training.
       out: a directory for checkpoints, ``metrics.jsonl``, ``summary.json`` and ``curves.png``;
-        ``None`` writes nothing.  A fresh run refuses a directory that holds checkpoints unless
-        ``overwrite`` (which deletes them and the old outputs) or ``resume``.
-      resume: continue from the latest checkpoint in ``out``, made with the same settings.
+        ``None`` writes nothing.  One run at a time: ``fit`` holds ``out``'s lock
+        (``checkpoints.lock_out``) while it runs, and refuses a directory another process
+        holds.  A fresh run refuses a directory that holds checkpoints unless ``overwrite``
+        (which deletes the checkpoints and outputs jaxcnn wrote there, nothing else) or
+        ``resume``.
+      resume: continue from the latest good checkpoint in ``out``, made with the same
+        settings (compared before any array is read).  A corrupt or partial latest
+        checkpoint is passed over for the one before, with a ``CheckpointWarning``, and kept
+        aside as ``<step>.corrupt``; ``CheckpointError`` if none is good.  ``metrics.jsonl``
+        is rewritten from the checkpoint's history.  A run that has done its ``epochs``
+        already has nothing to do: its outputs are completed and it returns at once.
       checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
       info: JSON-able facts recorded in the summary and checked on resume (dataset, arch, ...).
       verbose: print (with ``print_fn``) the gradient check, a resume and the result.
       progress: show a tqdm progress bar on stderr (default: ``verbose``).
 
-    Raises ``ValueError``/``TypeError`` before any training for bad inputs, and
+    Raises ``ValueError``/``TypeError`` before any training for bad inputs -- a non-finite
+    loss on the first batch of finite images is one (the data overflow the forward) -- and
     ``TrainingError`` during it: ``NonFiniteLossError`` (naming the step) when the loss stops
-    being finite, ``GradientMismatchError`` when a gradient check fails.  Either way the last
-    good checkpoint is kept.
+    being finite, ``NonFiniteStateError`` when the parameters or optimizer state do (checked
+    before every checkpoint and at every epoch's end), ``GradientMismatchError`` when a
+    gradient check fails.  Every checkpoint holds finite values only, and the message names
+    the last one kept.  JSON files are strict (``checkpoints.strict_json``).
     """
     run = _checked(net, params, x_train, y_train, x_test, y_test, loss=loss,
                    optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -148,27 +173,12 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                    grad_tol=grad_tol, out=out, checkpoint_every=checkpoint_every, info=info,
                    verbose=verbose, progress=progress, print_fn=print_fn)
     state = _fresh_state(run, params)
-    run = run._replace(ckpt=_open_out(run, resume=resume, overwrite=overwrite))
-    try:
+    with _opened(run, resume=resume, overwrite=overwrite) as run:
         state = _resume(run, state) if resume else state
-        run_step, start = _build_step(run, state), state.step
-        first = _check_before_training(run, state)
-        bar = report.progress_bar(run.show_progress, run.epochs * run.steps_per_epoch, start)
-        try:
-            for epoch in range(start // run.steps_per_epoch, run.epochs):
-                t_epoch = time.perf_counter()
-                state = _run_epoch(run, state, epoch, run_step, bar, start)
-                state = _evaluate(run, state, epoch, t_epoch, bar)
-                state = _checkpoint_epoch(run, state, epoch)
-        finally:
-            bar.close()
-    finally:
-        if run.ckpt is not None:
-            run.ckpt.close()
-    summary = _summarise(run, state, first)
-    _write_outputs(run, state.history, summary)
-    run.log(report.final_line(summary, run.out))
-    return FitResult(state.params, state.opt_state, state.history, summary)
+        if state.step >= run.epochs * run.steps_per_epoch:
+            return _nothing_to_do(run, state)
+        state = _train(run, state)
+        return _finish(run, state, state.seconds_before + time.perf_counter() - run.t_start)
 
 
 # --- what fit's steps share ----------------------------------------------------------------
@@ -223,6 +233,7 @@ class _State(NamedTuple):
     history: list[dict]
     epoch_losses: list[float]
     seconds_before: float              # spent by the runs this one resumes
+    check_worst: float | None = None   # the gradient check before training (of this run)
 
 
 # --- validate the arguments ----------------------------------------------------------------
@@ -247,12 +258,12 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
         raise ValueError(f"batch_size ({batch_size}) exceeds the number of training examples "
                          f"({len(x_train)})")
     optimizer = make_optimizer("adam", 1e-3) if optimizer is None else optimizer
-    grad_tol = default_tolerance(params) if grad_tol is None else float(grad_tol)
+    grad_tol = _checked_numbers(params, grad_tol)
     plan = _plan(devices, batch_size)
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
-    config = {"n_train": len(x_train), "batch_size": batch_size, "seed": seed, "grad": grad,
-              "microbatch": microbatch, **(info or {})}
+    config = _config(x_train, batch_size=batch_size, seed=seed, grad=grad,
+                     microbatch=microbatch, info=info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
         x_test=x_test, y_test=y_test, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -274,6 +285,49 @@ def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:
         x_test, y_test = np.asarray(x_test), np.asarray(y_test)
         check_data(net, params, x_test, y_test, "test set")
     return x_train, y_train, x_test, y_test
+
+
+def _checked_numbers(params, grad_tol) -> float:
+    """``grad_tol`` (default ``default_tolerance(params)``), which must be a positive number
+    finite in float32, and ``params``, which must be finite: ``ValueError`` naming them."""
+    bad = _non_finite(params)
+    if bad:
+        raise ValueError(f"params: non-finite values in {_listed(bad)}; initialise them anew")
+    if grad_tol is None:
+        return default_tolerance(params)
+    value = float(grad_tol)
+    with np.errstate(over="ignore"):
+        in_float32 = float(np.float32(value))
+    if not (value > 0 and math.isfinite(in_float32)):
+        raise ValueError(f"grad_tol must be a positive number, finite in float32, got "
+                         f"{grad_tol!r}")
+    return value
+
+
+def _config(x_train, *, batch_size, seed, grad, microbatch, info) -> dict:
+    """What defines a run, recorded in every checkpoint and compared on resume: the data set's
+    size and image shape and dtype, the batch, seed, gradient and microbatch, and ``info``
+    (``jaxcnn train``: the data set, net, optimizer and learning rate) -- as JSON reads it
+    back, so that a saved config compares equal."""
+    config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
+              "dtype": str(x_train.dtype), "batch_size": batch_size, "seed": seed,
+              "grad": grad, "microbatch": microbatch, **(info or {})}
+    try:
+        return json.loads(strict_json(config))
+    except TypeError as err:
+        raise TypeError(f"info must hold JSON values (str, numbers, lists, dicts): {err}"
+                        ) from None
+
+
+def _non_finite(tree) -> list[str]:
+    """The names (``params/0/w``) of the floating arrays of ``tree`` that hold a NaN or inf."""
+    return [name for name, a in named_arrays(tree)
+            if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _plan(devices, batch_size: int) -> distributed.DataParallel | None:
@@ -315,18 +369,35 @@ def _fresh_state(run: _Run, params: Params) -> _State:
     return _State(params, opt_state, key, epoch_order(key, 0, run.n_train), 0, [], [], 0.0)
 
 
-def _open_out(run: _Run, *, resume: bool, overwrite: bool) -> Checkpoints | None:
-    """The checkpoints of ``out`` (``None`` without one), once it is checked for a fresh run
-    or a resume (``checkpoints.prepare_out``) on every process."""
+@contextlib.contextmanager
+def _opened(run: _Run, *, resume: bool, overwrite: bool) -> Iterator[_Run]:
+    """``run`` with the checkpoints of ``out`` (none without one), for as long as the block
+    runs.  Process 0 holds ``out``'s lock throughout (``checkpoints.lock_out``: another run
+    there is refused, naming its process) and, under it, clears what ``overwrite`` replaces
+    (``checkpoints.prepare_out``); every process checks the directory for a fresh run or a
+    resume."""
     if run.out is None:
         if resume:
             raise ValueError("resume needs the output directory that holds the checkpoints "
                              "(out)")
-        return None
-    ckpt_dir = prepare_out(run.out, resume=resume, overwrite=overwrite, clear=run.main)
-    if run.plan is not None:
-        distributed.sync("jaxcnn.fit: output directory checked")
-    return Checkpoints(ckpt_dir)
+        yield run
+        return
+    lock = ckpt = None
+    try:
+        if resume:          # nothing to resume: say so before creating anything
+            prepare_out(run.out, resume=True, overwrite=overwrite, clear=False)
+        if run.main:
+            lock = lock_out(run.out)
+        ckpt_dir = prepare_out(run.out, resume=resume, overwrite=overwrite, clear=run.main)
+        if run.plan is not None:
+            distributed.sync("jaxcnn.fit: output directory checked")
+        ckpt = Checkpoints(ckpt_dir, primary=run.main)
+        yield run._replace(ckpt=ckpt)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+        if lock is not None:
+            lock.release()
 
 
 def _saved(run: _Run, state: _State) -> dict:
@@ -337,17 +408,18 @@ def _saved(run: _Run, state: _State) -> dict:
 
 
 def _resume(run: _Run, state: _State) -> _State:
-    """The state of ``out``'s latest checkpoint, which must have been made with this run's
-    settings (``config``: ``ValueError`` naming the first that differs)."""
-    step = run.ckpt.latest()
-    restored, meta = run.ckpt.restore(step, _saved(run, state))
-    ckpt_dir = os.path.join(run.out, CHECKPOINT_DIR)
-    saved = meta["config"]
-    for name in sorted(set(saved) | set(run.config)):
-        if saved.get(name) != run.config.get(name):
-            raise ValueError(f"cannot resume: the checkpoint in {ckpt_dir} was made with "
-                             f"{name}={saved.get(name)!r}, this run has "
-                             f"{name}={run.config.get(name)!r}")
+    """The state of ``out``'s newest good checkpoint (``Checkpoints.find_good``), which must
+    have been made with this run's settings (``config``, compared before any array is read:
+    ``ValueError`` naming the first that differs).  Corrupt newer ones are reported
+    (``CheckpointWarning``) and set aside; ``metrics.jsonl`` is rewritten from the history."""
+    step, restored, meta, passed = run.ckpt.find_good(
+        _saved(run, state), functools.partial(_check_config, run), what="cannot resume")
+    if passed:
+        warn_passed(passed, step, aside=True, stacklevel=4)
+        run.ckpt.set_aside([bad for bad, _ in passed])
+        if run.plan is not None:
+            distributed.sync("jaxcnn.fit: corrupt checkpoints set aside")
+            run.ckpt.reopen()
     # as fresh, uncommitted device arrays: the compiled steps of a run never stopped are
     # reused (orbax's arrays carry a committed sharding, a different jit cache key)
     restored = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), restored)
@@ -355,10 +427,23 @@ def _resume(run: _Run, state: _State) -> _State:
     if run.plan is not None:
         params, opt_state = distributed.replicate(run.plan, (params, opt_state))
     run.log(f"resuming from the checkpoint at step {step} (epoch "
-            f"{step // run.steps_per_epoch} of {run.epochs}) in {ckpt_dir}")
+            f"{step // run.steps_per_epoch} of {run.epochs}) in {run.ckpt.directory}")
+    _write_metrics(run, meta["history"])
     return _State(params, opt_state, jax.random.wrap_key_data(jnp.asarray(restored["key"])),
                   np.asarray(restored["order"]), step, meta["history"], meta["epoch_losses"],
-                  meta["seconds"])
+                  meta["seconds"], meta.get("gradient_check"))
+
+
+def _check_config(run: _Run, step: int, meta: dict) -> None:
+    """``ValueError`` naming the first setting (``run.config``) the checkpoint at ``step`` was
+    made with that differs from this run's."""
+    saved = meta["config"]
+    for name in sorted(set(saved) | set(run.config)):
+        if saved.get(name) != run.config.get(name):
+            raise ValueError(f"cannot resume: the checkpoint at step {step} in "
+                             f"{run.ckpt.path(step)} was made with {name}="
+                             f"{saved.get(name)!r}, this run has {name}="
+                             f"{run.config.get(name)!r}")
 
 
 # --- build the step; check the gradients ---------------------------------------------------
@@ -394,6 +479,7 @@ def _check_gradients(run: _Run, params, key, step: int, index, stage: str) -> Gr
     params, x, y = run.local(params), run.x_train[index], run.y_train[index]
     c = gradient_check(run.net, run.loss, params, x, y, key=k)
     if not c.worst <= run.grad_tol:
+        _check_batch_loss(run, params, x, y, step, stage)
         audit = audit_grads(run.net, run.loss, params, x, y, key=k)
         raise GradientMismatchError(
             f"{stage}: hand-written and jax.grad gradients diverge at step {step}: "
@@ -403,8 +489,27 @@ def _check_gradients(run: _Run, params, key, step: int, index, stage: str) -> Gr
     return c
 
 
+def _check_batch_loss(run: _Run, params, x, y, step: int, stage: str) -> None:
+    """Before blaming the gradients: the loss of the batch (test mode), if not finite, is the
+    fault -- at step 0, with the initial parameters, a problem of the data (``ValueError``:
+    finite images that overflow the forward); later, a run that diverged
+    (``NonFiniteLossError``)."""
+    value, _ = evaluator(run.net, run.loss, EVAL_BATCH)(params, x, y)
+    if math.isfinite(value):
+        return
+    if step == 0:
+        raise ValueError(
+            f"{stage}: the loss of the first batch is {value} with the initial parameters, "
+            f"on finite images (largest magnitude {float(np.max(np.abs(x))):.3g}): the data "
+            f"overflow the network's forward in {x.dtype} -- a problem of the data, not of "
+            f"the gradients; scale the images (to [0, 1], say)")
+    raise NonFiniteLossError(f"non-finite loss ({value}) at step {step}, found by the "
+                             f"{stage}; training stopped" + _kept(run), step)
+
+
 def _check_before_training(run: _Run, state: _State) -> GradCheck:
-    """The gradient check on the first batch to run, printed; then step 0's checkpoint."""
+    """The gradient check on the first batch to run, printed; then step 0's checkpoint (a
+    resumed step is saved already)."""
     if run.plan is not None:
         run.log(f"data-parallel over {run.plan.describe()}: batch {run.batch_size}, "
                 f"{run.batch_size // run.plan.size} per device")
@@ -414,6 +519,23 @@ def _check_before_training(run: _Run, state: _State) -> GradCheck:
     if state.step == 0:
         _checkpoint(run, state)
     return first
+
+
+def _train(run: _Run, state: _State) -> _State:
+    """The gradient check, then the epochs from ``state.step`` to ``run.epochs``: each one's
+    steps, its evaluation and its checkpoint."""
+    run_step, start = _build_step(run, state), state.step
+    state = state._replace(check_worst=_check_before_training(run, state).worst)
+    bar = report.progress_bar(run.show_progress, run.epochs * run.steps_per_epoch, start)
+    try:
+        for epoch in range(start // run.steps_per_epoch, run.epochs):
+            t_epoch = time.perf_counter()
+            state = _run_epoch(run, state, epoch, run_step, bar, start)
+            state = _evaluate(run, state, epoch, t_epoch, bar)
+            state = _checkpoint_epoch(run, state, epoch)
+    finally:
+        bar.close()
+    return state
 
 
 # --- run an epoch, evaluate, checkpoint ----------------------------------------------------
@@ -473,19 +595,45 @@ def _checkpoint_epoch(run: _Run, state: _State, epoch: int) -> _State:
     far written to ``metrics.jsonl``."""
     state = state._replace(order=epoch_order(state.key, epoch + 1, run.n_train))
     _checkpoint(run, state)
-    if run.out is not None and run.main:
-        write_atomic(os.path.join(run.out, "metrics.jsonl"),
-                     "".join(json.dumps(h) + "\n" for h in state.history))
+    _write_metrics(run, state.history)
     return state
 
 
+def _write_metrics(run: _Run, history: list[dict]) -> None:
+    """``metrics.jsonl``: one strict JSON line per epoch of ``history`` (process 0 only)."""
+    if run.out is not None and run.main:
+        write_atomic(os.path.join(run.out, "metrics.jsonl"),
+                     "".join(strict_json(h) + "\n" for h in history))
+
+
 def _checkpoint(run: _Run, state: _State) -> None:
-    """Save ``state`` as its step (nothing without ``out``)."""
-    if run.ckpt is not None:
+    """Save ``state`` as its step, once its parameters and optimizer state are checked finite
+    (``NonFiniteStateError``; checked without ``out`` too).  A step saved already (the one a
+    run resumed from) is not saved again; a failed save is a ``TrainingError``."""
+    bad = _non_finite(run.local((state.params, state.opt_state)))
+    if bad:
+        epoch = -(-state.step // run.steps_per_epoch)
+        raise NonFiniteStateError(
+            f"the run diverged: non-finite values after step {state.step - 1} (epoch {epoch} "
+            f"of {run.epochs}) in {_listed([_state_name(n) for n in bad])}; nothing of it "
+            f"was saved; training stopped" + _kept(run), state.step)
+    if run.ckpt is None or run.ckpt.latest() == state.step:
+        return
+    try:
         run.ckpt.save(state.step, _saved(run, state), {
             "step": state.step, "epoch": state.step // run.steps_per_epoch,
             "history": state.history, "epoch_losses": state.epoch_losses, "config": run.config,
-            "seconds": state.seconds_before + time.perf_counter() - run.t_start})
+            "seconds": state.seconds_before + time.perf_counter() - run.t_start,
+            "gradient_check": state.check_worst})
+    except Exception as err:        # orbax and tensorstore raise many kinds, none for the user
+        raise TrainingError(f"could not write the checkpoint at step {state.step} in "
+                            f"{run.ckpt.directory}: {err}" + _kept(run)) from err
+
+
+def _state_name(name: str) -> str:
+    """``0/0/w`` of ``(params, opt_state)`` as ``params/0/w``."""
+    head, _, rest = name.partition("/")
+    return ("params" if head == "0" else "opt_state") + "/" + rest
 
 
 def _kept(run: _Run) -> str:
@@ -495,7 +643,24 @@ def _kept(run: _Run) -> str:
 
 # --- summarise -----------------------------------------------------------------------------
 
-def _summarise(run: _Run, state: _State, first: GradCheck) -> dict:
+def _finish(run: _Run, state: _State, seconds: float) -> FitResult:
+    """The summary, written with the curves and printed; ``fit``'s result."""
+    summary = _summarise(run, state, seconds)
+    _write_outputs(run, state.history, summary)
+    run.log(report.final_line(summary, run.out))
+    return FitResult(state.params, state.opt_state, state.history, summary)
+
+
+def _nothing_to_do(run: _Run, state: _State) -> FitResult:
+    """A resumed run that has done its epochs: its outputs completed (a kill may have come
+    between its last checkpoint and them), no gradient check, no step."""
+    run.log(f"nothing to do: the checkpoint at step {state.step} in {run.ckpt.directory} has "
+            f"done {len(state.history)} of epochs={run.epochs}; pass more epochs to train "
+            f"further")
+    return _finish(run, state, state.seconds_before)
+
+
+def _summarise(run: _Run, state: _State, seconds: float) -> dict:
     """``summary.json``: the ``info`` given, the last epoch's metrics, the run's settings and
     where it ran."""
     last = state.history[-1] if state.history else {}
@@ -505,8 +670,8 @@ def _summarise(run: _Run, state: _State, first: GradCheck) -> dict:
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
         "epochs": len(state.history), "steps": state.step, "batch_size": run.batch_size,
         "microbatch": run.microbatch,
-        "seconds": round(state.seconds_before + time.perf_counter() - run.t_start, 2),
-        "grad": run.grad, "seed": run.seed, "gradient_check_worst_relative_error": first.worst,
+        "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,
+        "gradient_check_worst_relative_error": state.check_worst,
         "n_train": run.n_train, "n_test": None if run.x_test is None else len(run.x_test),
         "parameters": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(state.params))),
         "jax_version": jax.__version__, "jaxcnn_version": _version(),
@@ -517,13 +682,16 @@ def _summarise(run: _Run, state: _State, first: GradCheck) -> dict:
 
 
 def _write_outputs(run: _Run, history: list[dict], summary: dict) -> None:
-    """``summary.json`` and ``curves.png`` in ``out`` (process 0 only)."""
+    """``summary.json``, ``metrics.jsonl`` and ``curves.png`` in ``out`` (process 0 only),
+    each whole or not at all (``checkpoints.replace_atomic``)."""
     if run.out is None or not run.main:
         return
-    write_atomic(os.path.join(run.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    names = [str(run.info[k]) for k in ("dataset", "arch") if k in run.info]
-    plot_curves(history, os.path.join(run.out, "curves.png"),
-                " / ".join(names + [f"{run.grad} gradients"]))
+    write_atomic(os.path.join(run.out, "summary.json"), strict_json(summary, indent=2) + "\n")
+    _write_metrics(run, history)
+    title = " / ".join([str(run.info[k]) for k in ("dataset", "arch") if k in run.info]
+                       + [f"{run.grad} gradients"])
+    replace_atomic(os.path.join(run.out, "curves.png"),
+                   lambda f: plot_curves(history, f, title))
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,12 +16,16 @@ pooling shrinks the maps.  The rule is stated per net.
   2x2 mean pooling, softmax.
 - ``deepid``: Sun, Wang & Tang 2014 (the face-recognition net of the source post) -- four ReLU
   conv layers (4x4x20, 3x3x40, 3x3x60, 2x2x80), max pooling after the first three, one dense
-  layer of 160 features (ReLU), softmax.
+  layer of 160 features (ReLU) that reads both the third pooling layer and the fourth
+  convolution (the paper's skip connection), softmax.
+- ``resnet``: a small CIFAR-style residual net (He et al. 2016) -- a 3x3 conv stem, three
+  stages of basic residual blocks (16, 32, 64 maps; the last two halve the maps, with a 1x1
+  projection on the skip), global average pooling, softmax.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 
@@ -29,10 +33,11 @@ from jaxcnn.activations import ReLU, Sigmoid
 from jaxcnn.conv import Conv2D
 from jaxcnn.core import Layer, Shape, check_input_shape
 from jaxcnn.dense import Dense, Flatten
+from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel
 from jaxcnn.network import serial
-from jaxcnn.pool import AvgPool2D, MaxPool2D
+from jaxcnn.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["small", "lenet5", "ufldl", "deepid", "ARCHS", "get"]
+__all__ = ["small", "lenet5", "ufldl", "deepid", "resnet", "ARCHS", "Recipe", "RECIPES", "get"]
 
 _he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations' scale
 _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
@@ -124,24 +129,77 @@ def deepid(input_shape=(39, 31, 1), num_classes: int = 10) -> Layer:
     """DeepID (Sun, Wang & Tang 2014): four conv layers, three max-pooling layers, one dense
     layer, softmax -- the face-recognition net pictured in the source post.
 
-    conv 4x4x20, maxpool 2, conv 3x3x40, maxpool 2, conv 3x3x60, maxpool 2, conv 2x2x80, dense
-    160 (the "DeepID" features), all ReLU, then ``num_classes`` logits.  Convolutions are
-    ``"VALID"`` on the paper's 39x31 patches or larger and ``"SAME"`` below; the paper's dense
-    layer also reads the third pooling layer (a skip connection), omitted here.  He init.
+    conv 4x4x20, maxpool 2, conv 3x3x40, maxpool 2, conv 3x3x60, maxpool 2, then the paper's
+    skip connection: the dense layer of 160 "DeepID" features reads the flattened third pooling
+    layer and the flattened fourth convolution (2x2x80) side by side --
+    ``FanOut(2)``, ``parallel(serial(conv, relu, flatten), flatten)``, ``FanInConcat()`` -- so
+    its residual goes back both through conv 4 and straight to pool 3, where the two add up
+    (eq. 6.5).  All ReLU, then ``num_classes`` logits.  Convolutions are ``"VALID"`` on the
+    paper's 39x31 patches or larger and ``"SAME"`` below.  He init.
     """
     padding = _padding(_shape("deepid", input_shape), (39, 31))
     return serial(
         Conv2D(20, 4, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
         Conv2D(40, 3, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
         Conv2D(60, 3, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
-        Conv2D(80, 2, padding=padding, w_init=_he), ReLU(),
-        Flatten(), Dense(160, w_init=_he), ReLU(),
+        FanOut(2),
+        parallel(serial(Conv2D(80, 2, padding=padding, w_init=_he), ReLU(), Flatten()),
+                 Flatten()),
+        FanInConcat(),
+        Dense(160, w_init=_he), ReLU(),
         Dense(num_classes, w_init=_glorot))
 
 
+def _basic_block(features: int, strides: int) -> Layer:
+    """He et al.'s basic block: ``relu(x + conv3x3(relu(conv3x3(x))))``; where it halves the
+    maps or changes their number, the skip is a strided 1x1 convolution (a projection)."""
+    body = serial(Conv2D(features, 3, strides, padding="SAME", w_init=_he), ReLU(),
+                  Conv2D(features, 3, padding="SAME", w_init=_he))
+    skip = Identity() if strides == 1 else Conv2D(features, 1, strides, w_init=_he)
+    return serial(FanOut(2), parallel(body, skip), FanInSum(), ReLU())
+
+
+def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1) -> Layer:
+    """A small CIFAR-style residual net (He, Zhang, Ren & Sun 2016, section 4.2).
+
+    A 3x3 conv stem of 16 maps (ReLU), three stages of ``blocks`` basic blocks each with 16,
+    32 and 64 maps -- the first block of the second and third stage halves the maps (stride 2)
+    and projects its skip with a 1x1 convolution -- global average pooling and ``num_classes``
+    logits: ``6 blocks + 2`` layers with weights (ResNet-8 for ``blocks=1``, He et al.'s
+    ResNet-20 for 3).  All ``"SAME"``; any input of at least 4x4 works (8x8 digits: 8, 4, 2).
+    He init.
+    """
+    _shape("resnet", input_shape)
+    stages = []
+    for features, strides in ((16, 1), (32, 2), (64, 2)):
+        stages += [_basic_block(features, strides)] + \
+            [_basic_block(features, 1) for _ in range(int(blocks) - 1)]
+    return serial(Conv2D(16, 3, padding="SAME", w_init=_he), ReLU(), *stages,
+                  GlobalAvgPool2D(), Dense(num_classes, w_init=_glorot))
+
+
 ARCHS: dict[str, Callable[..., Layer]] = {
-    "small": small, "lenet5": lenet5, "ufldl": ufldl, "deepid": deepid}
+    "small": small, "lenet5": lenet5, "ufldl": ufldl, "deepid": deepid, "resnet": resnet}
 """The zoo by name (``jaxcnn train --arch``): ``name -> fn(input_shape, num_classes)``."""
+
+
+class Recipe(NamedTuple):
+    """How a zoo net trains when nothing else is said (``jaxcnn train --arch NAME``): Adam's
+    learning rate ``lr`` and the number of ``epochs``, with batches of 32.  Each trains its net
+    on the bundled 8x8 digits (``docs/training.md`` gives the accuracies over seeds)."""
+
+    lr: float
+    epochs: int
+
+
+RECIPES: dict[str, Recipe] = {
+    "small": Recipe(1e-3, 30),
+    "lenet5": Recipe(1e-2, 60),       # sigmoid units: a larger step, and longer to leave the plateau
+    "ufldl": Recipe(1e-2, 30),
+    "deepid": Recipe(1e-3, 30),
+    "resnet": Recipe(1e-3, 30),
+}
+"""The ``Recipe`` of each net in ``ARCHS``, by name."""
 
 
 def get(name: str, input_shape, num_classes: int = 10) -> Layer:

@@ -65,3 +65,16 @@ def mutate(layer, wrong_backward):
         return wrong_backward(layer, params, cache, x, delta)
 
     return layer._replace(forward=forward, backward=backward)
+
+
+def branch_point_one_branch_only(layer, params, cache, x, delta):
+    """A branch point that passes back the residual of its first branch only (eq. 6.5 says:
+    the sum of all)."""
+    return (), delta[0]
+
+
+def concat_split_swapped(layer, params, cache, x, delta):
+    """A concatenation whose backward hands each input the other input's slice: the split of
+    eq. 6.7 taken from the wrong end (meaningful for two inputs of one size)."""
+    _, parts = layer.backward(params, cache, delta)
+    return (), tuple(reversed(parts))

@@ -168,11 +168,18 @@ def api_section(pattern: str) -> str:
 
 
 def layer_line(net) -> str:
-    """A zoo net's layers, as docs/api.md writes them: ``conv3x3(32, SAME) -> relu -> ...``."""
+    """A zoo net's layers, as docs/api.md writes them: ``conv3x3(32, SAME) -> relu -> ...``;
+    a nested ``serial`` in parentheses, ``parallel(branch | branch)`` for branches."""
     parts = []
     for layer in net.layers:
         cfg = dict(layer.config)
-        if cfg.get("kind") == "window":
+        if cfg.get("kind") == "serial":
+            text = f"({layer_line(layer)})"
+        elif cfg.get("kind") == "parallel":
+            text = "parallel(" + " | ".join(
+                layer_line(branch) if branch.layers else layer_line(jaxcnn.serial(branch))
+                for branch in layer.layers) + ")"
+        elif cfg.get("kind") == "window":
             kh, kw = cfg["size"]
             if "features" in cfg:
                 text = f"conv{kh}x{kw}({cfg['features']}, {cfg['padding']})"
@@ -229,3 +236,13 @@ def test_the_layer_guide_runs(capsys):
     out = capsys.readouterr().out
     assert "all 6 gradients agree" in out
     assert "FAILED: first wrong layer is 0 (Scale)" in out
+
+
+def test_the_readme_snippet_runs(capsys):
+    """The README's Python block runs as written, and its audit passes."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (4, 10)
+    assert "gradients agree" in capsys.readouterr().out

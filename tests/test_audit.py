@@ -162,3 +162,128 @@ def test_jaxcnn_check_command(capsys, monkeypatch):
     monkeypatch.setitem(zoo.ARCHS, "small", broken)
     assert cli.main(["check"]) == 1
     assert "FAILED: first wrong layer is 1 (ReLU)" in capsys.readouterr().out
+
+
+# --- float16 and bfloat16 ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_correct_net_passes_in_16_bits(dtype, seed):
+    """The layer rows compare with the closer of ``jax.vjp`` in the dtype and in float32 (at the
+    same point); the end-to-end rows run in float32.  Compared within the dtype alone, this net
+    shows up to 0.2 relative error in bfloat16 (autodiff's sums rounded to 8 bits)."""
+    net, params, x, labels = setup(dtype, seed=seed, ties=seed == 3)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert report.ok, str(report)
+    assert report.dtype == jnp.dtype(dtype).name
+    name = jnp.dtype(dtype).name
+    layer_rows = [row for row in report.rows if row.layer is not None]
+    assert {row.tolerance for row in layer_rows} == {audit.TOLERANCES[name]}
+    assert {row.reference for row in report.rows if row.layer is None} == {"jax.grad float32"}
+    assert all(row.tolerance == audit.TOLERANCES["float32"] for row in report.rows
+               if row.layer is None)
+    conv_rows = [row.reference for row in report.rows_of(0)]
+    assert conv_rows == ["jax.vjp float32"] * 3            # XLA's 16-bit sums are the noisier
+    assert "all 20 gradients agree" in str(report)
+
+
+@pytest.mark.parametrize("mistake", sorted(PLANTED))
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_a_planted_mistake_is_pinned_in_16_bits(mistake, dtype):
+    index, wrong = PLANTED[mistake]
+    layers = list(audited_net().layers)
+    layers[index] = mutate(layers[index], wrong)
+    net, params, x, labels = setup(dtype, jc.serial(*layers), ties=index == 4)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert report.first_bad_layer == index, str(report)
+    assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_check_layer_in_16_bits(dtype):
+    for layer, shape in [(jc.Conv2D(4, 3, padding="SAME", method="lax"), (6, 7, 3)),
+                         (leaky_relu(), (4, 5, 3))]:
+        report = jc.check_layer(layer, shape, batch=3, dtype=dtype)
+        assert report.ok and report.dtype == jnp.dtype(dtype).name, str(report)
+    bad = jc.check_layer(leaky_relu(derivative=lambda a: jnp.ones_like(a)), (4, 5, 3), dtype=dtype)
+    assert not bad.ok and bad.first_bad_layer == 0, str(bad)
+    x = np.abs(np.random.default_rng(0).normal(size=(2, 6, 6, 2)))
+    drawn = jc.check_layer(jc.StochasticPool2D(2, 1), (6, 6, 2), dtype=dtype, x=x)
+    assert drawn.ok and drawn.rows[0].reference == "jax.vjp", str(drawn)   # the dtype's draws
+
+
+def test_gradient_check_in_16_bits_compares_in_float32():
+    net, params, x, labels = setup(jnp.bfloat16)
+    check = audit.gradient_check(net, jc.softmax_cross_entropy, params, x, labels)
+    assert audit.default_tolerance(params) == audit.TOLERANCES["float32"]
+    assert check.worst <= audit.TOLERANCES["float32"], check.report(0.0)
+
+
+# --- the point of the audit: one or more examples, finite --------------------------------------
+
+@pytest.mark.parametrize("where, value, named", [
+    ("x", np.nan, r"x has 1 NaN and 0 infinite of its 3174 entries"),
+    ("x", -np.inf, r"x has 0 NaN and 1 infinite"),
+    ("params", np.nan, r"params\[2\]\['w'\] has 1 NaN and 0 infinite of its 108 entries"),
+])
+def test_a_non_finite_input_is_refused_not_blamed_on_a_layer(where, value, named):
+    net, params, x, labels = setup(jnp.float32)
+    if where == "x":
+        x = x.at[1, 4, 5, 0].set(value)
+    else:
+        wrong = {**params[2], "w": params[2]["w"].at[0, 0, 0, 1].set(value)}
+        params = (*params[:2], wrong, *params[3:])
+    with pytest.raises(ValueError, match=rf"^check_grads: the input holds non-finite values: "
+                                         rf"{named}"):
+        jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+
+
+def test_check_layer_refuses_a_non_finite_or_empty_input():
+    x = np.ones((2, 4, 4, 1))
+    x[0, 1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^check_layer\(MaxPool2D\): the input holds non-finite "
+                                         r"values: x has 1 NaN"):
+        jc.check_layer(jc.MaxPool2D(2), (4, 4, 1), x=x)
+    with pytest.raises(ValueError, match=r"^check_layer\(Sigmoid\): batch must be >= 1, got 0"):
+        jc.check_layer(jc.Sigmoid(), (3,), batch=0)
+
+
+def test_check_grads_refuses_an_empty_batch():
+    net, params, x, labels = setup(jnp.float32)
+    with pytest.raises(ValueError, match=r"^check_grads: x is an empty batch \(shape \(0, 23, 23, "
+                                         r"2\)\); the audit needs at least one example"):
+        jc.check_grads(net, jc.softmax_cross_entropy, params, x[:0], labels[:0])
+
+
+def test_a_wrong_leaf_inside_combinators_is_named_by_its_path():
+    """``check_grads`` audits every leaf inside ``parallel``/``serial`` nests; a planted mistake
+    in a branch is named by its path, ``first_bad_layer`` is the top-level layer holding it, and
+    a wrong branch point (eq. 6.5: one branch's residual only) is pinned on the ``FanOut``."""
+    from mutants import branch_point_one_branch_only
+
+    def net_with(sigmoid, fan):
+        return jc.serial(jc.Conv2D(3, 3, padding="SAME"), fan,
+                         jc.parallel(jc.serial(jc.Conv2D(3, 3, padding="SAME"), sigmoid),
+                                     jc.Identity()),
+                         jc.FanInSum(), jc.Flatten(), jc.Dense(4))
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)))
+    labels = jnp.asarray([1, 2])
+    good = net_with(jc.Sigmoid(), jc.FanOut(2))
+    params, _ = good.init(jax.random.key(0), (5, 5, 1))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    report = jc.check_grads(good, jc.softmax_cross_entropy, params, x, labels)
+    assert report.ok, str(report)
+    paths = {row.path for row in report.rows if row.layer == 2}
+    assert paths == {"serial[2] > parallel[0] > serial[0] Conv2D",
+                     "serial[2] > parallel[0] > serial[1] Sigmoid", "serial[2] > parallel[1] Identity"}
+    bad = jc.check_grads(net_with(mutate(jc.Sigmoid(), sigmoid_slope_as_a), jc.FanOut(2)),
+                         jc.softmax_cross_entropy, params, x, labels)
+    assert bad.first_bad_layer == 2
+    assert "FAILED: first wrong layer is 2 (serial[2] > parallel[0] > serial[1] Sigmoid)" \
+        in str(bad)
+    bad = jc.check_grads(net_with(jc.Sigmoid(), mutate(jc.FanOut(2),
+                                                       branch_point_one_branch_only)),
+                         jc.softmax_cross_entropy, params, x, labels)
+    assert bad.first_bad_layer == 1 and bad.first_bad_path == "FanOut", str(bad)

@@ -168,11 +168,12 @@ def test_bad_data_exits_2_before_training(tmp_path, capsys, kind, message):
     (["--check-grads", "-1"], "argument --check-grads: must be an integer >= 0, got '-1'"),
     (["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
     (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
-    (["--batch-size", "5000"], "batch_size (5000) exceeds the number of training examples "
-                               "(1437)"),
+    (["--batch-size", "5000"], "--batch-size 5000 exceeds the 1437 training images of digits"),
     (["--resume"], "nothing to resume: no checkpoint in "),
     (["--microbatch", "0"], "argument --microbatch: must be a positive integer, got '0'"),
-    (["--microbatch", "7"], "batch_size (32) must be a multiple of microbatch (7) or at most it"),
+    (["--microbatch", "7"], "--batch-size 32 must be a multiple of --microbatch 7, or at most it"),
+    (["--devices", "9"], "--devices 9, but 1 device is available (cpu)"),
+    (["--lr", "1e39"], "--lr 1e+39"),
 ])
 def test_bad_options_exit_2_before_training(tmp_path, capsys, args, message):
     code, out, err = run(capsys, *args, "--out", tmp_path / "o")
@@ -203,3 +204,50 @@ def test_installed_console_script(tmp_path):
     assert worst_error(proc.stdout) < 1e-4
     assert "test accuracy" in proc.stdout
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["steps"] == 4
+
+
+def test_version_and_every_option_has_help_with_its_default_once(capsys):
+    """``jaxcnn --version``; every option of every command has help, a default is printed at
+    most once and never as ``None``."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert re.fullmatch(r"jaxcnn \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    parsers = [commands["train"], commands["check"], commands["show"],
+               commands["data"]._subparsers._group_actions[0].choices["download"]]
+    for p in parsers:
+        text = p.format_help()
+        assert "(default: None)" not in text, p.prog
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{p.prog} {action.option_strings[0]} has no help"
+                shown = p._get_formatter()._expand_help(action) if action.help else ""
+                assert shown.count("default") <= 1, (p.prog, action.option_strings, shown)
+
+
+def test_a_missing_extra_is_named_in_one_line(tmp_path, capsys, monkeypatch):
+    """Without the train extra (here: scikit-learn hidden), one line names the extra."""
+    for module in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    code, out, err = run(capsys, "--out", tmp_path / "o")
+    assert code == 2
+    assert err == ("jaxcnn train: error: this command needs the 'train' extra (sklearn is not "
+                   "installed): pip install 'jaxcnn[train]'\n")
+
+
+def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it():
+    """``--lr``/``--epochs`` default to the arch's recipe; LeNet-5's (sigmoid units) leaves
+    chance well within its epochs, where the small net's learning rate leaves it at chance."""
+    from jaxcnn import zoo
+
+    assert set(zoo.RECIPES) == set(zoo.ARCHS)
+    ds = data.load_digits()
+    net = zoo.get("lenet5", ds.image_shape)
+    params, _ = train.init_params(net, ds.image_shape)
+    result = train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                       optimizer=train.make_optimizer("adam", zoo.RECIPES["lenet5"].lr),
+                       epochs=20, verbose=False)
+    assert result.summary["test_accuracy"] > 0.5

@@ -2,6 +2,9 @@
 way a data set can be bad -- each with the message a user sees."""
 import gzip
 import os
+import re
+import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -183,3 +186,167 @@ def test_digits_fixed_stratified_split():
 def test_check_arrays(images, labels, exc, message):
     with pytest.raises(exc, match="my set: " + message):
         data.check_arrays(images, labels, 10, "my set")
+
+
+# --- reading safely: crafted files that must fail fast, without blocking or allocating ------
+
+def header(code, *shape):
+    """An IDX header: magic 00 00 <code> <ndim>, then the sizes as big-endian uint32."""
+    return bytes([0, 0, code, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+
+
+def peak_bytes(call):
+    """``call()``'s exception and the peak memory it traced (numpy and Python allocations)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        with pytest.raises(ValueError) as info:
+            call()
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("content, gz, message", [
+    # 2^31 images of 28x28: 1.7 TB claimed, over the cap before anything is decompressed
+    (header(8, 2 ** 31, 28, 28), True, r"the header says shape \(2147483648, 28, 28\) of uint8 "
+     r"\(1683627180032 bytes of data\), more than the 4294967296 a data file may hold "
+     r"\(jaxcnn.data.MAX_IDX_BYTES\)"),
+    # 2^31 labels: under the cap, but far more than a gzip of this size can decompress to
+    (header(8, 2 ** 31) + bytes(1000), True, r"the header says shape \(2147483648,\) of uint8 "
+     r"\(2147483648 bytes of data\) but a gzip file of \d+ bytes decompresses to at most \d+"),
+    (header(8, 2 ** 31) + bytes(1000), False, r"\(2147483648 bytes of data\) but the file holds "
+                                              r"1000"),
+    # the size product is 2^64: an int64 product would wrap to 0 and accept an empty file
+    (header(8, 2 ** 22, 2 ** 21, 2 ** 21), False, r"shape \(4194304, 2097152, 2097152\) of "
+     r"uint8 \(18446744073709551616 bytes of data\), more than the 4294967296"),
+    (header(0x0C, 2 ** 22, 2 ** 21, 2 ** 21), True, r"of int32 \(73786976294838206464 bytes"),
+])
+def test_huge_headers_fail_before_allocating(tmp_path, content, gz, message):
+    path = tmp_path / ("big.gz" if gz else "big")
+    path.write_bytes(gzip.compress(content) if gz else content)
+    err, peak = peak_bytes(lambda: data.read_idx(path))
+    assert str(err).startswith(f"{path}: the header says shape "), str(err)
+    assert re.search(message, str(err)), str(err)
+    assert peak < 1 << 20, f"read_idx allocated {peak} bytes before failing"
+
+
+def test_gzip_is_decompressed_a_chunk_at_a_time(tmp_path):
+    # claims 100 MB, holds 1 MB of incompressible bytes: memory follows what the file holds
+    held = np.random.default_rng(0).integers(0, 256, 2 ** 20, np.uint8).tobytes()
+    (tmp_path / "x.gz").write_bytes(gzip.compress(header(8, 100 * 2 ** 20) + held, 1))
+    err, peak = peak_bytes(lambda: data.read_idx(tmp_path / "x.gz"))
+    assert str(err).endswith(r"x.gz: the header says shape (104857600,) of uint8 (104857600 "
+                             r"bytes of data) but the file holds 1048576 (decompressed)")
+    assert peak < 8 * 2 ** 20, f"read_idx allocated {peak} bytes for a 1 MB stream"
+
+
+@pytest.mark.parametrize("content, gz, message", [
+    (header(8, 2, 3) + bytes(9), False, r"\(6 bytes of data\) but the file holds 9$"),
+    (header(8, 2, 3) + bytes(9), True, r"\(6 bytes of data\) but the file holds more than 6 "
+                                       r"\(decompressed\)$"),
+    (header(8, 2, 3) + bytes(5), False, r"\(6 bytes of data\) but the file holds 5$"),
+    (header(8, 2, 3) + bytes(5), True, r"\(6 bytes of data\) but the file holds 5 "
+                                       r"\(decompressed\)$"),
+])
+def test_trailing_or_missing_bytes_are_named(tmp_path, content, gz, message):
+    path = tmp_path / "x"
+    path.write_bytes(gzip.compress(content) if gz else content)
+    with pytest.raises(ValueError, match=f"x: the header says shape \\(2, 3\\) of uint8 {message}"):
+        data.read_idx(path)
+
+
+def test_garbage_after_the_gzip_stream_is_named(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(header(8, 2) + bytes(2)) + b"junk")
+    with pytest.raises(ValueError, match=r"x.gz: not a readable gzip file \(Not a gzipped file"):
+        data.read_idx(tmp_path / "x.gz")
+    (tmp_path / "y.gz").write_bytes(gzip.compress(header(8, 2) + bytes(2)) + bytes(7))
+    assert data.read_idx(tmp_path / "y.gz").tolist() == [0, 0]       # gzip's zero padding
+
+
+def finishes(call, seconds=10.0):
+    """``call()``'s outcome (its value or exception), asserting it returns within ``seconds``
+    (in a daemon thread, so a hang fails the test instead of freezing the run)."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(call)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} still blocked after {seconds} s"
+    return outcome[0]
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as err:                            # handed to the test thread
+        return err
+
+
+def test_fifo_is_refused_without_blocking(tmp_path, monkeypatch):
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    err = finishes(lambda: data.read_idx(fifo))
+    assert isinstance(err, ValueError)
+    assert str(err) == f"{fifo}: is a FIFO (named pipe); expected a regular file (or a link to one)"
+    # a FIFO swapped in after the first check: the open does not block, the second check refuses
+    real_stat, regular = os.stat, tmp_path / "regular"
+    regular.write_bytes(header(8, 1) + b"\x07")
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(
+        regular if os.fspath(p) == os.fspath(fifo) else p, *a, **k))
+    err = finishes(lambda: data.read_idx(fifo))
+    assert isinstance(err, ValueError) and "is a FIFO (named pipe)" in str(err)
+
+
+def test_devices_and_directories_are_refused(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "zero")
+    err = finishes(lambda: data.read_idx(tmp_path / "zero"))
+    assert isinstance(err, ValueError)
+    assert str(err) == (f"{tmp_path / 'zero'} (a link to /dev/zero): is a character device; "
+                        f"expected a regular file (or a link to one)")
+    with pytest.raises(ValueError, match=f"^{tmp_path}: is a directory; expected a regular file"):
+        data.read_idx(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        data.read_idx(tmp_path / "nothing-here")
+    data.write_idx(tmp_path / "real.gz", np.arange(3, dtype=np.uint8))
+    os.symlink(tmp_path / "real.gz", tmp_path / "link")                # a link to a file is fine
+    assert data.read_idx(tmp_path / "link").tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
+def test_integer_images_other_than_bytes_are_refused(tmp_path, dtype):
+    write_mnist_like(tmp_path)
+    images = np.random.default_rng(0).integers(0, 100, size=(30, 8, 8)).astype(dtype)
+    os.remove(tmp_path / "train-images-idx3-ubyte.gz")
+    data.write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    with pytest.raises(ValueError, match=f"train-images-idx3-ubyte: expected images of unsigned "
+                                         f"bytes \\(IDX type 08, scaled by 1/255\\) or floats "
+                                         f"\\(kept as they are\\), got {np.dtype(dtype).name}"):
+        data.load("mnist", tmp_path)
+
+
+def test_float_labels_are_refused(tmp_path):
+    write_mnist_like(tmp_path)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: expected integer labels, got "
+                                         r"float32"):
+        data.load("mnist", tmp_path)
+
+
+def test_raw_and_gzipped_copies_together_are_refused(tmp_path):
+    write_mnist_like(tmp_path, gz=("train",))
+    data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(30, np.uint8))
+    raw = tmp_path / "train-labels-idx1-ubyte"
+    with pytest.raises(ValueError, match=f"^{raw} and {raw}.gz are both present: expected one "
+                                         f"copy of train-labels-idx1-ubyte \\(raw or gzipped\\), "
+                                         f"got two that may differ; remove one$"):
+        data.load("mnist", tmp_path)
+
+
+def test_missing_files_name_the_download_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"; download them with: jaxcnn data download "
+                                                f"fashion-mnist --data-dir {tmp_path} \\(or add "
+                                                f"--download to jaxcnn train"):
+        data.load("fashion-mnist", tmp_path)
+    with pytest.raises(FileNotFoundError) as info:                  # not a downloadable name
+        data.load_idx_dataset(tmp_path, "my-set")
+    assert "download" not in str(info.value)

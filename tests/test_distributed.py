@@ -244,7 +244,7 @@ def test_initialize_says_what_is_missing(no_distributed_env, args, environ, mess
 
 @pytest.mark.parametrize("args, message", [
     (["--devices", "0"], "argument --devices: must be 'all' or a positive integer, got '0'"),
-    (["--devices", "2"], "devices=2, but 1 device is available (cpu)"),
+    (["--devices", "2"], "--devices 2, but 1 device is available (cpu)"),
     (["--devices", "1", "--batch-size", "0"], "must be a positive integer, got '0'"),
     (["--coordinator", "127.0.0.1:1234"], "jax.distributed: a run over several processes needs "
                                           "the coordinator address"),
@@ -275,7 +275,7 @@ def test_two_processes_train_as_one(tmp_path, capsys):
     """docs/scaling.md's two-process example: ``jaxcnn train`` twice on this machine, one CPU
     device each, process 0 the coordinator on 127.0.0.1; the same run in one process over two
     emulated devices, and on one device."""
-    options = ["train", "--arch", "ufldl", "--epochs", "1", "--quiet"]
+    options = ["train", "--arch", "ufldl", "--epochs", "1", "--lr", "0.001", "--quiet"]
     port = free_port()
     two = [subprocess.Popen(
         [sys.executable, "-m", "jaxcnn.cli", *options, "--out", str(tmp_path / "two"),

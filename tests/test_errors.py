@@ -177,3 +177,129 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
     delta = jc.softmax_cross_entropy.delta(logits, labels)
     np.testing.assert_allclose(float(value), (0.0 + 6e4) / 2, rtol=1e-6)
     np.testing.assert_allclose(delta, [[0, 0, 0], [-0.5, 0.5, 0]], atol=1e-7)
+
+
+# --- an empty batch: every layer maps it to an empty output; a loss refuses it -----------------
+
+EMPTY_BATCH = [
+    (jc.Conv2D(3, 3, padding="SAME"), (6, 5, 2), {}),
+    (jc.Conv2D(4, 3, strides=2, groups=2, method="toeplitz"), (7, 7, 2), {}),
+    (jc.Conv2D(3, 2, dilation=2, method="reference"), (6, 6, 1), {}),
+    (jc.AvgPool2D(3, 2, "SAME"), (5, 5, 2), {}), (jc.MaxPool2D(2, padding="SAME"), (5, 5, 2), {}),
+    (jc.StochasticPool2D(2), (4, 4, 2), {"key": KEY}),
+    (jc.StochasticPool2D(2), (4, 4, 2), {"train": False}),
+    (jc.Sigmoid(), (3,), {}), (jc.Tanh(), (2, 3), {}), (jc.ReLU(), (4, 4, 1), {}),
+    (jc.Softmax(), (5,), {}), (jc.Dense(3), (4,), {}), (jc.Flatten(), (3, 2, 2), {}),
+]
+
+
+@pytest.mark.parametrize("layer, shape, kw", EMPTY_BATCH,
+                         ids=[f"{c[0].name}-{i}" for i, c in enumerate(EMPTY_BATCH)])
+def test_an_empty_batch_gives_an_empty_output(layer, shape, kw):
+    """``N = 0`` through ``forward``, ``apply`` and ``backward`` (jitted): outputs of shape
+    ``(0, *init's output shape)``, ``dx`` of the input's shape, parameter gradients 0."""
+    params, out_shape = layer.init(KEY, shape)
+    x = jnp.zeros((0, *shape), jnp.float32)
+    y, cache = jax.jit(lambda p, x: layer.forward(p, x, **kw))(params, x)
+    assert y.shape == (0, *out_shape) and y.dtype == jnp.float32
+    assert jax.jit(lambda p, x: layer.apply(p, x, **kw))(params, x).shape == (0, *out_shape)
+    grads, dx = jax.jit(layer.backward)(params, cache, jnp.zeros(y.shape, jnp.float32))
+    assert dx.shape == x.shape
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(g.shape == p.shape and not np.any(np.asarray(g))
+               for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params)))
+
+
+def test_an_empty_batch_through_a_network():
+    """``serial`` passes an empty batch through; ``value_and_grad`` (jitted or not, chunked or
+    not) stops at the loss, a mean over no examples, with a ``ValueError`` naming it; the
+    bridge differentiates to zero gradients."""
+    net = jc.serial(jc.Conv2D(2, 3), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(KEY, (6, 6, 1))
+    x, labels = jnp.zeros((0, 6, 6, 1), jnp.float32), jnp.zeros((0,), jnp.int32)
+    assert net.apply(params, x).shape == (0, 3)
+    y, cache = net.forward(params, x)
+    grads, dx = net.backward(params, cache, jnp.zeros((0, 3), jnp.float32))
+    assert dx.shape == x.shape and not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
+    empty = r"softmax_cross_entropy: the batch is empty \(outputs of shape \(0, 3\)\)"
+    for vg in (jc.value_and_grad(net, jc.softmax_cross_entropy),
+               jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy)),
+               jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=2)):
+        with pytest.raises(ValueError, match=empty):
+            vg(params, x, labels)
+    with pytest.raises(ValueError, match=r"squared_error: the batch is empty"):
+        jc.value_and_grad(net, jc.squared_error)(params, x, jnp.zeros((0, 3), jnp.float32))
+    f = jc.bridge(net)
+    bridged = jax.grad(lambda p: jnp.sum(f(p, x)))(params)
+    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(bridged))
+
+
+# --- what is not an array: a TypeError naming the layer and what it got -------------------------
+
+NOT_ARRAYS = [([[0.0, 1.0]], r"a list of 1 entry"),
+              (((0.0, 1.0), (2.0, 3.0)), r"a tuple of 2 entries"), (None, r"None"), (3, r"int 3")]
+LAYERS = [(jc.Conv2D(2, 3), (5, 5, 1)), (jc.AvgPool2D(2), (4, 4, 1)), (jc.MaxPool2D(2), (4, 4, 1)),
+          (jc.StochasticPool2D(2), (4, 4, 1)), (jc.Sigmoid(), (3,)), (jc.Tanh(), (3,)),
+          (jc.ReLU(), (3,)), (jc.Softmax(), (3,)), (jc.Dense(2), (3,)), (jc.Flatten(), (2, 2, 1))]
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=[layer.name for layer, _ in LAYERS])
+@pytest.mark.parametrize("value, got", NOT_ARRAYS, ids=["list", "tuple", "None", "int"])
+def test_an_input_that_is_not_an_array(layer, shape, value, got):
+    params, _ = layer.init(KEY, shape)
+    match = (rf"^{layer.name}: expected the input to be an array .*got {got} -- convert it with "
+             rf"jnp.asarray")
+    for run in (layer.forward, layer.apply):
+        with pytest.raises(TypeError, match=match):
+            run(params, value, key=KEY)
+    if not isinstance(value, int):          # under jit an int is traced as an int32 array
+        with pytest.raises(TypeError, match=match):
+            jax.jit(lambda p, x: layer.apply(p, x, key=KEY))(params, value)
+    with pytest.raises(TypeError, match=rf"^serial\[0\] {layer.name}: expected the input to be"):
+        jc.serial(layer).apply((params,), value, key=KEY)
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=[layer.name for layer, _ in LAYERS])
+def test_numpy_arrays_are_inputs_like_jax_arrays(layer, shape):
+    params, _ = layer.init(KEY, shape)
+    x = np.abs(np.random.default_rng(0).normal(size=(2, *shape))).astype(np.float32)
+    np.testing.assert_array_equal(layer.apply(params, x, key=KEY),
+                                  layer.apply(params, jnp.asarray(x), key=KEY))
+    y, cache = layer.forward(params, x, key=KEY)
+    with pytest.raises(TypeError, match=rf"^{layer.name}: expected backward's delta to be an "
+                                        rf"array, got a list of 2 entries"):
+        layer.backward(params, cache, np.asarray(y).tolist())
+
+
+def test_value_and_grad_and_the_losses_refuse_what_is_not_an_array():
+    net = jc.serial(jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(KEY, (2, 2, 1))
+    vg = jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=1)
+    x, labels = jnp.ones((2, 2, 2, 1), jnp.float32), jnp.asarray([0, 2])
+    with pytest.raises(TypeError, match=r"^value_and_grad: expected x to be an array with a batch "
+                                        r"axis, got a list of 2 entries"):
+        vg(params, np.asarray(x).tolist(), labels)
+    with pytest.raises(TypeError, match=r"^value_and_grad: expected targets to be an array with a "
+                                        r"batch axis, got a list of 2 entries"):
+        vg(params, x, [0, 2])
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: outputs must be a floating-point "
+                                        r"array, got a list of 1 entry"):
+        jc.softmax_cross_entropy.value([[0.0, 1.0]], jnp.asarray([0]))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: labels must be an integer array "
+                                        r"of class indices, got None"):
+        jc.softmax_cross_entropy.delta(jnp.zeros((1, 2)), None)
+    with pytest.raises(TypeError, match=r"squared_error: targets must be an array of the outputs' "
+                                        r"shape \(1, 2\), got a list of 1 entry"):
+        jc.squared_error.value(jnp.zeros((1, 2)), [[0.0, 1.0]])
+
+
+def test_out_of_range_labels_raise_through_value_and_grad_when_concrete():
+    net = jc.serial(jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(KEY, (2, 2, 1))
+    x = jnp.ones((2, 2, 2, 1), jnp.float32)
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: labels must lie in \[0, 3\), "
+                                         r"got values in \[-1, 2\]"):
+        jc.value_and_grad(net, jc.softmax_cross_entropy)(params, x, jnp.asarray([2, -1]))
+    value, _ = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))(
+        params, x, jnp.asarray([2, -1]))
+    assert np.isnan(float(value))                      # traced: documented, never silent

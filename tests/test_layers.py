@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcnn as jc
-from harness import TOL, assert_backward_matches, init_as
+from harness import TOL, assert_backward_matches, init_as, rel_err
 
 DTYPES = st.sampled_from([jnp.float32, jnp.float64])
 
@@ -62,7 +62,7 @@ def run_case(layer, shape, dtype, rng, x=None, **kw):
     if x is None:
         x = rng.normal(size=shape)
     x = jnp.asarray(x, dtype)
-    y, _ = layer.forward(params, x, **kw)
+    y, _ = jax.eval_shape(lambda p, x: layer.forward(p, x, **kw), params, x)
     assert y.shape == (shape[0], *out_shape), "init's output shape disagrees with forward"
     assert y.dtype == dtype
     assert_backward_matches(layer, params, x, **kw)
@@ -145,6 +145,65 @@ def test_max_pool_ties_go_to_the_first_maximum_in_row_major_order():
     np.testing.assert_array_equal(vjp(jnp.full((1, 1, 1, 1), 5.0))[0], dx)
 
 
+@pytest.mark.parametrize("window, index", [
+    ([1.0, np.nan, 0.0, 2.0], 3),      # after the NaN: 0, 2 -> the 2
+    ([np.nan, 1.0, 2.0, 2.0], 2),      # after the NaN: 1, 2, 2 -> the first 2
+    ([2.0, 1.0, np.nan, 0.0], 3),      # after the NaN only 0, smaller than the 2 before it
+    ([0.0, 0.0, 0.0, np.nan], 3),      # a NaN last keeps the choice
+    ([np.nan, np.nan, -1.0, np.nan], 3),
+    ([np.nan, 5.0, np.nan, -np.inf], 3),
+])
+def test_max_pool_routes_a_nan_window_as_jax_grad(window, index):
+    """Select and scatter keeps its choice while ``current >= candidate``, scanning the window
+    in row-major order: a NaN (false both ways) takes the choice and gives it to the next
+    entry.  The output is NaN, as ``apply``'s ``lax.reduce_window``."""
+    pool = jc.MaxPool2D(2)
+    x = jnp.asarray(window).reshape(1, 2, 2, 1)
+    y, cache = pool.forward((), x)
+    assert np.isnan(float(y[0, 0, 0, 0])) and np.isnan(float(pool.apply((), x)[0, 0, 0, 0]))
+    assert int(cache.index[0, 0, 0, 0]) == index
+    _, dx = pool.backward((), cache, jnp.full((1, 1, 1, 1), 5.0))
+    _, vjp = jax.vjp(lambda x: pool.apply((), x), x)
+    np.testing.assert_array_equal(dx.ravel(), 5.0 * (np.arange(4) == index))
+    np.testing.assert_array_equal(vjp(jnp.full((1, 1, 1, 1), 5.0))[0], dx)
+
+
+def test_max_pool_a_nan_before_padding_routes_to_the_padding():
+    """Padding takes part in the scan as ``-inf``: a NaN followed by padded positions hands the
+    choice to the padding, and its delta is dropped with the crop -- as ``jax.grad`` does."""
+    pool = jc.MaxPool2D((1, 2), strides=1, padding=((0, 0), (0, 1)))
+    x = jnp.asarray([3.0, np.nan]).reshape(1, 1, 2, 1)
+    y, cache = pool.forward((), x)
+    delta = jnp.asarray([2.0, 7.0]).reshape(1, 1, 2, 1)
+    _, dx = pool.backward((), cache, delta)
+    _, vjp = jax.vjp(lambda x: pool.apply((), x), x)
+    # window 0, (3, NaN): the NaN is last and keeps the choice; window 1, (NaN, pad): the pad
+    np.testing.assert_array_equal(dx.ravel(), [0.0, 2.0])
+    np.testing.assert_array_equal(vjp(delta)[0], dx)
+
+
+@pytest.mark.parametrize("window, strides, padding", [
+    (2, None, "VALID"), (3, 1, "SAME"), ((3, 2), (2, 1), ((2, 0), (0, 1))),
+    ((2, 3), (1, 2), "SAME")])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_max_pool_with_nans_ties_and_infinities_is_jax_grad(window, strides, padding, dtype):
+    """NaNs at many positions, tied values, infinities, padding and overlapping windows: the
+    forward equals ``apply`` (NaN where the window holds one) and the backward ``jax.vjp``."""
+    pool = jc.MaxPool2D(window, strides, padding)
+    rng = np.random.default_rng(7)
+    choices = np.array([np.nan, 0.0, 1.0, 2.0, -np.inf, np.inf])
+    for _ in range(5):
+        x = jnp.asarray(rng.choice(choices, size=(2, 6, 7, 2), p=[.2, .25, .2, .2, .1, .05]), dtype)
+        y, cache = jax.jit(lambda x: pool.forward((), x))(x)
+        want, vjp = jax.vjp(lambda x: pool.apply((), x), x)
+        np.testing.assert_array_equal(y, want)                   # NaNs in the same places
+        delta = jnp.asarray(rng.normal(size=y.shape), dtype)
+        _, dx = jax.jit(pool.backward)((), cache, delta)
+        assert rel_err(dx, vjp(delta)[0]) <= TOL[jnp.dtype(dtype)]     # overlaps sum in
+        routed = np.asarray(dx) != 0                                   # another order
+        np.testing.assert_array_equal(routed, np.asarray(vjp(delta)[0]) != 0)
+
+
 def test_overlapping_max_windows_add_up():
     pool = jc.MaxPool2D((1, 2), strides=1)
     x = jnp.asarray([0.0, 9.0, 1.0]).reshape(1, 1, 3, 1)
@@ -191,6 +250,31 @@ def test_stochastic_pool_draw_at_the_top_of_the_distribution_is_never_a_zero(mon
         y, cache = jax.jit(lambda x: pool.forward((), x, key=jax.random.key(0)))(x)
         np.testing.assert_array_equal(np.asarray(cache.index).ravel(), index)
         np.testing.assert_array_equal(np.asarray(y).ravel(), value)
+
+
+def test_stochastic_pool_refuses_a_concrete_negative_input():
+    pool = jc.StochasticPool2D(2)
+    x = jnp.asarray([[0.5, -0.25], [1.0, 2.0]]).reshape(1, 2, 2, 1)
+    match = (r"^StochasticPool2D: inputs must be >= 0 \(each window is a distribution over its "
+             r"entries, eq. 5.5\), got a most negative entry of -0.25 -- put a ReLU")
+    for run in (lambda: pool.forward((), x, key=jax.random.key(0)),
+                lambda: pool.apply((), x, train=False),
+                lambda: pool.forward((), np.asarray(x), train=False)):
+        with pytest.raises(ValueError, match=match):
+            run()
+    with pytest.raises(ValueError, match=r"^serial\[1\] StochasticPool2D: inputs must be >= 0"):
+        jc.serial(jc.Tanh(), pool).apply(((), ()), x, key=jax.random.key(0))
+
+
+def test_stochastic_pool_under_jit_never_draws_a_negative_entry():
+    """Traced, the domain cannot be checked (documented): a negative entry is never drawn, and
+    a window with no positive entry outputs its first entry."""
+    pool = jc.StochasticPool2D((1, 4))
+    x = jnp.asarray([[-1.0, 2.0, -3.0, 1.0], [-2.0, 0.0, -1.0, -4.0]]).reshape(2, 1, 4, 1)
+    draw = jax.jit(lambda x, key: pool.forward((), x, key=key))
+    drawn = [np.asarray(draw(x, jax.random.key(s))[1].index).ravel() for s in range(200)]
+    assert {int(d[0]) for d in drawn} == {1, 3} and {int(d[1]) for d in drawn} == {0}
+    np.testing.assert_array_equal(draw(x, jax.random.key(0))[0][1].ravel(), [-2.0])
 
 
 def test_stochastic_pool_backward_reuses_the_sample():

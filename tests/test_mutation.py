@@ -9,9 +9,10 @@ import pytest
 
 import jaxcnn as jc
 from harness import TOL, backward_errors
-from mutants import (avg_pool_not_divided, conv_without_flip, dense_bias_gradient_averaged,
-                     kernel_gradient_flipped, max_pool_routes_to_last_tie, mutate,
-                     sigmoid_slope_as_a, stochastic_resamples)
+from mutants import (avg_pool_not_divided, branch_point_one_branch_only, concat_split_swapped,
+                     conv_without_flip, dense_bias_gradient_averaged, kernel_gradient_flipped,
+                     max_pool_routes_to_last_tie, mutate, sigmoid_slope_as_a,
+                     stochastic_resamples)
 
 
 MUTANTS = {
@@ -22,7 +23,29 @@ MUTANTS = {
     "avg pool delta not divided by the window": (jc.AvgPool2D(2), avg_pool_not_divided, (2, 4, 4, 2), None),
     "dense bias gradient averaged": (jc.Dense(3), dense_bias_gradient_averaged, (4, 5), None),
     "stochastic pool samples again in backward": (jc.StochasticPool2D(2), stochastic_resamples, (2, 6, 6, 3), "positive"),
+    "branch point passes back one branch only": (jc.FanOut(2), branch_point_one_branch_only, (2, 4, 4, 3), None),
 }
+
+
+def test_harness_catches_a_wrong_split():
+    """A concatenation that hands each input the other's slice of the residual (eq. 6.7 wrong)
+    is caught, by the layer harness and by the audit, which names it by its path."""
+    rng = np.random.default_rng(0)
+    xs = tuple(jnp.asarray(rng.normal(size=(2, 4, 4, 3))) for _ in range(2))
+    concat = jc.FanInConcat()
+    y, cache = concat.forward((), xs)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    want = jax.vjp(lambda xs: concat.apply((), xs), xs)[1](delta)[0]
+    got = mutate(concat, concat_split_swapped).backward((), (cache, xs), delta)[1]
+    assert max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(got, want)) > 1e-3
+    net = jc.serial(jc.Conv2D(3, 3, padding="SAME"), jc.FanOut(2),
+                    jc.parallel(jc.Tanh(), jc.Sigmoid()), mutate(concat, concat_split_swapped),
+                    jc.Flatten(), jc.Dense(4))
+    params, _ = net.init(jax.random.key(0), (4, 4, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params,
+                            jnp.asarray(rng.normal(size=(2, 4, 4, 2))), jnp.asarray([0, 3]))
+    assert report.first_bad_layer == 3 and report.first_bad_path == "FanInConcat", str(report)
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))

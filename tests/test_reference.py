@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxcnn as jc
@@ -35,7 +35,6 @@ def assert_close(got, want, dtype):
     assert err <= TOL[jnp.dtype(dtype)], f"relative error {err} > {TOL[jnp.dtype(dtype)]}"
 
 
-@settings(max_examples=15)
 @given(geometries(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.sampled_from([jnp.float32, jnp.float64]))
 def test_reference_conv_passes_are_the_vjp_of_its_forward(g, groups, c_g, f_g, n, dtype):
@@ -99,7 +98,6 @@ def test_scatter_windows_is_the_transpose_of_the_gather(size, strides, dilation,
         np.testing.assert_allclose(scatter, vjp(contrib)[0], rtol=1e-13, atol=1e-13)
 
 
-@settings(max_examples=12)
 @given(geometries(max_kernel=3, dilated=False), st.booleans(), st.booleans(),
        st.sampled_from([jnp.float32, jnp.float64]))
 def test_reference_pool_passes_are_the_vjp_of_their_forwards(g, count_include_pad, ties, dtype):

@@ -396,9 +396,11 @@ def test_zoo_layouts():
     # UFLDL: 9x9x20 on 28x28 -> 20x20 -> pooled 10x10x20 = 2000 features
     params, _ = zoo.ufldl((28, 28, 1)).init(jax.random.key(0), (28, 28, 1))
     assert params[0]["w"].shape == (9, 9, 1, 20) and params[4]["w"].shape == (2000, 10)
-    # DeepID at its 39x31 patches: conv4 gives 2x1x80 = 160 features into the 160-unit layer
+    # DeepID at its 39x31 patches: pool3 gives 3x2x60 = 360 features, conv4 2x1x80 = 160, and
+    # the 160-unit layer reads both, concatenated (the paper's skip connection): 520
     params, _ = zoo.deepid((39, 31, 1)).init(jax.random.key(0), (39, 31, 1))
-    assert params[12]["w"].shape == (160, 160)
+    assert params[10][0][0]["w"].shape == (2, 2, 60, 80)
+    assert params[12]["w"].shape == (360 + 160, 160)
     with pytest.raises(ValueError, match="unknown architecture 'vgg'; expected one of small, "
                                          "lenet5, ufldl, deepid"):
         zoo.get("vgg", (8, 8, 1))

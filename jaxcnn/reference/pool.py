@@ -41,11 +41,32 @@ def avg_backward(delta: Array, g: geo.Window, size: Array) -> Array:
 
 
 def max_forward(x: Array, g: geo.Window) -> tuple[Array, Array]:
-    """Eq. 5.3: ``y = max_{R_ij} x_pad`` with ``-inf`` padding, and ``index``, the position of
-    the *first* maximum in row-major window order (``jnp.argmax`` keeps the first of ties)."""
-    windows = geo.windows(geo.pad(x, g, -jnp.inf), g)                    # (N, Ho, Wo, K, C)
-    index = jnp.argmax(windows, axis=3)
-    return take(windows, index), index
+    """Eq. 5.3: ``y = max_{R_ij} x_pad`` with ``-inf`` padding, and ``index``, the window
+    position eq. 5.4 routes delta to.
+
+    ``index`` is the choice of ``jax.vjp`` of ``lax.reduce_window`` max (XLA's select and
+    scatter): scan the window in row-major order, padding included, and keep the current
+    choice while ``current >= candidate``.  Without NaN that is the *first* maximum.  A NaN
+    compares false both ways, so the choice moves onto a NaN and off it again at the next
+    position: the first maximum of the entries after the window's last NaN, or that NaN if it
+    is the last entry.  ``y`` is NaN wherever the window holds one, as ``lax.max`` makes it.
+    """
+    slices = list(geo.window_slices(geo.pad(x, g, -jnp.inf), g))
+    y = best = slices[0]
+    index = jnp.zeros(best.shape, jnp.int32)
+    for k, a in enumerate(slices[1:], 1):
+        y = jnp.maximum(y, a)                                  # NaN wins, as in lax.max
+        move = ~(best >= a)                                    # a NaN on either side moves
+        best, index = jnp.where(move, a, best), jnp.where(move, k, index)
+    return y, _stored(index)
+
+
+def _stored(index: Array) -> Array:
+    """``index`` unchanged (it is >= 0), as the output of a reduction, which XLA computes once
+    and stores.  The scan that makes it is elementwise, and XLA fuses an elementwise result
+    into every reader: the route reads each window's index once per tap and would run the
+    scan ``K`` times."""
+    return jnp.max(jnp.stack([index, jnp.zeros_like(index)]), axis=0)
 
 
 def route(index: Array, delta: Array, g: geo.Window) -> Array:
