@@ -5,7 +5,7 @@ net, loss, optimizer and arrays and gets the same loop: a jitted step over the h
 backward, a gradient check against ``jax.grad`` before the first step, evaluation every epoch.
 
     python examples/train_digits.py            # the default net, then a net defined here
-    python examples/train_digits.py --zoo      # also lenet5, ufldl and deepid (about a minute)
+    python examples/train_digits.py --zoo      # also the zoo's other nets, each with its recipe
 
 Prints one line per net: test accuracy on the 360 held-out digits, epochs, seconds (of ``fit``:
 compilation, the gradient check and evaluation included), and the gradient check's worst
@@ -63,13 +63,11 @@ def main():
     one_hot = np.eye(10, dtype=np.float32)
     run("this script's net, squared error, adam 1e-3", source_net(), ds, optax.adam(1e-3),
         loss=jc.squared_error, targets=(one_hot[ds.y_train], one_hot[ds.y_test]))
-    if args.zoo:
-        for name in ("lenet5", "ufldl", "deepid"):
-            net = zoo.get(name, ds.image_shape)
-            run(f"{name}, adam 1e-3", net, ds, adam)
-        for name in ("lenet5", "ufldl"):               # sigmoid nets: a larger step helps
-            run(f"{name}, adam 1e-2", zoo.get(name, ds.image_shape), ds,
-                train.make_optimizer("adam", 1e-2))
+    if args.zoo:            # each net with its recipe: jaxcnn train --arch NAME's defaults
+        for name, recipe in zoo.RECIPES.items():
+            if name != "small":
+                run(f"{name}, adam {recipe.lr:g}", zoo.get(name, ds.image_shape), ds,
+                    train.make_optimizer("adam", recipe.lr), epochs=recipe.epochs)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train three nets of the zoo on the bundled 8x8 digits, with the hand-written backward.
+"""Train four nets of the zoo on the bundled 8x8 digits, with the hand-written backward.
 
     python examples/train_zoo.py [--fast] [--out DIR]
 
@@ -8,7 +8,8 @@
   convolution layers, three max-pooling layers, and the fully connected layer reading both the
   third pooling layer and the fourth convolution (its skip connection), softmax;
 - a small residual net (He et al. 2016): basic blocks whose skips add the block's input to its
-  output, global average pooling.
+  output, global average pooling; and the same with BatchNorm after every convolution, whose
+  running statistics ``fit`` updates every step and evaluates with.
 
 The last two branch and merge: their backward passes sum the residuals at every branch point
 (``docs/derivation.md``, eqs. 6.5-6.8).
@@ -35,7 +36,7 @@ from jaxcnn import data, show, train, zoo
 
 # (net, optimizer, learning rate, epochs): the sigmoid net needs a larger step and longer
 NETS = (("lenet5", "adam", 1e-2, 40), ("deepid", "adam", 1e-3, 10),
-        ("resnet", "adam", 1e-3, 10))
+        ("resnet", "adam", 1e-3, 10), ("resnet-bn", "adam", 1e-3, 10))
 
 
 def first_conv(params):
@@ -61,7 +62,8 @@ def plot_histories(histories, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("LeNet-5 (sigmoid, average pooling), DeepID (ReLU, max pooling, a skip) and a "
-                 "residual net on the 8x8 digits, hand-written gradients")
+                 "residual net without and with BatchNorm\non the 8x8 digits, hand-written "
+                 "gradients")
     fig.savefig(path, dpi=80)
 
 

@@ -9,10 +9,13 @@ from jaxcnn.audit import GradReport, check_grads, check_layer
 from jaxcnn.conv import Conv2D
 from jaxcnn.core import HWIO, NHWC, Layer
 from jaxcnn.dense import Dense, Flatten
+from jaxcnn.dropout import Dropout
 from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel, residual
 from jaxcnn.losses import Loss, softmax_cross_entropy, squared_error
 from jaxcnn.network import bridge, serial, value_and_grad
+from jaxcnn.norm import BatchNorm, GroupNorm, LayerNorm
 from jaxcnn.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D, StochasticPool2D
+from jaxcnn.state import has_state, init_state, update_state, value_grad_and_state, with_state
 from jaxcnn.summary import Summary, summary
 
 __version__ = "0.1.0"
@@ -21,7 +24,9 @@ __all__ = [
     "Layer", "NHWC", "HWIO",
     "Conv2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D", "GlobalAvgPool2D",
     "Sigmoid", "Tanh", "ReLU", "Softmax", "Dense", "Flatten",
+    "BatchNorm", "LayerNorm", "GroupNorm", "Dropout",
     "serial", "value_and_grad", "bridge",
+    "init_state", "update_state", "with_state", "has_state", "value_grad_and_state",
     "FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual",
     "Loss", "softmax_cross_entropy", "squared_error",
     "check_grads", "check_layer", "GradReport",

@@ -47,8 +47,9 @@ from jaxcnn.core import (Layer, Params, check_array, is_concrete, leaves, map_le
 from jaxcnn.losses import Loss
 from jaxcnn.step import loss_and_grad, memoise
 
-__all__ = ["TOLERANCES", "LOW_PRECISION", "FD_STEP", "Row", "GradReport", "compare",
-           "check_grads", "check_layer", "GradCheck", "gradient_check", "default_tolerance"]
+__all__ = ["TOLERANCES", "LOW_PRECISION", "NOISE_ULPS", "FD_STEP", "Row", "GradReport",
+           "compare", "check_grads", "check_layer", "GradCheck", "gradient_check",
+           "default_tolerance", "noise_floor"]
 
 TOLERANCES = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-4, "float64": 1e-9,
               "finite differences": 1e-5}
@@ -137,13 +138,14 @@ class GradReport:
         return [row for row in self.rows if row.layer == layer]
 
 
-def compare(got, want) -> tuple[float, float, float]:
-    """Max absolute error, max relative error (to ``max |want|``) and cosine similarity."""
+def compare(got, want, floor: float = 0.0) -> tuple[float, float, float]:
+    """Max absolute error, max relative error (to ``max |want|``, or ``floor`` if larger) and
+    cosine similarity."""
     got, want = np.asarray(got, np.float64).ravel(), np.asarray(want, np.float64).ravel()
     if got.shape != want.shape:
         return math.inf, math.inf, 0.0
     abs_err = float(np.max(np.abs(got - want), initial=0.0))
-    scale = float(np.max(np.abs(want), initial=0.0))
+    scale = max(float(np.max(np.abs(want), initial=0.0)), floor)
     rel_err = abs_err / scale if scale > 0 else abs_err
     norms = float(np.linalg.norm(got) * np.linalg.norm(want))
     cosine = float(got @ want) / norms if norms > 0 else (1.0 if abs_err == 0 else 0.0)
@@ -341,9 +343,30 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
         dtype, reference = "float32", "jax.grad float32"
     grads, ref = _end_to_end(net, loss)(params, x, targets, key, train)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
-    return [Row(None, "network", quantity, reference, *compare(g, w), tol)
+    floor = noise_floor(ref, tol)
+    return [Row(None, "network", quantity, reference, *compare(g, w, floor), tol)
             for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads),
                                       jax.tree.leaves(ref))]
+
+
+NOISE_ULPS = 100
+"""End to end, an error below ``NOISE_ULPS`` rounding units of the network's largest gradient
+entry is rounding, whatever the array (``noise_floor``)."""
+
+
+def noise_floor(grads, tol: float) -> float:
+    """The smallest scale an end-to-end gradient array is compared at, so that an error below
+    ``NOISE_ULPS * eps * top`` passes (``top``: the largest entry of any array): ``NOISE_ULPS *
+    eps * top / tol``.  An array whose true gradient is zero -- a bias right before a
+    normalisation, which subtracts it again -- holds rounding noise on both sides, which its
+    own scale would call a 100% error.  A wrong backward makes errors of its own array's size;
+    only one in an array whose gradient is itself below that noise escapes (the per-layer rows
+    of ``check_grads``, which compare with no floor, still pin it)."""
+    leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
+    if not leaves:
+        return 0.0
+    eps = max(float(np.finfo(g.dtype).eps) for g in leaves)
+    return NOISE_ULPS * eps * max(float(np.max(np.abs(g), initial=0.0)) for g in leaves) / tol
 
 
 def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64, key=None,
@@ -432,17 +455,23 @@ def _array_names(net: Layer, params) -> list[str]:
 @memoise
 def _relative_errors(net: Layer, loss: Loss) -> Callable:
     """Jitted ``(params, x, targets, key) -> [relative error per parameter leaf]`` of
-    ``_end_to_end`` in training mode, computed in the params' dtype on the device."""
+    ``_end_to_end`` in training mode, computed in the params' dtype on the device, each array
+    at no smaller a scale than ``noise_floor`` (for its dtype's tolerance)."""
     both = _end_to_end(net, loss)
 
-    def relative(a, b):
-        scale = jnp.maximum(jnp.max(jnp.abs(b)), jnp.finfo(b.dtype).tiny)
+    def relative(a, b, floor):
+        scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(b)), floor), jnp.finfo(b.dtype).tiny)
         return jnp.max(jnp.abs(a - b)) / scale
 
     def errors(params, x, targets, key):
         hand, ref = both(params, x, targets, key, True)
-        return [relative(a, b) for a, b in
-                zip(jax.tree_util.tree_leaves(hand), jax.tree_util.tree_leaves(ref))]
+        ref = jax.tree_util.tree_leaves(ref)
+        top = jnp.max(jnp.stack([jnp.max(jnp.abs(b)).astype(jnp.float32) for b in ref])) \
+            if ref else jnp.zeros((), jnp.float32)
+        floors = [(NOISE_ULPS * float(np.finfo(b.dtype).eps) * top
+                   / TOLERANCES[str(jnp.dtype(b.dtype))]).astype(b.dtype) for b in ref]
+        return [relative(a, b, f) for a, b, f in
+                zip(jax.tree_util.tree_leaves(hand), ref, floors)]
 
     return jax.jit(errors)
 

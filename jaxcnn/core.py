@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -80,6 +80,29 @@ class Layer(NamedTuple):
     layers: tuple["Layer", ...] = ()
     config: tuple[tuple[str, Any], ...] = ()
     build: Any = None
+    state: "StateFns | None" = None
+
+
+State = Any
+"""What a layer keeps besides its params and updates as it trains, not by gradients: a pytree
+(BatchNorm's running statistics), ``()`` for a layer without; a network's is the tree of its
+layers' (``jaxcnn.state``)."""
+
+
+class StateFns(NamedTuple):
+    """The state of a layer that has one (``Layer.state``; ``None`` for the others).
+
+    ``init(input_shape) -> state`` for a per-example input shape; ``update(state, cache) ->
+    state`` after a training forward, from what that forward cached (BatchNorm: the batch's
+    statistics); ``bind(state) -> Layer``, the same layer evaluating (``train=False``) with that
+    state.  Training never needs the state: the contract's four functions run on the batch.
+    ``update`` is affine in what it reads from the cache, so averaging the updated states of
+    several chunks (``microbatch``) or devices is updating with their averaged statistics.
+    """
+
+    init: Callable[[Shape], State]
+    update: Callable[[State, Cache], State]
+    bind: Callable[[State], Layer]
 
 
 @jax.tree_util.register_static

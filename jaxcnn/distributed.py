@@ -60,16 +60,18 @@ import optax
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcnn.core import Array, Layer, Params
+from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
-from jaxcnn.step import GRADS, memoise, update_step
+from jaxcnn.state import has_state, update_state
+from jaxcnn.step import GRADS, loss_grad_and_state as local_loss_grad_and_state, memoise, \
+    state_step, update_step
 
 __all__ = [
     "BATCH", "ENV", "DataParallel", "data_parallel", "check_batch_size",
     "replicate", "local_rows", "shard_batch", "host_copy",
-    "shard_key", "loss_and_grad", "make_step", "fit_step",
+    "shard_key", "loss_and_grad", "loss_grad_and_state", "make_step", "fit_step",
     "initialize", "is_main", "sync",
 ]
 
@@ -290,18 +292,82 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     return jax.jit(step, out_shardings=(rep, rep, rep))
 
 
+def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",
+                        microbatch: int | None = None
+                        ) -> Callable[..., tuple[Array, Params, State]]:
+    """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` over the global batch,
+    in training mode: ``loss_and_grad`` with the net's state (``jaxcnn.state``).
+
+    Batch statistics are **per device**: each device normalises its own rows, as PyTorch's
+    ``BatchNorm`` under data parallelism does, and the new state is the mean over devices of
+    the devices' updated states -- the update with the devices' mean statistics.  The whole
+    step is therefore the single-device step with ``microbatch`` = the per-device batch, whose
+    chunks play the devices (``tests/test_distributed.py`` proves it).
+    ``grad="manual"``: each device's ``step.loss_grad_and_state``, then ``pmean``.
+    ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss, as ``loss_and_grad``.
+    """
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    if grad == "manual":
+        vgs = local_loss_grad_and_state(net, loss, "manual", microbatch)
+
+        def local(params, state, x, targets, key):
+            return lax.pmean(vgs(params, state, x, targets, key=shard_key(key)), BATCH)
+    else:
+        chunked = microbatched(_autodiff_with_state(net, loss), microbatch, "value_and_grad")
+
+        def local(params, state, x, targets, key):   # chunks split the shard's key, as manual
+            value, (grads, state) = chunked((params, state), x, targets, key=shard_key(key),
+                                            train=True)
+            return value, grads, state
+
+    def f(params, state, x, targets, *, key=None):
+        mapped = jax.shard_map(local, mesh=plan.mesh,
+                               in_specs=(P(), P(), P(BATCH), P(BATCH), P()),
+                               out_specs=(P(), P(), P()))
+        return mapped(params, state, x, targets, key)
+
+    return f
+
+
+def _autodiff_with_state(net: Layer, loss: Loss) -> Callable:
+    """One device's ``((params, state), x, targets, key, train) -> (J, (grads, state))`` by
+    ``jax.grad`` of the device-averaged loss (see ``loss_and_grad``): through ``net.apply`` for
+    a net without state (the state ``()`` passed through), through ``net.forward`` -- whose
+    cache holds the batch statistics -- for one with, the updated states averaged."""
+    stateful = has_state(net)
+
+    def whole(params_and_state, x, targets, key, train):
+        params, state = params_and_state
+
+        def mean_loss(p):
+            if not stateful:
+                return lax.pmean(loss.value(net.apply(p, x, key=key, train=train), targets),
+                                 BATCH), ()
+            y, cache = net.forward(p, x, key=key, train=train)
+            return lax.pmean(loss.value(y, targets), BATCH), cache
+
+        (value, cache), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        if stateful:
+            state = lax.pmean(update_state(net, state, cache), BATCH)
+        return value, (grads, state)
+
+    return whole
+
+
 @memoise
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, grad: str,
              plan: DataParallel, microbatch: int | None = None) -> Callable:
-    """``fit``'s step on a mesh: ``(params, opt_state, x, targets, step_key, step)`` with the
-    forward's key ``fold_in(step_key, step)``, as the single-device ``step.fit_step``."""
-    update = update_step(loss_and_grad(net, loss, plan, grad, microbatch), optimizer)
+    """``fit``'s step on a mesh: ``(params, opt_state, state, x, targets, step_key, step) ->
+    (params, opt_state, state, J)`` with the forward's key ``fold_in(step_key, step)``, as the
+    single-device ``step.fit_step``."""
+    update = state_step(loss_grad_and_state(net, loss, plan, grad, microbatch), optimizer)
 
-    def step_fn(params, opt_state, x, targets, step_key, step):
-        return update(params, opt_state, x, targets, jax.random.fold_in(step_key, step))
+    def step_fn(params, opt_state, state, x, targets, step_key, step):
+        return update(params, opt_state, state, x, targets, jax.random.fold_in(step_key, step))
 
     rep = plan.replicated
-    return jax.jit(step_fn, out_shardings=(rep, rep, rep))
+    return jax.jit(step_fn, out_shardings=(rep, rep, rep, rep))
 
 
 # --- several processes -------------------------------------------------------------------------

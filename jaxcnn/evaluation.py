@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn._checks import positive_int
-from jaxcnn.core import Layer, Params
+from jaxcnn.core import Layer, Params, State
 from jaxcnn.losses import Loss
+from jaxcnn.state import with_state
 from jaxcnn.step import memoise
 
 __all__ = ["EVAL_BATCH", "evaluate", "evaluator"]
@@ -25,10 +26,12 @@ EVAL_BATCH = 1000
 
 @memoise
 def _chunk_sums(net: Layer, loss: Loss) -> Callable:
-    """Jitted ``(params, x, targets, mask) -> (summed loss, correct count)`` over one chunk."""
+    """Jitted ``(params, state, x, targets, mask) -> (summed loss, correct count)`` over one
+    chunk, the net evaluating with its ``state`` (``jaxcnn.state.with_state``; ``()`` for a
+    net without)."""
 
-    def chunk_sums(params, x, targets, mask):
-        out = net.apply(params, x, key=None, train=False)
+    def chunk_sums(params, state, x, targets, mask):
+        out = with_state(net, state).apply(params, x, key=None, train=False)
         per_example = jax.vmap(lambda o, t: loss.value(o[None], t[None]))(out, targets)
         total = jnp.sum(jnp.where(mask, per_example, jnp.zeros((), per_example.dtype)))
         if jnp.issubdtype(targets.dtype, jnp.integer) and out.ndim == 2:
@@ -40,12 +43,12 @@ def _chunk_sums(net: Layer, loss: Loss) -> Callable:
 
 
 def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:
-    """``(params, x, targets) -> (mean loss, accuracy or None)`` over NumPy arrays, in padded
-    chunks of ``chunk`` examples: ``evaluate`` with the net and loss fixed, as ``fit`` uses it
-    after every epoch."""
+    """``(params, x, targets, state=()) -> (mean loss, accuracy or None)`` over NumPy arrays,
+    in padded chunks of ``chunk`` examples: ``evaluate`` with the net and loss fixed, as
+    ``fit`` uses it after every epoch."""
     chunk_sums = _chunk_sums(net, loss)
 
-    def evaluate(params, x, targets):
+    def evaluate(params, x, targets, state=()):
         n = len(x)
         total, correct = 0.0, 0
         for start in range(0, n, chunk):
@@ -54,7 +57,7 @@ def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:
             if m < chunk:                       # pad the last chunk; the mask drops the padding
                 xs = np.concatenate([xs, np.zeros((chunk - m, *xs.shape[1:]), xs.dtype)])
                 ts = np.concatenate([ts, np.zeros((chunk - m, *ts.shape[1:]), ts.dtype)])
-            s, c = chunk_sums(params, xs, ts, np.arange(chunk) < m)
+            s, c = chunk_sums(params, state, xs, ts, np.arange(chunk) < m)
             total, correct = total + float(s), correct + int(c)
         classify = np.issubdtype(targets.dtype, np.integer)
         return total / n, (correct / n if classify else None)
@@ -63,8 +66,9 @@ def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:
 
 
 def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
-             batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
+             batch_size: int = EVAL_BATCH, state: State = ()) -> tuple[float, float | None]:
     """Mean loss and accuracy (``None`` unless targets are class indices) of ``net.apply`` in
-    test mode over ``(x, targets)``, in batches of ``batch_size``."""
+    test mode over ``(x, targets)``, in batches of ``batch_size``; a net with state (BatchNorm)
+    evaluates with ``state`` (``jaxcnn.state``: ``fit``'s ``FitResult.state``)."""
     return evaluator(net, loss, positive_int("batch_size", batch_size))(
-        params, np.asarray(x), np.asarray(targets))
+        params, np.asarray(x), np.asarray(targets), state)

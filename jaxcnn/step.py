@@ -24,14 +24,16 @@ import jax
 import numpy as np
 import optax
 
-from jaxcnn.core import Array, Layer, Params
+from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
+from jaxcnn.state import has_state, update_state, value_grad_and_state
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "make_optimizer", "loss_and_grad", "train_step", "update_step",
-    "make_step", "fit_step", "init_params", "epoch_order", "step_keys", "memoise",
+    "make_step", "loss_grad_and_state", "state_step", "fit_step", "init_params", "epoch_order",
+    "step_keys", "memoise",
 ]
 
 GRADS = ("manual", "autodiff")
@@ -117,6 +119,68 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
     return microbatched(f, microbatch, "value_and_grad")
 
 
+def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
+                        microbatch: int | None = None) -> Callable[..., tuple[Array, Params, State]]:
+    """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` in training mode:
+    ``loss_and_grad`` and the net's state (``jaxcnn.state``) updated from the same forward.
+
+    ``grad="manual"``: ``jaxcnn.state.value_grad_and_state``.  ``grad="autodiff"``: for a net
+    with state, ``jax.grad`` of the loss through ``net.forward`` (whose cache holds the batch
+    statistics the update reads); for one without, ``loss_and_grad``'s own, the state ``()``
+    passed through.  ``microbatch``: chunks, their gradients and updated states averaged.
+    """
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    if grad == "manual":
+        return value_grad_and_state(net, loss, microbatch=microbatch)
+    if not has_state(net):
+        vg = loss_and_grad(net, loss, grad, microbatch)
+
+        def stateless(params, state, x, targets, *, key=None):
+            return (*vg(params, x, targets, key=key, train=True), state)
+
+        return stateless
+
+    def whole(params_and_state, x, targets, key, train):
+        params, state = params_and_state
+
+        def objective(p):
+            y, cache = net.forward(p, x, key=key, train=train)
+            return loss.value(y, targets), cache
+
+        (value, cache), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return value, (grads, update_state(net, state, cache))
+
+    chunked = microbatched(whole, microbatch, "value_and_grad")
+
+    def f(params, state, x, targets, *, key=None):
+        value, (grads, state) = chunked((params, state), x, targets, key=key, train=True)
+        return value, grads, state
+
+    return f
+
+
+def state_step(vgs: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``(params, opt_state, state, x, targets, key) -> (params, opt_state, state, J)`` for any
+    ``vgs(params, state, x, targets, *, key) -> (J, grads, state)`` (``loss_grad_and_state``,
+    or its data-parallel twin): the gradients and the new state, then the optax update."""
+    def step(params, opt_state, state, x, targets, key):
+        value, grads, state = vgs(params, state, x, targets, key=key)
+        params, opt_state = _apply(optimizer, grads, opt_state, params)
+        return params, opt_state, state, value
+
+    return step
+
+
+def _apply(optimizer: optax.GradientTransformation, grads, opt_state, params):
+    """``optimizer.update`` and ``optax.apply_updates``.  optax promotes implicitly (adam's
+    ``b1 ** count`` is float ** int32): traced under standard promotion, so that it also runs
+    where jaxcnn is tested under strict promotion."""
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+
 def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
                grad: str = "manual", microbatch: int | None = None) -> Callable:
     """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``."""
@@ -129,11 +193,7 @@ def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callab
 
     def step(params, opt_state, x, targets, key):
         value, grads = vg(params, x, targets, key=key, train=True)
-        # optax promotes implicitly (adam's ``b1 ** count`` is float ** int32): trace it under
-        # standard promotion, so that it also runs where jaxcnn is tested under strict promotion
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
+        params, opt_state = _apply(optimizer, grads, opt_state, params)
         return params, opt_state, value
 
     return step
@@ -152,17 +212,18 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
 @memoise
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
              grad: str, microbatch: int | None = None) -> Callable:
-    """``fit``'s step on one device, jitted and cached per arguments:
-    ``(params, opt_state, x_all, y_all, index, step_key, step) -> (params, opt_state, J)``.
+    """``fit``'s step on one device, jitted and cached per arguments: ``(params, opt_state,
+    state, x_all, y_all, index, step_key, step) -> (params, opt_state, state, J)``, ``state``
+    the net's (``jaxcnn.state``; ``()`` for a net without).
 
     The batch ``x_all[index]`` is gathered on the device (the data set is an argument, never a
     compiled-in constant) and the forward's key is ``fold_in(step_key, step)``, ``step_key``
     being ``step_keys(key)``.  ``distributed.fit_step`` is the same on a mesh.
     """
-    update = train_step(net, loss, optimizer, grad, microbatch)
+    update = state_step(loss_grad_and_state(net, loss, grad, microbatch), optimizer)
 
-    def step_fn(params, opt_state, x_all, y_all, index, step_key, step):
-        return update(params, opt_state, x_all[index], y_all[index],
+    def step_fn(params, opt_state, state, x_all, y_all, index, step_key, step):
+        return update(params, opt_state, state, x_all[index], y_all[index],
                       jax.random.fold_in(step_key, step))
 
     return jax.jit(step_fn)

@@ -8,8 +8,10 @@ Output shape, parameter count, forward FLOPs and receptive field of every layer 
 - The receptive field of a unit is the input region (height, width) that can affect it.  It
   grows as ``r_out = r_in + (k_eff - 1) j_in`` and its step as ``j_out = j_in s`` through a
   sliding window (kernel ``k``, dilation ``d``, stride ``s``, ``k_eff = d (k - 1) + 1``); after a
-  ``Flatten`` every unit sees the whole input.  Padding moves a field but does not change its
-  size (at the border part of it lies in the padding).
+  ``Flatten``, a global pooling or a normalisation over every position (``GroupNorm``) every
+  unit sees the whole input.  Padding moves a field but does not change its size (at the
+  border part of it lies in the padding).  Where branches merge, a unit sees the widest of
+  their fields.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _flops(cfg: dict, in_shape, out_shape) -> int | None:
     if kind in ("flatten", "identity", "fanout", "fanin_concat"):
         return 0
     out = math.prod(out_shape)
-    if kind == "elementwise":
+    if kind in ("elementwise", "spatial_norm"):
         return out
     if kind == "fanin_sum":
         return out * (len(in_shape) - 1)
@@ -99,6 +101,7 @@ class _Field(NamedTuple):
     size: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[int, int]
+    whole: bool = False        # every unit depends on the whole input (after a GroupNorm, say)
 
 
 def _merge(fields) -> _Field | None:
@@ -106,7 +109,8 @@ def _merge(fields) -> _Field | None:
     if any(f is None for f in fields):
         return None
     return _Field(*(tuple(pick(v) for v in zip(*parts)) for pick, parts in zip(
-        (max, max, min), zip(*((f.size, f.jump, f.start) for f in fields)))))
+        (max, max, min), zip(*((f.size, f.jump, f.start) for f in fields)))),
+        whole=any(f.whole for f in fields))
 
 
 def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
@@ -121,13 +125,17 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
     if kind == "window":
         g = geo.window(layer.name, in_shape[:2], cfg["size"], cfg["strides"], cfg["dilation"],
                        cfg["padding"])
+        if field.whole:             # it saw everything already: only the units' spacing grows
+            return field._replace(jump=tuple(j * s for j, s in zip(field.jump, g.strides)))
         return _Field(tuple(r + (k - 1) * j for r, k, j in
                             zip(field.size, g.effective_size, field.jump)),
                       tuple(j * s for j, s in zip(field.jump, g.strides)),
                       tuple(s - lo * j for s, (lo, _), j in zip(field.start, g.padding,
                                                                field.jump)))
     if kind in ("flatten", "dense", "global"):
-        return _Field(whole, whole, (0, 0))
+        return _Field(whole, whole, (0, 0), True)
+    if kind == "spatial_norm":      # normalised over every position: each unit sees them all
+        return _Field(whole, field.jump, (0, 0), True)
     if kind in ("elementwise", "identity"):
         return field
     if kind == "fanout":
@@ -170,7 +178,7 @@ def summary(net: Layer, input_shape) -> Summary:
         rows.append(SummaryRow(prefix or "0", layer.name, out_shape,
                                sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)),
                                _flops(cfg, shape, out_shape),
-                               *((None,) * 3 if shown is None else shown)))
+                               *((None,) * 3 if shown is None else shown[:3])))
         return out_shape, field
 
     def walk(layer: Layer, shape, field, key, prefix: str):

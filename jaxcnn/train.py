@@ -40,19 +40,21 @@ from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, C
                                 Checkpoints, load_checkpoint, lock_out, named_arrays,
                                 prepare_out, replace_atomic, strict_json, warn_passed,
                                 write_atomic)
-from jaxcnn.core import Layer, Params
+from jaxcnn.core import Layer, Params, State
 from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
 from jaxcnn.losses import Loss, softmax_cross_entropy
 from jaxcnn.report import plot_curves
+from jaxcnn.state import init_state
 from jaxcnn.step import (GRADS, OPTIMIZERS, epoch_order, fit_step, init_params, loss_and_grad,
-                         make_optimizer, make_step, step_keys, train_step, update_step)
+                         loss_grad_and_state, make_optimizer, make_step, state_step, step_keys,
+                         train_step, update_step)
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "CHECKPOINT_DIR", "EVAL_BATCH", "OUTPUT_FILES",
     "TrainingError", "NonFiniteLossError", "NonFiniteStateError", "GradientMismatchError",
     "CheckpointError", "CheckpointWarning",
     "make_optimizer", "loss_and_grad", "train_step", "update_step", "make_step",
-    "init_params", "epoch_order", "GradCheck", "gradient_check", "default_tolerance",
+    "loss_grad_and_state", "state_step", "init_params", "epoch_order", "GradCheck", "gradient_check", "default_tolerance",
     "evaluate", "plot_curves", "load_checkpoint", "FitResult", "fit",
 ]
 
@@ -97,12 +99,15 @@ class GradientMismatchError(TrainingError):
 
 class FitResult(NamedTuple):
     """What ``fit`` returns: the final ``params`` and ``opt_state``, one ``history`` record per
-    epoch (also ``metrics.jsonl``) and the ``summary`` (also ``summary.json``)."""
+    epoch (also ``metrics.jsonl``), the ``summary`` (also ``summary.json``) and the net's final
+    ``state`` (``jaxcnn.state``: BatchNorm's running statistics; ``()`` for a net without),
+    which evaluation needs: ``jc.with_state(net, result.state).apply(params, x, train=False)``."""
 
     params: Params
     opt_state: Any
     history: list[dict]
     summary: dict
+    state: State = ()
 
 
 def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, *,
@@ -234,6 +239,7 @@ class _State(NamedTuple):
     epoch_losses: list[float]
     seconds_before: float              # spent by the runs this one resumes
     check_worst: float | None = None   # the gradient check before training (of this run)
+    net_state: State = ()              # the net's state (jaxcnn.state): BatchNorm's statistics
 
 
 # --- validate the arguments ----------------------------------------------------------------
@@ -364,9 +370,12 @@ def _fresh_state(run: _Run, params: Params) -> _State:
     mesh: orbax saves global arrays), epoch 0's order."""
     key = jax.random.key(run.seed)
     opt_state = run.optimizer.init(params)
+    net_state = init_state(run.net, run.x_train.shape[1:])
     if run.plan is not None:
-        params, opt_state = distributed.replicate(run.plan, (params, opt_state))
-    return _State(params, opt_state, key, epoch_order(key, 0, run.n_train), 0, [], [], 0.0)
+        params, opt_state, net_state = distributed.replicate(run.plan,
+                                                             (params, opt_state, net_state))
+    return _State(params, opt_state, key, epoch_order(key, 0, run.n_train), 0, [], [], 0.0,
+                  net_state=net_state)
 
 
 @contextlib.contextmanager
@@ -403,7 +412,8 @@ def _opened(run: _Run, *, resume: bool, overwrite: bool) -> Iterator[_Run]:
 def _saved(run: _Run, state: _State) -> dict:
     """The arrays a checkpoint holds (``load_checkpoint``'s ``state``)."""
     key_data = jax.random.key_data(state.key)
-    return {"params": state.params, "opt_state": state.opt_state, "order": state.order,
+    return {"params": state.params, "opt_state": state.opt_state, "net_state": state.net_state,
+            "order": state.order,
             "key": key_data if run.plan is None else distributed.replicate(run.plan, key_data)}
 
 
@@ -423,15 +433,17 @@ def _resume(run: _Run, state: _State) -> _State:
     # as fresh, uncommitted device arrays: the compiled steps of a run never stopped are
     # reused (orbax's arrays carry a committed sharding, a different jit cache key)
     restored = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), restored)
-    params, opt_state = restored["params"], restored["opt_state"]
+    params, opt_state, net_state = (restored["params"], restored["opt_state"],
+                                    restored["net_state"])
     if run.plan is not None:
-        params, opt_state = distributed.replicate(run.plan, (params, opt_state))
+        params, opt_state, net_state = distributed.replicate(run.plan,
+                                                             (params, opt_state, net_state))
     run.log(f"resuming from the checkpoint at step {step} (epoch "
             f"{step // run.steps_per_epoch} of {run.epochs}) in {run.ckpt.directory}")
     _write_metrics(run, meta["history"])
     return _State(params, opt_state, jax.random.wrap_key_data(jnp.asarray(restored["key"])),
                   np.asarray(restored["order"]), step, meta["history"], meta["epoch_losses"],
-                  meta["seconds"], meta.get("gradient_check"))
+                  meta["seconds"], meta.get("gradient_check"), net_state)
 
 
 def _check_config(run: _Run, step: int, meta: dict) -> None:
@@ -449,7 +461,8 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
 # --- build the step; check the gradients ---------------------------------------------------
 
 def _build_step(run: _Run, state: _State) -> Callable:
-    """``(params, opt_state, index, step) -> (params, opt_state, J)`` on the training batch
+    """``(params, opt_state, net_state, index, step) -> (params, opt_state, net_state, J)`` on
+    the training batch
     ``index``: ``step.fit_step`` with the set on the device, gathered there, or on a mesh
     ``distributed.fit_step``, to which each process sends only its rows of the batch."""
     step_key, x_train, y_train, plan = step_keys(state.key), run.x_train, run.y_train, run.plan
@@ -457,20 +470,22 @@ def _build_step(run: _Run, state: _State) -> Callable:
         x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
         step_fn = fit_step(run.net, run.loss, run.optimizer, run.grad, run.microbatch)
 
-        def run_step(params, opt_state, index, step):
-            return step_fn(params, opt_state, x_dev, y_dev, index, step_key, step)
+        def run_step(params, opt_state, net_state, index, step):
+            return step_fn(params, opt_state, net_state, x_dev, y_dev, index, step_key, step)
     else:
         step_fn = distributed.fit_step(run.net, run.loss, run.optimizer, run.grad, plan,
                                        run.microbatch)
         step_key_dev = distributed.replicate(plan, step_key)
 
-        def run_step(params, opt_state, index, step):
-            return step_fn(params, opt_state, distributed.shard_batch(plan, x_train, index),
+        def run_step(params, opt_state, net_state, index, step):
+            return step_fn(params, opt_state, net_state,
+                           distributed.shard_batch(plan, x_train, index),
                            distributed.shard_batch(plan, y_train, index), step_key_dev, step)
     return run_step
 
 
-def _check_gradients(run: _Run, params, key, step: int, index, stage: str) -> GradCheck:
+def _check_gradients(run: _Run, params, net_state, key, step: int, index,
+                     stage: str) -> GradCheck:
     """``audit.gradient_check`` on the batch ``index`` of ``step`` -- at most a microbatch of
     it, which fits where a step does -- with that step's key.  Beyond ``grad_tol``:
     ``GradientMismatchError`` carrying the per-layer audit of the same batch."""
@@ -479,7 +494,7 @@ def _check_gradients(run: _Run, params, key, step: int, index, stage: str) -> Gr
     params, x, y = run.local(params), run.x_train[index], run.y_train[index]
     c = gradient_check(run.net, run.loss, params, x, y, key=k)
     if not c.worst <= run.grad_tol:
-        _check_batch_loss(run, params, x, y, step, stage)
+        _check_batch_loss(run, params, run.local(net_state), x, y, step, stage)
         audit = audit_grads(run.net, run.loss, params, x, y, key=k)
         raise GradientMismatchError(
             f"{stage}: hand-written and jax.grad gradients diverge at step {step}: "
@@ -489,12 +504,12 @@ def _check_gradients(run: _Run, params, key, step: int, index, stage: str) -> Gr
     return c
 
 
-def _check_batch_loss(run: _Run, params, x, y, step: int, stage: str) -> None:
+def _check_batch_loss(run: _Run, params, net_state, x, y, step: int, stage: str) -> None:
     """Before blaming the gradients: the loss of the batch (test mode), if not finite, is the
     fault -- at step 0, with the initial parameters, a problem of the data (``ValueError``:
     finite images that overflow the forward); later, a run that diverged
     (``NonFiniteLossError``)."""
-    value, _ = evaluator(run.net, run.loss, EVAL_BATCH)(params, x, y)
+    value, _ = evaluator(run.net, run.loss, EVAL_BATCH)(params, x, y, net_state)
     if math.isfinite(value):
         return
     if step == 0:
@@ -513,7 +528,7 @@ def _check_before_training(run: _Run, state: _State) -> GradCheck:
     if run.plan is not None:
         run.log(f"data-parallel over {run.plan.describe()}: batch {run.batch_size}, "
                 f"{run.batch_size // run.plan.size} per device")
-    first = _check_gradients(run, state.params, state.key, state.step,
+    first = _check_gradients(run, state.params, state.net_state, state.key, state.step,
                              state.order[:run.batch_size], "gradient check before training")
     run.log(first.line())
     if state.step == 0:
@@ -548,18 +563,20 @@ def _run_epoch(run: _Run, state: _State, epoch: int, run_step: Callable, bar,
     ``checkpoint_every`` steps (but at the epoch's end, checkpointed after evaluation)."""
     per_epoch, check_every, save_every = run.steps_per_epoch, run.check_grads, run.checkpoint_every
     batches = state.order[:per_epoch * run.batch_size].reshape(per_epoch, run.batch_size)
-    params, opt_state, step = state.params, state.opt_state, state.step
+    params, opt_state, net_state, step = (state.params, state.opt_state, state.net_state,
+                                          state.step)
     losses = list(state.epoch_losses)
     for b in range(step - epoch * per_epoch, per_epoch):
         if check_every and step % check_every == 0 and step != start:
-            _check_gradients(run, params, state.key, step, batches[b], "gradient check")
-        new = run_step(params, opt_state, batches[b], step)
-        value = float(new[2])
+            _check_gradients(run, params, net_state, state.key, step, batches[b],
+                             "gradient check")
+        new = run_step(params, opt_state, net_state, batches[b], step)
+        value = float(new[3])
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"non-finite loss ({value}) at step {step} (epoch {epoch + 1}, batch {b + 1} of "
                 f"{per_epoch}); training stopped" + _kept(run), step)
-        params, opt_state = new[0], new[1]
+        params, opt_state, net_state = new[:3]
         losses.append(value)
         step += 1
         bar.update(1)
@@ -567,18 +584,21 @@ def _run_epoch(run: _Run, state: _State, epoch: int, run_step: Callable, bar,
             bar.set_postfix_str(report.postfix(epoch, run.epochs, np.mean(losses),
                                                state.history), refresh=False)
         if save_every and step % save_every == 0 and b != per_epoch - 1:
-            _checkpoint(run, state._replace(params=params, opt_state=opt_state, step=step,
+            _checkpoint(run, state._replace(params=params, opt_state=opt_state,
+                                            net_state=net_state, step=step,
                                             epoch_losses=losses))
-    return state._replace(params=params, opt_state=opt_state, step=step, epoch_losses=losses)
+    return state._replace(params=params, opt_state=opt_state, net_state=net_state, step=step,
+                          epoch_losses=losses)
 
 
 def _evaluate(run: _Run, state: _State, epoch: int, t_epoch: float, bar) -> _State:
     """The epoch's ``history`` record: its mean training loss, the accuracy on the first
     10,000 training examples (``_EVAL_TRAIN``), the test loss and accuracy, the seconds it took."""
     evaluate_set = evaluator(run.net, run.loss, EVAL_BATCH)
-    params, n_eval = run.local(state.params), min(run.n_train, _EVAL_TRAIN)
-    _, train_acc = evaluate_set(params, run.x_train[:n_eval], run.y_train[:n_eval])
-    test_loss, test_acc = (evaluate_set(params, run.x_test, run.y_test)
+    params, net_state = run.local(state.params), run.local(state.net_state)
+    n_eval = min(run.n_train, _EVAL_TRAIN)
+    _, train_acc = evaluate_set(params, run.x_train[:n_eval], run.y_train[:n_eval], net_state)
+    test_loss, test_acc = (evaluate_set(params, run.x_test, run.y_test, net_state)
                            if run.x_test is not None else (None, None))
     losses = state.epoch_losses
     history = [*state.history, {
@@ -610,7 +630,7 @@ def _checkpoint(run: _Run, state: _State) -> None:
     """Save ``state`` as its step, once its parameters and optimizer state are checked finite
     (``NonFiniteStateError``; checked without ``out`` too).  A step saved already (the one a
     run resumed from) is not saved again; a failed save is a ``TrainingError``."""
-    bad = _non_finite(run.local((state.params, state.opt_state)))
+    bad = _non_finite(run.local((state.params, state.opt_state, state.net_state)))
     if bad:
         epoch = -(-state.step // run.steps_per_epoch)
         raise NonFiniteStateError(
@@ -631,9 +651,9 @@ def _checkpoint(run: _Run, state: _State) -> None:
 
 
 def _state_name(name: str) -> str:
-    """``0/0/w`` of ``(params, opt_state)`` as ``params/0/w``."""
+    """``0/0/w`` of ``(params, opt_state, net_state)`` as ``params/0/w``."""
     head, _, rest = name.partition("/")
-    return ("params" if head == "0" else "opt_state") + "/" + rest
+    return {"0": "params", "1": "opt_state"}.get(head, "net_state") + "/" + rest
 
 
 def _kept(run: _Run) -> str:
@@ -648,7 +668,7 @@ def _finish(run: _Run, state: _State, seconds: float) -> FitResult:
     summary = _summarise(run, state, seconds)
     _write_outputs(run, state.history, summary)
     run.log(report.final_line(summary, run.out))
-    return FitResult(state.params, state.opt_state, state.history, summary)
+    return FitResult(state.params, state.opt_state, state.history, summary, state.net_state)
 
 
 def _nothing_to_do(run: _Run, state: _State) -> FitResult:

@@ -35,9 +35,11 @@ from jaxcnn.core import Layer, Shape, check_input_shape
 from jaxcnn.dense import Dense, Flatten
 from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel
 from jaxcnn.network import serial
+from jaxcnn.norm import BatchNorm
 from jaxcnn.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["small", "lenet5", "ufldl", "deepid", "resnet", "ARCHS", "Recipe", "RECIPES", "get"]
+__all__ = ["small", "lenet5", "ufldl", "deepid", "resnet", "resnet_bn", "ARCHS", "Recipe",
+           "RECIPES", "get"]
 
 _he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations' scale
 _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
@@ -150,16 +152,29 @@ def deepid(input_shape=(39, 31, 1), num_classes: int = 10) -> Layer:
         Dense(num_classes, w_init=_glorot))
 
 
-def _basic_block(features: int, strides: int) -> Layer:
-    """He et al.'s basic block: ``relu(x + conv3x3(relu(conv3x3(x))))``; where it halves the
-    maps or changes their number, the skip is a strided 1x1 convolution (a projection)."""
-    body = serial(Conv2D(features, 3, strides, padding="SAME", w_init=_he), ReLU(),
-                  Conv2D(features, 3, padding="SAME", w_init=_he))
-    skip = Identity() if strides == 1 else Conv2D(features, 1, strides, w_init=_he)
+def _conv(features: int, k: int, strides: int = 1, batch_norm: bool = False) -> tuple:
+    """A ``"SAME"`` convolution, with BatchNorm after it (and no bias, which BatchNorm's mean
+    would remove) when ``batch_norm``."""
+    if not batch_norm:
+        return (Conv2D(features, k, strides, padding="SAME", w_init=_he),)
+    return (Conv2D(features, k, strides, padding="SAME", use_bias=False, w_init=_he),
+            BatchNorm())
+
+
+def _basic_block(features: int, strides: int, batch_norm: bool = False) -> Layer:
+    """He et al.'s basic block: ``relu(x + conv3x3(relu(conv3x3(x))))``, BatchNorm after each
+    convolution when ``batch_norm``; where it halves the maps or changes their number, the
+    skip is a strided 1x1 convolution (a projection)."""
+    body = serial(*_conv(features, 3, strides, batch_norm), ReLU(),
+                  *_conv(features, 3, 1, batch_norm))
+    project = Conv2D(features, 1, strides, use_bias=not batch_norm, w_init=_he)
+    skip = (Identity() if strides == 1 else
+            serial(project, BatchNorm()) if batch_norm else project)
     return serial(FanOut(2), parallel(body, skip), FanInSum(), ReLU())
 
 
-def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1) -> Layer:
+def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1,
+           batch_norm: bool = False) -> Layer:
     """A small CIFAR-style residual net (He, Zhang, Ren & Sun 2016, section 4.2).
 
     A 3x3 conv stem of 16 maps (ReLU), three stages of ``blocks`` basic blocks each with 16,
@@ -167,19 +182,27 @@ def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1) -> L
     and projects its skip with a 1x1 convolution -- global average pooling and ``num_classes``
     logits: ``6 blocks + 2`` layers with weights (ResNet-8 for ``blocks=1``, He et al.'s
     ResNet-20 for 3).  All ``"SAME"``; any input of at least 4x4 works (8x8 digits: 8, 4, 2).
-    He init.
+    He init.  ``batch_norm``: BatchNorm after every convolution, as He et al. (``resnet_bn``).
     """
     _shape("resnet", input_shape)
     stages = []
     for features, strides in ((16, 1), (32, 2), (64, 2)):
-        stages += [_basic_block(features, strides)] + \
-            [_basic_block(features, 1) for _ in range(int(blocks) - 1)]
-    return serial(Conv2D(16, 3, padding="SAME", w_init=_he), ReLU(), *stages,
+        stages += [_basic_block(features, strides, batch_norm)] + \
+            [_basic_block(features, 1, batch_norm) for _ in range(int(blocks) - 1)]
+    return serial(*_conv(16, 3, 1, batch_norm), ReLU(), *stages,
                   GlobalAvgPool2D(), Dense(num_classes, w_init=_glorot))
 
 
+def resnet_bn(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1) -> Layer:
+    """``resnet`` with BatchNorm after every convolution (and no convolution bias), as He et
+    al. train it: its running statistics are state (``jaxcnn.state``), updated by ``fit``
+    every step and used to evaluate."""
+    return resnet(input_shape, num_classes, blocks, batch_norm=True)
+
+
 ARCHS: dict[str, Callable[..., Layer]] = {
-    "small": small, "lenet5": lenet5, "ufldl": ufldl, "deepid": deepid, "resnet": resnet}
+    "small": small, "lenet5": lenet5, "ufldl": ufldl, "deepid": deepid, "resnet": resnet,
+    "resnet-bn": resnet_bn}
 """The zoo by name (``jaxcnn train --arch``): ``name -> fn(input_shape, num_classes)``."""
 
 
@@ -198,6 +221,7 @@ RECIPES: dict[str, Recipe] = {
     "ufldl": Recipe(1e-2, 30),
     "deepid": Recipe(1e-3, 30),
     "resnet": Recipe(1e-3, 30),
+    "resnet-bn": Recipe(1e-3, 30),
 }
 """The ``Recipe`` of each net in ``ARCHS``, by name."""
 

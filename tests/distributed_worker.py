@@ -173,7 +173,39 @@ def check_fit(out: str) -> None:
          unknown=error_of(lambda: dist.data_parallel([99])))
 
 
-CHECKS = {"step": check_step, "stochastic": check_stochastic, "fit": check_fit}
+BN_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME", use_bias=False), jc.BatchNorm(), jc.ReLU(),
+                   jc.MaxPool2D(2), jc.Flatten(), jc.Dense(10))
+
+
+def check_state(out: str) -> None:
+    """BatchNorm on 8 devices: batch statistics per device, the running statistics averaged
+    over devices -- one step, both gradient modes, is the single-device step with microbatches
+    of the per-device batch (4 rows); and a short run with fit, likewise."""
+    plan = dist.data_parallel("all")
+    params, _ = train.init_params(BN_NET, (8, 8, 1))
+    state = jc.init_state(BN_NET, (8, 8, 1))
+    x, y, index = DIGITS.x_train[:32], DIGITS.y_train[:32], np.arange(32)
+    xs, ys = dist.shard_batch(plan, DIGITS.x_train, index), dist.shard_batch(plan, DIGITS.y_train,
+                                                                             index)
+    rparams, rstate = dist.replicate(plan, (params, state))
+    results = {}
+    for g in train.GRADS:
+        sharded = jax.jit(dist.loss_grad_and_state(BN_NET, LOSS, plan, g))(rparams, rstate, xs, ys)
+        chunked = jax.jit(train.loss_grad_and_state(BN_NET, LOSS, g, microbatch=4))(
+            params, state, x, y)
+        results[f"sharded_{g}"], results[f"chunked_{g}"] = leaves(sharded), leaves(chunked)
+    whole = jax.jit(train.loss_grad_and_state(BN_NET, LOSS))(params, state, x, y)
+    xv, yv = DIGITS.x_train[:160], DIGITS.y_train[:160]
+    kw = dict(optimizer=ADAM, epochs=2, batch_size=32, verbose=False)
+    single = train.fit(BN_NET, params, xv, yv, microbatch=4, **kw)
+    sharded = train.fit(BN_NET, params, xv, yv, devices="all", **kw)
+    save(out, "state", **results, whole=leaves(whole),
+         fit_single=leaves((single.params, single.state)),
+         fit_sharded=leaves((sharded.params, sharded.state)))
+
+
+CHECKS = {"step": check_step, "stochastic": check_stochastic, "fit": check_fit,
+          "state": check_state}
 
 if __name__ == "__main__":
     out_dir = sys.argv[1]

@@ -78,3 +78,16 @@ def concat_split_swapped(layer, params, cache, x, delta):
     eq. 6.7 taken from the wrong end (meaningful for two inputs of one size)."""
     _, parts = layer.backward(params, cache, delta)
     return (), tuple(reversed(parts))
+
+
+def batchnorm_without_statistics_terms(layer, params, cache, x, delta):
+    """BatchNorm's input residual as if the batch mean and variance were constants,
+    ``dx = delta scale / sigma``: the terms through them (eqs. 7.7-7.9) dropped from eq. 7.10."""
+    grads, _ = layer.backward(params, cache, delta)
+    scale = params["scale"].reshape((1,) * (delta.ndim - 1) + (-1,))
+    return grads, delta * scale * cache.inv_std.astype(delta.dtype)
+
+
+def dropout_not_rescaled(layer, params, cache, x, delta):
+    """Dropout's backward with the cached mask but without the ``1 / (1 - rate)`` (eq. 7.16)."""
+    return (), delta * cache.mask.astype(delta.dtype)

@@ -205,7 +205,7 @@ def layer_line(net) -> str:
 def test_api_doc_lists_the_layers_of_each_zoo_net(arch):
     """Each zoo section spells out the layers the code builds at the default input shape."""
     line = layer_line(jaxcnn.zoo.ARCHS[arch]())
-    section = api_section(rf"`zoo\.{arch}`")
+    section = api_section(rf"`zoo\.{jaxcnn.zoo.ARCHS[arch].__name__}`")
     assert f"`{line}`" in section, f"the zoo.{arch} section of docs/api.md lacks `{line}`"
 
 

@@ -287,3 +287,25 @@ def test_a_wrong_leaf_inside_combinators_is_named_by_its_path():
                                                        branch_point_one_branch_only)),
                          jc.softmax_cross_entropy, params, x, labels)
     assert bad.first_bad_layer == 1 and bad.first_bad_path == "FanOut", str(bad)
+
+
+@pytest.mark.parametrize("index, mistake", [(0, "batchnorm_without_statistics_terms"),
+                                            (1, "dropout_not_rescaled")])
+def test_a_wrong_normalisation_or_dropout_is_pinned_on_its_layer(index, mistake):
+    """BatchNorm's backward without the terms through the batch statistics (eq. 7.10), and
+    dropout's without ``1 / (1 - rate)`` (eq. 7.16), are each pinned on their layer."""
+    import mutants
+
+    layers = [jc.BatchNorm(), jc.Dropout(0.3), jc.Flatten(), jc.Dense(4)]
+    layers[index] = mutate(layers[index], getattr(mutants, mistake))
+    net = jc.serial(*layers)
+    rng = np.random.default_rng(0)
+    params, _ = net.init(jax.random.key(0), (3, 3, 2))
+    params = jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.3 * rng.normal(size=p.shape),
+                                                jnp.float64), params)
+    x = jnp.asarray(rng.normal(size=(4, 3, 3, 2)))
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, jnp.asarray([0, 3, 1, 2]),
+                            key=jax.random.key(2))
+    assert report.first_bad_layer == index, str(report)
+    assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
+    assert f"FAILED: first wrong layer is {index} ({layers[index].name})" in str(report)

@@ -62,7 +62,7 @@ def worker(tmp_path_factory):
         return {k: [v[i] for i in sorted(v)] if isinstance(v, dict) else v
                 for k, v in arrays.items()}
 
-    results = {name: load(name) for name in ("step", "stochastic", "fit")}
+    results = {name: load(name) for name in ("step", "stochastic", "fit", "state")}
     results["run8"] = out / "run8"
     return results
 
@@ -143,6 +143,23 @@ def test_a_sharded_stochastic_run_is_reproducible_from_its_seed(worker):
     r = worker["stochastic"]
     assert all(np.array_equal(a, b) for a, b in zip(r["run_a"], r["run_b"]))
     assert not np.allclose(r["run_a"][0], r["run_c"][0])
+
+
+# --- state: BatchNorm's running statistics ---------------------------------------------------
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_batch_statistics_are_per_device_as_microbatches_are(worker, grad):
+    """With BatchNorm, the 8-device step (each device normalising its 4 rows, the running
+    statistics averaged over devices) is the single-device step in microbatches of 4: the same
+    loss, gradients and new state -- and not the whole batch's (whose statistics are global)."""
+    r = worker["state"]
+    assert_trees_close(r[f"sharded_{grad}"], r[f"chunked_{grad}"], F32)
+    assert not np.allclose(r["whole"][1], r["chunked_manual"][1], **F32)
+
+
+def test_a_sharded_batchnorm_run_ends_where_the_microbatched_run_does(worker):
+    r = worker["state"]
+    assert_trees_close(r["fit_sharded"], r["fit_single"], RUN_F32)
 
 
 # --- fit -----------------------------------------------------------------------------------

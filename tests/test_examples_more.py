@@ -32,13 +32,14 @@ def number(pattern, text):
 
 def test_train_zoo(tmp_path):
     out = run_example("train_zoo.py", "--fast", "--out", str(tmp_path))
-    for net in ("lenet5", "deepid", "resnet"):
+    for net in ("lenet5", "deepid", "resnet", "resnet-bn"):
         assert f"== {net}\ninput (8, 8, 1)" in out
         assert_picture(tmp_path / f"train_zoo_{net}_kernels.png", min_hw=(150, 400))
     assert "total: 21,386 parameters" in out and "total: 72,690 parameters" in out
     assert "total: 77,418 parameters" in out
     assert "FanInConcat" in out and "GlobalAvgPool2D" in out      # the branching nets' summaries
-    assert out.count("2 epochs in") == 3
+    assert "total: 77,754 parameters" in out and "BatchNorm" in out
+    assert out.count("2 epochs in") == 4
     for worst in re.findall(r"worst relative error ([0-9.e+-]+)", out):
         assert float(worst) < 1e-4
     assert_picture(tmp_path / "train_zoo_curves.png")

@@ -95,10 +95,10 @@ def _worker(out: str, kill: str, every: int) -> None:
         def fit_step(*args):
             step_fn = real_step(*args)
 
-            def killing(params, opt_state, x, y, index, key, step):
-                if step == k:
+            def killing(*step_args):        # (params, opt_state, net_state, ..., step)
+                if step_args[-1] == k:
                     die()
-                return step_fn(params, opt_state, x, y, index, key, step)
+                return step_fn(*step_args)
             return killing
         train.fit_step = fit_step
     elif kind == "save-during":

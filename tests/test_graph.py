@@ -17,8 +17,20 @@ def random_like(tree, rng, dtype=None):
     return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), dtype or a.dtype), tree)
 
 
+def init_jitted(net, shape, seed=0):
+    """``net.init`` jitted (one compile rather than one per random op); ``(params, out)``."""
+    shapes = []
+
+    def init(key):
+        params, out = net.init(key, shape)
+        shapes.append(out)                      # static: kept outside the trace
+        return params
+
+    return jax.jit(init)(jax.random.key(seed)), shapes[0]
+
+
 def init64(net, shape, seed=0):
-    params, out = net.init(jax.random.key(seed), shape)
+    params, out = init_jitted(net, shape, seed)
     return jax.tree.map(lambda p: p.astype(jnp.float64), params), out
 
 
@@ -33,9 +45,15 @@ def check_layer_vjp(layer, params, x, *, key=None, train=True, tol=1e-12):
     y, cache = jax.jit(lambda p, x: layer.forward(p, x, key=key, train=train))(params, x)
     delta = random_like(y, np.random.default_rng(3))
     got = jax.jit(layer.backward)(params, cache, delta)
-    want_y, vjp = jax.vjp(lambda p, x: layer.apply(p, x, key=key, train=train), params, x)
+    want_y, want = jax.jit(lambda p, x, delta: _apply_and_vjp(layer, p, x, delta, key, train))(
+        params, x, delta)
     assert_tree_close(y, want_y, tol)
-    assert_tree_close(got, vjp(delta), tol)
+    assert_tree_close(got, want, tol)
+
+
+def _apply_and_vjp(layer, params, x, delta, key, train):
+    y, vjp = jax.vjp(lambda p, x: layer.apply(p, x, key=key, train=train), params, x)
+    return y, vjp(delta)
 
 
 # --- each combinator, against jax.vjp --------------------------------------------------------
@@ -124,7 +142,7 @@ NETS = {
 def test_branching_nets_equal_jax_grad(name, dtype):
     make, shape = NETS[name]
     net = make()
-    params, out = net.init(jax.random.key(0), shape)
+    params, out = init_jitted(net, shape)
     assert out == (10,)
     rng = np.random.default_rng(0)
     params = random_like(params, rng, dtype) if name not in ("deepid", "resnet") else \
@@ -132,7 +150,8 @@ def test_branching_nets_equal_jax_grad(name, dtype):
     x = jnp.asarray(rng.normal(size=(3, *shape)), dtype)
     labels = jnp.asarray([1, 7, 3], jnp.int32)
     value, grads = jax.jit(jc.value_and_grad(net, LOSS))(params, x, labels)
-    ref_value, ref = jax.value_and_grad(lambda p: LOSS.value(net.apply(p, x), labels))(params)
+    ref_value, ref = jax.jit(jax.value_and_grad(
+        lambda p, x, labels: LOSS.value(net.apply(p, x), labels)))(params, x, labels)
     tol = {jnp.float64: 1e-10, jnp.float32: 1e-5}[dtype]
     assert abs(float(value) - float(ref_value)) <= tol * abs(float(ref_value))
     assert_tree_close(grads, ref, tol)
@@ -149,19 +168,23 @@ def test_stochastic_branch_vmap_microbatch_and_bridge():
     x = jnp.asarray(rng.normal(size=(4, 6, 6, 1)))
     labels = jnp.asarray([0, 1, 2, 3], jnp.int32)
     key = jax.random.key(9)
-    _, grads = jc.value_and_grad(net, LOSS)(params, x, labels, key=key)
-    ref = jax.grad(lambda p: LOSS.value(net.apply(p, x, key=key), labels))(params)
+    # everything jitted: op by op, each shape compiles every operation of the net
+    f = jax.jit(jc.value_and_grad(net, LOSS))
+    _, grads = f(params, x, labels, key=key)
+    ref = jax.jit(jax.grad(lambda p, x, labels, key: LOSS.value(net.apply(p, x, key=key),
+                                                                labels)))(params, x, labels, key)
     assert_tree_close(grads, ref, 1e-10)
-    f = jc.value_and_grad(net, LOSS)
-    per_example = jax.vmap(lambda x, t: f(params, x[None], t[None], key=key)[1])(x, labels)
+    per_example = jax.jit(jax.vmap(lambda x, t: f(params, x[None], t[None], key=key)[1]))(
+        x, labels)
     one = f(params, x[1:2], labels[1:2], key=key)[1]
     assert_tree_close(jax.tree.map(lambda g: g[1], per_example), one, 1e-12)
-    _, chunked = jc.value_and_grad(net, LOSS, microbatch=2)(params, x, labels, key=key)
+    _, chunked = jax.jit(jc.value_and_grad(net, LOSS, microbatch=2))(params, x, labels, key=key)
     keys = jax.random.split(key, 2)
     halves = [f(params, x[i:i + 2], labels[i:i + 2], key=k)[1] for i, k in zip((0, 2), keys)]
     assert_tree_close(chunked, jax.tree.map(lambda a, b: (a + b) / 2, *halves), 1e-12)
     bridged = jc.bridge(net, key=key)
-    g = jax.grad(lambda p: LOSS.value(bridged(p, x), labels))(params)
+    g = jax.jit(jax.grad(lambda p, x, labels: LOSS.value(bridged(p, x), labels)))(
+        params, x, labels)
     assert_tree_close(g, ref, 1e-10)
 
 

@@ -61,3 +61,28 @@ def test_harness_catches_a_wrong_backward(name):
     assert max(backward_errors(layer, params, x, key=key)) <= TOL[jnp.dtype("float64")]
     bad = mutate(layer, mutant)
     assert max(backward_errors(bad, params, x, key=key)) > 1e-3, f"harness missed: {name}"
+
+
+NORM_MUTANTS = {
+    "batchnorm backward without the mean and variance terms": (
+        jc.BatchNorm(), "batchnorm_without_statistics_terms", (4, 3, 3, 2)),
+    "dropout backward without 1 / (1 - rate)": (jc.Dropout(0.5), "dropout_not_rescaled", (4, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORM_MUTANTS))
+def test_harness_catches_a_wrong_normalisation_or_dropout(name):
+    """The two classic mistakes of section 7 of the derivation: BatchNorm's backward without
+    the terms through the batch statistics, and dropout's without its rescaling.  Both layers
+    run in training mode, dropout with its key."""
+    import mutants
+
+    layer, mutant, shape = NORM_MUTANTS[name]
+    # not seed 0, the harness's cotangent: for delta = x BatchNorm's dx nearly vanishes
+    x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float64)
+    params, _ = layer.init(jax.random.key(0), shape[1:])
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    key = jax.random.key(1)
+    assert max(backward_errors(layer, params, x, key=key)) <= TOL[jnp.dtype("float64")]
+    bad = mutate(layer, getattr(mutants, mutant))
+    assert max(backward_errors(bad, params, x, key=key)) > 1e-3, f"harness missed: {name}"

@@ -10,7 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxcnn as jc
-from harness import rel_err
+from harness import init_as, rel_err
 
 
 def lenet5():
@@ -36,8 +36,7 @@ TOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
 def setup(name, dtype, n=4, seed=0):
     make, shape = NETS[name]
     net = make()
-    params, out_shape = net.init(jax.random.key(seed), shape)
-    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    params, out_shape = init_as(net, shape, dtype, seed)
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(n, *shape)), dtype)
     labels = jnp.asarray(rng.integers(0, out_shape[0], size=n))
@@ -62,12 +61,12 @@ def test_network_matches_jax_grad(name, dtype):
 def test_squared_error_network_matches_jax_grad():
     net = jc.serial(jc.Conv2D(3, 3), jc.Sigmoid(), jc.AvgPool2D(2, 1), jc.Flatten(),
                     jc.Dense(4), jc.Sigmoid())
-    params, _ = net.init(jax.random.key(0), (6, 5, 2))
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    params, _ = init_as(net, (6, 5, 2), jnp.float64)
     rng = np.random.default_rng(0)
     x, y = jnp.asarray(rng.normal(size=(3, 6, 5, 2))), jnp.asarray(rng.uniform(size=(3, 4)))
-    _, grads = jc.value_and_grad(net, jc.squared_error)(params, x, y)
-    ref = jax.grad(lambda p: jc.squared_error.value(net.apply(p, x), y))(params)
+    _, grads = jax.jit(jc.value_and_grad(net, jc.squared_error))(params, x, y)
+    ref = jax.jit(jax.grad(lambda p, x, y: jc.squared_error.value(net.apply(p, x), y)))(
+        params, x, y)
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
         assert rel_err(g, r) <= 1e-12
 
@@ -79,10 +78,9 @@ def test_central_finite_differences_float64():
     net = jc.serial(jc.Conv2D(3, 3, strides=2, padding="SAME"), jc.Tanh(),
                     jc.MaxPool2D(2, 1), jc.Conv2D(4, 2, groups=1), jc.Sigmoid(),
                     jc.AvgPool2D(2), jc.Flatten(), jc.Dense(5))
-    params, _ = net.init(jax.random.key(1), (9, 9, 2))
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    params, _ = init_as(net, (9, 9, 2), jnp.float64, seed=1)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 2)))
-    f = jc.bridge(net)
+    f = jax.jit(jc.bridge(net))             # one compile for all of check_grads' evaluations
     check_grads(f, (params, x), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-7)
 
 
@@ -100,7 +98,7 @@ def test_finite_differences_catch_a_wrong_backward():
 
 def test_per_example_gradients_with_vmap():
     net, params, x, labels = setup("lenet5", jnp.float64, n=3)
-    vg = jc.value_and_grad(net, jc.softmax_cross_entropy)
+    vg = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))
     losses, grads = jax.jit(jax.vmap(lambda xi, yi: vg(params, xi[None], yi[None])))(x, labels)
     assert losses.shape == (3,)
     for i in range(3):
@@ -139,12 +137,12 @@ def test_bridge_inside_a_plain_jax_program():
 def test_serial_nests():
     inner = jc.serial(jc.Conv2D(2, 3), jc.ReLU())
     net = jc.serial(inner, jc.Flatten(), jc.Dense(2))
-    params, out = net.init(jax.random.key(0), (5, 5, 1))
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    params, out = init_as(net, (5, 5, 1), jnp.float64)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 1)))
-    _, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(params, x, jnp.asarray([0, 1]))
-    ref = jax.grad(lambda p: jc.softmax_cross_entropy.value(net.apply(p, x),
-                                                            jnp.asarray([0, 1])))(params)
+    labels = jnp.asarray([0, 1])
+    _, grads = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))(params, x, labels)
+    ref = jax.jit(jax.grad(lambda p, x, labels: jc.softmax_cross_entropy.value(
+        net.apply(p, x), labels)))(params, x, labels)
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
         assert rel_err(g, r) <= 1e-12
 
@@ -157,7 +155,7 @@ def test_microbatches_give_the_whole_batch_gradient(name):
     net, params, x, labels = setup(name, jnp.float64, n=6)
     key = jax.random.key(3)
     loss = jc.softmax_cross_entropy
-    whole = jc.value_and_grad(net, loss)
+    whole = jax.jit(jc.value_and_grad(net, loss))      # jitted as ``one`` below: bitwise equal
     chunked = jax.jit(jc.value_and_grad(net, loss, microbatch=2))
     if name == "deep":      # stochastic pooling: the draws follow the chunks' keys
         keys = jax.random.split(key, 3)
@@ -170,7 +168,7 @@ def test_microbatches_give_the_whole_batch_gradient(name):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
     # a microbatch at least the batch is one chunk: the whole batch, key and all
-    one = jc.value_and_grad(net, loss, microbatch=8)(params, x, labels, key=key)
+    one = jax.jit(jc.value_and_grad(net, loss, microbatch=8))(params, x, labels, key=key)
     for g, w in zip(jax.tree.leaves(one), jax.tree.leaves(whole(params, x, labels, key=key))):
         np.testing.assert_array_equal(g, w)
 
@@ -204,7 +202,7 @@ def test_lax_backward_is_autodiffs_convolutions_and_products():
         jc.Conv2D(6, 3, dilation=2, groups=2, padding="SAME", method="lax"), jc.AvgPool2D(2),
         jc.Conv2D(8, (2, 1), groups=2, method="lax"), jc.Sigmoid(),
         jc.Flatten(), jc.Dense(12), jc.ReLU(), jc.Dense(10))
-    params, _ = net.init(jax.random.key(0), (13, 11, 2))
+    params = jax.eval_shape(lambda k: net.init(k, (13, 11, 2))[0], jax.random.key(0))
     x, y = jnp.zeros((3, 13, 11, 2), jnp.float32), jnp.zeros((3,), jnp.int32)
     loss = jc.softmax_cross_entropy
     hand = jc.value_and_grad(net, loss)

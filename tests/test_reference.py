@@ -44,16 +44,21 @@ def test_reference_conv_passes_are_the_vjp_of_its_forward(g, groups, c_g, f_g, n
     x = jnp.asarray(rng.normal(size=(n, *g.in_hw, groups * c_g)), dtype)
     w = jnp.asarray(rng.normal(size=(*g.size, c_g, groups * f_g)), dtype)
     b = jnp.asarray(rng.normal(size=(groups * f_g,)), dtype)
-    y, vjp = jax.vjp(lambda x, w, b: ref.forward(x, w, b, g, groups), x, w, b)
-    want_y, lax_vjp = jax.vjp(lambda p, x: lax_conv(p, x, g.strides, g.padding, g.dilation,
-                                                    groups), {"w": w, "b": b}, x)
+    forward = lambda x, w, b: ref.forward(x, w, b, g, groups)  # noqa: E731
+    delta = jnp.asarray(rng.normal(size=jax.eval_shape(forward, x, w, b).shape), dtype)
+
+    @jax.jit        # one program per drawn geometry: op by op, each shape compiles every op
+    def passes(x, w, b, delta):
+        y, vjp = jax.vjp(forward, x, w, b)
+        want_y, lax_vjp = jax.vjp(lambda p, x: lax_conv(p, x, g.strides, g.padding, g.dilation,
+                                                        groups), {"w": w, "b": b}, x)
+        hand = (ref.backward_bias(delta), ref.backward_kernel(x, delta, g, groups),
+                ref.backward_input(delta, w, g, groups),
+                ref.backward_input_full(delta, w, g, groups))
+        return y, want_y, vjp(delta), lax_vjp(delta), hand
+
+    y, want_y, (dx, dw, db), (lax_grads, lax_dx), hand = passes(x, w, b, delta)
     assert_close(y, want_y, dtype)
-    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
-    dx, dw, db = vjp(delta)
-    lax_grads, lax_dx = lax_vjp(delta)
-    hand = jax.jit(lambda x, w, d: (ref.backward_bias(d), ref.backward_kernel(x, d, g, groups),
-                                    ref.backward_input(d, w, g, groups),
-                                    ref.backward_input_full(d, w, g, groups)))(x, w, delta)
     for got, want in zip(hand, (db, dw, dx, dx)):
         assert_close(got, want, dtype)
     for got, want in zip(hand, (lax_grads["b"], lax_grads["w"], lax_dx, lax_dx)):
@@ -111,26 +116,37 @@ def test_reference_pool_passes_are_the_vjp_of_their_forwards(g, count_include_pa
     rng = np.random.default_rng(int(ties) + 2 * int(count_include_pad))
     shape = (2, *g.in_hw, 3)
     x = jnp.asarray(rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape), dtype)
-    size = ref_pool.window_size(g, count_include_pad, dtype)
-    y, vjp = jax.vjp(lambda x: ref_pool.avg_forward(x, g, size), x)
-    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
-    assert_close(ref_pool.avg_backward(delta, g, size), vjp(delta)[0], dtype)
-    y, index = ref_pool.max_forward(x, g)
-    want, vjp = jax.vjp(lambda x: jax.lax.reduce_window(
-        x, np.array(-np.inf, x.dtype), jax.lax.max, (1, *g.size, 1), (1, *g.strides, 1),
-        ((0, 0), *g.padding, (0, 0))), x)
-    assert_close(y, want, dtype)
-    assert_close(ref_pool.route(index, delta, g), vjp(delta)[0], dtype)
-    if any(k > n for k, n in zip(g.size, g.in_hw)):
-        return                                            # stochastic pooling pads nothing
+    delta = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)), dtype)
+    # stochastic pooling pads nothing
+    stochastic = not any(k > n for k, n in zip(g.size, g.in_hw))
     valid = geo.window("StochasticPool2D", g.in_hw, g.size, g.strides, (1, 1), "VALID")
-    a = jnp.where(x > 0.5, jnp.abs(x), 0)                   # non-negative, all-zero windows
-    y, vjp = jax.vjp(lambda a: ref_pool.stochastic_expectation(a, valid), a)
-    delta = jnp.asarray(rng.normal(size=y.shape), dtype)
-    assert_close(ref_pool.stochastic_expectation_backward(a, delta, valid), vjp(delta)[0], dtype)
-    _, index = ref_pool.stochastic_sample(a, valid, jax.random.key(0))
-    _, vjp = jax.vjp(lambda a: ref_pool.take(geo.windows(a, valid), index), a)
-    assert_close(ref_pool.route(index, delta, valid), vjp(delta)[0], dtype)
+    delta_s = jnp.asarray(rng.normal(size=(2, *valid.out_hw, 3)), dtype)
+
+    @jax.jit        # one program per drawn geometry: op by op, each shape compiles every op
+    def pairs(x, delta, delta_s):
+        """``(hand-written, jax.vjp)`` pairs, in the order of the docstring's equations."""
+        size = ref_pool.window_size(g, count_include_pad, dtype)
+        y, vjp = jax.vjp(lambda x: ref_pool.avg_forward(x, g, size), x)
+        assert y.shape == delta.shape
+        out = [(ref_pool.avg_backward(delta, g, size), vjp(delta)[0])]
+        y, index = ref_pool.max_forward(x, g)
+        want, vjp = jax.vjp(lambda x: jax.lax.reduce_window(
+            x, np.array(-np.inf, x.dtype), jax.lax.max, (1, *g.size, 1), (1, *g.strides, 1),
+            ((0, 0), *g.padding, (0, 0))), x)
+        out += [(y, want), (ref_pool.route(index, delta, g), vjp(delta)[0])]
+        if stochastic:
+            a = jnp.where(x > 0.5, jnp.abs(x), 0)           # non-negative, all-zero windows
+            y, vjp = jax.vjp(lambda a: ref_pool.stochastic_expectation(a, valid), a)
+            assert y.shape == delta_s.shape
+            out.append((ref_pool.stochastic_expectation_backward(a, delta_s, valid),
+                        vjp(delta_s)[0]))
+            _, index = ref_pool.stochastic_sample(a, valid, jax.random.key(0))
+            _, vjp = jax.vjp(lambda a: ref_pool.take(geo.windows(a, valid), index), a)
+            out.append((ref_pool.route(index, delta_s, valid), vjp(delta_s)[0]))
+        return out
+
+    for got, want in pairs(x, delta, delta_s):
+        assert_close(got, want, dtype)
 
 
 def test_reference_method_runs_the_textbook_in_a_layer():

@@ -374,7 +374,8 @@ def test_zoo_nets_adapt_to_the_input_size(name, shape):
     net = zoo.get(name, shape)
     assert zoo._output_shape(net, shape) == (10,)
     params = jax.eval_shape(lambda k: net.init(k, shape)[0], jax.random.key(0))
-    y = jax.eval_shape(lambda p, x: net.apply(p, x, train=False), params,
+    evaluated = jc.with_state(net, jc.init_state(net, shape))     # resnet-bn: its statistics
+    y = jax.eval_shape(lambda p, x: evaluated.apply(p, x, train=False), params,
                        jax.ShapeDtypeStruct((2, *shape), jnp.float32))
     assert y.shape == (2, 10)
 

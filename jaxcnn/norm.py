@@ -1,0 +1,361 @@
+"""Normalisation: BatchNorm (eqs. 7.1-7.10, 7.13, 7.14), LayerNorm (7.11) and GroupNorm (7.12),
+each with its hand-written backward.
+
+All three normalise sets of entries ``S`` to mean 0 and variance 1, then scale and shift each
+channel: ``x_hat = (x - mu_S) / sqrt(var_S + eps)``, ``y = scale * x_hat + bias`` (per channel,
+the last axis).  They differ only in ``S``:
+
+==========  ===========================================================  ====================
+layer       ``S``, for an input ``(N, H, W, C)``                          ``M = |S|``
+==========  ===========================================================  ====================
+BatchNorm   one channel ``c``, over the batch and every position           ``N H W``
+LayerNorm   one example at one position, over its channels (last axis)     ``C``
+GroupNorm   one example, over every position and one group's channels      ``H W C / G``
+==========  ===========================================================  ====================
+
+so one helper, ``_normalise``, computes eqs. 7.1-7.3 over given axes of a view of the input,
+one, ``_normalise_backward``, the compact form (eq. 7.10) over the same axes, and
+``_norm_layer`` holds the checks and the layer protocol for all three.  Inputs are ``(N, ..., C)``
+of rank >= 2 -- ``(N, H, W, C)`` images, ``(N, F)`` features.
+
+16-bit inputs are normalised in float32 (statistics, ``x_hat`` and the backward's sums; a
+float16 square of a deviation overflows past 256), and the output and gradients come back in
+the input's dtype.  An empty batch gives an empty output, except BatchNorm in training, which
+has no statistics to normalise with (``ValueError``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
+                         check_array, check_delta, check_input_shape, check_param, config,
+                         describe, positive_int)
+
+
+class NormCache(NamedTuple):
+    """What a normalisation's forward saves.
+
+    ``input``: the input's shape and dtype (static).  ``x_hat``: the normalised input (eq. 7.3),
+    the input's shape, in float32 at least.  ``inv_std``: ``1 / sigma`` per set ``S``,
+    broadcastable against the layer's view of the input (keepdims).  ``mean``, ``var``: the
+    statistics computed from this input (eqs. 7.1, 7.2, keepdims; BatchNorm's ``(1, ..., 1, C)``
+    are its batch statistics, which its state update reads), or ``None`` where the layer
+    normalised with fixed statistics (BatchNorm evaluating with its running ones, eq. 7.13):
+    the backward then has no terms through the mean and the variance.
+    """
+
+    input: Static
+    x_hat: Array
+    inv_std: Array
+    mean: Array | None = None
+    var: Array | None = None
+
+
+Plan = Callable[[Shape], tuple[Shape, tuple[int, ...]]]
+"""``plan(input shape) -> (view shape, axes)``: the input reshaped so that each set ``S`` is
+the entries of ``axes`` (the other axes indexing the sets)."""
+
+
+def _wide(dtype) -> jnp.dtype:
+    """The dtype the statistics are computed in: float32 for a 16-bit input, else its own."""
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
+
+
+def _normalise(v: Array, axes: tuple[int, ...], epsilon: float):
+    """Eqs. 7.1-7.3 over ``axes`` of ``v``: ``(x_hat, 1 / sigma, mu, var)``, the last three
+    keepdims.  The variance is the mean square of the centred entries (biased, two passes:
+    ``E[x^2] - mu^2`` would cancel catastrophically for large means)."""
+    mean = jnp.mean(v, axis=axes, keepdims=True)                                  # eq. 7.1
+    centred = v - mean
+    var = jnp.mean(centred * centred, axis=axes, keepdims=True)                   # eq. 7.2
+    inv_std = jax.lax.rsqrt(var + epsilon)                                        # eq. 7.3
+    return centred * inv_std, inv_std, mean, var
+
+
+def _normalise_backward(g: Array, x_hat: Array, inv_std: Array, axes: tuple[int, ...]) -> Array:
+    """Eq. 7.10, the compact form: ``dx = (1 / sigma) (g - mean_S g - x_hat mean_S(g x_hat))``
+    from ``g = dJ/dx_hat`` (eq. 7.6) -- the terms through the mean (eq. 7.8) and the variance
+    (eq. 7.7) included.  ``x_hat`` is O(1) whatever the input's mean, so nothing large cancels."""
+    mean_g = jnp.mean(g, axis=axes, keepdims=True)
+    mean_gx = jnp.mean(g * x_hat, axis=axes, keepdims=True)
+    return inv_std * (g - mean_g - x_hat * mean_gx)
+
+
+def _per_channel(p: Array, ndim: int) -> Array:
+    """A ``(C,)`` array shaped ``(1, ..., 1, C)`` against an input of rank ``ndim``."""
+    return p.reshape((1,) * (ndim - 1) + p.shape)
+
+
+def _check_input(name: str, x) -> None:
+    check_array(name, "the input", x, "(N, ..., C)")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected an input of rank >= 2, (N, ..., C) with the "
+                         f"channels last, got shape {tuple(x.shape)}")
+
+
+def _input_shape(name: str, input_shape) -> Shape:
+    """``init``'s per-example shape ``(..., C)``: a tuple of positive ints of rank >= 1."""
+    rank = len(input_shape) if isinstance(input_shape, (tuple, list)) else 1
+    return check_input_shape(name, input_shape, max(rank, 1), "(..., C), channels last")
+
+
+def _check_number(name: str, arg: str, value, low: float, high: float, closed: str) -> float:
+    """``value`` a real number in the interval from ``low`` to ``high``; ``closed`` says which
+    ends belong to it (``"[]"``, ``"[)"``, ``"()"``...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: {arg} must be a number, got {describe(value)}")
+    value = float(value)
+    above = value >= low if closed[0] == "[" else value > low
+    below = value <= high if closed[1] == "]" else value < high
+    if not (above and below):
+        raise ValueError(f"{name}: {arg} must be in {closed[0]}{low:g}, {high:g}{closed[1]}, "
+                         f"got {value}")
+    return value
+
+
+def _channel_params(name, params, c: int, dtype, use_scale: bool, use_bias: bool):
+    """``(scale, bias)`` from ``params``, each ``(C,)`` of the input's dtype, or ``None``."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{name}: expected params as a dict {{'scale', 'bias'}}, got "
+                         f"{type(params).__name__} -- params from another network?")
+    scale = check_param(name, params, "scale", (c,), dtype) if use_scale else None
+    bias = check_param(name, params, "bias", (c,), dtype) if use_bias else None
+    return scale, bias
+
+
+def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias: bool,
+                param_dtype, settings: dict, fixed=None, state: StateFns | None = None,
+                kind: str = "elementwise") -> Layer:
+    """The layer protocol around ``_normalise``: the sets ``S`` from ``plan``.
+
+    ``fixed``: for ``train=False``, ``fixed(C, dtype) -> (mean, var)``, each ``(C,)``, the
+    statistics to normalise with instead of the input's (BatchNorm; its unbound ``fixed``
+    raises); ``None``: the input's statistics in both modes (LayerNorm, GroupNorm).
+    """
+
+    def init(key, input_shape):
+        shape = _input_shape(name, input_shape)
+        plan((1, *shape))
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones(shape[-1:], param_dtype)
+        if use_bias:
+            params["bias"] = jnp.zeros(shape[-1:], param_dtype)
+        return params, shape
+
+    def forward(params, x, *, key=None, train=True):
+        _check_input(name, x)
+        scale, bias = _channel_params(name, params, x.shape[-1], x.dtype, use_scale, use_bias)
+        view, axes = plan(x.shape)
+        wide = _wide(x.dtype)
+        v = x.astype(wide).reshape(view)
+        if train or fixed is None:
+            if math.prod(view[a] for a in axes) == 0:
+                raise ValueError(f"{name}: an empty batch (input shape {tuple(x.shape)}) has no "
+                                 f"statistics to normalise with in training")
+            x_hat, inv_std, mean, var = _normalise(v, axes, epsilon)       # eqs. 7.1-7.3
+        else:
+            mean_run, var_run = fixed(x.shape[-1], wide)
+            inv_std = jax.lax.rsqrt(_per_channel(var_run, x.ndim) + epsilon)     # eq. 7.13
+            x_hat, mean, var = (v - _per_channel(mean_run, x.ndim)) * inv_std, None, None
+        x_hat = x_hat.reshape(x.shape)
+        y = x_hat
+        if use_scale:
+            y = y * _per_channel(scale.astype(wide), x.ndim)                         # eq. 7.4
+        if use_bias:
+            y = y + _per_channel(bias.astype(wide), x.ndim)
+        cache = NormCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)), x_hat, inv_std,
+                          mean, var)
+        return y.astype(x.dtype), cache
+
+    def backward(params, cache, delta):
+        shape, dtype = cache.input.value.shape, cache.input.value.dtype
+        scale, _ = _channel_params(name, params, shape[-1], dtype, use_scale, use_bias)
+        check_delta(name, delta, shape, dtype)
+        d, outer = delta.astype(cache.x_hat.dtype), tuple(range(len(shape) - 1))
+        grads = {}
+        if use_scale:
+            grads["scale"] = jnp.sum(d * cache.x_hat, axis=outer).astype(dtype)      # eq. 7.5
+        if use_bias:
+            grads["bias"] = jnp.sum(d, axis=outer).astype(dtype)                     # eq. 7.5
+        g = d * _per_channel(scale.astype(d.dtype), len(shape)) if use_scale else d  # eq. 7.6
+        if cache.mean is None:
+            return grads, (g * cache.inv_std).astype(dtype)                          # eq. 7.13
+        view, axes = plan(shape)
+        dx = _normalise_backward(g.reshape(view), cache.x_hat.reshape(view), cache.inv_std,
+                                 axes)                                               # eq. 7.10
+        return grads, dx.reshape(shape).astype(dtype)
+
+    return Layer(init, forward, backward, apply_from_forward(forward), name,
+                 config=config(kind=kind, epsilon=epsilon, use_scale=use_scale,
+                               use_bias=use_bias, **settings), state=state)
+
+
+def _settings(name: str, epsilon, use_scale, use_bias) -> float:
+    for arg, value in (("use_scale", use_scale), ("use_bias", use_bias)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} must be a bool, got {describe(value)}")
+    return _check_number(name, "epsilon", epsilon, 0.0, math.inf, "()")
+
+
+# --- batch normalisation ---------------------------------------------------------------------
+
+def BatchNorm(momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = True,
+              use_bias: bool = True, *, param_dtype=jnp.float32) -> Layer:
+    """Batch normalisation (Ioffe & Szegedy 2015): each channel (the last axis) normalised over
+    every other axis -- ``(N, H, W, C)`` over ``N, H, W``, ``(N, F)`` over ``N``.
+
+    Params ``{"scale": (C,), "bias": (C,)}`` (ones and zeros; a key only if used).
+
+    Training (``train=True``): with the batch's mean ``mu`` (eq. 7.1) and *biased* variance
+    ``var`` (eq. 7.2, as PyTorch and Flax), ``y = scale (x - mu) / sqrt(var + eps) + bias``
+    (eqs. 7.3, 7.4; ``eps`` inside the square root).  Backward, with ``M`` the entries per
+    channel (``N H W``) and ``sigma = sqrt(var + eps)``: ``dbias = sum dy``, ``dscale =
+    sum dy x_hat`` (eq. 7.5), ``dx = (scale / (M sigma)) (M dy - sum dy - x_hat sum(dy x_hat))``
+    (eq. 7.10, the terms through the mean and the variance included).  The cache
+    (``NormCache``) holds ``x_hat``, ``1 / sigma`` and the batch's ``mean`` and ``var``.
+    An empty batch has no statistics: ``ValueError``.
+
+    Evaluation (``train=False``) uses the running statistics, which are *state*, not params
+    (``Layer.state``, a ``StateFns``): ``init(input_shape) -> {"mean": zeros (C,), "var": ones
+    (C,)}`` in ``param_dtype``; ``update(state, cache)`` after a training forward:
+    ``new = momentum * old + (1 - momentum) * batch statistic`` (eq. 7.14) -- Flax's
+    convention, ``momentum`` the weight of the old value; PyTorch's ``momentum`` is ``1 -``
+    ours (its default 0.1 is our 0.9).  The running variance averages the same biased variance
+    training normalised with (as Flax; PyTorch averages the unbiased one): it is defined for a
+    channel of one entry, and ``M / (M - 1)`` is 1 to within a percent for the hundreds of
+    entries per channel of a conv net.  ``update`` is affine in the batch statistics, so the
+    mean of the updated states of several chunks or devices is the update with their mean
+    statistics.  ``bind(state)`` is the same layer evaluating with ``state`` (cast to the
+    input's dtype): the affine map ``y = scale (x - mean) / sqrt(var + eps) + bias``, backward
+    ``dx = dy scale / sqrt(var + eps)`` with the same ``dscale``, ``dbias`` (eq. 7.13); training
+    mode as unbound.  The unbound layer refuses ``train=False`` (``ValueError``): evaluate with
+    ``jc.with_state(net, state).apply(params, x, train=False)``.
+    """
+    name = "BatchNorm"
+    epsilon = _settings(name, epsilon, use_scale, use_bias)
+    momentum = _check_number(name, "momentum", momentum, 0.0, 1.0, "[]")
+
+    def plan(shape):
+        return tuple(shape), tuple(range(len(shape) - 1))
+
+    def unbound(c, dtype):
+        raise ValueError(
+            f"{name}: evaluation (train=False) normalises with the running statistics, which "
+            f"this layer does not hold; evaluate with jc.with_state(net, state).apply(params, "
+            f"x, train=False), the state from jc.init_state(net, input_shape) updated by "
+            f"jc.update_state(net, state, cache) after each training forward")
+
+    def bound(state):
+        _check_state(name, state)
+
+        def fixed(c, dtype):
+            return tuple(_state_entry(name, state, k, c).astype(dtype) for k in ("mean", "var"))
+
+        return fixed
+
+    def update(state, cache):
+        return _running_update(name, momentum, state, cache)
+
+    def state_init(input_shape):
+        c = _input_shape(name, input_shape)[-1]
+        return {"mean": jnp.zeros((c,), param_dtype), "var": jnp.ones((c,), param_dtype)}
+
+    def build(fixed) -> Layer:
+        fns = StateFns(state_init, update, lambda state: build(bound(state)))
+        return _norm_layer(name, plan, epsilon, use_scale, use_bias, param_dtype,
+                           {"momentum": momentum}, fixed=fixed, state=fns)
+
+    return build(unbound)
+
+
+def _running_update(name: str, momentum: float, state: State, cache: NormCache) -> State:
+    """Eq. 7.14: ``momentum * old + (1 - momentum) * batch statistic``, for the mean and the
+    (biased) variance a training forward cached; affine in them."""
+    _check_state(name, state)
+    if not isinstance(cache, NormCache):
+        raise ValueError(f"{name}: update expects the NormCache of a BatchNorm forward, got "
+                         f"{type(cache).__name__} -- a cache from another layer?")
+    if cache.mean is None:
+        raise ValueError(f"{name}: update needs the cache of a training forward (train=True), "
+                         f"which holds the batch's statistics; this one is from an evaluation "
+                         f"forward (train=False), which used the running statistics")
+    c = cache.input.value.shape[-1]
+    batch = {"mean": cache.mean.reshape(c), "var": cache.var.reshape(c)}
+    return {k: momentum * _state_entry(name, state, k, c)                          # eq. 7.14
+            + (1 - momentum) * batch[k].astype(state[k].dtype) for k in ("mean", "var")}
+
+
+def _check_state(name: str, state: State) -> None:
+    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{name}: expected a state {{'mean': (C,), 'var': (C,)}}, got {got} "
+                         f"-- a state from another network?")
+
+
+def _state_entry(name: str, state: State, key: str, c: int) -> Array:
+    value = state[key]
+    check_array(name, f"state[{key!r}]", value)
+    if tuple(value.shape) != (c,):
+        raise ValueError(f"{name}: state[{key!r}] has shape {tuple(value.shape)}, expected "
+                         f"({c},) for this input -- a state from another network?")
+    return value
+
+
+# --- layer and group normalisation -----------------------------------------------------------
+
+def LayerNorm(epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True, *,
+              param_dtype=jnp.float32) -> Layer:
+    """Layer normalisation (Ba et al. 2016) over each example's *last* axis (Flax's default):
+    ``(N, F)`` over the features, ``(N, H, W, C)`` over the channels at each position.
+
+    Params ``{"scale": (C,), "bias": (C,)}``.  ``y = scale x_hat + bias`` with ``x_hat`` from the
+    mean and biased variance of the last axis (eqs. 7.1-7.4 over it; eq. 7.11); training and
+    evaluation alike, no state.  Backward: eq. 7.10 over the last axis, ``M = C``, with
+    ``g = dy scale`` (``scale`` varies over the set, so it stays inside ``g``); ``dscale``,
+    ``dbias`` summed over every other axis (eq. 7.5).
+    """
+    name = "LayerNorm"
+    epsilon = _settings(name, epsilon, use_scale, use_bias)
+
+    def plan(shape):
+        return tuple(shape), (len(shape) - 1,)
+
+    return _norm_layer(name, plan, epsilon, use_scale, use_bias, param_dtype, {})
+
+
+def GroupNorm(num_groups: int, epsilon: float = 1e-5, use_scale: bool = True,
+              use_bias: bool = True, *, param_dtype=jnp.float32) -> Layer:
+    """Group normalisation (Wu & He 2018), as ``torch.nn.GroupNorm``: the channels of each
+    example split into ``num_groups`` consecutive groups, each normalised over every position
+    and its ``C / num_groups`` channels -- ``(N, H, W, C)`` over ``H, W`` and the group,
+    ``(N, C)`` over the group.  ``num_groups = 1`` normalises each example as a whole,
+    ``num_groups = C`` each map (instance normalisation).
+
+    Params ``{"scale": (C,), "bias": (C,)}``, per channel.  ``x`` viewed as
+    ``(N, H, W, G, C / G)``, eqs. 7.1-7.4 over ``H, W`` and the last axis (eq. 7.12); training
+    and evaluation alike, no state.  Backward: eq. 7.10 over the same entries,
+    ``M = H W C / G``; ``dscale``, ``dbias`` per channel (eq. 7.5).  Every unit of the output
+    depends on the whole of its example's input.
+    """
+    name = "GroupNorm"
+    num_groups = positive_int(name, "num_groups", num_groups)
+    epsilon = _settings(name, epsilon, use_scale, use_bias)
+
+    def plan(shape):
+        c = shape[-1]
+        if c % num_groups:
+            raise ValueError(f"{name}: num_groups (={num_groups}) must divide the channels "
+                             f"(={c}), the last axis of input shape {tuple(shape)}")
+        view = (*shape[:-1], num_groups, c // num_groups)
+        return view, (*range(1, len(shape) - 1), len(shape))
+
+    return _norm_layer(name, plan, epsilon, use_scale, use_bias, param_dtype,
+                       {"num_groups": num_groups}, kind="spatial_norm")
