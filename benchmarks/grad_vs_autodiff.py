@@ -56,6 +56,14 @@ def wide(input_shape=(32, 32, 3), num_classes=10):
                      jc.Flatten(), jc.Dense(num_classes))
 
 
+def grouped(input_shape=(32, 32, 3), num_classes=10):
+    """``wide`` with GroupNorm (8 groups) after each convolution (Wu & He 2018's placement)."""
+    return jc.serial(zoo.Conv2D(64, 3, padding="SAME", use_bias=False), jc.GroupNorm(8),
+                     jc.ReLU(), zoo.Conv2D(64, 3, padding="SAME", use_bias=False),
+                     jc.GroupNorm(8), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
+                     jc.Dense(num_classes))
+
+
 @contextlib.contextmanager
 def convolutions(method):
     """Nets built inside are built with ``Conv2D(..., method=method)`` (the zoo's, ``wide``'s)."""
@@ -70,9 +78,17 @@ MAX_ROUNDS = 2000   # samples(): the most rounds a fast call gets
 
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
         "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3)),
-        "resnet": (zoo.resnet, (32, 32, 3))}
+        "resnet": (zoo.resnet, (32, 32, 3)), "resnet-bn": (zoo.resnet_bn, (32, 32, 3)),
+        "wide-gn": (grouped, (32, 32, 3)),
+        "autoencoder": (lambda shape, _: zoo.autoencoder(shape), (28, 28, 1))}
 """The nets of the whole-step table; deepid with its skip connection and the residual net
-branch and merge (``jaxcnn.graph``)."""
+branch and merge (``jaxcnn.graph``); ``resnet-bn`` normalises by batch statistics, ``wide-gn``
+by group statistics (both steps in training mode, the running statistics' update left out on
+both sides); ``autoencoder`` decodes with transposed convolutions, under ``squared_error``
+against its input (``RECONSTRUCT``)."""
+
+RECONSTRUCT = {"autoencoder"}
+"""Nets trained to output their input: ``squared_error`` against ``x`` instead of labels."""
 
 
 def samples(fns, args, repeats, seconds=0.0):
@@ -167,9 +183,10 @@ def saved_mib(net, loss, params, x, y):
 
 def bench_nets(batches, repeats, names, seconds=0.0):
     rows = []
-    loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
+    optimizer = optax.sgd(0.01, momentum=0.9)
     for n, name in enumerate(names):
         make, shape = NETS[name]
+        loss = jc.squared_error if name in RECONSTRUCT else jc.softmax_cross_entropy
         net = make(shape, 10)
         params, _ = net.init(jax.random.key(0), shape)
         opt_state = optimizer.init(params)
@@ -178,7 +195,8 @@ def bench_nets(batches, repeats, names, seconds=0.0):
         for b, batch in enumerate(batches):
             rng = np.random.default_rng(batch)
             x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
-            y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
+            y = x if name in RECONSTRUCT else jnp.asarray(rng.integers(0, 10, size=batch),
+                                                          jnp.int32)
             args = (params, opt_state, x, y)
             # compiled first by turns, across batches and nets alike: on a GPU, XLA's
             # autotuning results for a convolution or matrix product stay in the process, so
@@ -235,6 +253,9 @@ LAYERS.update({
     "max pool 3 s2 (overlap)": (lambda: jc.MaxPool2D(3, 2, "SAME"), (32, 32, 16)),
     "stochastic pool 2": (lambda: jc.StochasticPool2D(2), (32, 32, 16)),
     "sigmoid": (jc.Sigmoid, (32, 32, 16)),
+    "batchnorm": (jc.BatchNorm, (32, 32, 16)),
+    "layernorm": (jc.LayerNorm, (32, 32, 16)),
+    "groupnorm 4": (lambda: jc.GroupNorm(4), (32, 32, 16)),
 })
 
 

@@ -7,6 +7,7 @@ Every layer is a ``Layer`` of pure functions ``init / forward / backward / apply
 from jaxcnn.activations import ReLU, Sigmoid, Softmax, Tanh
 from jaxcnn.audit import GradReport, check_grads, check_layer
 from jaxcnn.conv import Conv2D
+from jaxcnn.conv_transpose import ConvTranspose2D
 from jaxcnn.core import HWIO, NHWC, Layer
 from jaxcnn.dense import Dense, Flatten
 from jaxcnn.dropout import Dropout
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "NHWC", "HWIO",
-    "Conv2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D", "GlobalAvgPool2D",
+    "Conv2D", "ConvTranspose2D", "AvgPool2D", "MaxPool2D", "StochasticPool2D", "GlobalAvgPool2D",
     "Sigmoid", "Tanh", "ReLU", "Softmax", "Dense", "Flatten",
     "BatchNorm", "LayerNorm", "GroupNorm", "Dropout",
     "serial", "value_and_grad", "bridge",

@@ -7,7 +7,8 @@ and its backward cannot disagree about it.  All quantities are static Python int
 
 Notation (``docs/derivation.md`` section 3): input ``H x W``, window ``k``, stride ``s``,
 dilation ``d``, effective window ``k_eff = d (k - 1) + 1``, padding ``(lo, hi)``,
-output ``H_out = floor((H + lo + hi - k_eff) / s) + 1``  (eq. 3.1).
+output ``H_out = floor((H + lo + hi - k_eff) / s) + 1``  (eq. 3.1), or in ceil mode (pooling)
+rounded up, the last window reaching past the padding by an overhang (eq. 5.11).
 """
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ PADDINGS = ("VALID", "SAME")
 
 
 class Window(NamedTuple):
-    """Static placement of a 2-D window over an ``(H, W)`` input."""
+    """Static placement of a 2-D window over an ``(H, W)`` input.
+
+    ``padding`` is what every pass pads by, ``((top, bottom), (left, right))``; in ceil mode
+    its bottom and right include ``overhang``, the rows and columns the last window reads
+    past the requested padding (eq. 5.11).  They are padding to every pass (zeros to a sum,
+    ``-inf`` to a max, cropped from the residual); only an average's divisor tells them apart
+    (eq. 5.12).
+    """
 
     in_hw: tuple[int, int]
     size: tuple[int, int]
@@ -32,6 +40,7 @@ class Window(NamedTuple):
     dilation: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]]
     out_hw: tuple[int, int]
+    overhang: tuple[int, int] = (0, 0)
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -40,6 +49,11 @@ class Window(NamedTuple):
     @property
     def effective_size(self) -> tuple[int, int]:
         return tuple(d * (k - 1) + 1 for k, d in zip(self.size, self.dilation))
+
+    @property
+    def requested_padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``padding`` without the ceil-mode overhang: what the layer was asked to pad."""
+        return tuple((lo, hi - o) for (lo, hi), o in zip(self.padding, self.overhang))
 
     @property
     def count(self) -> int:
@@ -67,12 +81,16 @@ def normalize_padding(layer: str, padding):
     return ((pads[0], pads[1]), (pads[2], pads[3]))
 
 
-def window(layer: str, in_hw, size, strides, dilation, padding) -> Window:
+def window(layer: str, in_hw, size, strides, dilation, padding, ceil_mode: bool = False
+           ) -> Window:
     """Place a window over an ``in_hw`` input (eq. 3.1); raise if it does not fit.
 
     ``padding`` is normalised already (see ``normalize_padding``).  ``"SAME"`` follows XLA's
     rule: ``H_out = ceil(H / s)`` and the total padding ``max((H_out - 1) s + k_eff - H, 0)`` is
-    split with the extra row at the bottom/right (eq. 3.2).
+    split with the extra row at the bottom/right (eq. 3.2).  ``ceil_mode`` rounds the output
+    size up as PyTorch, the last window starting inside the input or its top/left padding, and
+    pads the bottom/right further by the overhang it reads (eq. 5.11); ``"SAME"`` already
+    rounds up, and ceil mode changes nothing there.
     """
     in_hw = tuple(int(n) for n in in_hw)
     size, strides, dilation = tuple(size), tuple(strides), tuple(dilation)
@@ -92,7 +110,21 @@ def window(layer: str, in_hw, size, strides, dilation, padding) -> Window:
         raise ValueError(f"{layer}: window {size} (dilated extent {k_eff}) is larger than the "
                          f"padded input {padded} (input {in_hw}, padding {pads})")
     out_hw = tuple((p - k) // s + 1 for p, k, s in zip(padded, k_eff, strides))
-    return Window(in_hw, size, strides, dilation, pads, out_hw)
+    if not ceil_mode:
+        return Window(in_hw, size, strides, dilation, pads, out_hw)
+    out_hw = tuple(ceil_out(n, k, s, lo, hi) for n, k, s, (lo, hi)
+                   in zip(in_hw, k_eff, strides, pads))
+    overhang = tuple(max((o - 1) * s + k - p, 0)        # a remainder: no overhang
+                     for o, s, k, p in zip(out_hw, strides, k_eff, padded))
+    pads = tuple((lo, hi + o) for (lo, hi), o in zip(pads, overhang))
+    return Window(in_hw, size, strides, dilation, pads, out_hw, overhang)
+
+
+def ceil_out(n: int, k_eff: int, s: int, lo: int, hi: int) -> int:
+    """Eq. 5.11, one axis: ``ceil((n + lo + hi - k_eff) / s) + 1`` windows, less the last if it
+    would start past the input (``(H_out - 1) s >= n + lo``: only padding and overhang)."""
+    out = -(-(n + lo + hi - k_eff) // s) + 1
+    return out - 1 if (out - 1) * s >= n + lo else out
 
 
 def pad(x: Array, g: Window, value=0.0) -> Array:
@@ -252,9 +284,16 @@ def spread_windows(share: Array, g: Window) -> Array:
     return total.reshape(n, mh * sh, mw * sw, c)[:, :hp, :wp]
 
 
-def window_counts(g: Window) -> np.ndarray:
-    """How many real (unpadded) input positions each window covers: a static ``(H_out, W_out)``."""
-    real = np.pad(np.ones(g.in_hw, np.int64), g.padding)
+def window_counts(g: Window, with_padding: bool = False) -> np.ndarray:
+    """How many real (unpadded) input positions each window covers, or with ``with_padding``
+    how many input and requested padding positions -- all but the ceil-mode overhang
+    (eq. 5.12): a static ``(H_out, W_out)``."""
+    if with_padding:
+        inside = tuple(n + lo + hi - o for n, (lo, hi), o in
+                       zip(g.in_hw, g.padding, g.overhang))
+        real = np.pad(np.ones(inside, np.int64), ((0, g.overhang[0]), (0, g.overhang[1])))
+    else:
+        real = np.pad(np.ones(g.in_hw, np.int64), g.padding)
     (ho, wo), (sh, sw) = g.out_hw, g.strides
     return sum(real[u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw]
                for u, v in _offsets(g))

@@ -18,12 +18,13 @@ from typing import Callable, Sequence
 import jax
 
 from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES
+from jaxcnn.precision import LOSS_SCALES, PRECISIONS
 from jaxcnn.show import add_show_command
 from jaxcnn.train import GRADS, OPTIMIZERS
 from jaxcnn.zoo import ARCHS, RECIPES
 
 TRAIN_DEFAULTS = {"dataset": "digits", "arch": "small", "batch_size": 32, "optimizer": "adam",
-                  "seed": 0, "grad": "manual"}
+                  "seed": 0, "grad": "manual", "precision": "float32"}
 """``jaxcnn train``'s defaults: >= 98% test accuracy on the digits in seconds (docs/training.md).
 ``--lr`` and ``--epochs`` default to the ``--arch``'s recipe (``jaxcnn.zoo.RECIPES``)."""
 
@@ -134,6 +135,11 @@ def _add_train(subparsers) -> None:
     p.add_argument("--grad", choices=GRADS, default=d["grad"],
                    help="manual: the hand-written backward; autodiff: jax.grad of the same "
                         "forward, for comparison")
+    p.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
+                   help="the dtype each step computes in: bfloat16 or float16 activations "
+                        "and deltas with float32 params, optimizer state and loss (float16's "
+                        f"residual scaled by {LOSS_SCALES['float16']:g}); for accelerators -- "
+                        "a CPU emulates 16-bit arithmetic, slower than float32")
     p.add_argument("--check-grads", type=_non_negative_int, default=0, metavar="N",
                    help="every N steps compare the hand-written gradients with jax.grad and "
                         "stop if they diverge (0: only once, before training)")
@@ -260,8 +266,9 @@ def _run_train(args) -> int:
         print(f"{ds.describe()}\n{args.arch}: {n_params:,} parameters; {args.optimizer} lr "
               f"{args.lr:g}, batch {args.batch_size}"
               f"{f' in microbatches of {args.microbatch}' if args.microbatch else ''}, "
-              f"{args.epochs} epochs, {args.grad} "
-              f"gradients; outputs in {out}")
+              f"{args.epochs} epochs, {args.grad} gradients"
+              f"{f' in {args.precision}' if args.precision != 'float32' else ''}; "
+              f"outputs in {out}")
     info = {"dataset": ds.name, "arch": args.arch, "optimizer": args.optimizer, "lr": args.lr}
     try:
         with warnings.catch_warnings():
@@ -270,7 +277,7 @@ def _run_train(args) -> int:
             train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
                       optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                       seed=args.seed, grad=args.grad, microbatch=args.microbatch,
-                      devices=devices,
+                      precision=args.precision, devices=devices,
                       check_grads=args.check_grads, out=out,
                       resume=args.resume, overwrite=args.overwrite,
                       checkpoint_every=args.checkpoint_every, info=info, verbose=True,

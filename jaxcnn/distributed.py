@@ -64,6 +64,7 @@ from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
+from jaxcnn.precision import Policy, autodiff, policy
 from jaxcnn.state import has_state, update_state
 from jaxcnn.step import GRADS, loss_grad_and_state as local_loss_grad_and_state, memoise, \
     state_step, update_step
@@ -237,7 +238,8 @@ def shard_key(key: Array | None) -> Array | None:
 
 
 def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",
-                  microbatch: int | None = None) -> Callable[..., tuple[Array, Params]]:
+                  microbatch: int | None = None, precision: str | Policy | None = None
+                  ) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` over the global batch.
 
     ``x`` and ``targets`` are sharded over ``"batch"`` (``shard_batch``), ``params`` and
@@ -246,24 +248,26 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     shard step and the device mean of the module docstring.
     ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss ``pmean(J_d)``.
     ``microbatch``: each device runs its rows in chunks of this many (``microbatched``).
+    ``precision``: each device computes under this policy (``jaxcnn.precision``); the device
+    mean is taken of the float32 gradients.
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    vg = value_and_grad(net, loss, microbatch=microbatch)
+    pol = policy(precision, "value_and_grad: precision")
+    vg = value_and_grad(net, loss, microbatch=microbatch, precision=pol)
 
     def manual(params, x, targets, *, key, train):
         value, grads = vg(params, x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
-    def autodiff(params, x, targets, key, train):       # key: this shard's already
-        def mean_loss(p):
-            y = net.apply(p, x, key=key, train=train)
-            return lax.pmean(loss.value(y, targets), BATCH)
+    def by_autodiff(params, x, targets, key, train):    # key: this shard's already
         # already the mean over devices: transposing the broadcast of the replicated params
         # sums the per-device gradients of pmean(J_d), each (1/D) g_d
-        return jax.value_and_grad(mean_loss)(params)
+        vg = autodiff(pol, _mean_loss(loss),
+                      lambda p, xc: (net.apply(p, xc, key=key, train=train), ()))
+        return vg(params, x, targets)[:2]
 
-    chunked = microbatched(autodiff, microbatch, "value_and_grad")
+    chunked = microbatched(by_autodiff, microbatch, "value_and_grad")
 
     def automatic(params, x, targets, *, key, train):   # chunks split the shard's key, as manual
         return chunked(params, x, targets, key=shard_key(key), train=train)
@@ -280,20 +284,20 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-              plan: DataParallel, grad: str = "manual", microbatch: int | None = None
-              ) -> Callable:
+              plan: DataParallel, grad: str = "manual", microbatch: int | None = None,
+              precision: str | Policy | None = None) -> Callable:
     """The data-parallel ``train.make_step``: jitted ``(params, opt_state, x, targets, key) ->
     (params, opt_state, J)`` with ``x``, ``targets`` sharded (``shard_batch``) and the rest
     replicated (``replicate``).  ``key`` is the step's key; shard d draws from
     ``fold_in(key, d)``.
     """
-    step = update_step(loss_and_grad(net, loss, plan, grad, microbatch), optimizer)
+    step = update_step(loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
     rep = plan.replicated
     return jax.jit(step, out_shardings=(rep, rep, rep))
 
 
 def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",
-                        microbatch: int | None = None
+                        microbatch: int | None = None, precision: str | Policy | None = None
                         ) -> Callable[..., tuple[Array, Params, State]]:
     """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` over the global batch,
     in training mode: ``loss_and_grad`` with the net's state (``jaxcnn.state``).
@@ -305,16 +309,19 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     chunks play the devices (``tests/test_distributed.py`` proves it).
     ``grad="manual"``: each device's ``step.loss_grad_and_state``, then ``pmean``.
     ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss, as ``loss_and_grad``.
+    ``precision``: as ``loss_and_grad``'s.
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    pol = policy(precision, "value_and_grad: precision")
     if grad == "manual":
-        vgs = local_loss_grad_and_state(net, loss, "manual", microbatch)
+        vgs = local_loss_grad_and_state(net, loss, "manual", microbatch, pol)
 
         def local(params, state, x, targets, key):
             return lax.pmean(vgs(params, state, x, targets, key=shard_key(key)), BATCH)
     else:
-        chunked = microbatched(_autodiff_with_state(net, loss), microbatch, "value_and_grad")
+        chunked = microbatched(_autodiff_with_state(net, loss, pol), microbatch,
+                               "value_and_grad")
 
         def local(params, state, x, targets, key):   # chunks split the shard's key, as manual
             value, (grads, state) = chunked((params, state), x, targets, key=shard_key(key),
@@ -330,24 +337,28 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     return f
 
 
-def _autodiff_with_state(net: Layer, loss: Loss) -> Callable:
+def _mean_loss(loss: Loss) -> Callable:
+    """``(y, targets) -> pmean_d J_d``: the device-averaged loss, inside ``shard_map``."""
+    return lambda y, targets: lax.pmean(loss.value(y, targets), BATCH)
+
+
+def _autodiff_with_state(net: Layer, loss: Loss, pol: Policy) -> Callable:
     """One device's ``((params, state), x, targets, key, train) -> (J, (grads, state))`` by
-    ``jax.grad`` of the device-averaged loss (see ``loss_and_grad``): through ``net.apply`` for
-    a net without state (the state ``()`` passed through), through ``net.forward`` -- whose
-    cache holds the batch statistics -- for one with, the updated states averaged."""
+    ``jax.grad`` of the device-averaged loss (see ``loss_and_grad``) under the policy ``pol``:
+    through ``net.apply`` for a net without state (the state ``()`` passed through), through
+    ``net.forward`` -- whose cache holds the batch statistics -- for one with, the updated
+    states averaged."""
     stateful = has_state(net)
 
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
 
-        def mean_loss(p):
+        def run(p, xc):
             if not stateful:
-                return lax.pmean(loss.value(net.apply(p, x, key=key, train=train), targets),
-                                 BATCH), ()
-            y, cache = net.forward(p, x, key=key, train=train)
-            return lax.pmean(loss.value(y, targets), BATCH), cache
+                return net.apply(p, xc, key=key, train=train), ()
+            return net.forward(p, xc, key=key, train=train)
 
-        (value, cache), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        value, grads, cache = autodiff(pol, _mean_loss(loss), run)(params, x, targets)
         if stateful:
             state = lax.pmean(update_state(net, state, cache), BATCH)
         return value, (grads, state)
@@ -357,11 +368,13 @@ def _autodiff_with_state(net: Layer, loss: Loss) -> Callable:
 
 @memoise
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, grad: str,
-             plan: DataParallel, microbatch: int | None = None) -> Callable:
+             plan: DataParallel, microbatch: int | None = None,
+             precision: str | Policy | None = None) -> Callable:
     """``fit``'s step on a mesh: ``(params, opt_state, state, x, targets, step_key, step) ->
     (params, opt_state, state, J)`` with the forward's key ``fold_in(step_key, step)``, as the
     single-device ``step.fit_step``."""
-    update = state_step(loss_grad_and_state(net, loss, plan, grad, microbatch), optimizer)
+    update = state_step(loss_grad_and_state(net, loss, plan, grad, microbatch, precision),
+                        optimizer)
 
     def step_fn(params, opt_state, state, x, targets, step_key, step):
         return update(params, opt_state, state, x, targets, jax.random.fold_in(step_key, step))

@@ -6,9 +6,10 @@ from typing import Callable
 
 import jax
 
-from jaxcnn.core import Array, Layer, Params, config, in_layer, layer_keys
+from jaxcnn.core import Array, Cache, Layer, Params, config, in_layer, layer_keys
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
+from jaxcnn.precision import Policy, policy
 
 
 def serial(*layers: Layer) -> Layer:
@@ -77,8 +78,8 @@ def serial(*layers: Layer) -> Layer:
                  build=serial)
 
 
-def value_and_grad(net: Layer, loss: Loss, *,
-                   microbatch: int | None = None) -> Callable[..., tuple[Array, Params]]:
+def value_and_grad(net: Layer, loss: Loss, *, microbatch: int | None = None,
+                   precision: str | Policy | None = None) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)`` by the hand-written backward.
 
     Runs ``net.forward``, the loss's output residual and ``net.backward`` (eq. 6.2) -- no
@@ -93,15 +94,38 @@ def value_and_grad(net: Layer, loss: Loss, *,
     it (then it is one chunk).  A given ``key`` is split into one key per chunk, so stochastic
     layers draw differently than on the whole batch.
 
+    ``precision``: ``"bfloat16"`` or ``"float16"`` runs the forward and the backward on 16-bit
+    copies of the params and ``x`` -- activations, caches and deltas in 16 bits -- with the
+    loss and its output residual in float32 and the gradients returned in the params' dtype
+    (float16's residual scaled, its gradients unscaled: ``jaxcnn.precision``).  ``None`` or
+    ``"float32"``: no casts.  Another name: ``ValueError``.
+
     ``x`` and ``targets`` must be arrays (``TypeError`` otherwise); an empty batch reaches the
     loss, which raises ``ValueError`` (a mean over no examples).
     """
+    eq_6_2 = _hand_written(net, loss, policy(precision, "value_and_grad: precision"))
+
     def whole(params, x, targets, key, train):
-        y, cache = net.forward(params, x, key=key, train=train)
-        grads, _ = net.backward(params, cache, loss.delta(y, targets))
-        return loss.value(y, targets), grads
+        value, grads, _ = eq_6_2(params, x, targets, key, train)
+        return value, grads
 
     return microbatched(whole, microbatch, "value_and_grad")      # checks x and targets
+
+
+def _hand_written(net: Layer, loss: Loss, pol: Policy
+                  ) -> Callable[..., tuple[Array, Params, Cache]]:
+    """Eq. 6.2 under the policy ``pol``: ``(params, x, targets, key, train) -> (J, grads,
+    cache)`` -- the forward on the cast params and input, the loss and its output residual on
+    the float32 output, the backward of the (scaled, cast) residual, the gradients back in the
+    params' dtype; the forward's cache for a state update (``jaxcnn.state``)."""
+    def f(params, x, targets, key, train):
+        p = pol.cast(params)
+        y, cache = net.forward(p, pol.cast(x), key=key, train=train)
+        y = pol.output(y)
+        grads, _ = net.backward(p, cache, pol.delta(loss.delta(y, targets)))
+        return loss.value(y, targets), pol.grads(grads, params), cache
+
+    return f
 
 
 def bridge(net: Layer, *, key=None, train: bool = True) -> Callable[[Params, Array], Array]:

@@ -1,13 +1,13 @@
-"""Pooling: average (eqs. 5.1-5.2), max (5.3-5.4) and stochastic (5.5-5.8), each with its
-hand-written backward.
+"""Pooling: average (eqs. 5.1-5.2), max (5.3-5.4; dilated, 5.13) and stochastic (5.5-5.8),
+each with its hand-written backward.
 
 Shapes: input ``x (N, H, W, C)``, output and ``delta (N, H_out, W_out, C)`` with ``H_out`` from
-eq. 3.1; strides default to the window, and overlapping windows (stride < window) are allowed --
-where windows overlap, the residuals they pass back add up (eq. 3.4).  An empty batch
-(``N = 0``) gives an empty output.  The three layers share ``_pool_layer`` (checks, geometry,
-the layer protocol) and differ only in their pair of passes: the textbook forms of
-``jaxcnn.reference.pool``, or where one is faster the lowering of ``jaxcnn.lowering.pool``
-proven equal to it.
+eq. 3.1 (eq. 5.11 in ceil mode); strides default to the window, and overlapping windows
+(stride < window) are allowed -- where windows overlap, the residuals they pass back add up
+(eq. 3.4).  An empty batch (``N = 0``) gives an empty output.  The three layers share
+``_pool_layer`` (checks, geometry, the layer protocol) and differ only in their pair of
+passes: the textbook forms of ``jaxcnn.reference.pool``, or where one is faster the lowering
+of ``jaxcnn.lowering.pool`` proven equal to it.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, config, is_concrete, pair)
+                         check_no_params, config, describe, is_concrete, pair)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -43,18 +44,23 @@ def _pool_layer(name: str, window, strides, padding,
                 forward: Callable[[Array, geo.Window, Array | None, bool], tuple[Array, PoolCache]],
                 backward: Callable[[PoolCache, Array, geo.Window], Array],
                 apply: Callable[[Array, geo.Window, Array | None, bool], Array] | None = None,
-                ) -> Layer:
+                dilation=1, ceil_mode: bool = False) -> Layer:
     """The layer protocol around one pair of pooling passes: ``forward(x, g, key, train) ->
     (y, cache)``, ``backward(cache, delta, g) -> dx`` and optionally ``apply``."""
     window = pair(name, "window", window)
     strides = window if strides is None else pair(name, "strides", strides)
+    dilation = pair(name, "dilation", dilation)
     padding = geo.normalize_padding(name, padding)
+    _check_ceil_mode(name, ceil_mode, padding, window)
 
     def geometry(in_hw) -> geo.Window:
-        g = geo.window(name, in_hw, window, strides, (1, 1), padding)
-        if any(p >= k for (lo, hi), k in zip(g.padding, window) for p in (lo, hi)):
-            raise ValueError(f"{name}: padding {g.padding} must be smaller than the window "
+        g = geo.window(name, in_hw, window, strides, dilation, padding, ceil_mode)
+        pads = g.requested_padding
+        if any(p >= k for (lo, hi), k in zip(pads, window) for p in (lo, hi)):
+            raise ValueError(f"{name}: padding {pads} must be smaller than the window "
                              f"{window} on each side, so every window holds an input position")
+        if dilation != (1, 1):
+            _check_dilated_windows(name, g)
         return g
 
     def init(key, input_shape):
@@ -81,7 +87,31 @@ def _pool_layer(name: str, window, strides, padding,
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
     return Layer(init, forward_, backward_, apply_, name, config=config(
-        kind="window", size=window, strides=strides, dilation=(1, 1), padding=padding))
+        kind="window", size=window, strides=strides, dilation=dilation, padding=padding,
+        ceil_mode=ceil_mode))
+
+
+def _check_ceil_mode(name: str, ceil_mode, padding, window) -> None:
+    """``ceil_mode`` is a bool; with it, each requested pad is at most half the window, as
+    PyTorch asks (``"SAME"`` chooses its own pads, and ceil mode changes nothing there)."""
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{name}: ceil_mode must be a bool, got {describe(ceil_mode)}")
+    if ceil_mode and not isinstance(padding, str):
+        half = tuple(k // 2 for k in window)
+        if any(p > h for pads, h in zip(padding, half) for p in pads):
+            raise ValueError(f"{name}: with ceil_mode, padding {padding} must be at most half "
+                             f"the window {window} on each side (<= {half}), as PyTorch")
+
+
+def _check_dilated_windows(name: str, g: geo.Window) -> None:
+    """Every dilated window holds an input position: its taps can straddle the input and
+    read only padding, which no max could route a delta from (PyTorch outputs ``-inf``)."""
+    empty = np.argwhere(geo.window_counts(g) == 0)
+    if empty.size:
+        i, j = (int(v) for v in empty[0])
+        raise ValueError(f"{name}: window ({i}, {j}) of {g.out_hw} reads only padding: "
+                         f"{g.size} taps dilated by {g.dilation} over input {g.in_hw} padded "
+                         f"by {g.requested_padding}; pad less or dilate less")
 
 
 def _check_non_negative(name: str, x) -> None:
@@ -100,7 +130,8 @@ def _static(x: Array) -> Static:
 
 # --- average pooling -------------------------------------------------------------------------
 
-def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = True) -> Layer:
+def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = True,
+              ceil_mode: bool = False) -> Layer:
     """Average pooling: each output is the mean of its window (eq. 5.1).
 
     Args:
@@ -110,32 +141,56 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
       count_include_pad: ``True`` (default, as Flax's ``avg_pool`` and PyTorch) divides every
         window by ``kh * kw``, padded zeros included; ``False`` divides by the number of real
         input positions in the window (Keras' ``"SAME"``).
+      ceil_mode: round the output size up, as PyTorch's ``ceil_mode=True`` (eq. 5.11): one
+        more, partial window where the strides leave input rows or columns unread, starting
+        inside the input or its top/left padding; each requested pad then at most half the
+        window.  The part of the last window past the padding (the overhang) reads zeros and
+        is never counted in the divisor, even with ``count_include_pad`` (eq. 5.12, as
+        PyTorch).  With ``"SAME"``, which already rounds up, it changes nothing.
 
     Backward (eq. 5.2): delta is spread evenly over each window, ``delta / |R|`` to every
     position, and overlapping windows add up; for non-overlapping windows this is a broadcast,
     otherwise sums of shifted copies of delta, side by side for every stride phase (eq. 5.9).
+    The overhang's share is cropped with the padding's (eq. 3.4).
     """
     name = "AvgPool2D"
 
     def forward(x, g, key, train):
-        size = ref.window_size(g, count_include_pad, x.dtype)
+        size = ref.window_size(g, count_include_pad, x.dtype)                    # eq. 5.12
         return fast.window_sums(x, g) / size, PoolCache(_static(x))               # eq. 5.1
 
     def backward(cache, delta, g):
         return fast.spread(delta / ref.window_size(g, count_include_pad, delta.dtype), g)  # 5.2
 
-    return _pool_layer(name, window, strides, padding, forward, backward)
+    return _pool_layer(name, window, strides, padding, forward, backward,
+                       ceil_mode=ceil_mode)
 
 
 # --- max pooling -----------------------------------------------------------------------------
 
-def MaxPool2D(window, strides=None, padding="VALID") -> Layer:
+def MaxPool2D(window, strides=None, padding="VALID", dilation=1,
+              ceil_mode: bool = False) -> Layer:
     """Max pooling: each output is the maximum of its window (eq. 5.3).
+
+    Args:
+      window: ``(kh, kw)`` or an int.  strides: defaults to the window.
+      padding: ``"VALID"``, ``"SAME"`` or ``((top, bottom), (left, right))``, each side
+        smaller than the window.
+      dilation: ``(dh, dw)`` or an int: the window reads taps ``d`` apart, an extent of
+        ``d (k - 1) + 1`` (eq. 5.13; PyTorch's ``dilation``).  Every window must hold an input
+        position (a ``ValueError`` names the first that reads only padding).
+      ceil_mode: round the output size up, as PyTorch's ``ceil_mode=True`` (eq. 5.11): the
+        last window may reach past the padding, and its overhang holds ``-inf`` as padding
+        does; each requested pad then at most half the window.  With ``"SAME"``, which already
+        rounds up, it changes nothing.
 
     Padded positions hold ``-inf`` and never win.  Backward (eq. 5.4): delta is routed to the
     window's maximum; among tied maxima to the *first* in row-major window order -- the choice
     ``jax.grad`` of ``lax.reduce_window`` max makes, so the two agree on tied inputs too.  The
-    cache holds that index per output, not the input.
+    cache holds that index per output, not the input.  A dilated window routes the same way
+    among its taps, to input position ``i s + p d - lo`` (eq. 5.13), where ``jax.grad`` of
+    ``lax.reduce_window`` is not implemented; its ``apply`` is then the select of eq. 5.13,
+    which ``jax.grad`` differentiates to the same route.
 
     NaN: a window holding one outputs NaN (as ``apply``'s ``lax.reduce_window``), and its delta
     goes where ``jax.grad`` sends it: to the first maximum of the entries after the window's
@@ -151,7 +206,7 @@ def MaxPool2D(window, strides=None, padding="VALID") -> Layer:
         return ref.route(cache.index, delta, g)                                   # eq. 5.4
 
     return _pool_layer(name, window, strides, padding, forward, backward,
-                       lambda x, g, key, train: fast.max_pool(x, g))
+                       lambda x, g, key, train: fast.max_pool(x, g), dilation, ceil_mode)
 
 
 # --- stochastic pooling ----------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The library does the computing -- ``Conv2D`` applies every kernel, the pooling layers' own
 forward and backward passes (and the routed or sampled window positions in their ``PoolCache``)
-give the pooling maps, ``summary`` gives the receptive fields, a network's hand-written
-``backward`` gives the gradient drawn inside them -- and this module only draws, with
+give the pooling maps, ``ConvTranspose2D`` and ``jax.vjp`` of ``Conv2D`` give the transposed
+convolution, ``summary`` gives the receptive fields, a network's hand-written ``backward``
+gives the gradient drawn inside them -- and this module only draws, with
 matplotlib's Agg canvas (``matplotlib.figure.Figure``: no display, no pyplot state).
 matplotlib is imported inside the drawing functions only, so ``import jaxcnn`` never loads it.
 
@@ -20,6 +21,9 @@ matplotlib is imported inside the drawing functions only, so ``import jaxcnn`` n
 - ``pooling``: ``pooling.png`` -- average, max and stochastic pooling (three draws, the mean of
   many draws, and the test-time weighted average) of one feature map, and below each what its
   backward pass hands the input for ``delta = 1``: spread, routed, sampled.
+- ``transposed``: ``transposed_convolution.png`` -- a 2x2 input scattering four scaled copies of
+  a 3x3 kernel onto a 5x5 output at stride 2, the sum as ``ConvTranspose2D`` computes it, and the
+  same 5x5 as ``Conv2D``'s input residual for that 2x2 delta (``jax.vjp``).
 - ``receptive-field``: ``receptive_field.png`` -- for each convolution, pooling and dense layer of
   a zoo network, the receptive field of its centre unit drawn on the input, and inside it the
   pixels that unit's gradient actually reaches.
@@ -45,6 +49,7 @@ import numpy as np
 
 from jaxcnn.activations import ReLU
 from jaxcnn.conv import Conv2D
+from jaxcnn.conv_transpose import ConvTranspose2D
 from jaxcnn.core import Layer, leaves, map_leaves
 from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
 from jaxcnn.summary import summary
@@ -53,10 +58,10 @@ __all__ = [
     "FIGURES", "SEED_IMAGE", "SEED_KERNEL", "CLASSIC_KERNELS", "Shown",
     "read_image", "photo", "apply_kernels", "first_conv_kernel",
     "plot_convolution_5x5", "plot_kernels", "plot_feature_maps", "plot_pooling",
-    "plot_receptive_fields", "render", "add_show_command",
+    "plot_transposed_convolution", "plot_receptive_fields", "render", "add_show_command",
 ]
 
-FIGURES = ("kernels", "features", "pooling", "receptive-field")
+FIGURES = ("kernels", "features", "pooling", "transposed", "receptive-field")
 """The figures ``jaxcnn show`` draws (plus ``all``)."""
 
 SEED_IMAGE = np.array([[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1],
@@ -582,6 +587,142 @@ def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4
     return Shown(_save(fig, path), data)
 
 
+# --- transposed convolution --------------------------------------------------------------------
+
+_T_INPUT = np.array([[1, 2], [3, 4]], np.float32)
+_T_KERNEL = np.array([[3, 1, 2], [1, 2, 0], [0, 1, 1]], np.float32)   # top row: eq. 4.10's 1-D w
+_T_STRIDE = 2
+_COPY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+
+
+def _transposed_passes(x: np.ndarray, w: np.ndarray, stride: int) -> dict[str, np.ndarray]:
+    """The numbers ``plot_transposed_convolution`` draws, for ``x (n, n)`` and ``w (k, k)``.
+
+    ``layer_output``: ``ConvTranspose2D`` (eqs. 4.10-4.11); ``conv_residual`` and
+    ``conv_backward``: the input residual (eq. 4.5) of the ``Conv2D`` with the same kernel, in
+    and out swapped, for ``delta = x`` -- by ``jax.vjp`` of its forward and by its hand-written
+    backward; ``scatter (n, n, H_out, W_out)``: the copy ``x[i, j] w`` that entry ``(i, j)``
+    scatters, at rows ``i s ..`` and columns ``j s ..`` (drawn, so written out here).
+    """
+    n, k = x.shape[0], w.shape[0]
+    delta = jnp.asarray(x.reshape(1, n, n, 1))
+    w4 = jnp.asarray(w.reshape(k, k, 1, 1))
+    y = ConvTranspose2D(1, k, strides=stride, use_bias=False).apply({"w": w4}, delta)
+    conv = Conv2D(1, k, strides=stride, use_bias=False)
+    params = {"w": jnp.swapaxes(w4, 2, 3)}          # (kh, kw, F, C_in): in and out swapped
+    z = jnp.zeros(y.shape, y.dtype)                 # any point: the convolution is linear
+    _, vjp = jax.vjp(lambda z: conv.apply(params, z), z)
+    (residual,) = vjp(delta)
+    _, backward = conv.backward(params, conv.forward(params, z)[1], delta)
+    scatter = np.zeros((n, n, *y.shape[1:3]), np.float32)
+    for (i, j), v in np.ndenumerate(x):
+        scatter[i, j, i * stride:i * stride + k, j * stride:j * stride + k] = v * w
+    return {"input": x, "kernel": w, "scatter": scatter,
+            "layer_output": np.asarray(y)[0, :, :, 0],
+            "conv_residual": np.asarray(residual)[0, :, :, 0],
+            "conv_backward": np.asarray(backward)[0, :, :, 0]}
+
+
+def _outline(ax, top: int, left: int, h: int, w: int, colour: str, inset: float = 0.0):
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((left - 0.5 + inset, top - 0.5 + inset), w - 2 * inset,
+                           h - 2 * inset, fill=False, edgecolor=colour, linewidth=2.5))
+
+
+def _draw_small(ax, values: np.ndarray, title: str, colours=None) -> None:
+    """The input or the kernel: values in their cells, each input entry outlined in the colour
+    of its copy."""
+    ax.imshow(values, cmap="Greys", vmin=0, vmax=4 * float(np.max(values)))
+    _cells(ax, *values.shape)
+    _annotate(ax, values, lambda v: f"{v:.0f}", size=16)
+    if colours is not None:
+        for c, (i, j) in enumerate(np.ndindex(values.shape)):
+            _outline(ax, i, j, 1, 1, colours[c], inset=0.06)
+    ax.set_title(title, fontsize=11)
+
+
+def _draw_canvas(ax, values: np.ndarray, vmax: float, title: str, *, terms=None,
+                 written: np.ndarray | None = None) -> None:
+    """A canvas: zeros white, the entries marked ``written`` (default: the nonzero ones)
+    written in -- with their sum's terms above them where ``terms[i][j]`` has more than one."""
+    written = values != 0 if written is None else written
+    ax.imshow(np.ma.masked_equal(values, 0), cmap="Greens", vmin=0, vmax=1.6 * vmax)
+    _cells(ax, *values.shape)
+    for (i, j), v in np.ndenumerate(values):
+        parts = terms[i][j] if terms is not None else []
+        if len(parts) > 1:
+            ax.text(j, i - 0.2, "+".join(f"{t:.0f}" for t in parts), ha="center",
+                    va="center", fontsize=8, color="0.25")
+            ax.text(j, i + 0.2, f"{v:.0f}", ha="center", va="center", fontsize=13,
+                    fontweight="bold")
+        elif written[i, j]:
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=13)
+    ax.set_title(title, fontsize=11)
+
+
+def plot_transposed_convolution(path) -> Shown:
+    """The transposed convolution as the convolution's input residual run forward.
+
+    A 2x2 input and a 3x3 kernel at stride 2 give a 5x5 output (eq. 4.11).  Top row: each input
+    entry scatters its copy ``x[i, j] w`` onto the canvas at rows ``2i .. 2i + 2`` and columns
+    ``2j .. 2j + 2`` (eq. 4.10).  Bottom row: the copies summed -- row 2 and column 2, where
+    copies overlap, add two or four terms -- as ``ConvTranspose2D`` computes them, and the same
+    5x5 as the input residual (eq. 4.5) of the stride-2 ``Conv2D`` with the same kernel (in
+    and out swapped) for ``delta = x``, by ``jax.vjp`` (the hand-written backward agrees).  The
+    kernel's top row is the 1-D example of ``docs/derivation.md``: ``[1, 2]`` with ``[3, 1, 2]``
+    gives the output's top row ``[3, 1, 8, 2, 4]``.
+
+    ``data``: ``input`` (2, 2), ``kernel`` (3, 3), ``scatter`` (2, 2, 5, 5) -- entry ``[i, j]``
+    is the copy that input entry scatters -- ``layer_output``, ``conv_residual`` (by
+    ``jax.vjp``) and ``conv_backward`` (by ``Conv2D.backward``), each (5, 5).
+    """
+    x, w, s = _T_INPUT, _T_KERNEL, _T_STRIDE
+    data = _transposed_passes(x, w, s)
+    y, k = data["layer_output"], w.shape[0]
+    vmax = float(np.max(y))
+    fig = _figure(15.5, 8.4)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.25])
+    axes = top.subplots(1, 6, width_ratios=[2, 3, 5, 5, 5, 5])
+    _draw_small(axes[0], x, "input x (2x2)", _COPY_COLOURS)
+    _draw_small(axes[1], w, "kernel w (3x3)")
+    terms = [[[] for _ in range(y.shape[1])] for _ in range(y.shape[0])]
+    for c, ((i, j), v) in enumerate(np.ndenumerate(x)):
+        copy = data["scatter"][i, j]
+        footprint = np.zeros(copy.shape, bool)
+        footprint[i * s:i * s + k, j * s:j * s + k] = True
+        _draw_canvas(axes[c + 2], copy, vmax, f"x[{i},{j}] = {v:.0f} scatters {v:.0f}·w",
+                     written=footprint)
+        _outline(axes[c + 2], i * s, j * s, k, k, _COPY_COLOURS[c])
+        for (u, t) in np.ndindex(k, k):
+            terms[i * s + u][j * s + t].append(copy[i * s + u, j * s + t])
+    top.suptitle("(a) every input entry scatters a scaled copy of the kernel onto the 5x5 "
+                 "canvas, at rows 2i..2i+2 and columns 2j..2j+2 (eq. 4.10)", fontsize=12)
+    ax_y, ax_r, ax_text = bottom.subplots(1, 3, width_ratios=[5, 5, 4.2])
+    _draw_canvas(ax_y, y, vmax, "(b) y = jc.ConvTranspose2D(1, 3, strides=2)\n"
+                 "the copies added: row 2 and column 2 overlap", terms=terms,
+                 written=np.ones(y.shape, bool))
+    for c, (i, j) in enumerate(np.ndindex(x.shape)):
+        _outline(ax_y, i * s, j * s, k, k, _COPY_COLOURS[c], inset=0.04 + 0.04 * c)
+    _draw_canvas(ax_r, data["conv_residual"], vmax, "(c) input residual of jc.Conv2D(1, 3, "
+                 "strides=2)\nfor delta = x: jax.vjp (eq. 4.5)",
+                 written=np.ones(y.shape, bool))
+    same = (np.array_equal(y, data["conv_residual"])
+            and np.array_equal(y, data["conv_backward"])
+            and np.array_equal(y, data["scatter"].sum(axis=(0, 1))))
+    ax_text.axis("off")
+    ax_text.text(0.0, 0.5, f"(b) and (c) are {'identical' if same else 'NOT equal'}, entry "
+                 f"by entry.\n\nConv2D with the same w (in and out\nchannels swapped) maps a "
+                 f"5x5 map\nto 2x2; its input residual maps a 2x2\ndelta back to 5x5 -- the "
+                 f"transposed\nconvolution is that residual run\nforward (eqs. 4.10-4.11 vs "
+                 f"4.5).\nConv2D's hand-written backward\ngives the same 5x5.\n\nTop row: the "
+                 f"1-D example,\n[1, 2] with [3, 1, 2], stride 2\n-> [3, 1, 8, 2, 4].",
+                 fontsize=11, va="center", transform=ax_text.transAxes)
+    fig.suptitle("Transposed convolution: a 2x2 input, a 3x3 kernel, stride 2 -> 5x5",
+                 fontsize=14)
+    return Shown(_save(fig, path), data)
+
+
 # --- receptive fields --------------------------------------------------------------------------
 
 def _native_shape(arch: str) -> tuple[int, ...]:
@@ -778,6 +919,9 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
                           f"(red +, blue −)"))
         elif name == "pooling":
             shown.append(plot_pooling(os.path.join(out, "pooling.png"), seed=seed, image=image))
+        elif name == "transposed":
+            shown.append(plot_transposed_convolution(
+                os.path.join(out, "transposed_convolution.png")))
         else:
             shown.append(plot_receptive_fields(os.path.join(out, "receptive_field.png"),
                                                arch or "deepid", image=image, seed=seed))
@@ -808,11 +952,13 @@ def add_show_command(subparsers) -> None:
 
     p = subparsers.add_parser(
         "show", help="draw the source's ideas as PNG figures",
-        description="Draw convolution, kernels, feature maps, pooling and receptive fields as "
-                    "PNG figures, computed by jaxcnn's own layers. kernels: the source's 5x5 "
-                    "example and classic kernels; features: kernels applied to a photograph; "
-                    "pooling: average, max and stochastic pooling, forward and backward; "
-                    "receptive-field: one unit's field per layer of a zoo net.")
+        description="Draw convolution, kernels, feature maps, pooling, transposed convolution "
+                    "and receptive fields as PNG figures, computed by jaxcnn's own layers. "
+                    "kernels: the source's 5x5 example and classic kernels; features: kernels "
+                    "applied to a photograph; pooling: average, max and stochastic pooling, "
+                    "forward and backward; transposed: the transposed convolution as a "
+                    "convolution's input residual run forward; receptive-field: one unit's "
+                    "field per layer of a zoo net.")
     p.add_argument("figure", choices=FIGURES + ("all",), help="which figure(s) to draw")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files")
     p.add_argument("--checkpoint", metavar="DIR",

@@ -25,6 +25,8 @@ import jax
 from jaxcnn.core import Array, Cache, Layer, Params, State, map_leaves
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
+from jaxcnn.network import _hand_written
+from jaxcnn.precision import Policy, policy
 
 __all__ = ["has_state", "init_state", "update_state", "with_state", "value_grad_and_state"]
 
@@ -87,7 +89,8 @@ def _describe(state) -> str:
     return f"{len(state)} entries" if isinstance(state, tuple) else type(state).__name__
 
 
-def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = None
+def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = None,
+                         precision: str | Policy | None = None
                          ) -> Callable[..., tuple[Array, Params, State]]:
     """``(params, state, x, targets, *, key=None) -> (J, grads, new_state)``: ``value_and_grad``
     (eq. 6.2, the hand-written backward, training mode) and the state updated from the same
@@ -97,12 +100,15 @@ def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = Non
     chunk normalises with its own batch statistics (as each device does under
     ``jaxcnn.distributed``), and the new state is the mean of the chunks' updated states --
     updating with the chunks' mean statistics, since an update is affine in them.
+    ``precision``: as ``value_and_grad``'s; the state stays in its own dtype (BatchNorm
+    computes the statistics of a 16-bit input in float32).
     """
+    eq_6_2 = _hand_written(net, loss, policy(precision, "value_and_grad: precision"))
+
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
-        y, cache = net.forward(params, x, key=key, train=train)
-        grads, _ = net.backward(params, cache, loss.delta(y, targets))
-        return loss.value(y, targets), (grads, update_state(net, state, cache))
+        value, grads, cache = eq_6_2(params, x, targets, key, train)
+        return value, (grads, update_state(net, state, cache))
 
     chunked = microbatched(whole, microbatch, "value_and_grad")
 

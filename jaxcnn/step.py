@@ -2,7 +2,10 @@
 
 A step is ``loss_and_grad`` -- forward, the loss's output residual, backward, no autodiff
 (eq. 6.2) -- then ``optimizer.update`` and ``optax.apply_updates``, all under one ``jax.jit``.
-Nothing here reads files, prints or loops over epochs: that is ``jaxcnn.train.fit``'s.
+Under a 16-bit ``precision`` (``jaxcnn.precision``) the gradient is computed on 16-bit copies
+of the params and batch and returned in float32, so the update, the optimizer state and the
+params stay float32.  Nothing here reads files, prints or loops over epochs: that is
+``jaxcnn.train.fit``'s.
 ``jaxcnn.train`` re-exports what a loop of one's own needs (``train.make_step``, ...);
 ``fit_step``, ``step_keys`` and ``memoise`` are shared by ``fit`` and ``jaxcnn.distributed``.
 
@@ -28,6 +31,7 @@ from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
+from jaxcnn.precision import Policy, autodiff, policy
 from jaxcnn.state import has_state, update_state, value_grad_and_state
 
 __all__ = [
@@ -96,8 +100,8 @@ def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     return OPTIMIZERS[name](learning_rate)
 
 
-def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int | None = None
-                  ) -> Callable[..., tuple[Array, Params]]:
+def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int | None = None,
+                  precision: str | Policy | None = None) -> Callable[..., tuple[Array, Params]]:
     """``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
 
     ``grad="manual"``: ``jaxcnn.value_and_grad``, the hand-written backward (eq. 6.2).
@@ -105,22 +109,27 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
     forward (the same values; ``Conv2D.forward`` may add its bias to the Toeplitz product's
     rows where ``apply`` adds it after the reshape) differentiated by JAX, for comparison.
     ``microbatch``: either one on chunks of this many examples, averaged
-    (``jaxcnn.microbatch.microbatched``).
+    (``jaxcnn.microbatch.microbatched``).  ``precision``: either one under the policy of
+    ``jaxcnn.precision`` (``"bfloat16"``, ``"float16"``; ``None``: no casts).
     """
+    pol = policy(precision, "value_and_grad: precision")
     if grad == "manual":
-        return value_and_grad(net, loss, microbatch=microbatch)
+        return value_and_grad(net, loss, microbatch=microbatch, precision=pol)
     if grad != "autodiff":
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
 
     def f(params, x, targets, key, train):
-        return jax.value_and_grad(
-            lambda p: loss.value(net.apply(p, x, key=key, train=train), targets))(params)
+        vg = autodiff(pol, loss.value,
+                      lambda p, xc: (net.apply(p, xc, key=key, train=train), ()))
+        value, grads, _ = vg(params, x, targets)
+        return value, grads
 
     return microbatched(f, microbatch, "value_and_grad")
 
 
 def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
-                        microbatch: int | None = None) -> Callable[..., tuple[Array, Params, State]]:
+                        microbatch: int | None = None, precision: str | Policy | None = None
+                        ) -> Callable[..., tuple[Array, Params, State]]:
     """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` in training mode:
     ``loss_and_grad`` and the net's state (``jaxcnn.state``) updated from the same forward.
 
@@ -128,13 +137,15 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
     with state, ``jax.grad`` of the loss through ``net.forward`` (whose cache holds the batch
     statistics the update reads); for one without, ``loss_and_grad``'s own, the state ``()``
     passed through.  ``microbatch``: chunks, their gradients and updated states averaged.
+    ``precision``: as ``loss_and_grad``'s; the state keeps its own dtype.
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    pol = policy(precision, "value_and_grad: precision")
     if grad == "manual":
-        return value_grad_and_state(net, loss, microbatch=microbatch)
+        return value_grad_and_state(net, loss, microbatch=microbatch, precision=pol)
     if not has_state(net):
-        vg = loss_and_grad(net, loss, grad, microbatch)
+        vg = loss_and_grad(net, loss, grad, microbatch, pol)
 
         def stateless(params, state, x, targets, *, key=None):
             return (*vg(params, x, targets, key=key, train=True), state)
@@ -143,12 +154,8 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
 
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
-
-        def objective(p):
-            y, cache = net.forward(p, x, key=key, train=train)
-            return loss.value(y, targets), cache
-
-        (value, cache), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        vg = autodiff(pol, loss.value, lambda p, xc: net.forward(p, xc, key=key, train=train))
+        value, grads, cache = vg(params, x, targets)
         return value, (grads, update_state(net, state, cache))
 
     chunked = microbatched(whole, microbatch, "value_and_grad")
@@ -182,9 +189,11 @@ def _apply(optimizer: optax.GradientTransformation, grads, opt_state, params):
 
 
 def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-               grad: str = "manual", microbatch: int | None = None) -> Callable:
-    """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``."""
-    return update_step(loss_and_grad(net, loss, grad, microbatch), optimizer)
+               grad: str = "manual", microbatch: int | None = None,
+               precision: str | Policy | None = None) -> Callable:
+    """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``;
+    under a 16-bit ``precision`` the optimizer still updates the float32 params."""
+    return update_step(loss_and_grad(net, loss, grad, microbatch, precision), optimizer)
 
 
 def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
@@ -200,27 +209,30 @@ def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callab
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-              grad: str = "manual", microbatch: int | None = None) -> Callable:
+              grad: str = "manual", microbatch: int | None = None,
+              precision: str | Policy | None = None) -> Callable:
     """``jax.jit`` of ``train_step``: one mini-batch update, compiled once per batch shape.
 
     >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
     >>> params, opt_state, J = step(params, opt_state, x, labels, key)
     """
-    return jax.jit(train_step(net, loss, optimizer, grad, microbatch))
+    return jax.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
 
 
 @memoise
 def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
-             grad: str, microbatch: int | None = None) -> Callable:
+             grad: str, microbatch: int | None = None,
+             precision: str | Policy | None = None) -> Callable:
     """``fit``'s step on one device, jitted and cached per arguments: ``(params, opt_state,
     state, x_all, y_all, index, step_key, step) -> (params, opt_state, state, J)``, ``state``
     the net's (``jaxcnn.state``; ``()`` for a net without).
 
     The batch ``x_all[index]`` is gathered on the device (the data set is an argument, never a
     compiled-in constant) and the forward's key is ``fold_in(step_key, step)``, ``step_key``
-    being ``step_keys(key)``.  ``distributed.fit_step`` is the same on a mesh.
+    being ``step_keys(key)``.  ``precision``: ``loss_grad_and_state``'s.
+    ``distributed.fit_step`` is the same on a mesh.
     """
-    update = state_step(loss_grad_and_state(net, loss, grad, microbatch), optimizer)
+    update = state_step(loss_grad_and_state(net, loss, grad, microbatch, precision), optimizer)
 
     def step_fn(params, opt_state, state, x_all, y_all, index, step_key, step):
         return update(params, opt_state, state, x_all[index], y_all[index],

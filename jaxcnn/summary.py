@@ -12,16 +12,26 @@ Output shape, parameter count, forward FLOPs and receptive field of every layer 
   unit sees the whole input.  Padding moves a field but does not change its size (at the
   border part of it lies in the padding).  Where branches merge, a unit sees the widest of
   their fields.
+- A transposed convolution (``ConvTranspose2D``) counts, like the convolution it is the
+  adjoint of, 2 per multiply-add of every input entry with every kernel tap (eq. 4.10, those
+  the crop drops included) plus 1 per output for the bias.  Its units are not evenly spaced
+  over its input: output row ``u`` reads the input rows ``i`` with ``i s + p d - t = u``, two
+  or one of them for ``k = 3``, ``s = 2``.  From there on fields are followed unit by unit
+  over one period of units (``_Uneven``); the receptive field shown is the widest unit's
+  (holes between dilated taps included), the jump ``j / s`` a fraction, and a merge of such
+  fields unknown (``?``).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import jax
 
 from jaxcnn import _geometry as geo
+from jaxcnn.conv_transpose import adjoint_window
 from jaxcnn.core import Layer
 
 __all__ = ["Summary", "SummaryRow", "summary"]
@@ -91,6 +101,10 @@ def _flops(cfg: dict, in_shape, out_shape) -> int | None:
             per_output = 2 * k * in_shape[2] // cfg["groups"] + (1 if cfg["use_bias"] else 0)
             return out * per_output
         return out * k
+    if kind == "transposed_window":  # every input entry times every tap (eq. 4.10)
+        k = cfg["size"][0] * cfg["size"][1]
+        return (2 * math.prod(in_shape) * k * cfg["features"] // cfg["groups"]
+                + (out if cfg["use_bias"] else 0))
     return None
 
 
@@ -102,12 +116,64 @@ class _Field(NamedTuple):
     jump: tuple[int, int]
     start: tuple[int, int]
     whole: bool = False        # every unit depends on the whole input (after a GroupNorm, say)
+    units: tuple["_Uneven", "_Uneven"] | None = None   # after a transposed convolution
+
+
+class _Uneven(NamedTuple):
+    """One axis of fields that are not evenly spaced (after a transposed convolution): the
+    first and last input pixel ``lo[u]``, ``hi[u]`` that unit ``u < period`` sees; unit
+    ``u + period`` sees them ``shift`` pixels further on.  A unit that reads nothing (between
+    a dilated kernel's taps) has ``lo = inf`` and ``hi = -inf``."""
+
+    lo: tuple
+    hi: tuple
+    period: int
+    shift: int
+
+    def at(self, u: int) -> tuple:
+        k, r = divmod(u, self.period)
+        return self.lo[r] + k * self.shift, self.hi[r] + k * self.shift
+
+
+def _ratio(a: int, b: int):
+    """``a / b``: an int where it is one, else a ``Fraction``."""
+    return a // b if a % b == 0 else Fraction(a, b)
+
+
+def _through(axis: _Uneven, reads, period: int, shift: int) -> _Uneven:
+    """Units ``u < period`` each seeing the union of the fields of the units ``reads(u)``."""
+    seen = [[axis.at(v) for v in reads(u)] for u in range(period)]
+    return _Uneven(tuple(min((lo for lo, _ in s), default=math.inf) for s in seen),
+                   tuple(max((hi for _, hi in s), default=-math.inf) for s in seen),
+                   period, shift)
+
+
+def _uneven_field(field: _Field, g: geo.Window, transposed: bool) -> _Field:
+    """``field`` after the window ``g`` of a convolution or pooling, or after the transposed
+    convolution whose adjoint window ``g`` is (output unit ``u`` reads the input units ``i``
+    with ``i s + p d - t = u``), followed unit by unit over one period of units."""
+    axes = field.units or tuple(_Uneven((s,), (s + r - 1,), 1, j)
+                                for s, r, j in zip(field.start, field.size, field.jump))
+    out = []
+    for axis, k, s, d, (t, _) in zip(axes, g.size, g.strides, g.dilation, g.padding):
+        if transposed:
+            out.append(_through(axis, lambda u: [(u + t - p * d) // s for p in range(k)
+                                                 if (u + t - p * d) % s == 0],
+                                axis.period * s, axis.shift))
+        else:
+            m = math.lcm(axis.period, s)
+            out.append(_through(axis, lambda u: [u * s - t + p * d for p in range(k)],
+                                m // s, axis.shift * m // axis.period))
+    size = tuple(max(int(hi - lo) + 1 for lo, hi in zip(a.lo, a.hi) if hi >= lo) for a in out)
+    start = tuple(a.lo[0] for a in out)
+    return _Field(size, tuple(_ratio(a.shift, a.period) for a in out),
+                  None if math.inf in start else start, units=tuple(out))
 
 
 def _merge(fields) -> _Field | None:
     """Where branches merge, a unit sees what any branch's unit sees: the widest field."""
-    if any(f is None for f in fields):
-        return None
+    if any(f is None or f.units is not None for f in fields):
+        return None            # not followed through a merge of unevenly spaced units
     return _Field(*(tuple(pick(v) for v in zip(*parts)) for pick, parts in zip(
         (max, max, min), zip(*((f.size, f.jump, f.start) for f in fields)))),
         whole=any(f.whole for f in fields))
@@ -127,11 +193,20 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
                        cfg["padding"])
         if field.whole:             # it saw everything already: only the units' spacing grows
             return field._replace(jump=tuple(j * s for j, s in zip(field.jump, g.strides)))
+        if field.units is not None:     # after a transposed convolution
+            return _uneven_field(field, g, transposed=False)
         return _Field(tuple(r + (k - 1) * j for r, k, j in
                             zip(field.size, g.effective_size, field.jump)),
                       tuple(j * s for j, s in zip(field.jump, g.strides)),
                       tuple(s - lo * j for s, (lo, _), j in zip(field.start, g.padding,
                                                                field.jump)))
+    if kind == "transposed_window":
+        g = adjoint_window(layer.name, in_shape[:2], cfg["size"], cfg["strides"],
+                           cfg["dilation"], cfg["padding"], cfg["output_padding"])
+        if field.whole:
+            return field._replace(jump=tuple(_ratio(j, s) for j, s in zip(field.jump,
+                                                                          g.strides)))
+        return _uneven_field(field, g, transposed=True)
     if kind in ("flatten", "dense", "global"):
         return _Field(whole, whole, (0, 0), True)
     if kind == "spatial_norm":      # normalised over every position: each unit sees them all

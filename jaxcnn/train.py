@@ -43,6 +43,7 @@ from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, C
 from jaxcnn.core import Layer, Params, State
 from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
 from jaxcnn.losses import Loss, softmax_cross_entropy
+from jaxcnn.precision import Policy, policy
 from jaxcnn.report import plot_curves
 from jaxcnn.state import init_state
 from jaxcnn.step import (GRADS, OPTIMIZERS, epoch_order, fit_step, init_params, loss_and_grad,
@@ -114,8 +115,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         loss: Loss = softmax_cross_entropy,
         optimizer: optax.GradientTransformation | None = None,
         epochs: int = 10, batch_size: int = 32, seed: int = 0, grad: str = "manual",
-        microbatch: int | None = None, devices: str | int | list | None = None,
-        check_grads: int = 0, grad_tol: float | None = None,
+        microbatch: int | None = None, precision: str | Policy | None = None,
+        devices: str | int | list | None = None, check_grads: int = 0,
+        grad_tol: float | None = None,
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = 0, info: dict | None = None, verbose: bool = True,
         progress: bool | None = None, print_fn: Callable[[str], None] = print) -> FitResult:
@@ -137,6 +139,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         batch's.  The (per-device) batch must be a multiple of it or at most it (then it is
         ignored).  The gradient checks then use the batch's first ``microbatch`` rows.
         ``None``: the whole batch at once.
+      precision: ``"bfloat16"`` or ``"float16"``: each step computes on 16-bit copies of the
+        params and batch, the params, optimizer state, loss and evaluation staying float32
+        (``jaxcnn.precision``); the gradient checks compare in float32.  ``None``: no casts.
       devices: ``None``: one device, as above.  ``"all"``, a number or a list of devices:
         data-parallel over a mesh of them (``jaxcnn.distributed``; docs/scaling.md) -- each
         step shards the batch (``batch_size`` must divide by the device count), replicates
@@ -174,7 +179,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
     """
     run = _checked(net, params, x_train, y_train, x_test, y_test, loss=loss,
                    optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
-                   grad=grad, microbatch=microbatch, devices=devices, check_grads=check_grads,
+                   grad=grad, microbatch=microbatch, precision=precision, devices=devices,
+                   check_grads=check_grads,
                    grad_tol=grad_tol, out=out, checkpoint_every=checkpoint_every, info=info,
                    verbose=verbose, progress=progress, print_fn=print_fn)
     state = _fresh_state(run, params)
@@ -203,6 +209,7 @@ class _Run(NamedTuple):
     seed: int
     grad: str
     microbatch: int | None             # None also where one chunk would hold the whole batch
+    precision: Policy
     check_grads: int
     grad_tol: float
     checkpoint_every: int
@@ -245,7 +252,7 @@ class _State(NamedTuple):
 # --- validate the arguments ----------------------------------------------------------------
 
 def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, epochs,
-             batch_size, seed, grad, microbatch, devices, check_grads, grad_tol, out,
+             batch_size, seed, grad, microbatch, precision, devices, check_grads, grad_tol, out,
              checkpoint_every, info, verbose, progress, print_fn) -> _Run:
     """``fit``'s arguments checked and completed: ``ValueError``/``TypeError`` naming the
     argument, before anything is trained or written."""
@@ -258,6 +265,7 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
                          f"and {checkpoint_every}")
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    precision = policy(precision, "precision")
     x_train, y_train, x_test, y_test = _checked_sets(net, params, x_train, y_train, x_test,
                                                      y_test)
     if batch_size > len(x_train):
@@ -269,11 +277,12 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
     config = _config(x_train, batch_size=batch_size, seed=seed, grad=grad,
-                     microbatch=microbatch, info=info)
+                     microbatch=microbatch, precision=precision, info=info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
         x_test=x_test, y_test=y_test, epochs=epochs, batch_size=batch_size, seed=seed,
-        grad=grad, microbatch=microbatch, check_grads=check_grads, grad_tol=grad_tol,
+        grad=grad, microbatch=microbatch, precision=precision, check_grads=check_grads,
+        grad_tol=grad_tol,
         checkpoint_every=checkpoint_every, plan=plan, main=main,
         steps_per_epoch=len(x_train) // batch_size, config=config, info=info or {},
         out=None if out is None else os.fspath(out),
@@ -310,14 +319,15 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(x_train, *, batch_size, seed, grad, microbatch, info) -> dict:
+def _config(x_train, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
-    size and image shape and dtype, the batch, seed, gradient and microbatch, and ``info``
-    (``jaxcnn train``: the data set, net, optimizer and learning rate) -- as JSON reads it
-    back, so that a saved config compares equal."""
+    size and image shape and dtype, the batch, seed, gradient, microbatch, precision and loss
+    scale, and ``info`` (``jaxcnn train``: the data set, net, optimizer and learning rate) --
+    as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
               "dtype": str(x_train.dtype), "batch_size": batch_size, "seed": seed,
-              "grad": grad, "microbatch": microbatch, **(info or {})}
+              "grad": grad, "microbatch": microbatch, "precision": precision.compute,
+              "loss_scale": precision.loss_scale, **(info or {})}
     try:
         return json.loads(strict_json(config))
     except TypeError as err:
@@ -446,10 +456,14 @@ def _resume(run: _Run, state: _State) -> _State:
                   meta["seconds"], meta.get("gradient_check"), net_state)
 
 
+_ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
+"""Settings newer than some checkpoints: one that lacks them was made with these values."""
+
+
 def _check_config(run: _Run, step: int, meta: dict) -> None:
     """``ValueError`` naming the first setting (``run.config``) the checkpoint at ``step`` was
     made with that differs from this run's."""
-    saved = meta["config"]
+    saved = {**_ADDED_SETTINGS, **meta["config"]}
     for name in sorted(set(saved) | set(run.config)):
         if saved.get(name) != run.config.get(name):
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
@@ -468,13 +482,14 @@ def _build_step(run: _Run, state: _State) -> Callable:
     step_key, x_train, y_train, plan = step_keys(state.key), run.x_train, run.y_train, run.plan
     if plan is None:
         x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
-        step_fn = fit_step(run.net, run.loss, run.optimizer, run.grad, run.microbatch)
+        step_fn = fit_step(run.net, run.loss, run.optimizer, run.grad, run.microbatch,
+                           run.precision)
 
         def run_step(params, opt_state, net_state, index, step):
             return step_fn(params, opt_state, net_state, x_dev, y_dev, index, step_key, step)
     else:
         step_fn = distributed.fit_step(run.net, run.loss, run.optimizer, run.grad, plan,
-                                       run.microbatch)
+                                       run.microbatch, run.precision)
         step_key_dev = distributed.replicate(plan, step_key)
 
         def run_step(params, opt_state, net_state, index, step):
@@ -689,7 +704,8 @@ def _summarise(run: _Run, state: _State, seconds: float) -> dict:
         "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
         "epochs": len(state.history), "steps": state.step, "batch_size": run.batch_size,
-        "microbatch": run.microbatch,
+        "microbatch": run.microbatch, "precision": run.precision.compute,
+        "loss_scale": run.precision.loss_scale,
         "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,
         "gradient_check_worst_relative_error": state.check_worst,
         "n_train": run.n_train, "n_test": None if run.x_test is None else len(run.x_test),
@@ -709,7 +725,8 @@ def _write_outputs(run: _Run, history: list[dict], summary: dict) -> None:
     write_atomic(os.path.join(run.out, "summary.json"), strict_json(summary, indent=2) + "\n")
     _write_metrics(run, history)
     title = " / ".join([str(run.info[k]) for k in ("dataset", "arch") if k in run.info]
-                       + [f"{run.grad} gradients"])
+                       + [f"{run.grad} gradients"]
+                     + ([run.precision.compute] if run.precision.active else []))
     replace_atomic(os.path.join(run.out, "curves.png"),
                    lambda f: plot_curves(history, f, title))
 

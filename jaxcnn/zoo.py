@@ -31,6 +31,7 @@ import jax
 
 from jaxcnn.activations import ReLU, Sigmoid
 from jaxcnn.conv import Conv2D
+from jaxcnn.conv_transpose import ConvTranspose2D
 from jaxcnn.core import Layer, Shape, check_input_shape
 from jaxcnn.dense import Dense, Flatten
 from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel
@@ -38,8 +39,8 @@ from jaxcnn.network import serial
 from jaxcnn.norm import BatchNorm
 from jaxcnn.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["small", "lenet5", "ufldl", "deepid", "resnet", "resnet_bn", "ARCHS", "Recipe",
-           "RECIPES", "get"]
+__all__ = ["small", "lenet5", "ufldl", "deepid", "resnet", "resnet_bn", "autoencoder", "ARCHS",
+           "Recipe", "RECIPES", "get"]
 
 _he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations' scale
 _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
@@ -198,6 +199,28 @@ def resnet_bn(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1) -
     al. train it: its running statistics are state (``jaxcnn.state``), updated by ``fit``
     every step and used to evaluate."""
     return resnet(input_shape, num_classes, blocks, batch_norm=True)
+
+
+def autoencoder(input_shape=(8, 8, 1), features: int = 16) -> Layer:
+    """A small convolutional autoencoder: the image back from a code of a sixteenth its area.
+
+    Encoder: conv3x3 ``features`` (ReLU), maxpool 2, conv3x3 ``features // 2`` (ReLU),
+    maxpool 2 -- a code of ``(H/4, W/4, features/2)``.  Decoder: two transposed convolutions
+    3x3, stride 2, ``"SAME"`` (eqs. 4.10-4.11), each doubling the maps' size --
+    ``features`` maps (ReLU), then the input's channels -- and a sigmoid, for images in
+    ``[0, 1]`` under ``squared_error`` against themselves.  All ``"SAME"``, He init; ``H`` and
+    ``W`` must divide by 4 (8x8 digits: 8, 4, 2, then 4, 8).
+    """
+    h, w, c = _shape("autoencoder", input_shape)
+    if h % 4 or w % 4:
+        raise ValueError(f"autoencoder: the input's height and width must divide by 4 (two "
+                         f"poolings, two transposed convolutions of stride 2), got "
+                         f"{tuple(input_shape)}")
+    f = int(features)
+    return serial(Conv2D(f, 3, padding="SAME", w_init=_he), ReLU(), MaxPool2D(2),
+                  Conv2D(f // 2, 3, padding="SAME", w_init=_he), ReLU(), MaxPool2D(2),
+                  ConvTranspose2D(f, 3, strides=2, padding="SAME", w_init=_he), ReLU(),
+                  ConvTranspose2D(c, 3, strides=2, padding="SAME", w_init=_glorot), Sigmoid())
 
 
 ARCHS: dict[str, Callable[..., Layer]] = {

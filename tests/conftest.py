@@ -8,10 +8,24 @@
 - warnings are errors (``pyproject.toml``).
 """
 import os
+import tempfile
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+# Before jax is imported, so that every test process inherits them -- the xdist workers and the
+# examples, jaxcnn commands and kill-and-resume runs the tests start: the suite's programs are
+# small and mostly run once, so XLA's optimisation passes cost more than they save, and one
+# compilation cache for the session lets the many processes that compile the same training
+# step (tests/test_faults.py, tests/test_cli.py) compile it once.  Results stay exact to the
+# tolerances; bitwise comparisons are between runs under the same settings.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-tests-xla-")
+    os.environ["JAXCNN_TESTS_OWN_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -31,3 +45,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def rng():
     import numpy as np
     return np.random.default_rng(0)
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with the process that made it (the controller)."""
+    own = os.environ.get("JAXCNN_TESTS_OWN_CACHE")
+    if own and not hasattr(config, "workerinput"):
+        import shutil
+        shutil.rmtree(own, ignore_errors=True)

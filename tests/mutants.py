@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
+from jaxcnn.conv_transpose import adjoint_window
 from jaxcnn.reference import conv as reference_conv
+from jaxcnn.reference import conv_transpose as reference_conv_transpose
 
 
 def conv_without_flip(layer, params, cache, x, delta):
@@ -12,6 +14,14 @@ def conv_without_flip(layer, params, cache, x, delta):
     grads, _ = layer.backward(params, cache, delta)
     g = geo.window("Conv2D", x.shape[1:3], (3, 3), (2, 2), (1, 1), "VALID")
     return grads, reference_conv.backward_input(delta, params["w"][::-1, ::-1], g)
+
+
+def conv_transpose_input_residual_flipped(layer, params, cache, x, delta):
+    """A transposed convolution's input residual with the kernel rotated by 180 degrees, as a
+    convolution's input residual has it (eq. 4.5): eq. 4.12 is a correlation, not rotated."""
+    grads, _ = layer.backward(params, cache, delta)
+    g = adjoint_window("ConvTranspose2D", x.shape[1:3], (3, 3), (2, 2), (1, 1), "VALID")
+    return grads, reference_conv_transpose.backward_input(delta, params["w"][::-1, ::-1], g)
 
 
 def kernel_gradient_flipped(layer, params, cache, x, delta):
@@ -38,6 +48,13 @@ def avg_pool_not_divided(layer, params, cache, x, delta):
     """Delta copied to every window position without the 1 / |R|."""
     _, dx = layer.backward(params, cache, delta)
     return (), dx * 4
+
+
+def pool_drops_the_ceil_window(layer, params, cache, x, delta):
+    """A ceil-mode pooling whose backward ignores the last, partial windows (eq. 5.11): their
+    delta dropped, as if the output size had been floored."""
+    keep = jnp.zeros_like(delta).at[:, :-1, :-1].set(1)
+    return layer.backward(params, cache, delta * keep)
 
 
 def dense_bias_gradient_averaged(layer, params, cache, x, delta):

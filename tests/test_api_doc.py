@@ -17,7 +17,7 @@ DOCS = ROOT / "docs"
 
 # The submodules users import by name, each with an ``__all__``.  (``jaxcnn.summary`` is shadowed
 # by the function ``jaxcnn.summary``: modules are looked up with importlib, never as attributes.)
-SUBMODULES = ("show", "data", "train", "distributed", "audit", "zoo", "summary")
+SUBMODULES = ("show", "data", "train", "distributed", "audit", "zoo", "summary", "precision")
 
 # Public-looking top-level names deliberately left out of a module's ``__all__``.
 NOT_EXPORTED = {
@@ -179,10 +179,11 @@ def layer_line(net) -> str:
             text = "parallel(" + " | ".join(
                 layer_line(branch) if branch.layers else layer_line(jaxcnn.serial(branch))
                 for branch in layer.layers) + ")"
-        elif cfg.get("kind") == "window":
+        elif cfg.get("kind") in ("window", "transposed_window"):
             kh, kw = cfg["size"]
             if "features" in cfg:
-                text = f"conv{kh}x{kw}({cfg['features']}, {cfg['padding']})"
+                conv = "conv" if cfg["kind"] == "window" else "convtranspose"
+                text = f"{conv}{kh}x{kw}({cfg['features']}, {cfg['padding']})"
                 extras = ([f"stride {cfg['strides']}"] * (cfg["strides"] != (1, 1))
                           + [f"dilation {cfg['dilation']}"] * (cfg["dilation"] != (1, 1))
                           + [f"groups {cfg['groups']}"] * (cfg["groups"] != 1))
@@ -201,11 +202,12 @@ def layer_line(net) -> str:
     return " -> ".join(parts)
 
 
-@pytest.mark.parametrize("arch", sorted(jaxcnn.zoo.ARCHS))
+@pytest.mark.parametrize("arch", sorted(jaxcnn.zoo.ARCHS) + ["autoencoder"])
 def test_api_doc_lists_the_layers_of_each_zoo_net(arch):
     """Each zoo section spells out the layers the code builds at the default input shape."""
-    line = layer_line(jaxcnn.zoo.ARCHS[arch]())
-    section = api_section(rf"`zoo\.{jaxcnn.zoo.ARCHS[arch].__name__}`")
+    make = jaxcnn.zoo.ARCHS.get(arch) or getattr(jaxcnn.zoo, arch)
+    line = layer_line(make())
+    section = api_section(rf"`zoo\.{make.__name__}`")
     assert f"`{line}`" in section, f"the zoo.{arch} section of docs/api.md lacks `{line}`"
 
 

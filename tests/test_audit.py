@@ -121,6 +121,30 @@ def leaky_relu(slope=0.1, derivative=None):
                  name="LeakyReLU")
 
 
+def test_ceil_mode_and_dilated_pools_pass_the_audit():
+    """``check_grads`` and ``check_layer`` on pools in ceil mode and with a dilated window, whose
+    ``apply`` (the select of eq. 5.13) ``jax.vjp`` and ``jax.grad`` differentiate where they
+    cannot differentiate a dilated ``lax.reduce_window``; ties after a ReLU included, and
+    finite differences, which use no autodiff, agree too."""
+    net = jc.serial(jc.Conv2D(3, 3), jc.ReLU(),
+                    jc.MaxPool2D(3, 2, ((1, 1), (1, 1)), dilation=2, ceil_mode=True),
+                    jc.AvgPool2D(2, count_include_pad=False, ceil_mode=True), jc.Flatten(),
+                    jc.Dense(4))
+    params, _ = net.init(jax.random.key(0), (12, 11, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    rng = np.random.default_rng(0)
+    x, labels = jnp.asarray(rng.normal(size=(2, 12, 11, 2))), jnp.asarray([0, 3])
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels,
+                            finite_differences=True)
+    assert report.ok, str(report)
+    assert {r.reference for r in report.rows if r.layer in (2, 3)} == {"jax.vjp",
+                                                                      "finite differences"}
+    assert len([r for r in report.rows if r.layer is None]) == 4       # conv, dense: w, b
+    for layer in net.layers[2:4]:
+        single = jc.check_layer(layer, (9, 8, 3), finite_differences=True)
+        assert single.ok and len(single.rows) == 2, str(single)
+
+
 def test_check_layer_on_a_user_written_layer():
     good = jc.check_layer(leaky_relu(), (4, 5, 3), finite_differences=True)
     assert good.ok, str(good)

@@ -30,6 +30,13 @@ def x_of(*shape, dtype=jnp.float32):
     (lambda: jc.MaxPool2D(2, strides=(1, 0)), r"MaxPool2D: strides must be >= 1, got \(1, 0\)"),
     (lambda: jc.MaxPool2D(2, padding="same-ish"), r"MaxPool2D: unknown padding"),
     (lambda: jc.StochasticPool2D(-2), r"StochasticPool2D: window must be >= 1"),
+    (lambda: jc.MaxPool2D(2, dilation=(1, 0)), r"MaxPool2D: dilation must be >= 1, got \(1, 0\)"),
+    (lambda: jc.AvgPool2D(3, padding=((2, 0), (0, 0)), ceil_mode=True),
+     r"AvgPool2D: with ceil_mode, padding \(\(2, 0\), \(0, 0\)\) must be at most half the window "
+     r"\(3, 3\) on each side \(<= \(1, 1\)\), as PyTorch"),
+    (lambda: jc.MaxPool2D((2, 4), padding=((1, 1), (0, 3)), ceil_mode=True),
+     r"MaxPool2D: with ceil_mode, padding \(\(1, 1\), \(0, 3\)\) must be at most half the window "
+     r"\(2, 4\) on each side \(<= \(1, 2\)\)"),
     (lambda: jc.Dense(0), r"Dense: features must be >= 1, got 0"),
 ])
 def test_bad_settings(make, match):
@@ -41,6 +48,9 @@ def test_bad_settings(make, match):
     (lambda: jc.Conv2D(4.5, 3), r"Conv2D: features must be an int, got 4.5"),
     (lambda: jc.Conv2D(4, "3"), r"Conv2D: kernel_size must be an int or a pair of ints"),
     (lambda: jc.serial(jc.Conv2D(2, 3), jc.Sigmoid), r"serial: argument 1 is function, not a Layer"),
+    (lambda: jc.MaxPool2D(2, ceil_mode=1), r"MaxPool2D: ceil_mode must be a bool, got int 1"),
+    (lambda: jc.AvgPool2D(2, ceil_mode="True"), r"AvgPool2D: ceil_mode must be a bool, got str"),
+    (lambda: jc.MaxPool2D(2, dilation=1.5), r"MaxPool2D: dilation must be an int or a pair of ints"),
 ])
 def test_bad_setting_types(make, match):
     with pytest.raises(TypeError, match=match):
@@ -61,6 +71,32 @@ def test_bad_setting_types(make, match):
 def test_bad_input_shape_at_init(layer, shape, match):
     with pytest.raises(ValueError, match=match):
         layer.init(KEY, shape)
+
+
+@pytest.mark.parametrize("layer, shape, match", [
+    (jc.MaxPool2D(3, dilation=3), (6, 6, 1),
+     r"^MaxPool2D: window \(3, 3\) \(dilated extent \(7, 7\)\) is larger than the padded input "
+     r"\(6, 6\)"),
+    # PyTorch's ceil mode would give a 1x1 output here; a window that cannot fit is refused
+    (jc.AvgPool2D(3, 3, ceil_mode=True), (2, 5, 1),
+     r"^AvgPool2D: window \(3, 3\) \(dilated extent \(3, 3\)\) is larger than the padded input "
+     r"\(2, 5\)"),
+    (jc.MaxPool2D(2, 1, ((1, 1), (0, 0)), dilation=2), (1, 3, 1),
+     r"^MaxPool2D: window \(0, 0\) of \(1, 1\) reads only padding: \(2, 2\) taps dilated by "
+     r"\(2, 2\) over input \(1, 3\) padded by \(\(1, 1\), \(0, 0\)\); pad less or dilate less"),
+    (jc.MaxPool2D(2, padding="SAME", dilation=3, ceil_mode=True), (5, 5, 1),
+     r"^MaxPool2D: padding \(\(1, 2\), \(1, 2\)\) must be smaller than the window \(2, 2\)"),
+])
+def test_ceil_mode_and_dilated_pools_refuse_a_window_that_cannot_read_the_input(layer, shape,
+                                                                                match):
+    """At trace time, under ``jit`` too, and by the layer, never by lax: a window larger than
+    the padded input (ceil mode or not), a dilated window that reads only padding, a "SAME"
+    pad as large as the window."""
+    x = x_of(2, *shape)
+    for run in (lambda: layer.init(KEY, shape), lambda: jax.jit(layer.apply)((), x),
+                lambda: jax.jit(lambda x: layer.forward((), x))(x)):
+        with pytest.raises(ValueError, match=match):
+            run()
 
 
 def test_wrong_rank_and_channels_at_forward():

@@ -1,4 +1,4 @@
-"""The training, per-example-gradient and bridge examples run in their fast mode, print what
+"""The training, autoencoder, per-example-gradient and bridge examples run in their fast mode, print what
 they promise, and write real figures."""
 import os
 import re
@@ -44,6 +44,18 @@ def test_train_zoo(tmp_path):
         assert float(worst) < 1e-4
     assert_picture(tmp_path / "train_zoo_curves.png")
     assert "first epoch above 50% test accuracy: lenet5" in out
+
+
+def test_autoencoder(tmp_path):
+    out = run_example("autoencoder.py", "--fast", "--out", str(tmp_path))
+    assert "ConvTranspose2D  (4, 4, 16)" in out and "ConvTranspose2D  (8, 8, 1)" in out
+    assert "total: 2,633 parameters" in out
+    assert number(r"worst relative error ([0-9.e+-]+)", out) < 1e-4
+    # three epochs already beat both baselines: the decoder paints the digits back
+    decoded = number(r"per pixel: ([0-9.]+)", out)
+    assert decoded < number(r"the mean image: ([0-9.]+)", out) < number(
+        r"its training mean: ([0-9.]+)", out)
+    assert_picture(tmp_path / "autoencoder_reconstructions.png")
 
 
 def test_per_example_gradients(tmp_path):

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jaxcnn as jc
+from jaxcnn import _geometry as geo
 from harness import TOL, assert_backward_matches, init_as, rel_err
 
 DTYPES = st.sampled_from([jnp.float32, jnp.float64])
@@ -100,6 +101,56 @@ def test_max_pool_backward_with_ties(case, ties):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
     run_case(jc.MaxPool2D(window, strides, padding), shape, dtype, rng, x=x)
+
+
+def _remainder_extent(draw, k_eff, s, padding):
+    """An input size the window fits that most often leaves a remainder of ``s - 1`` rows past
+    the last window: rows that only a ceil-mode window reads (eq. 5.11)."""
+    fit = max(1, k_eff - sum(padding))
+    return fit + draw(st.integers(0, 2)) * s + draw(st.sampled_from(range(s - 1, -1, -1)))
+
+
+@st.composite
+def ceil_and_dilated_pool_cases(draw, dilated):
+    """Pooling in ceil mode or not, dilated or not: each requested pad at most half the window
+    (PyTorch's rule in ceil mode), every window holding an input position."""
+    window = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    strides = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilated else (1, 1)
+    ceil_mode = draw(st.sampled_from([True, False]))
+    padding = draw(st.sampled_from(["explicit", "VALID", "SAME"]))
+    if padding == "explicit":
+        padding = tuple((draw(st.integers(0, k // 2)), draw(st.integers(0, k // 2)))
+                        for k in window)
+    k_eff = tuple(d * (k - 1) + 1 for k, d in zip(window, dilation))
+    pads = padding if not isinstance(padding, str) else ((0, 0), (0, 0))
+    hw = tuple(_remainder_extent(draw, k, s, p) for k, s, p in zip(k_eff, strides or window, pads))
+    g = geo.window("", hw, window, strides or window, dilation, padding, ceil_mode)
+    assume(max(max(p) - k for p, k in zip(g.requested_padding, window)) < 0)   # "SAME"
+    assume(geo.window_counts(g).min() > 0)
+    shape = (draw(st.integers(1, 3)), *hw, draw(st.integers(1, 3)))
+    return window, strides, padding, dilation, ceil_mode, shape, draw(DTYPES)
+
+
+@given(ceil_and_dilated_pool_cases(dilated=False), st.booleans())
+def test_avg_pool_ceil_mode_backward(case, count_include_pad):
+    """Eqs. 5.11 and 5.12: the hand-written backward is ``jax.vjp`` of the forward, with the
+    overhang read as padding and never counted in the divisor."""
+    window, strides, padding, _, ceil_mode, shape, dtype = case
+    layer = jc.AvgPool2D(window, strides, padding, count_include_pad, ceil_mode)
+    run_case(layer, shape, dtype, np.random.default_rng(2))
+
+
+@given(ceil_and_dilated_pool_cases(dilated=True), st.booleans())
+def test_max_pool_dilated_and_ceil_mode_backward(case, ties):
+    """Eqs. 5.11 and 5.13: the hand-written backward is ``jax.vjp`` of ``apply`` (for a dilated
+    window, the select of the chosen tap; ``tests/test_reference.py`` holds the choice to
+    ``jnp.max`` and ``jnp.argmax`` over the stacked taps), tied inputs included."""
+    window, strides, padding, dilation, ceil_mode, shape, dtype = case
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=shape) if ties else rng.normal(size=shape)
+    layer = jc.MaxPool2D(window, strides, padding, dilation, ceil_mode)
+    run_case(layer, shape, dtype, rng, x=x)
 
 
 @given(pool_cases(padded=False), st.booleans(), st.integers(0, 2**31 - 1))
@@ -202,6 +253,60 @@ def test_max_pool_with_nans_ties_and_infinities_is_jax_grad(window, strides, pad
         assert rel_err(dx, vjp(delta)[0]) <= TOL[jnp.dtype(dtype)]     # overlaps sum in
         routed = np.asarray(dx) != 0                                   # another order
         np.testing.assert_array_equal(routed, np.asarray(vjp(delta)[0]) != 0)
+
+
+def test_max_pool_ceil_mode_reads_the_last_partial_window():
+    """Eq. 5.11: ``(1, 2)`` windows over 3 columns -- one window, or in ceil mode two, the
+    second reading column 2 and one overhang column of ``-inf``; its delta goes to column 2."""
+    x = jnp.asarray([1.0, 2.0, 5.0]).reshape(1, 1, 3, 1)
+    assert jc.MaxPool2D((1, 2)).apply((), x).ravel().tolist() == [2.0]
+    pool = jc.MaxPool2D((1, 2), ceil_mode=True)
+    y, cache = pool.forward((), x)
+    np.testing.assert_array_equal(y.ravel(), [2.0, 5.0])
+    delta = jnp.asarray([3.0, 7.0]).reshape(1, 1, 2, 1)
+    _, dx = pool.backward((), cache, delta)
+    np.testing.assert_array_equal(dx.ravel(), [0.0, 3.0, 7.0])
+    np.testing.assert_array_equal(jax.vjp(lambda x: pool.apply((), x), x)[1](delta)[0], dx)
+
+
+@pytest.mark.parametrize("count_include_pad, expected", [
+    (True, [[4 / 9, 2 / 3, 2 / 3, 1 / 3], [2 / 3, 1, 1, 1 / 2], [2 / 3, 1, 1, 1 / 2],
+            [1 / 3, 1 / 2, 1 / 2, 1 / 4]]),
+    (False, np.ones((4, 4)))])
+def test_avg_pool_ceil_mode_divisor_is_pytorchs(count_include_pad, expected):
+    """Eq. 5.12 on a 6x6 input of ones, window 3, stride 2, one pad a side: the last windows
+    read real row 5, the bottom pad and the overhang, and divide by the 2 of them that are not
+    overhang -- the numbers ``torch.nn.functional.avg_pool2d(..., ceil_mode=True)`` gives."""
+    pool = jc.AvgPool2D(3, 2, ((1, 1), (1, 1)), count_include_pad, ceil_mode=True)
+    y = pool.apply((), jnp.ones((1, 6, 6, 1)))
+    np.testing.assert_allclose(y[0, :, :, 0], expected, rtol=1e-15)
+
+
+def test_dilated_max_pool_ties_go_to_the_first_tap():
+    """Eq. 5.13: taps 2 apart over ``[1, 3, 3, 3, 1]``; the middle window's tie (columns 1 and
+    3) goes to its first tap, as PyTorch routes it (``jnp.max`` would split it)."""
+    pool = jc.MaxPool2D((1, 2), strides=1, dilation=(1, 2))
+    x = jnp.asarray([1.0, 3.0, 3.0, 3.0, 1.0]).reshape(1, 1, 5, 1)
+    y, cache = jax.jit(lambda x: pool.forward((), x))(x)
+    np.testing.assert_array_equal(y.ravel(), [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(cache.index.ravel(), [1, 0, 0])
+    delta = jnp.asarray([2.0, 5.0, 7.0]).reshape(1, 1, 3, 1)
+    _, dx = jax.jit(pool.backward)((), cache, delta)
+    np.testing.assert_array_equal(dx.ravel(), [0.0, 5.0, 9.0, 0.0, 0.0])
+    np.testing.assert_array_equal(jax.vjp(lambda x: pool.apply((), x), x)[1](delta)[0], dx)
+
+
+def test_dilated_max_pool_routes_a_nan_window_as_the_undilated_rule():
+    """The NaN rule of eq. 5.4 over a dilated window's taps: taps ``(NaN, 1)`` output NaN and
+    route to the tap after the NaN; taps ``(0, NaN)`` route to the NaN, the last tap."""
+    pool = jc.MaxPool2D((1, 2), strides=1, dilation=(1, 2))
+    x = jnp.asarray([np.nan, 0.0, 1.0, np.nan]).reshape(1, 1, 4, 1)
+    y, cache = pool.forward((), x)
+    assert np.isnan(np.asarray(y)).all() and np.isnan(np.asarray(pool.apply((), x))).all()
+    delta = jnp.asarray([2.0, 5.0]).reshape(1, 1, 2, 1)
+    _, dx = pool.backward((), cache, delta)
+    np.testing.assert_array_equal(dx.ravel(), [0.0, 0.0, 2.0, 5.0])
+    np.testing.assert_array_equal(jax.vjp(lambda x: pool.apply((), x), x)[1](delta)[0], dx)
 
 
 def test_overlapping_max_windows_add_up():

@@ -352,6 +352,33 @@ def test_pool_lowerings_equal_the_reference(size, strides, padding):
 
 
 @pytest.mark.parametrize("size, strides, dilation, padding", [
+    ((3, 3), (2, 2), (1, 1), "VALID"), ((2, 2), (2, 2), (1, 1), ((0, 0), (1, 0))),
+    ((3, 2), (2, 3), (2, 1), ((0, 1), (1, 1))), ((2, 3), (3, 2), (3, 2), "VALID"),
+    ((1, 1), (3, 2), (1, 1), "VALID"), ((5, 4), (4, 3), (1, 1), ((2, 1), (2, 2)))])
+def test_pool_lowerings_in_ceil_mode_equal_the_reference(size, strides, dilation, padding):
+    """In ceil mode (the overhang padded as padding, eq. 5.11), ``window_sums`` and ``spread``
+    with eq. 5.12's divisor are eqs. 5.1 and 5.2 of the reference, blocks that tile the input
+    included; ``max_pool`` (``reduce_window``, or for a dilated window the select of eq. 5.13)
+    is eq. 5.3, and ``jax.vjp`` of it routes as eqs. 5.4 and 5.13, ties and NaN included."""
+    g = geo.window("MaxPool2D", (11, 10), size, strides, dilation,
+                   geo.normalize_padding("", padding), ceil_mode=True)
+    assert g.overhang != (0, 0) or size == (1, 1)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 3, size=(2, 11, 10, 3)).astype(np.float64)              # ties
+    x[0, rng.integers(0, 11, 4), rng.integers(0, 10, 4), 0] = np.nan
+    x = jnp.asarray(x)
+    share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
+    for include in (True, False):
+        size_ = ref_pool.window_size(g, include, x.dtype)
+        close(fast_pool.window_sums(x, g) / size_, ref_pool.avg_forward(x, g, size_))
+        close(fast_pool.spread(share, g), ref_pool.avg_backward(share * size_, g, size_))
+    y, index = ref_pool.max_forward(x, g)
+    fast_y, vjp = jax.vjp(lambda x: fast_pool.max_pool(x, g), x)
+    np.testing.assert_array_equal(fast_y, y)                       # NaN in the same places
+    close(vjp(share)[0], ref_pool.route(index, share, g))
+
+
+@pytest.mark.parametrize("size, strides, dilation, padding", [
     ((3, 3), (2, 2), (1, 1), "SAME"), ((3, 2), (1, 1), (1, 1), "VALID"),
     ((2, 2), (3, 4), (1, 1), "VALID"), ((3, 2), (2, 3), (2, 1), ((1, 2), (0, 1))),
     ((1, 1), (2, 1), (1, 1), "VALID"), ((4, 3), (3, 2), (1, 2), "SAME")])

@@ -10,17 +10,22 @@ import pytest
 import jaxcnn as jc
 from harness import TOL, backward_errors
 from mutants import (avg_pool_not_divided, branch_point_one_branch_only, concat_split_swapped,
-                     conv_without_flip, dense_bias_gradient_averaged, kernel_gradient_flipped,
-                     max_pool_routes_to_last_tie, mutate, sigmoid_slope_as_a,
-                     stochastic_resamples)
+                     conv_transpose_input_residual_flipped, conv_without_flip,
+                     dense_bias_gradient_averaged, kernel_gradient_flipped,
+                     max_pool_routes_to_last_tie, mutate, pool_drops_the_ceil_window,
+                     sigmoid_slope_as_a, stochastic_resamples)
 
 
 MUTANTS = {
     "conv input residual without the flip": (jc.Conv2D(3, 3, strides=2), conv_without_flip, (2, 9, 9, 2), None),
     "conv kernel gradient flipped": (jc.Conv2D(3, 3), kernel_gradient_flipped, (2, 7, 7, 2), None),
+    "transposed conv input residual flipped": (jc.ConvTranspose2D(3, 3, strides=2), conv_transpose_input_residual_flipped, (2, 4, 4, 2), None),
+    "transposed conv kernel gradient flipped": (jc.ConvTranspose2D(3, 3, strides=2), kernel_gradient_flipped, (2, 4, 4, 2), None),
     "sigmoid derivative written as a": (jc.Sigmoid(), sigmoid_slope_as_a, (2, 5), None),
     "max pool ties routed to the last maximum": (jc.MaxPool2D(2), max_pool_routes_to_last_tie, (2, 4, 4, 2), "ties"),
     "avg pool delta not divided by the window": (jc.AvgPool2D(2), avg_pool_not_divided, (2, 4, 4, 2), None),
+    "avg pool backward drops the ceil-mode window": (jc.AvgPool2D(2, ceil_mode=True), pool_drops_the_ceil_window, (2, 5, 5, 2), None),
+    "dilated max pool backward drops the ceil-mode window": (jc.MaxPool2D(3, 2, dilation=2, ceil_mode=True), pool_drops_the_ceil_window, (2, 8, 8, 2), None),
     "dense bias gradient averaged": (jc.Dense(3), dense_bias_gradient_averaged, (4, 5), None),
     "stochastic pool samples again in backward": (jc.StochasticPool2D(2), stochastic_resamples, (2, 6, 6, 3), "positive"),
     "branch point passes back one branch only": (jc.FanOut(2), branch_point_one_branch_only, (2, 4, 4, 3), None),

@@ -16,7 +16,8 @@ from jaxcnn import data, show, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("convolution_5x5.png", "kernels_classic.png", "kernels_learned.png",
-         "features_classic.png", "features_learned.png", "pooling.png", "receptive_field.png")
+         "features_classic.png", "features_learned.png", "pooling.png",
+         "transposed_convolution.png", "receptive_field.png")
 MAX_BYTES = 200_000
 
 
@@ -118,6 +119,26 @@ def test_pooling_figure_routes_spreads_and_samples(rendered):
     np.testing.assert_allclose(d["dx_mean"], d["p"], atol=0.08)
 
 
+def test_transposed_convolution_is_the_convolution_residual_run_forward(rendered):
+    """ConvTranspose2D's output, Conv2D's input residual for that delta (jax.vjp and the
+    hand-written backward) and the sum of the scattered kernel copies are the same array."""
+    d = rendered[1]["transposed_convolution.png"].data
+    x, w, scatter = d["input"], d["kernel"], d["scatter"]
+    assert x.shape == (2, 2) and w.shape == (3, 3) and scatter.shape == (2, 2, 5, 5)
+    for (i, j), v in np.ndenumerate(x):            # each copy is x[i, j] w at (2i, 2j)
+        np.testing.assert_array_equal(scatter[i, j, 2 * i:2 * i + 3, 2 * j:2 * j + 3], v * w)
+        assert np.count_nonzero(scatter[i, j]) == np.count_nonzero(w)
+    y = d["layer_output"]
+    np.testing.assert_array_equal(y, scatter.sum(axis=(0, 1)))
+    np.testing.assert_array_equal(d["conv_residual"], y)
+    np.testing.assert_array_equal(d["conv_backward"], y)
+    # the top row is the 1-D example of docs/derivation.md: [1, 2] with [3, 1, 2], stride 2
+    np.testing.assert_array_equal(x[0], [1, 2])
+    np.testing.assert_array_equal(w[0], [3, 1, 2])
+    np.testing.assert_array_equal(y[0], [3, 1, 8, 2, 4])
+    assert y[2, 2] == x[0, 0] * w[2, 2] + x[0, 1] * w[2, 0] + x[1, 0] * w[0, 2] + x[1, 1] * w[0, 0]
+
+
 def test_receptive_fields_contain_the_gradient(rendered):
     d = rendered[1]["receptive_field.png"].data
     layers = d["layers"]
@@ -169,6 +190,13 @@ def test_command_writes_and_lists_its_figures(tmp_path, capsys, checkpoint):
         assert_picture(p)
 
 
+def test_command_draws_the_transposed_convolution(tmp_path, capsys):
+    code, out, err = run_show(capsys, "transposed", "--out", tmp_path)
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "transposed_convolution.png")]
+    assert_picture(out.strip())
+
+
 def test_command_with_another_photograph(tmp_path, capsys):
     rng = np.random.default_rng(0)
     picture = tmp_path / "photo.png"
@@ -186,6 +214,8 @@ def test_command_with_another_photograph(tmp_path, capsys):
     (("kernels", "--arch", "deepid"), "--arch applies to receptive-field, not kernels"),
     (("kernels", "--image", "x.png"), "--image applies to features and pooling and "
                                       "receptive-field, not kernels"),
+    (("transposed", "--checkpoint", "x"), "--checkpoint applies to kernels and features, "
+                                          "not transposed"),
     (("features", "--image", "{tmp}/missing.png"), "cannot read the image"),
     (("features", "--image", "{tmp}/notes.txt"), "cannot read the image"),
     (("features", "--checkpoint", "{tmp}"), "no checkpoints in"),

@@ -63,10 +63,26 @@ def brute_force_field(layers, shape):
     [jc.Conv2D(2, (3, 2), strides=2), jc.Sigmoid(), jc.AvgPool2D(3, 1), jc.Conv2D(2, 2, dilation=2)],
     [jc.Conv2D(2, 5, padding="SAME"), jc.Sigmoid(), jc.MaxPool2D(3, 2, padding="SAME"),
      jc.Conv2D(2, 3, dilation=(1, 2), strides=(2, 1))],
-], ids=["conv-pool-conv", "strided-overlapping-dilated", "same-padding"])
+    [jc.MaxPool2D(3, 2, ((1, 1), (1, 0)), (2, 1), ceil_mode=True), jc.Conv2D(2, 3),
+     jc.AvgPool2D(2, ceil_mode=True), jc.Conv2D(2, 3)],     # a raised pixel raises the max
+], ids=["conv-pool-conv", "strided-overlapping-dilated", "same-padding", "ceil-mode-dilated-pool"])
 def test_receptive_field_matches_brute_force(layers):
     shape = (31, 31, 1)
     s = jc.summary(jc.serial(*layers), shape)
     for n in range(1, len(layers) + 1):
         assert tuple(int(v) for v in brute_force_field(layers[:n], shape)) == \
             s.rows[n - 1].receptive_field, f"after layer {n - 1} ({layers[n - 1].name})"
+
+
+def test_ceil_mode_and_dilated_pools_by_hand():
+    """A dilated window's field is its extent ``d (k - 1) + 1``; ceil mode adds the partial
+    windows to the output shape (eq. 5.11) and to the FLOPs, one per window entry."""
+    net = jc.serial(jc.MaxPool2D(3, 2, dilation=2, ceil_mode=True), jc.AvgPool2D(2, ceil_mode=True))
+    s = jc.summary(net, (10, 9, 1))
+    # H: ceil((10 - 5) / 2) + 1 = 4 (3 without ceil mode), W: (9 - 5) / 2 + 1 = 3; then 2 x 2
+    assert [r.output_shape for r in s.rows] == [(4, 3, 1), (2, 2, 1)]
+    assert [r.output_shape for r in s.rows] == [net.layers[0].init(None, (10, 9, 1))[1],
+                                                net.layers[1].init(None, (4, 3, 1))[1]]
+    assert [r.flops for r in s.rows] == [4 * 3 * 9, 2 * 2 * 4]
+    assert [r.receptive_field for r in s.rows] == [(5, 5), (7, 7)]
+    assert [r.jump for r in s.rows] == [(2, 2), (4, 4)]

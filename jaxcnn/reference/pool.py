@@ -20,11 +20,12 @@ from jaxcnn.core import Array
 
 
 def window_size(g: geo.Window, count_include_pad: bool, dtype) -> Array:
-    """``|R_ij|`` of eq. 5.1: ``kh kw``, or (``count_include_pad=False``) the number of real
-    input positions in each window, ``(1, H_out, W_out, 1)``; geometry only, never data."""
-    if count_include_pad:
+    """``|R_ij|`` of eqs. 5.1 and 5.12: ``kh kw``, or (``count_include_pad=False``) the number
+    of real input positions in each window, ``(1, H_out, W_out, 1)``; in ceil mode the
+    overhang is never counted.  Geometry only, never data."""
+    if count_include_pad and g.overhang == (0, 0):
         return jnp.asarray(g.count, dtype)
-    return jnp.asarray(geo.window_counts(g)[None, :, :, None], dtype)
+    return jnp.asarray(geo.window_counts(g, count_include_pad)[None, :, :, None], dtype)
 
 
 def avg_forward(x: Array, g: geo.Window, size: Array) -> Array:
@@ -50,6 +51,8 @@ def max_forward(x: Array, g: geo.Window) -> tuple[Array, Array]:
     compares false both ways, so the choice moves onto a NaN and off it again at the next
     position: the first maximum of the entries after the window's last NaN, or that NaN if it
     is the last entry.  ``y`` is NaN wherever the window holds one, as ``lax.max`` makes it.
+    A dilated window is scanned over its taps, ``d`` apart, in the same order (eq. 5.13);
+    in ceil mode the overhang is padding, ``-inf`` (eq. 5.11).
     """
     slices = list(geo.window_slices(geo.pad(x, g, -jnp.inf), g))
     y = best = slices[0]
