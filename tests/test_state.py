@@ -109,25 +109,34 @@ def test_chunks_average_their_updated_states():
                  grads_whole, ref)
 
 
-def test_fit_updates_evaluates_checkpoints_and_resumes_the_state(tmp_path):
+def net_with_batchnorm():
+    return jc.serial(jc.Conv2D(3, 3, padding="SAME", use_bias=False), jc.BatchNorm(),
+                     jc.ReLU(), jc.Flatten(), jc.Dense(10))
+
+
+@pytest.mark.parametrize("make", [net_with_centres, net_with_batchnorm])
+def test_fit_updates_evaluates_checkpoints_and_resumes_the_state(tmp_path, make):
     """``fit`` updates the state every step (the final state is the momentum average of every
     step's statistics), evaluates with it, checkpoints it, and a run resumed from a checkpoint
-    ends with bitwise the same state and params as a run never interrupted."""
+    ends with bitwise the same state and params as a run never interrupted -- for the toy
+    ``Centre`` and for BatchNorm's running mean and variance."""
     ds = data.load_digits()
     x, y = ds.x_train[:96], ds.y_train[:96]
-    net = net_with_centres()
+    net = make()
     params, _ = train.init_params(net, ds.image_shape)
     straight = jc.fit(net, params, x, y, ds.x_test[:50], ds.y_test[:50], epochs=2,
                       batch_size=32, verbose=False, out=tmp_path / "a")
-    assert straight.state[1].shape == (3,) and float(jnp.max(jnp.abs(straight.state[1]))) > 0
+    init = jax.tree.leaves(jc.init_state(net, ds.image_shape))
+    assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight.state), init))
     loss, acc = train.evaluate(net, jc.softmax_cross_entropy, straight.params, ds.x_test[:50],
                                ds.y_test[:50], state=straight.state)
     assert straight.history[-1]["test_loss"] == pytest.approx(loss, rel=1e-6)
     saved, _ = train.load_checkpoint(tmp_path / "a")
-    np.testing.assert_array_equal(saved["net_state"][1], straight.state[1])
+    for a, b in zip(jax.tree.leaves(saved["net_state"]), jax.tree.leaves(straight.state)):
+        np.testing.assert_array_equal(a, b)
     first = jc.fit(net, params, x, y, epochs=1, batch_size=32, verbose=False,
                    out=tmp_path / "b")
-    assert not np.array_equal(first.state[1], straight.state[1])
+    assert not np.array_equal(jax.tree.leaves(first.state)[0], jax.tree.leaves(straight.state)[0])
     resumed = jc.fit(net, params, x, y, epochs=2, batch_size=32, verbose=False,
                      out=tmp_path / "b", resume=True)
     for a, b in zip(jax.tree.leaves((resumed.params, resumed.state)),
