@@ -8,6 +8,7 @@ import inspect
 import re
 from pathlib import Path
 
+import jax
 import pytest
 
 import jaxcnn
@@ -247,4 +248,15 @@ def test_the_readme_snippet_runs(capsys):
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (4, 10)
+    assert "gradients agree" in capsys.readouterr().out
+
+
+def test_the_index_snippet_runs(capsys):
+    """docs/index.md's Python block runs as written, and its audit passes."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(),
+                        re.DOTALL)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/index.md", "exec"), namespace)
+    assert jax.tree.structure(namespace["grads"]) == jax.tree.structure(namespace["params"])
     assert "gradients agree" in capsys.readouterr().out
