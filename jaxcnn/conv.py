@@ -60,23 +60,31 @@ def _settings(name, features, kernel_size, strides, padding, dilation, groups, u
     return s
 
 
-def _check_channels(name: str, s: _Settings, c_in: int) -> None:
+def check_channels(name: str, s, c_in: int) -> None:
+    """``c_in`` input channels divide into ``s.groups`` (``Conv2D``, ``ConvTranspose2D``)."""
     if c_in % s.groups:
         raise ValueError(f"{name}: input channels (={c_in}) must be divisible by "
                          f"groups (={s.groups})")
 
 
-def _checked(name: str, s: _Settings, params, x) -> tuple[Array, Array | None, geo.Window]:
-    """The kernel, the bias (or ``None``) and the window placement for input ``x``."""
+def kernel_and_bias(name: str, s, params, x) -> tuple[Array, Array | None]:
+    """The kernel ``(kh, kw, C_in // G, F)`` and the bias (or ``None``) of ``params``, checked
+    against input ``x`` and the settings ``s`` (``Conv2D``'s or ``ConvTranspose2D``'s)."""
     check_input(name, x, 4, "(N, H, W, C)")
     c_in = x.shape[3]
-    _check_channels(name, s, c_in)
+    check_channels(name, s, c_in)
     w = params.get("w") if isinstance(params, dict) else None
     if w is not None and w.shape[:2] == s.kernel_size and w.shape[2] * s.groups != c_in:
         raise ValueError(f"{name}: input has {c_in} channels but the kernel expects "
                          f"{w.shape[2] * s.groups} (params['w'].shape[2] * groups)")
     w = check_param(name, params, "w", (*s.kernel_size, c_in // s.groups, s.features), x.dtype)
     b = check_param(name, params, "b", (s.features,), x.dtype) if s.use_bias else None
+    return w, b
+
+
+def _checked(name: str, s: _Settings, params, x) -> tuple[Array, Array | None, geo.Window]:
+    """The kernel, the bias (or ``None``) and the window placement for input ``x``."""
+    w, b = kernel_and_bias(name, s, params, x)
     g = geo.window(name, x.shape[1:3], s.kernel_size, s.strides, s.dilation, s.padding)
     return w, b, g
 
@@ -114,7 +122,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
 
     def init(key, input_shape):
         h, w, c_in = check_input_shape(name, input_shape, 3, "(H, W, C)")
-        _check_channels(name, s, c_in)
+        check_channels(name, s, c_in)
         g = geo.window(name, (h, w), s.kernel_size, s.strides, s.dilation, s.padding)
         k_w, k_b = jax.random.split(key)
         params = {"w": w_init(k_w, (*s.kernel_size, c_in // s.groups, s.features), param_dtype)}

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import (Array, Layer, apply_from_forward, check_delta, check_input,
-                         check_input_shape, check_param, config, pair, positive_int)
+from jaxcnn.core import (Array, Layer, apply_from_forward, check_delta, check_input_shape,
+                         config, pair, positive_int)
+from jaxcnn.conv import check_channels, kernel_and_bias
 from jaxcnn.lowering import xla
 from jaxcnn.reference import conv_transpose as ref
 
@@ -98,23 +99,9 @@ def _window(name: str, in_hw, s: _Settings) -> geo.Window:
                           s.output_padding)
 
 
-def _check_channels(name: str, s: _Settings, c_in: int) -> None:
-    if c_in % s.groups:
-        raise ValueError(f"{name}: input channels (={c_in}) must be divisible by "
-                         f"groups (={s.groups})")
-
-
 def _checked(name: str, s: _Settings, params, x) -> tuple[Array, Array | None, geo.Window]:
     """The kernel, the bias (or ``None``) and the adjoint window for input ``x``."""
-    check_input(name, x, 4, "(N, H, W, C)")
-    c_in = x.shape[3]
-    _check_channels(name, s, c_in)
-    w = params.get("w") if isinstance(params, dict) else None
-    if w is not None and w.shape[:2] == s.kernel_size and w.shape[2] * s.groups != c_in:
-        raise ValueError(f"{name}: input has {c_in} channels but the kernel expects "
-                         f"{w.shape[2] * s.groups} (params['w'].shape[2] * groups)")
-    w = check_param(name, params, "w", (*s.kernel_size, c_in // s.groups, s.features), x.dtype)
-    b = check_param(name, params, "b", (s.features,), x.dtype) if s.use_bias else None
+    w, b = kernel_and_bias(name, s, params, x)
     return w, b, _window(name, x.shape[1:3], s)
 
 
@@ -156,7 +143,7 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
 
     def init(key, input_shape):
         h, w, c_in = check_input_shape(name, input_shape, 3, "(H, W, C)")
-        _check_channels(name, s, c_in)
+        check_channels(name, s, c_in)
         g = _window(name, (h, w), s)
         k_w, k_b = jax.random.split(key)
         params = {"w": w_init(k_w, (*s.kernel_size, c_in // s.groups, s.features), param_dtype)}

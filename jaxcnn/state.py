@@ -104,10 +104,18 @@ def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = Non
     computes the statistics of a 16-bit input in float32).
     """
     eq_6_2 = _hand_written(net, loss, policy(precision, "value_and_grad: precision"))
+    return chunked_with_state(net, eq_6_2, microbatch)
 
+
+def chunked_with_state(net: Layer, value_grad_cache: Callable, microbatch: int | None
+                       ) -> Callable[..., tuple[Array, Params, State]]:
+    """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` in training mode from
+    ``value_grad_cache(params, x, targets, key, train) -> (J, grads, cache)``: the state updated
+    from the cache (``update_state``), on ``microbatch`` chunks averaged as ``microbatched``
+    averages the gradients."""
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
-        value, grads, cache = eq_6_2(params, x, targets, key, train)
+        value, grads, cache = value_grad_cache(params, x, targets, key, train)
         return value, (grads, update_state(net, state, cache))
 
     chunked = microbatched(whole, microbatch, "value_and_grad")

@@ -32,7 +32,7 @@ from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
-from jaxcnn.state import has_state, update_state, value_grad_and_state
+from jaxcnn.state import chunked_with_state, has_state, value_grad_and_state
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "make_optimizer", "loss_and_grad", "train_step", "update_step",
@@ -152,19 +152,11 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
 
         return stateless
 
-    def whole(params_and_state, x, targets, key, train):
-        params, state = params_and_state
-        vg = autodiff(pol, loss.value, lambda p, xc: net.forward(p, xc, key=key, train=train))
-        value, grads, cache = vg(params, x, targets)
-        return value, (grads, update_state(net, state, cache))
+    def value_grad_cache(params, x, targets, key, train):
+        return autodiff(pol, loss.value, lambda p, xc: net.forward(p, xc, key=key, train=train))(
+            params, x, targets)
 
-    chunked = microbatched(whole, microbatch, "value_and_grad")
-
-    def f(params, state, x, targets, *, key=None):
-        value, (grads, state) = chunked((params, state), x, targets, key=key, train=True)
-        return value, grads, state
-
-    return f
+    return chunked_with_state(net, value_grad_cache, microbatch)
 
 
 def state_step(vgs: Callable, optimizer: optax.GradientTransformation) -> Callable:

@@ -69,18 +69,23 @@ PLANTED = {
 }
 
 
-@pytest.mark.parametrize("mistake", sorted(PLANTED))
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_a_planted_mistake_is_pinned_on_its_layer(mistake, dtype):
+def planted(mistake, dtype):
+    """``(index, setup(...))`` of ``audited_net`` with the ``PLANTED`` mistake at its layer."""
     index, wrong = PLANTED[mistake]
     layers = list(audited_net().layers)
     layers[index] = mutate(layers[index], wrong)
-    net, params, x, labels = setup(dtype, jc.serial(*layers), ties=index == 4)
+    return index, setup(dtype, jc.serial(*layers), ties=index == 4)
+
+
+@pytest.mark.parametrize("mistake", sorted(PLANTED))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_planted_mistake_is_pinned_on_its_layer(mistake, dtype):
+    index, (net, params, x, labels) = planted(mistake, dtype)
     report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
     assert not report.ok
     assert report.first_bad_layer == index, str(report)
     assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
-    assert f"FAILED: first wrong layer is {index} ({layers[index].name})" in str(report)
+    assert f"FAILED: first wrong layer is {index} ({net.layers[index].name})" in str(report)
 
 
 def test_gradient_check_is_the_end_to_end_comparison_of_the_audit():
@@ -214,10 +219,7 @@ def test_a_correct_net_passes_in_16_bits(dtype, seed):
 @pytest.mark.parametrize("mistake", sorted(PLANTED))
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_a_planted_mistake_is_pinned_in_16_bits(mistake, dtype):
-    index, wrong = PLANTED[mistake]
-    layers = list(audited_net().layers)
-    layers[index] = mutate(layers[index], wrong)
-    net, params, x, labels = setup(dtype, jc.serial(*layers), ties=index == 4)
+    index, (net, params, x, labels) = planted(mistake, dtype)
     report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
     assert report.first_bad_layer == index, str(report)
     assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
