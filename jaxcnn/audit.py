@@ -169,8 +169,14 @@ def _widen(tree):
 
 
 def _vjp(layer, p, a, delta, key, train):
-    _, vjp = jax.vjp(lambda p, a: layer.apply(p, a, key=key, train=train), p, a)
-    return vjp(delta)
+    """``jax.vjp`` of the layer's ``apply`` at ``delta``, jitted: one program per layer rather
+    than one per operation (the inputs were checked while concrete: ``_check_point``,
+    ``_run_leaves``)."""
+    def vjp(p, a, delta, key):
+        _, pullback = jax.vjp(lambda p, a: layer.apply(p, a, key=key, train=train), p, a)
+        return pullback(delta)
+
+    return jax.jit(vjp)(p, a, delta, key)
 
 
 def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rng, path=""):
@@ -178,7 +184,7 @@ def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rn
     (either may be a tuple of arrays, for a branch or a merge)."""
     dtype = _dtype_of(a)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
-    got_p, got_x = layer.backward(p, cache, delta)
+    got_p, got_x = jax.jit(layer.backward)(p, cache, delta)
     want_p, want_x = _vjp(layer, p, a, delta, key, train)
     if jax.tree.structure(got_p) != jax.tree.structure(want_p):
         raise ValueError(f"{layer.name}: backward returned dparams with structure "
@@ -286,7 +292,8 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
         _require_x64("check_grads(finite_differences=True)")
     _check_point("check_grads", params, x, targets)
     rng = np.random.default_rng(seed)
-    seen = _run_leaves(net, params, x, key, train)
+    seen, y = _run_leaves(net, params, x, key, train)
+    loss.value(y, targets)          # the targets' checks, while they are concrete (the rest jits)
     deltas = _reference_deltas(net, loss, params, x, targets, key, train, seen)
     rows = []
     for path, (leaf, p, a, cache, k, _) in seen.items():
@@ -297,11 +304,12 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
     return GradReport(tuple(rows), _dtype_of(x))
 
 
-def _run_leaves(net: Layer, params, x, key, train) -> dict:
+def _run_leaves(net: Layer, params, x, key, train) -> tuple[dict, object]:
     """The net's forward with every leaf instrumented (``core.map_leaves``): per leaf path, in
     the order the forward runs them, ``(leaf, params, input, cache, key, output)`` -- what each
-    leaf really sees inside the net.  Eager, as the rest of the audit: one compiled kernel per
-    operation and shape, shared by every audit in the process."""
+    leaf really sees inside the net -- and the net's output.  Eager, so that the layers check
+    their concrete inputs (stochastic pooling's domain); the audit's other passes are jitted,
+    one program per layer and pass."""
     seen = {}
 
     def record(path, leaf):
@@ -312,8 +320,8 @@ def _run_leaves(net: Layer, params, x, key, train) -> dict:
 
         return leaf._replace(forward=forward)
 
-    map_leaves(net, record).forward(params, x, key=key, train=train)
-    return seen
+    y, _ = map_leaves(net, record).forward(params, x, key=key, train=train)
+    return seen, y
 
 
 def _reference_deltas(net: Layer, loss: Loss, params, x, targets, key, train, seen) -> dict:
@@ -330,8 +338,9 @@ def _reference_deltas(net: Layer, loss: Loss, params, x, targets, key, train, se
         y = map_leaves(net, tapped).apply(params, x, key=key, train=train)
         return loss.value(y, targets)
 
-    return jax.grad(loss_with_taps)({path: jax.tree.map(jnp.zeros_like, item[-1])
-                                     for path, item in seen.items()}, params, x, targets, key)
+    return jax.jit(jax.grad(loss_with_taps))(
+        {path: jax.tree.map(jnp.zeros_like, item[-1]) for path, item in seen.items()},
+        params, x, targets, key)
 
 
 def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
@@ -341,7 +350,8 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
     if dtype in LOW_PRECISION:
         params, x, targets = _widen((params, x, targets))
         dtype, reference = "float32", "jax.grad float32"
-    grads, ref = _end_to_end(net, loss)(params, x, targets, key, train)
+    grads, ref = jax.jit(_end_to_end(net, loss), static_argnames="train")(
+        params, x, targets, key, train=train)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
     floor = noise_floor(ref, tol)
     return [Row(None, "network", quantity, reference, *compare(g, w, floor), tol)

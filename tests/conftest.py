@@ -8,7 +8,22 @@
 - warnings are errors (``pyproject.toml``).
 """
 import os
+import subprocess
+import sys
 import tempfile
+
+FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
+"""XLA's older CPU code generator: it compiles the suite's many small programs 2-3 times
+faster than the fusion emitters (the same arithmetic, to the tolerances)."""
+
+
+def _fast_compile_flags() -> str:
+    """``FAST_COMPILE`` where this jaxlib knows the flag (XLA aborts on an unknown one), else ''."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}"})
+    return FAST_COMPILE if probe.returncode == 0 else ""
+
 
 # Before jax is imported, so that every test process inherits them -- the xdist workers and the
 # examples, jaxcnn commands and kill-and-resume runs the tests start: the suite's programs are
@@ -17,6 +32,10 @@ import tempfile
 # step (tests/test_faults.py, tests/test_cli.py) compile it once.  Results stay exact to the
 # tolerances; bitwise comparisons are between runs under the same settings.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if "JAXCNN_TESTS_XLA_FLAGS" not in os.environ:      # decided once, by the first process
+    os.environ["JAXCNN_TESTS_XLA_FLAGS"] = _fast_compile_flags()
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                                     os.environ["JAXCNN_TESTS_XLA_FLAGS"]]))
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-tests-xla-")
     os.environ["JAXCNN_TESTS_OWN_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
@@ -39,6 +58,16 @@ settings.register_profile(
     "sweep", max_examples=300, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def optimized_xla():
+    """XLA's optimisations back on for one test that trains for many steps, where they save
+    more run time than they cost to compile (the suite turns them off, above)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture

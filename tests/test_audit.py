@@ -274,6 +274,19 @@ def test_check_layer_refuses_a_non_finite_or_empty_input():
         jc.check_layer(jc.Sigmoid(), (3,), batch=0)
 
 
+def test_check_grads_refuses_labels_out_of_range_or_a_negative_stochastic_pool_input():
+    """The audit's passes are jitted; the checks that need values run first, on the concrete
+    batch: the loss's labels and stochastic pooling's domain."""
+    net, params, x, labels = setup(jnp.float32)
+    with pytest.raises(ValueError, match=r"^softmax_cross_entropy: labels must lie in \[0, 5\), "
+                                         r"got values in \[0, 7\]"):
+        jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels.at[1].set(7))
+    pooled = jc.serial(jc.Conv2D(2, 3), jc.StochasticPool2D(2), jc.Flatten(), jc.Dense(5))
+    params, _ = pooled.init(jax.random.key(0), (23, 23, 2))
+    with pytest.raises(ValueError, match=r"^serial\[1\] StochasticPool2D: inputs must be >= 0"):
+        jc.check_grads(pooled, jc.softmax_cross_entropy, params, x, labels, key=jax.random.key(1))
+
+
 def test_check_grads_refuses_an_empty_batch():
     net, params, x, labels = setup(jnp.float32)
     with pytest.raises(ValueError, match=r"^check_grads: x is an empty batch \(shape \(0, 23, 23, "

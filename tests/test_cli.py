@@ -238,7 +238,7 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path, capsys, monkeypatch):
                    "installed): pip install 'jaxcnn[train]'\n")
 
 
-def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it():
+def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it(optimized_xla):
     """``--lr``/``--epochs`` default to the arch's recipe; LeNet-5's (sigmoid units) leaves
     chance well within its epochs, where the small net's learning rate leaves it at chance."""
     from jaxcnn import zoo

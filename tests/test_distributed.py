@@ -33,10 +33,13 @@ ADAM = optax.adam(1e-2)
 
 
 def env(devices: int = 1, **extra) -> dict:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_"))}
+    """The suite's environment (``conftest.py``) for a fresh process on ``devices`` CPU devices,
+    without a distributed set-up of its own."""
+    e = {k: v for k, v in os.environ.items() if k not in dist.ENV}
     e.update(JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONPATH=str(ROOT), **extra)
-    if devices > 1:
-        e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    flags = [f for f in e.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    e["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     return e
 
 

@@ -11,10 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_example(name, *args, timeout=300, optimize=False):
     """Run ``examples/<name>`` in a fresh process, as a user would; its stdout.  ``optimize``:
-    with XLA's optimisations (which the suite turns off, ``conftest.py``), for an example that
-    trains for long enough to gain from them."""
+    with XLA's optimisations and code generator (which the suite trades for compile time,
+    ``conftest.py``), for an example that trains for long enough to gain from them."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg",
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "0" if optimize else "1"}
+    if optimize:
+        fast_compile = os.environ.get("JAXCNN_TESTS_XLA_FLAGS", "").split()
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                    if f not in fast_compile)
     out = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr

@@ -168,17 +168,25 @@ def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), a, b)
 
     y = jax.jit(layer.apply)(params, x)
-    close(y, reference(params, x))
+    close(y, jax.jit(reference)(params, x))
     delta = jnp.asarray(rng.normal(size=y.shape))
-    close(jax.jit(lambda p, x: jax.vjp(layer.apply, p, x)[1](delta))(params, x),
-          jax.vjp(reference, params, x)[1](delta))
     tangent = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), (params, x))
-    close(jax.jvp(layer.apply, (params, x), tangent), jax.jvp(reference, (params, x), tangent))
-    for f in (layer.apply, jax.checkpoint(layer.apply)):     # second order, in p and in x
-        hvp = [jax.jvp(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), (0, 1)), (params, x),
-                       tangent)[1] for f in (f, reference)]
-        close(*hvp)
-    close(jax.vmap(lambda x: layer.apply(params, x[None])[0])(x), y)
+
+    @jax.jit
+    def both(params, x, delta, tangent):    # (layer, reference) pairs, in one program
+        def hvp(f):                         # second order, in p and in x
+            return jax.jvp(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), (0, 1)),
+                           (params, x), tangent)[1]
+
+        pairs = [(jax.vjp(f, params, x)[1](delta) for f in (layer.apply, reference)),
+                 (jax.jvp(f, (params, x), tangent) for f in (layer.apply, reference)),
+                 (hvp(layer.apply), hvp(reference)),
+                 (hvp(jax.checkpoint(layer.apply)), hvp(reference))]
+        return [tuple(pair) for pair in pairs]
+
+    for pair in both(params, x, delta, tangent):
+        close(*pair)
+    close(jax.jit(jax.vmap(lambda x: layer.apply(params, x[None])[0]))(x), y)
 
     def dots(f):
         return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(f(p) * delta)))(params)).count(
@@ -207,15 +215,20 @@ def test_toeplitz_tiles_give_the_same_sums(tile, strides, dilation, padding):
     x = jnp.asarray(rng.normal(size=(2, 9, 13, 2)))
     w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
     g = window((9, 13), 3, strides, dilation, padding)
-    y, vjp = jax.vjp(lambda x, w: xla.forward(x, w, g, 1), x, w)
-    delta = jnp.asarray(rng.normal(size=y.shape))
-    dx, dw = vjp(delta)
-    for want, got in (((y, ref.forward(x, w, None, g)), toeplitz.forward(x, w, g, tile=tile)),
-                      ((dw, ref.backward_kernel(x, delta, g)),
-                       toeplitz.kernel_grad(x, delta, g, tile=tile)),
-                      ((dx, ref.backward_input(delta, w, g)),
-                       toeplitz.input_residual(delta, w, g, tile=tile))):
-        for oracle in want:
+    delta = jnp.asarray(rng.normal(size=(2, *g.out_hw, 4)))
+
+    @jax.jit
+    def passes(x, w, delta):          # (toeplitz, (oracles)) for eqs. 4.6, 4.7, 4.8
+        y, vjp = jax.vjp(lambda x, w: xla.forward(x, w, g, 1), x, w)
+        dx, dw = vjp(delta)
+        return ((toeplitz.forward(x, w, g, tile=tile), (y, ref.forward(x, w, None, g))),
+                (toeplitz.kernel_grad(x, delta, g, tile=tile),
+                 (dw, ref.backward_kernel(x, delta, g))),
+                (toeplitz.input_residual(delta, w, g, tile=tile),
+                 (dx, ref.backward_input(delta, w, g))))
+
+    for got, oracles in passes(x, w, delta):
+        for oracle in oracles:
             close(got, oracle)
 
 
@@ -341,14 +354,26 @@ def test_pool_lowerings_equal_the_reference(size, strides, padding):
     g = window((11, 10), size, strides, 1, padding, name="AvgPool2D")
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.integers(0, 3, size=(2, 11, 10, 3)).astype(np.float64))  # ties
-    size_ = ref_pool.window_size(g, True, x.dtype)
-    close(fast_pool.window_sums(x, g) / size_, ref_pool.avg_forward(x, g, size_))
     share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
-    close(fast_pool.spread(share, g), ref_pool.avg_backward(share * size_, g, size_))
-    y, index = ref_pool.max_forward(x, g)
-    fast_y, vjp = jax.vjp(lambda x: fast_pool.max_pool(x, g), x)
-    close(fast_y, y)
-    close(vjp(share)[0], ref_pool.route(index, share, g))
+    for got, want in pool_pairs(g, (True,))(x, share):
+        close(got, want)
+
+
+def pool_pairs(g, include_pad):
+    """Jitted: ``(lowering, reference)`` pairs of the average-pooling sums and spread per
+    ``include_pad`` (eqs. 5.1, 5.2), then of max pooling's values and routing (eqs. 5.3, 5.4)."""
+    @jax.jit
+    def pairs(x, share):
+        out = []
+        for include in include_pad:
+            size_ = ref_pool.window_size(g, include, x.dtype)
+            out += [(fast_pool.window_sums(x, g) / size_, ref_pool.avg_forward(x, g, size_)),
+                    (fast_pool.spread(share, g), ref_pool.avg_backward(share * size_, g, size_))]
+        y, index = ref_pool.max_forward(x, g)
+        fast_y, vjp = jax.vjp(lambda x: fast_pool.max_pool(x, g), x)
+        return out + [(fast_y, y), (vjp(share)[0], ref_pool.route(index, share, g))]
+
+    return pairs
 
 
 @pytest.mark.parametrize("size, strides, dilation, padding", [
@@ -368,14 +393,11 @@ def test_pool_lowerings_in_ceil_mode_equal_the_reference(size, strides, dilation
     x[0, rng.integers(0, 11, 4), rng.integers(0, 10, 4), 0] = np.nan
     x = jnp.asarray(x)
     share = jnp.asarray(rng.normal(size=(2, *g.out_hw, 3)))
-    for include in (True, False):
-        size_ = ref_pool.window_size(g, include, x.dtype)
-        close(fast_pool.window_sums(x, g) / size_, ref_pool.avg_forward(x, g, size_))
-        close(fast_pool.spread(share, g), ref_pool.avg_backward(share * size_, g, size_))
-    y, index = ref_pool.max_forward(x, g)
-    fast_y, vjp = jax.vjp(lambda x: fast_pool.max_pool(x, g), x)
+    *avg, (fast_y, y), routed = pool_pairs(g, (True, False))(x, share)
+    for got, want in avg:
+        close(got, want)
     np.testing.assert_array_equal(fast_y, y)                       # NaN in the same places
-    close(vjp(share)[0], ref_pool.route(index, share, g))
+    close(*routed)
 
 
 @pytest.mark.parametrize("size, strides, dilation, padding", [
