@@ -83,10 +83,16 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     # each pass has its own limit: 3 channels, 32 wide (spread 34): XLA's forward, Toeplitz
     # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient.
     # With XLA's forward, four tiles where W_out >= 4 k_w (32 -> 8, 12 -> 3), else two.
-    assert plan((32, 32), 3, 3) == ("lax", "toeplitz", "toeplitz", False, 8)
-    assert plan((14, 14), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 3)
+    assert plan((32, 32), 3, 3, features=32) == ("lax", "toeplitz", "toeplitz", False, 8)
+    # ... but a kernel gradient beside XLA's forward, over 2+ channels, with at most
+    # LIMITS.kernel_alone_features features, takes XLA's form too (resnet's stem)
+    assert plan((32, 32), 3, 3, features=16) == ("lax", "lax", "toeplitz", False, 16)
+    assert plan((32, 32), 3, 1, features=16)[:2] == ("toeplitz", "toeplitz")   # 1 channel
+    assert plan((14, 14), 3, 16, padding="VALID", features=32) == (
+        "lax", "toeplitz", "lax", False, 3)
     # 10 wide (spread 53, W_out 8 < 12): two tiles of 4
-    assert plan((10, 10), 3, 16, padding="VALID") == ("lax", "toeplitz", "lax", False, 4)
+    assert plan((10, 10), 3, 16, padding="VALID", features=32) == (
+        "lax", "toeplitz", "lax", False, 4)
     # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
     assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)

@@ -35,6 +35,10 @@ class Limits(NamedTuple):
     kernel: float = 100              # the kernel gradient, ungrouped, stride 1 (strided: never)
     input: float = 50                # the input residual, ungrouped, stride 1
     strided_input: float = 30        # the input residual, ungrouped, strided (above: phases)
+    kernel_alone_features: int = 16  # a Toeplitz kernel gradient beside XLA's forward, which
+    #                                  builds its own row matrix: over 2+ channels, only with
+    #                                  more features than this (fewer: slower, and a larger
+    #                                  temporary than XLA's)
     group_split: int = 8             # at most this many groups: split into ungrouped ones
     inference_channels: int = 3      # evaluated apply: Toeplitz for 2-3 channels per group,
     inference_features: int = 16     # or one with at most this many features per group,
@@ -68,6 +72,10 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     below its spread limit, else XLA's -- and a strided input residual its stride phases;
     grouped convolutions use the forward's limit for all three passes and are split.
 
+    A kernel gradient beside XLA's forward builds its own row matrix: over two or more
+    channels per group it takes the Toeplitz form only with more than
+    ``kernel_alone_features`` features (fewer: slower than XLA's, and a larger temporary).
+
     Tiles: two when ``W_out >= 2 k_w``, halving the zeros of ``T``; four when only the kernel
     gradient is a Toeplitz product and ``W_out >= 4 k_w`` (no forward row matrix to share).
     ``jax.default_backend()`` at trace time decides "off the CPU".
@@ -93,6 +101,9 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     forward, kernel, residual = ("toeplitz" if spread <= limit else "lax" for limit in passes)
     if residual == "lax" and strided:
         residual = "phases"
+    if (forward, kernel) == ("lax", "toeplitz") and c_in // groups > 1 \
+            and features // groups <= limits.kernel_alone_features:
+        kernel = "lax"
     if forward == "lax" and kernel == "toeplitz" and wo >= 4 * g.size[1]:
         tile = -(-wo // 4)
     uses_tiles = "toeplitz" in (forward, kernel, residual)
