@@ -34,11 +34,12 @@ import optax
 
 import jaxcnn
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import paired_ratio, samples
+from grad_vs_autodiff import OPTIONS, jit, paired_ratio, samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"lenet5": (28, 28, 1), "ufldl": (28, 28, 1), "deepid": (39, 31, 1),
-          "small": (8, 8, 1), "wide": (32, 32, 3)}
+          "small": (8, 8, 1), "wide": (32, 32, 3), "resnet": (32, 32, 3),
+          "resnet-bn": (32, 32, 3)}
 
 
 def old_package(rev: str, into: Path):
@@ -70,7 +71,7 @@ def step(jc, net):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    return jax.jit(fn), optimizer
+    return jit(fn), optimizer
 
 
 def compare(name: str, batch: int, old, repeats: int, seconds: float) -> dict:
@@ -106,7 +107,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30, help="rounds (at least)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds of calls per contender")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="compile under XLA's defaults, not jc.compiler_options()")
     args = ap.parse_args(argv)
+    OPTIONS.update({} if args.xla_defaults else jaxcnn.compiler_options())
+    print(f"XLA options: {OPTIONS or 'defaults'}")
     keep_freed_blocks()
     nets = [n for n in args.nets.split(",") if n]
     unknown = sorted(set(nets) - set(SHAPES))
@@ -119,7 +124,8 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps({
             "old": args.old, "machine": platform.machine(), "processor": platform.processor(),
-            "jax": jax.__version__, "cpus": len(jax.devices("cpu")), "rows": rows}, indent=1))
+            "jax": jax.__version__, "cpus": len(jax.devices("cpu")), "xla_options": OPTIONS,
+            "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ Also measured:
   estimate) as a fraction of the float32 matmul ceiling (``jnp.dot`` of 2048x2048) measured in
   the same run.
 
-glibc is told to keep freed blocks (``_malloc.py``), for both contenders alike.
+glibc is told to keep freed blocks (``_malloc.py``), for both contenders alike, and both compile
+with the XLA options of jaxcnn's own steps (``jc.compiler_options()``; ``--xla-defaults``:
+XLA's defaults).
 """
 from __future__ import annotations
 
@@ -64,6 +66,17 @@ def grouped(input_shape=(32, 32, 3), num_classes=10):
                      jc.Dense(num_classes))
 
 
+def vgg(input_shape=(32, 32, 3), num_classes=10):
+    """A VGG-style net (Simonyan & Zisserman 2015) for 32x32x3: 3x3 ``"SAME"`` convolutions of
+    32, 32, 64, 64 and 128 features, each with ReLU, 2x2 max pooling after the 2nd, 4th and
+    5th, a dense layer of ``num_classes``."""
+    layers = []
+    for features, pool in ((32, False), (32, True), (64, False), (64, True), (128, True)):
+        layers += [zoo.Conv2D(features, 3, padding="SAME"), jc.ReLU()]
+        layers += [jc.MaxPool2D(2)] if pool else []
+    return jc.serial(*layers, jc.Flatten(), jc.Dense(num_classes))
+
+
 @contextlib.contextmanager
 def convolutions(method):
     """Nets built inside are built with ``Conv2D(..., method=method)`` (the zoo's, ``wide``'s)."""
@@ -78,6 +91,7 @@ MAX_ROUNDS = 2000   # samples(): the most rounds a fast call gets
 
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
         "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3)),
+        "vgg": (vgg, (32, 32, 3)),
         "resnet": (zoo.resnet, (32, 32, 3)), "resnet-bn": (zoo.resnet_bn, (32, 32, 3)),
         "wide-gn": (grouped, (32, 32, 3)),
         "autoencoder": (lambda shape, _: zoo.autoencoder(shape), (28, 28, 1))}
@@ -139,6 +153,16 @@ def paired_ratio(a, b, resamples=4000):
     return float(np.median(a) / np.median(b)), (float(lo), float(hi))
 
 
+OPTIONS: dict = {}
+"""The XLA options every contender compiles with: ``jc.compiler_options()``, the ones jaxcnn's
+steps use, unless ``--xla-defaults`` (set by ``main``)."""
+
+
+def jit(fn):
+    """``jax.jit`` with ``OPTIONS``: the hand-written and autodiff contenders alike."""
+    return jax.jit(fn, compiler_options=OPTIONS or None)
+
+
 def matmul_ceiling(repeats):
     a = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)), jnp.float32)
     f = jax.jit(lambda a: a @ a)
@@ -162,7 +186,7 @@ def steps(net, loss, optimizer):
 
 def compile_seconds_and_memory(fn, args):
     t = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - t
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
@@ -206,7 +230,7 @@ def bench_nets(batches, repeats, names, seconds=0.0):
             compiled = dict(zip(order, (compile_seconds_and_memory(f, args) for f in order)))
             (ch, mh), (ca, ma) = compiled[hand], compiled[auto]
             cache_mib, residual_mib = saved_mib(net, loss, params, x, y)
-            times = samples([jax.jit(hand), jax.jit(auto)], args, repeats, seconds)
+            times = samples([jit(hand), jit(auto)], args, repeats, seconds)
             (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             rows.append({"net": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
                          "ratio": ratio, "ratio_95": ci, "rounds": times.shape[1],
@@ -269,10 +293,10 @@ def bench_layers(batch, repeats, only="", seconds=0.0):
         rng = np.random.default_rng(0)
         x = jnp.asarray(np.abs(rng.normal(size=(batch, *shape))), jnp.float32)
         key = jax.random.key(1)
-        y, cache = jax.jit(lambda p, x: layer.forward(p, x, key=key))(params, x)
+        y, cache = jit(lambda p, x: layer.forward(p, x, key=key))(params, x)
         delta = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-        hand = jax.jit(lambda p, x, d: layer.backward(p, layer.forward(p, x, key=key)[1], d))
-        auto = jax.jit(lambda p, x, d: jax.vjp(lambda p, x: layer.apply(p, x, key=key), p, x)[1](d))
+        hand = jit(lambda p, x, d: layer.backward(p, layer.forward(p, x, key=key)[1], d))
+        auto = jit(lambda p, x, d: jax.vjp(lambda p, x: layer.apply(p, x, key=key), p, x)[1](d))
         times = samples([hand, auto], (params, x, delta), repeats, seconds)
         (th, ta), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
         rows.append({"layer": name, "batch": batch, "hand_ms": th * 1e3, "autodiff_ms": ta * 1e3,
@@ -296,7 +320,7 @@ def same_program(f, g, args):
     """Whether ``jax.jit`` compiles ``f`` and ``g`` to the same XLA instructions (metadata
     aside): then a ratio between them is the timing noise of one program."""
     def instructions(fn):
-        text = jax.jit(fn).lower(*args).compile().as_text()
+        text = jit(fn).lower(*args).compile().as_text()
         return [re.sub(r", (metadata=\{[^}]*\}|stack_frame_id=\d+)", "", line)
                 for line in text.splitlines() if " = " in line]
 
@@ -314,7 +338,7 @@ def bench_forward(batches, repeats, only="", seconds=0.0):
         params, _ = auto.init(jax.random.key(0), shape)
         for batch in batches:
             x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
-            times = samples([jax.jit(auto.apply), jax.jit(lax_conv.apply)], (params, x),
+            times = samples([jit(auto.apply), jit(lax_conv.apply)], (params, x),
                             repeats, seconds)
             (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             same = same_program(auto.apply, lax_conv.apply, (params, x))
@@ -341,7 +365,7 @@ def bench_net_forward(batches, repeats, names, seconds=0.0):
         for batch in batches:
             x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, *shape)),
                             jnp.float32)
-            times = samples([jax.jit(net.apply), jax.jit(lax_net.apply)], (params, x), repeats,
+            times = samples([jit(net.apply), jit(lax_net.apply)], (params, x), repeats,
                             seconds)
             (ta, tl), (ratio, ci) = np.median(times, axis=1), paired_ratio(*times)
             same = same_program(net.apply, lax_net.apply, (params, x))
@@ -363,7 +387,12 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=None,
                     help="more rounds for fast calls: each contender runs about this long")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="compile under XLA's defaults, not jc.compiler_options()")
     args = ap.parse_args(argv)
+    OPTIONS.clear()
+    OPTIONS.update({} if args.xla_defaults else jc.compiler_options())
+    print(f"XLA options: {OPTIONS or 'defaults'}")
     print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
     repeats = args.repeats or (10 if args.quick else 30)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
@@ -384,7 +413,8 @@ def main(argv=None):
     net_forward = bench_net_forward(batches, repeats, names, seconds)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "matmul_gflops": ceiling, "nets": nets,
+            json.dump({"machine": machine, "matmul_gflops": ceiling, "xla_options": OPTIONS,
+                       "nets": nets,
                        "layers": layers, "forward": forward, "net_forward": net_forward}, f,
                       indent=1)
 

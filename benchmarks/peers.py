@@ -1,14 +1,28 @@
-"""LeNet-5 training throughput: jaxcnn against the same net in plain JAX, Flax, Equinox and
-PyTorch, every contender in ONE process with the others, interleaved in blocks of steps.
+"""Training throughput: jaxcnn against the same net in plain JAX, Flax, Equinox and PyTorch,
+every contender in ONE process with the others, interleaved in blocks of steps.
 
-    python benchmarks/peers.py [--batches 32,128,512] [--repeats 30] [--block 10] [--json out.json]
-                               [--precision default|highest] [--same-process]
+    python benchmarks/peers.py [--net lenet5|vgg|resnet|resnet-bn] [--batches 32,128,512]
+                               [--repeats 30] [--block 10] [--json out.json]
+                               [--precision default|highest] [--same-process] [--xla-defaults]
 
 The net: LeNet-5 with sigmoid units and average pooling on 28x28x1 (``jaxcnn.zoo.lenet5``:
 C1 conv 5x5x6 SAME, S2 avg 2, C3 conv 5x5x16, S4 avg 2, C5 conv 5x5x120, F6 dense 84, dense 10),
 float32, softmax cross-entropy, SGD with momentum 0.9; every JAX step is one jitted
-value-and-grad plus optax update.  Above batch 128, jaxcnn also runs with
-``jc.value_and_grad(..., microbatch=128)`` (the same gradient, a chunk at a time).  Peers that
+value-and-grad plus optax update, compiled with the XLA options of jaxcnn's own steps
+(``jc.compiler_options()``; ``--xla-defaults``: XLA's defaults).
+
+``--net`` picks the larger nets of ``docs/performance.md`` instead, each against PyTorch only
+(jaxcnn's hand-written step and its ``apply`` + ``jax.grad``, PyTorch eager and
+``torch.compile``), on 32x32x3: ``vgg``, the VGG-style net of ``grad_vs_autodiff.vgg`` (3x3
+convolutions of 32, 32, 64, 64, 128 features, ReLU, max pooling after the 2nd, 4th and 5th,
+dense 10); ``resnet``, ``jaxcnn.zoo.resnet`` (ResNet-8: a 3x3 stem of 16, basic blocks of 16,
+32, 64 maps, the last two strided with 1x1 projections, global average pooling, dense 10);
+``resnet-bn``, the same with BatchNorm after every convolution, on batch statistics in both
+frameworks (PyTorch's ``track_running_stats=False``; jaxcnn's step leaves the running
+statistics out).  PyTorch pads a strided 3x3 convolution by one on each side where ``"SAME"``
+pads only after; the products are the same in number.  Above batch 128 (LeNet-5; 32 for vgg
+and resnet, ``MICROBATCH``), jaxcnn also runs with ``jc.value_and_grad(..., microbatch=128)``
+(32): the same gradient, a chunk at a time.  Peers that
 are not installed are skipped (they are benchmark-only: ``pip install flax equinox
 torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
 (``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
@@ -35,6 +49,7 @@ to run (``docs/performance-log.md``, section 4).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -51,16 +66,21 @@ import optax
 import jaxcnn as jc
 from jaxcnn import zoo
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import paired_ratio
+from grad_vs_autodiff import paired_ratio, vgg
 
 LR, MOMENTUM = 0.01, 0.9
+NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "vgg": (vgg, (32, 32, 3)),
+        "resnet": (zoo.resnet, (32, 32, 3)), "resnet-bn": (zoo.resnet_bn, (32, 32, 3))}
+"""``--net``: jaxcnn's net and its per-example input shape."""
+NET = ["lenet5"]                  # the net of this process (``--net``)
+OPTIONS: dict = {}                # the JAX contenders' XLA options (set by ``main``)
 
 
 def autodiff_step(loss, params):
     """The jitted step ``(state, x, y) -> (state, J)`` of ``jax.value_and_grad(loss)`` + SGD."""
     opt = optax.sgd(LR, momentum=MOMENTUM)
 
-    @jax.jit
+    @jit
     def step(state, x, y):
         params, opt_state = state
         value, grads = jax.value_and_grad(loss)(params, x, y)
@@ -70,18 +90,24 @@ def autodiff_step(loss, params):
     return step, (params, opt.init(params))
 
 
+def jit(fn):
+    """``jax.jit`` with ``OPTIONS`` (every JAX contender alike)."""
+    return jax.jit(fn, compiler_options=OPTIONS or None)
+
+
 def jaxcnn_step(grad, microbatch=None):
-    net = zoo.lenet5((28, 28, 1), 10)
+    make, shape = NETS[NET[0]]
+    net = make(shape, 10)
     loss = jc.softmax_cross_entropy
     opt = optax.sgd(LR, momentum=MOMENTUM)
-    params, _ = net.init(jax.random.key(0), (28, 28, 1))
+    params, _ = net.init(jax.random.key(0), shape)
 
     if grad == "hand":
         vg = jc.value_and_grad(net, loss, microbatch=microbatch)
     else:
         vg = jax.value_and_grad(lambda p, x, y: loss.value(net.apply(p, x), y))
 
-    @jax.jit
+    @jit
     def step(state, x, y):
         params, opt_state = state
         value, grads = vg(params, x, y)
@@ -161,7 +187,7 @@ def equinox_step():
         logits = jax.vmap(m)(jnp.transpose(x, (0, 3, 1, 2)))
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @eqx.filter_jit
+    @functools.partial(eqx.filter_jit, compiler_options=OPTIONS or None)
     def step(state, x, y):
         m, opt_state = state
         value, grads = eqx.filter_value_and_grad(loss)(m, x, y)
@@ -177,18 +203,55 @@ def torch_device():
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
+def torch_lenet5(nn):
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 120, 5), nn.Sigmoid(), nn.Flatten(),
+        nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+
+
+def torch_vgg(nn):
+    layers, c = [], 3
+    for f, pool in ((32, False), (32, True), (64, False), (64, True), (128, True)):
+        layers += [nn.Conv2d(c, f, 3, padding=1), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+        c = f
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+
+
+def torch_resnet(nn, batch_norm=False):
+    """``zoo.resnet``'s ResNet-8 (``batch_norm``: ``zoo.resnet_bn``, on batch statistics)."""
+    def conv(c, f, k, s):
+        out = [nn.Conv2d(c, f, k, s, padding=k // 2, bias=not batch_norm)]
+        return out + [nn.BatchNorm2d(f, track_running_stats=False)] if batch_norm else out
+
+    class Block(nn.Module):
+        def __init__(self, c, f, s):
+            super().__init__()
+            self.body = nn.Sequential(*conv(c, f, 3, s), nn.ReLU(), *conv(f, f, 3, 1))
+            self.skip = nn.Identity() if s == 1 and c == f else nn.Sequential(*conv(c, f, 1, s))
+
+        def forward(self, x):
+            return nn.functional.relu(self.body(x) + self.skip(x))
+
+    return nn.Sequential(*conv(3, 16, 3, 1), nn.ReLU(), Block(16, 16, 1), Block(16, 32, 2),
+                         Block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+
+
+TORCH_NETS = {"lenet5": torch_lenet5, "vgg": torch_vgg, "resnet": torch_resnet,
+              "resnet-bn": functools.partial(torch_resnet, batch_norm=True)}
+
+
 def torch_step(compiled, mode=None):
-    """PyTorch's LeNet-5 step: eager, or ``torch.compile`` in ``mode`` (``"reduce-overhead"``:
-    CUDA graphs, so the step's kernels launch as one graph instead of one by one)."""
+    """PyTorch's step of ``--net``: eager, or ``torch.compile`` in ``mode``
+    (``"reduce-overhead"``: CUDA graphs, so the step's kernels launch as one graph instead of
+    one by one)."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Conv2d(16, 120, 5), nn.Sigmoid(), nn.Flatten(),
-        nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)).to(torch_device())
+    model = TORCH_NETS[NET[0]](nn).to(torch_device())
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -226,7 +289,16 @@ def set_precision(precision):
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-MICRO = "jaxcnn, microbatch 128"     # run for batches above 128 only: below it is the same step
+MICROBATCH = {"lenet5": 128, "vgg": 32, "resnet": 32}
+"""The chunk of jaxcnn's ``microbatch`` contender per net, run for batches above it only (below
+it is the same step); none for resnet-bn, whose BatchNorm would take each chunk's statistics,
+not the batch's."""
+
+
+def micro() -> str:
+    return f"jaxcnn, microbatch {MICROBATCH.get(NET[0])}"
+
+
 REDUCE_OVERHEAD = "PyTorch torch.compile reduce-overhead"      # on CUDA only
 NAME_WIDTH = len(REDUCE_OVERHEAD)
 
@@ -235,11 +307,16 @@ def contenders():
     """The step makers of the contenders that run here, and why each other one does not
     (not installed, or failed to build with this version)."""
     skipped = {}
-    out = {"jaxcnn (hand-written)": lambda: jaxcnn_step("hand"),
-           MICRO: lambda: jaxcnn_step("hand", microbatch=128),
-           "jaxcnn apply + jax.grad": lambda: jaxcnn_step("auto"),
-           "JAX lax.conv + jax.grad": plain_jax_step}
-    for name, make in [("Flax linen", flax_step), ("Equinox", equinox_step)]:
+    out = {"jaxcnn (hand-written)": lambda: jaxcnn_step("hand")}
+    if NET[0] in MICROBATCH:
+        out[micro()] = lambda: jaxcnn_step("hand", microbatch=MICROBATCH[NET[0]])
+    out["jaxcnn apply + jax.grad"] = lambda: jaxcnn_step("auto")
+    jax_peers = [("Flax linen", flax_step), ("Equinox", equinox_step)]
+    if NET[0] == "lenet5":       # the JAX peers are written for LeNet-5 only
+        out["JAX lax.conv + jax.grad"] = plain_jax_step
+    else:
+        jax_peers = []
+    for name, make in jax_peers:
         try:
             make()
             out[name] = make
@@ -265,11 +342,11 @@ def run(batches, repeats, block=10):
     makers, skipped = contenders()
     for batch in batches:
         rng = np.random.default_rng(batch)
-        x_np = rng.normal(size=(batch, 28, 28, 1)).astype(np.float32)
+        x_np = rng.normal(size=(batch, *NETS[NET[0]][1])).astype(np.float32)
         y_np = rng.integers(0, 10, size=batch).astype(np.int32)
         steps = {}
         for name, make in makers.items():
-            if name == MICRO and batch <= 128:
+            if name == micro() and batch <= MICROBATCH[NET[0]]:
                 continue
             try:
                 step, state = make()
@@ -328,7 +405,7 @@ def speedups(rows, batch):
     against = ([min(peers, key=lambda p: np.median(at[p]))] if peers else []) + \
         [p for p in ("PyTorch torch.compile", REDUCE_OVERHEAD) if p in at]
     out = []
-    for mine in ("jaxcnn (hand-written)", MICRO):
+    for mine in ("jaxcnn (hand-written)", micro()):
         for theirs in against if mine in at else []:
             speedup, ci = paired_ratio(at[theirs], at[mine])
             out.append({"peer": mine, "against": theirs, "batch": batch,
@@ -341,7 +418,7 @@ def speedup_line(row):
             f"[{row['speedup_95'][0]:.2f}, {row['speedup_95'][1]:.2f}] of {row['against']}")
 
 
-def run_each_in_own_process(batches, repeats, block, precision):
+def run_each_in_own_process(batches, repeats, block, precision, xla_defaults):
     """``run`` for each batch in a fresh child process: the machine and the rows of all of
     them, the batches whose process failed (their error is on stderr), and the peers that
     were skipped, with why."""
@@ -353,7 +430,8 @@ def run_each_in_own_process(batches, repeats, block, precision):
             child = subprocess.run([sys.executable, os.path.abspath(__file__), "--same-process",
                                     "--batches", str(batch), "--repeats", str(repeats),
                                     "--block", str(block), "--precision", precision,
-                                    "--json", out])
+                                    "--net", NET[0], "--json", out]
+                                   + (["--xla-defaults"] if xla_defaults else []))
             if child.returncode:
                 print(f"batch {batch}: its process failed (exit status {child.returncode})",
                       file=sys.stderr)
@@ -378,7 +456,12 @@ def main(argv=None):
                          "or full float32 everywhere")
     ap.add_argument("--same-process", action="store_true",
                     help="run every batch size in this process, one after another")
+    ap.add_argument("--net", choices=sorted(NETS), default="lenet5")
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="compile the JAX contenders under XLA's defaults, not "
+                         "jc.compiler_options()")
     args = ap.parse_args(argv)
+    NET[0] = args.net
     if args.block < 2:
         ap.error(f"--block must be at least 2 (its first step is not timed), got {args.block}")
     if args.repeats < 2:
@@ -391,6 +474,7 @@ def main(argv=None):
     if args.same_process or len(batches) == 1:
         # JAX starts here only: a parent of child processes would hold a GPU's memory
         set_precision(args.precision)
+        OPTIONS.update({} if args.xla_defaults else jc.compiler_options())
         machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
         if jax.default_backend() != "cpu":
             machine += f", precision {args.precision}"
@@ -400,17 +484,19 @@ def main(argv=None):
         except ImportError:
             pass
         print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
-        print(f"machine: {machine}")
+        print(f"machine: {machine}\nnet: {args.net}; XLA options: {OPTIONS or 'defaults'}")
         rows, skipped = run(batches, args.repeats, args.block)
     else:
         machine, rows, failed, skipped = run_each_in_own_process(
-            batches, args.repeats, args.block, args.precision)
+            batches, args.repeats, args.block, args.precision, args.xla_defaults)
         batches = [b for b in batches if b not in failed]
     ratios = [r for b in batches for r in speedups(rows, b)]
     print("\n".join(speedup_line(r) for r in ratios))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows, "speedups": ratios,
+            json.dump({"machine": machine, "net": args.net,
+                       "xla_options": {} if args.xla_defaults else jc.compiler_options(),
+                       "rows": rows, "speedups": ratios,
                        "skipped": skipped}, f, indent=1)
     if failed:
         sys.exit(f"failed: the process of batch {', '.join(map(str, failed))}")

@@ -6,6 +6,7 @@ Every layer is a ``Layer`` of pure functions ``init / forward / backward / apply
 """
 from jaxcnn.activations import ReLU, Sigmoid, Softmax, Tanh
 from jaxcnn.audit import GradReport, check_grads, check_layer
+from jaxcnn.backend import compiler_options
 from jaxcnn.conv import Conv2D
 from jaxcnn.conv_transpose import ConvTranspose2D
 from jaxcnn.core import HWIO, NHWC, Layer
@@ -31,7 +32,7 @@ __all__ = [
     "FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual",
     "Loss", "softmax_cross_entropy", "squared_error",
     "check_grads", "check_layer", "GradReport",
-    "summary", "Summary",
+    "summary", "Summary", "compiler_options",
 ]
 
 # training (jaxcnn.train; its optional dependencies are imported only when used)

@@ -60,6 +60,7 @@ import optax
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxcnn import backend
 from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
@@ -293,7 +294,7 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     """
     step = update_step(loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
     rep = plan.replicated
-    return jax.jit(step, out_shardings=(rep, rep, rep))
+    return backend.jit(step, out_shardings=(rep, rep, rep))
 
 
 def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",
@@ -380,7 +381,7 @@ def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, gr
         return update(params, opt_state, state, x, targets, jax.random.fold_in(step_key, step))
 
     rep = plan.replicated
-    return jax.jit(step_fn, out_shardings=(rep, rep, rep, rep))
+    return backend.jit(step_fn, out_shardings=(rep, rep, rep, rep))
 
 
 # --- several processes -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn._checks import positive_int
+from jaxcnn import backend
 from jaxcnn.core import Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.state import with_state
@@ -39,7 +40,7 @@ def _chunk_sums(net: Layer, loss: Loss) -> Callable:
             return total, jnp.sum(hit & mask)
         return total, jnp.zeros((), jnp.int32)
 
-    return jax.jit(chunk_sums)
+    return backend.jit(chunk_sums)
 
 
 def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:

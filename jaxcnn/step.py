@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import optax
 
+from jaxcnn import backend
 from jaxcnn.core import Array, Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.microbatch import microbatched
@@ -203,12 +204,13 @@ def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callab
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
               grad: str = "manual", microbatch: int | None = None,
               precision: str | Policy | None = None) -> Callable:
-    """``jax.jit`` of ``train_step``: one mini-batch update, compiled once per batch shape.
+    """``jax.jit`` of ``train_step`` (with ``backend.compiler_options()``): one mini-batch
+    update, compiled once per batch shape.
 
     >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
     >>> params, opt_state, J = step(params, opt_state, x, labels, key)
     """
-    return jax.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
+    return backend.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
 
 
 @memoise
@@ -230,7 +232,7 @@ def fit_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
         return update(params, opt_state, state, x_all[index], y_all[index],
                       jax.random.fold_in(step_key, step))
 
-    return jax.jit(step_fn)
+    return backend.jit(step_fn)
 
 
 def init_params(net: Layer, input_shape, seed: int = 0) -> tuple[Params, tuple[int, ...]]:

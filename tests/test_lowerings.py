@@ -423,12 +423,13 @@ def test_spread_windows_is_the_transpose_of_sum_windows(size, strides, dilation,
 @pytest.mark.parametrize("form", ["lax", "phases", "reference", "reference (4.5, line 2)"])
 @pytest.mark.parametrize("strides, dilation, padding", [
     (1, 1, "VALID"), (1, 2, "SAME"), ((2, 3), 1, ((2, 1), (0, 3))), (3, (1, 2), "VALID"),
-    ((2, 2), (2, 3), "SAME"), ((4, 3), 1, ((3, 0), (1, 1)))])
+    ((2, 2), (2, 3), "SAME"), ((4, 3), 1, ((3, 0), (1, 1))), ((2, 3), 1, ((5, 6), (4, 7)))])
 def test_conv_input_residual_every_formulation(form, strides, dilation, padding):
     """Eq. 4.5 as a transposed convolution, as matmul + window scatter (the reference's first
     line), as the full convolution with the rotated kernel (its second line), and by stride
     phases (eq. 4.9; dilation sharing a factor with the stride, and strides past the kernel,
-    leave phases with no tap): each equals jax.vjp and the reference, jitted."""
+    leave phases with no tap; padding past the kernel, phase rows before and after ``dx``
+    left uncomputed): each equals jax.vjp and the reference, jitted."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 11, 10, 3)))
     w = jnp.asarray(rng.normal(size=(3, 2, 3, 4)))
@@ -466,3 +467,26 @@ def test_dispatch_runs_any_plan_per_group(plan):
     close(dispatch.input_residual(delta, w, g, 3, plan), ref.backward_input(delta, w, g, 3))
     with pytest.raises(KeyError):
         dispatch.input_residual(delta, w, g, 3, plan._replace(input="fft"))
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_xla_passes_read_canonical_layouts_inside_a_scan(strides):
+    """Eqs. 4.4 and 4.5 in XLA's form swap the roles of their axes by transposes, not by
+    dimension numbers: inside a loop (``microbatch``'s ``lax.scan``) XLA's CPU compiler leaves a
+    convolution on other layouts as a plain loop nest (section 10 of ``docs/performance.md``).  Every convolution of a microbatched step reads images NHWC and
+    kernels HWIO (``b01f_01io->b01f``), and the step's gradient is the whole batch's."""
+    net = jc.serial(jc.Conv2D(4, 1, method="lax"), jc.ReLU(),    # the first layer's dx unused
+                    jc.Conv2D(8, 3, strides, "SAME", method="lax"), jc.ReLU(),
+                    jc.Flatten(), jc.Dense(3))
+    params, _ = init_as(net, (6, 6, 4), jnp.float32)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 6, 6, 4)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, size=4), jnp.int32)
+    chunked = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=2))
+    text = chunked.lower(params, x, y).compile().as_text()
+    labels = [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines()
+              if "convolution(" in line]
+    assert len(labels) >= 4 and set(labels) == {"b01f_01io->b01f"}, labels   # 3 + the 1x1's
+    whole = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))(params, x, y)
+    for a, b in zip(jax.tree.leaves(chunked(params, x, y)), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

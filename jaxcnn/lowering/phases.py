@@ -34,13 +34,21 @@ def input_residual(delta: Array, w: Array, g: geo.Window, precision=None) -> Arr
                               (0, 0, 0), (0, 0, 0)))             # (bh sh, bw sw, C, F)
     w_phase = (w_eff.reshape(bh, sh, bw, sw, c, f).transpose(0, 2, 5, 1, 3, 4)
                .reshape(bh, bw, f, sh * sw * c))[::-1, ::-1]     # rotated, in/out swapped
-    mh, mw = ho + bh - 1, wo + bw - 1                            # phase rows/columns reached
-    phases = lax.conv_general_dilated(delta, w_phase, (1, 1),
-                                      ((bh - 1, bh - 1), (bw - 1, bw - 1)),
-                                      dimension_numbers=DIMS, precision=precision)
-    dx_pad = (phases.reshape(n, mh, mw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
-              .reshape(n, mh * sh, mw * sw, c))                  # depth-to-space
     (top, _), (left, _) = g.padding
-    h, wd = g.in_hw                                              # crop to dx, or zero-extend
-    return lax.pad(dx_pad, zero, ((0, 0, 0), (-top, h + top - mh * sh, 0),
-                                  (-left, wd + left - mw * sw, 0), (0, 0, 0)))
+    h, wd = g.in_hw
+    (m0, m1), (n0, n1) = _reached(top, h, sh, ho + bh - 1), _reached(left, wd, sw, wo + bw - 1)
+    phases = lax.conv_general_dilated(                          # only the phase rows dx keeps
+        delta, w_phase, (1, 1),
+        ((bh - 1 - m0, m1 - ho), (bw - 1 - n0, n1 - wo)),       # may be negative: a crop
+        dimension_numbers=DIMS, precision=precision)            # (N, m1 - m0, n1 - n0, sh sw C)
+    dx_pad = (phases.reshape(n, m1 - m0, n1 - n0, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+              .reshape(n, (m1 - m0) * sh, (n1 - n0) * sw, c))   # depth-to-space
+    return lax.pad(dx_pad, zero, ((0, 0, 0), (m0 * sh - top, top + h - m1 * sh, 0),
+                                  (n0 * sw - left, left + wd - n1 * sw, 0), (0, 0, 0)))
+
+
+def _reached(lo: int, size: int, s: int, m: int) -> tuple[int, int]:
+    """The phase rows ``[m0, m1)`` of ``m`` that hold rows ``[lo, lo + size)`` of ``dx_pad``:
+    computing no others keeps the phases' output the size of ``dx`` (less than ``s`` rows over
+    per edge) rather than the ``m s`` rows every phase reaches."""
+    return min(lo // s, m), min(m, -(-(lo + size) // s))

@@ -1,0 +1,89 @@
+"""``jaxcnn.backend``: the XLA options jaxcnn's own steps compile with.
+
+On the CPU they take XLA's convolutions of more than 16 channels from YNNPACK to Eigen; the
+tests check that the options do that (the HLO), that the step computes the same numbers as
+under XLA's defaults, that ``make_step`` and ``fit``'s step use them, and that the user's
+``XLA_FLAGS``, another backend, or an XLA that does not know the flag leave them out.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcnn as jc
+from jaxcnn import backend, train
+
+CPU = jax.default_backend() == "cpu"
+
+
+def wide_net():
+    """Two 3x3 convolutions of 32 channels: the shapes XLA's CPU hands to YNNPACK."""
+    return jc.serial(jc.Conv2D(32, 3, padding="SAME"), jc.ReLU(),
+                     jc.Conv2D(32, 3, padding="SAME"), jc.ReLU(), jc.GlobalAvgPool2D(),
+                     jc.Dense(10))
+
+
+def hlo(fn, *args, **jit_kwargs):
+    return jax.jit(fn, **jit_kwargs).lower(*args).compile().as_text()
+
+
+def ynn_convolutions(text: str) -> int:
+    """The convolutions of an optimized HLO text that run inside YNNPACK fusions: the fused
+    computations a ``__ynn_fusion`` calls, counted where they hold a ``convolution``."""
+    called = set(re.findall(r"calls=(%[\w.\-]+)[^\n]*__ynn_fusion", text))
+    blocks = re.split(r"\n(?=\S)", text)            # one computation per unindented header
+    return sum(block.count("convolution(") for block in blocks
+               if block.split(" ", 1)[0] in called)
+
+
+def step_and_args(batch=4):
+    net, opt = wide_net(), optax.sgd(0.1, momentum=0.9)
+    params, _ = net.init(jax.random.key(0), (8, 8, 16))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch, 8, 8, 16)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
+    return train.train_step(net, jc.softmax_cross_entropy, opt), (
+        params, opt.init(params), x, y, jax.random.key(1))
+
+
+@pytest.mark.skipif(not CPU, reason="the options are the CPU's; elsewhere they are {}")
+def test_cpu_options_move_convolutions_off_ynnpack_and_keep_the_numbers(optimized_xla):
+    """Under XLA's defaults the step's convolutions are YNNPACK fusions; with the options none
+    is, and the updated parameters, optimizer state and loss agree to float32 rounding."""
+    step, args = step_and_args()
+    options = jc.compiler_options()
+    assert options == backend.CPU_OPTIONS
+    assert ynn_convolutions(hlo(step, *args)) > 0    # else the test would pass vacuously
+    text = hlo(step, *args, compiler_options=options)
+    assert "convolution(" in text and ynn_convolutions(text) == 0
+    default, tuned = jax.jit(step)(*args), jax.jit(step, compiler_options=options)(*args)
+    for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not CPU, reason="the options are the CPU's; elsewhere they are {}")
+def test_make_step_compiles_with_the_options(optimized_xla):
+    """``train.make_step`` (and so ``fit``, through ``backend.jit``) compiles under them."""
+    net, opt = wide_net(), optax.sgd(0.1)
+    step = train.make_step(net, jc.softmax_cross_entropy, opt)
+    _, args = step_and_args()
+    args = (args[0], opt.init(args[0]), *args[2:])
+    text = step.lower(*args).compile().as_text()
+    assert "convolution(" in text and ynn_convolutions(text) == 0
+
+
+def test_the_users_flags_another_backend_or_an_unknown_flag_leave_them_out(monkeypatch):
+    """``XLA_FLAGS`` naming the flag wins (any value); a GPU or TPU gets none; an XLA that
+    rejects the option gets none (probed with one tiny compile, not an error)."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert jc.compiler_options("cpu") == {}
+    monkeypatch.delenv("XLA_FLAGS")
+    assert jc.compiler_options("gpu") == jc.compiler_options("tpu") == {}
+    assert backend._known((("xla_cpu_no_such_option", "1"),)) is False
+    monkeypatch.setattr(backend, "CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    assert jc.compiler_options("cpu") == {}
+    f = backend.jit(lambda v: v * 2)              # and jit then compiles without them
+    np.testing.assert_array_equal(f(jnp.arange(3.0)), [0.0, 2.0, 4.0])
