@@ -10,8 +10,10 @@ may compile faster (``docs/performance.md``, section 8, "the hand-written step a
 autodiff's own instructions").  With ``--method lax`` (what ``"auto"`` is off the CPU) the
 hand-written step shares all of them: its input residuals and dense gradients are written
 with the dimension numbers of ``jax.grad``'s transpose rules (``tests/test_networks.py``
-checks it).  ``--method auto`` counts the CPU's formulations where this runs on a CPU.
-Only lowering, no compilation: it runs on any backend.
+checks it).  ``--method auto`` counts the CPU's formulations where this runs on a CPU.  On a
+CPU the backward passes in XLA's form swap axes by transposes (``xla.canonical_layouts``);
+``--cpu-layouts`` counts that form, which shares fewer instructions, instead of the one the
+other backends lower to.  Only lowering, no compilation: it runs on any backend.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import jax.numpy as jnp
 import optax
 
 import jaxcnn as jc
-from grad_vs_autodiff import NETS, convolutions, steps
+from jaxcnn.lowering import xla
+from grad_vs_autodiff import NETS, RECONSTRUCT, convolutions, steps
 
 OPS = {"convolutions": "stablehlo.convolution", "matrix products": "stablehlo.dot_general"}
 
@@ -41,8 +44,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="lax", choices=("lax", "auto", "toeplitz"))
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--cpu-layouts", action="store_true",
+                    help="on a CPU, keep the backward's transposes (xla.canonical_layouts)")
     args = ap.parse_args(argv)
-    loss, optimizer = jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
+    if not args.cpu_layouts:
+        xla.canonical_layouts = lambda: False      # the off-CPU lowering, wherever this runs
+    optimizer = optax.sgd(0.01, momentum=0.9)
     print(f"instructions of the step, method={args.method!r}, batch {args.batch}, "
           f"lowered for {jax.default_backend()}: hand-written / autodiff / shared")
     for name, (make, shape) in NETS.items():
@@ -50,7 +57,8 @@ def main(argv=None):
             net = make(shape, 10)
         params, _ = net.init(jax.random.key(0), shape)
         x = jnp.zeros((args.batch, *shape), jnp.float32)
-        y = jnp.zeros((args.batch,), jnp.int32)
+        loss = jc.squared_error if name in RECONSTRUCT else jc.softmax_cross_entropy
+        y = x if name in RECONSTRUCT else jnp.zeros((args.batch,), jnp.int32)
         step_args = (params, optimizer.init(params), x, y)
         texts = [jax.jit(f).lower(*step_args).as_text() for f in steps(net, loss, optimizer)]
         counts = []

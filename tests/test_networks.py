@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 
 import jaxcnn as jc
 from harness import init_as, rel_err
+from jaxcnn.lowering import xla
 
 
 def lenet5():
@@ -191,11 +192,14 @@ def _instructions(fn, args, op):
                   for line in text.splitlines() if op in line)
 
 
-def test_lax_backward_is_autodiffs_convolutions_and_products():
-    """With XLA's convolutions (``"auto"`` off the CPU), the hand-written step lowers to the
-    very convolutions and matrix products that ``jax.grad``'s transpose rules emit: strided,
-    dilated, grouped, padded.  Off the CPU, XLA autotunes each distinct one when it compiles,
-    so two steps that share them share that work and its choice of kernels."""
+def test_lax_backward_is_autodiffs_convolutions_and_products(monkeypatch):
+    """With XLA's convolutions as they are off the CPU (``"auto"`` there, and the backward
+    passes' axes swapped by dimension numbers: ``xla.canonical_layouts`` false), the
+    hand-written step lowers to the very convolutions and matrix products that ``jax.grad``'s
+    transpose rules emit: strided, dilated, grouped, padded.  Off the CPU, XLA autotunes each
+    distinct one when it compiles, so two steps that share them share that work and its choice
+    of kernels.  (On the CPU the passes transpose instead: ``tests/test_lowerings.py``.)"""
+    monkeypatch.setattr(xla, "canonical_layouts", lambda: False)
     net = jc.serial(
         jc.Conv2D(4, 3, padding="SAME", method="lax"), jc.ReLU(),
         jc.Conv2D(6, 3, strides=2, padding=((1, 0), (0, 1)), method="lax"), jc.Tanh(),

@@ -8,6 +8,7 @@ the CPU both compile, autotune and run alike.  Proven equal to ``jaxcnn.referenc
 """
 from __future__ import annotations
 
+import jax
 from jax import lax
 
 from jaxcnn import _geometry as geo
@@ -15,6 +16,15 @@ from jaxcnn.core import Array
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 """The forward's dimension numbers: images NHWC, kernels HWIO."""
+
+
+def canonical_layouts() -> bool:
+    """Whether the backward passes swap axes by transposes, so that every convolution reads
+    ``DIMS`` (XLA's CPU: inside a loop it runs any other layout as a plain loop nest), or by
+    dimension numbers, as ``jax.grad``'s transpose rules do (elsewhere: two steps that share
+    their instructions share XLA's autotuning, ``docs/performance.md`` 8.19).
+    ``jax.default_backend()`` at trace time decides."""
+    return jax.default_backend() == "cpu"
 
 
 def forward(x: Array, w: Array, g: geo.Window, groups: int, precision=None) -> Array:
@@ -38,16 +48,20 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, precision=No
     input channels that of the batch (split into G groups by ``batch_group_count``).  The rows
     past the last one read (the remainder ``r`` of Section 3) are cropped by the padding.
 
-    The roles are swapped by transposes -- ``x`` to ``(C_in, H, W, N)``, delta to ``(H_out,
-    W_out, N, F)``, the result back from ``(C_in // G, kh, kw, F)`` -- so the instruction reads
-    XLA's canonical layouts.  Left to the dimension numbers (``CHWN, IHWO -> HWNC``, the
-    instruction of ``jax.grad``'s transpose rule), XLA's CPU compiler inserts the same
-    transposes itself, except inside a loop (``lax.scan``: ``microbatch``), where it runs the
-    convolution as a plain loop nest instead (``docs/performance.md``, section 10).
+    On the CPU the roles are swapped by transposes -- ``x`` to ``(C_in, H, W, N)``, delta to
+    ``(H_out, W_out, N, F)``, the result back from ``(C_in // G, kh, kw, F)`` -- which XLA
+    would insert itself, except inside a loop (``lax.scan``: ``microbatch``), where it runs
+    the transpose rule's dimension numbers (``CHWN, IHWO -> HWNC``) as a plain loop nest
+    instead (``docs/performance.md``, section 11).  Elsewhere, those dimension numbers.
     """
     pads = []
     for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
         pads.append((lo, k + (n_out - 1) * s - n - lo))
+    if not canonical_layouts():
+        return lax.conv_general_dilated(
+            x, delta, window_strides=g.dilation, padding=pads, rhs_dilation=g.strides,
+            dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
+            precision=precision)
     dw = lax.conv_general_dilated(
         x.transpose(3, 1, 2, 0), delta.transpose(1, 2, 0, 3), window_strides=g.dilation,
         padding=pads, rhs_dilation=g.strides, dimension_numbers=DIMS, batch_group_count=groups,
@@ -65,20 +79,22 @@ def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, precision
     kernel is rotated by 180 degrees with its in/out axes swapped inside each group, and the
     padding ``k_eff - 1 - lo`` on the top/left makes the correlation "full"; the bottom/right
     amount is whatever brings the output back to ``H`` (negative = a crop, which also drops the
-    gradient on the forward's padding).  The swap is a transpose of the kernel (for ``G > 1``
-    with the group axis moved in front of the channels), so the instruction reads an ``HWIO``
-    kernel, XLA's canonical form.  Left to the dimension numbers (``HWOI``, the instruction of
-    ``jax.grad``'s transpose rule), XLA's CPU compiler runs it as a plain loop nest wherever it
-    sits inside a loop (``lax.scan``: ``microbatch``; ``docs/performance.md``, section 10).
+    gradient on the forward's padding).  On the CPU the swap is a transpose of the kernel (for
+    ``G > 1`` with the group axis moved in front of the channels), so that the instruction
+    reads ``HWIO`` also inside a loop (see ``kernel_grad``); elsewhere the kernel's dimension
+    numbers make it (``HWOI``), the instruction of ``jax.grad``'s transpose rule.
     """
     kh, kw, cg, f = w.shape
     fg = f // groups
-    w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 4, 3, 2)     # (I, O) =
-           .reshape(kh, kw, fg, groups * cg))[::-1, ::-1]                # (F / G, G C_g)
+    w_t = (w.reshape(kh, kw, cg, groups, fg).transpose(0, 1, 3, 2, 4)     # read as (O, I) =
+           .reshape(kh, kw, groups * cg, fg))[::-1, ::-1]                # (G C_g, F / G)
+    dims = ("NHWC", "HWOI", "NHWC")
+    if canonical_layouts():
+        w_t, dims = w_t.transpose(0, 1, 3, 2), DIMS                     # (F / G, G C_g)
     pads = []
     for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
         pads.append((k - 1 - lo, n - (n_out - 1) * s - 1 + lo))
     return lax.conv_general_dilated(
         delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
-        rhs_dilation=g.dilation, dimension_numbers=DIMS,
+        rhs_dilation=g.dilation, dimension_numbers=dims,
         feature_group_count=groups, precision=precision)
