@@ -1,4 +1,4 @@
-"""How jaxcnn's own steps compile: ``jit`` with the XLA options chosen per backend.
+"""How ``fit``'s steps compile: ``jit`` with the XLA options chosen per backend.
 
 On the CPU, XLA (jaxlib 0.10) hands a 2-D convolution of more than 16 channels whose output is
 no larger than its input to YNNPACK (its default fusion types: single dots, single
@@ -36,7 +36,9 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 
 def jit(fn: Callable, **kwargs) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with ``compiler_options()`` (jaxcnn's steps and evaluators)."""
+    """``jax.jit(fn, **kwargs)`` with ``compiler_options()``: ``fit``'s steps and evaluator,
+    which run only at the top level -- JAX refuses compiler options on a jit nested in
+    another transformation, so the public step builders (``train.make_step``) stay plain."""
     return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
 
 

@@ -294,7 +294,7 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     """
     step = update_step(loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
     rep = plan.replicated
-    return backend.jit(step, out_shardings=(rep, rep, rep))
+    return jax.jit(step, out_shardings=(rep, rep, rep))
 
 
 def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manual",

@@ -204,13 +204,14 @@ def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callab
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
               grad: str = "manual", microbatch: int | None = None,
               precision: str | Policy | None = None) -> Callable:
-    """``jax.jit`` of ``train_step`` (with ``backend.compiler_options()``): one mini-batch
-    update, compiled once per batch shape.
+    """``jax.jit`` of ``train_step``: one mini-batch update, compiled once per batch shape.
+    A plain ``jax.jit``, so that it nests in a transformation of one's own; ``fit``'s step
+    compiles with ``backend.compiler_options()``, which only a top-level jit takes.
 
     >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
     >>> params, opt_state, J = step(params, opt_state, x, labels, key)
     """
-    return backend.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
+    return jax.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
 
 
 @memoise

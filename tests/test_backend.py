@@ -2,7 +2,7 @@
 
 On the CPU they take XLA's convolutions of more than 16 channels from YNNPACK to Eigen; the
 tests check that the options do that (the HLO), that the step computes the same numbers as
-under XLA's defaults, that ``make_step`` and ``fit``'s step use them, and that the user's
+under XLA's defaults, that ``fit``'s step uses them (``make_step`` stays nestable), and that the user's
 ``XLA_FLAGS``, another backend, or an XLA that does not know the flag leave them out.
 """
 import re
@@ -65,14 +65,20 @@ def test_cpu_options_move_convolutions_off_ynnpack_and_keep_the_numbers(optimize
 
 
 @pytest.mark.skipif(not CPU, reason="the options are the CPU's; elsewhere they are {}")
-def test_make_step_compiles_with_the_options(optimized_xla):
-    """``train.make_step`` (and so ``fit``, through ``backend.jit``) compiles under them."""
+def test_fits_step_compiles_with_them_and_make_step_still_nests(optimized_xla):
+    """``fit``'s step (``step.fit_step``, through ``backend.jit``) compiles under the options;
+    ``train.make_step`` stays a plain jit, which a transformation of one's own can trace (JAX
+    refuses compiler options on a nested jit)."""
+    from jaxcnn.step import fit_step
     net, opt = wide_net(), optax.sgd(0.1)
-    step = train.make_step(net, jc.softmax_cross_entropy, opt)
-    _, args = step_and_args()
-    args = (args[0], opt.init(args[0]), *args[2:])
+    _, (params, _, x, y, key) = step_and_args()
+    step = fit_step(net, jc.softmax_cross_entropy, opt, "manual")
+    args = (params, opt.init(params), jc.init_state(net, (8, 8, 16)), x, y, jnp.arange(4), key, 0)
     text = step.lower(*args).compile().as_text()
     assert "convolution(" in text and ynn_convolutions(text) == 0
+    mine = train.make_step(net, jc.softmax_cross_entropy, opt)
+    jaxpr = jax.make_jaxpr(mine)(params, opt.init(params), x, y, key)
+    assert "conv_general_dilated" in str(jaxpr)
 
 
 def test_the_users_flags_another_backend_or_an_unknown_flag_leave_them_out(monkeypatch):
