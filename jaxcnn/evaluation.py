@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._checks import positive_int
 from jaxcnn import backend
+from jaxcnn._checks import positive_int
 from jaxcnn.core import Layer, Params, State
 from jaxcnn.losses import Loss
 from jaxcnn.state import with_state
