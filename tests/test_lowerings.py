@@ -17,7 +17,7 @@ from harness import TOL, assert_backward_matches, init_as
 from jaxcnn import _geometry as geo
 from jaxcnn.lowering import dispatch, phases, toeplitz, xla
 from jaxcnn.lowering import pool as fast_pool
-from jaxcnn.lowering.plan import LIMITS, bias_in_product, conv_plan
+from jaxcnn.lowering.plan import bias_in_product, conv_plan
 from jaxcnn.reference import conv as ref
 from jaxcnn.reference import pool as ref_pool
 from test_layers import lax_conv, run_case
