@@ -34,7 +34,7 @@ import optax
 
 import jaxcnn
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import OPTIONS, jit, paired_ratio, samples
+from grad_vs_autodiff import OPTIONS, jit, paired_ratio, samples, vgg, wide
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"lenet5": (28, 28, 1), "ufldl": (28, 28, 1), "deepid": (39, 31, 1),
@@ -57,17 +57,9 @@ def old_package(rev: str, into: Path):
 def net_of(jc, name: str):
     """The zoo net ``name``, or ``grad_vs_autodiff``'s ``wide`` or ``vgg``, built by version
     ``jc``."""
-    if name == "vgg":
-        layers = []
-        for features, pool in ((32, False), (32, True), (64, False), (64, True), (128, True)):
-            layers += [jc.Conv2D(features, 3, padding="SAME"), jc.ReLU()]
-            layers += [jc.MaxPool2D(2)] if pool else []
-        return jc.serial(*layers, jc.Flatten(), jc.Dense(10))
-    if name != "wide":
-        return jc.zoo.get(name, SHAPES[name], 10)
-    return jc.serial(jc.Conv2D(64, 3, padding="SAME"), jc.ReLU(),
-                     jc.Conv2D(64, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2),
-                     jc.Flatten(), jc.Dense(10))
+    if name in ("wide", "vgg"):
+        return {"wide": wide, "vgg": vgg}[name](SHAPES[name], 10, lib=jc)
+    return jc.zoo.get(name, SHAPES[name], 10)
 
 
 def step(jc, net):

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxcnn as jc
-from jaxcnn import _geometry as geo
+from jaxcnn import _geometry as geo, backend
 from jaxcnn.lowering import phases, xla
 from _malloc import keep_freed_blocks
 from grad_vs_autodiff import paired_ratio, samples
@@ -34,10 +33,9 @@ CONVS = [  # (H, W, C), F, k, stride, count in ResNet-8
 
 def jaxcnn_passes(x, w, d, g, strides):
     """The forward, kernel gradient and input residual, each jitted alone, as calls."""
-    options = jc.compiler_options() or None
     residual = ((lambda d, w: phases.input_residual(d, w, g)) if strides > 1 else
                 (lambda d, w: xla.input_residual(d, w, g, 1)))
-    fw, kg, ir = (jax.jit(f, compiler_options=options) for f in (
+    fw, kg, ir = (backend.jit(f) for f in (
         lambda x, w: xla.forward(x, w, g, 1), lambda x, d: xla.kernel_grad(x, d, g, 1),
         residual))
     return [lambda: fw(x, w), lambda: kg(x, d), lambda: ir(d, w)]

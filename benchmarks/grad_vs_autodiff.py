@@ -51,11 +51,12 @@ from jaxcnn import zoo
 from _malloc import keep_freed_blocks
 
 
-def wide(input_shape=(32, 32, 3), num_classes=10):
-    """Two 3x3 convolutions with 64 channels on 32x32x3, max pooling, dense."""
-    return jc.serial(zoo.Conv2D(64, 3, padding="SAME"), jc.ReLU(),
-                     zoo.Conv2D(64, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2),
-                     jc.Flatten(), jc.Dense(num_classes))
+def wide(input_shape=(32, 32, 3), num_classes=10, lib=jc):
+    """Two 3x3 convolutions with 64 channels on 32x32x3, max pooling, dense.  ``lib``: the
+    jaxcnn package that builds it (``ab_versions.py`` passes an older one)."""
+    return lib.serial(lib.zoo.Conv2D(64, 3, padding="SAME"), lib.ReLU(),
+                      lib.zoo.Conv2D(64, 3, padding="SAME"), lib.ReLU(), lib.MaxPool2D(2),
+                      lib.Flatten(), lib.Dense(num_classes))
 
 
 def grouped(input_shape=(32, 32, 3), num_classes=10):
@@ -66,15 +67,15 @@ def grouped(input_shape=(32, 32, 3), num_classes=10):
                      jc.Dense(num_classes))
 
 
-def vgg(input_shape=(32, 32, 3), num_classes=10):
+def vgg(input_shape=(32, 32, 3), num_classes=10, lib=jc):
     """A VGG-style net (Simonyan & Zisserman 2015) for 32x32x3: 3x3 ``"SAME"`` convolutions of
     32, 32, 64, 64 and 128 features, each with ReLU, 2x2 max pooling after the 2nd, 4th and
-    5th, a dense layer of ``num_classes``."""
+    5th, a dense layer of ``num_classes``.  ``lib`` as for ``wide``."""
     layers = []
     for features, pool in ((32, False), (32, True), (64, False), (64, True), (128, True)):
-        layers += [zoo.Conv2D(features, 3, padding="SAME"), jc.ReLU()]
-        layers += [jc.MaxPool2D(2)] if pool else []
-    return jc.serial(*layers, jc.Flatten(), jc.Dense(num_classes))
+        layers += [lib.zoo.Conv2D(features, 3, padding="SAME"), lib.ReLU()]
+        layers += [lib.MaxPool2D(2)] if pool else []
+    return lib.serial(*layers, lib.Flatten(), lib.Dense(num_classes))
 
 
 @contextlib.contextmanager

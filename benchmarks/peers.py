@@ -66,14 +66,13 @@ import optax
 import jaxcnn as jc
 from jaxcnn import zoo
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import paired_ratio, vgg
+from grad_vs_autodiff import OPTIONS, jit, paired_ratio, vgg   # OPTIONS: set by main
 
 LR, MOMENTUM = 0.01, 0.9
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "vgg": (vgg, (32, 32, 3)),
         "resnet": (zoo.resnet, (32, 32, 3)), "resnet-bn": (zoo.resnet_bn, (32, 32, 3))}
 """``--net``: jaxcnn's net and its per-example input shape."""
 NET = ["lenet5"]                  # the net of this process (``--net``)
-OPTIONS: dict = {}                # the JAX contenders' XLA options (set by ``main``)
 
 
 def autodiff_step(loss, params):
@@ -88,11 +87,6 @@ def autodiff_step(loss, params):
         return (optax.apply_updates(params, updates), opt_state), value
 
     return step, (params, opt.init(params))
-
-
-def jit(fn):
-    """``jax.jit`` with ``OPTIONS`` (every JAX contender alike)."""
-    return jax.jit(fn, compiler_options=OPTIONS or None)
 
 
 def jaxcnn_step(grad, microbatch=None):

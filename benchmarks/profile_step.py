@@ -25,6 +25,7 @@ import jax
 import optax
 
 import jaxcnn as jc
+from jaxcnn import backend
 from _malloc import keep_freed_blocks
 from grad_vs_autodiff import NETS, steps
 
@@ -47,7 +48,7 @@ def main(argv=None):
     make, shape = NETS[args.net]
     net, loss, optimizer = make(shape, 10), jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
     hand, auto = steps(net, loss, optimizer)
-    step = jax.jit(auto if args.autodiff else hand, compiler_options=jc.compiler_options() or None)
+    step = backend.jit(auto if args.autodiff else hand)
     params, _ = net.init(jax.random.key(0), shape)
     state = optimizer.init(params)
     x = jax.random.normal(jax.random.key(1), (args.batch, *shape))

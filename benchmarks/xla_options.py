@@ -29,6 +29,7 @@ import optax
 from jax import lax
 
 import jaxcnn as jc
+from jaxcnn import backend
 from _malloc import keep_freed_blocks
 from grad_vs_autodiff import NETS, RECONSTRUCT, matmul_ceiling, paired_ratio, samples, steps
 
@@ -48,7 +49,7 @@ CONVS = {   # name: (per-example input, kernel (kh, kw, C, F), stride); "SAME" p
 
 def both(fn):
     """``fn`` jitted under XLA's defaults and under ``jc.compiler_options()``."""
-    return [jax.jit(fn), jax.jit(fn, compiler_options=jc.compiler_options() or None)]
+    return [jax.jit(fn), backend.jit(fn)]
 
 
 def row(kind, name, batch, times, outs):
