@@ -4,8 +4,8 @@
                                      [--batches 32,128] [--repeats 20] [--seconds 2]
                                      [--json out.json]
 
-On the CPU, ``jc.compiler_options()`` turns XLA's YNNPACK fusions off, so convolutions of more
-than 16 channels run Eigen's code (``jaxcnn/backend.py``).  Per-jit compiler options let both
+On the CPU, ``jc.compiler_options()`` keeps XLA's YNNPACK fusions to reductions, so matrix
+products and convolutions of more than 16 channels run Eigen's code (``jaxcnn/backend.py``).  Per-jit compiler options let both
 builds of the same program run in one process, interleaved call by call (``samples``):
 
 - each distinct convolution of the VGG-style net and of resnet, its three passes

@@ -1,12 +1,13 @@
 """How ``fit``'s steps compile: ``jit`` with the XLA options chosen per backend.
 
-On the CPU, XLA (jaxlib 0.10) hands a 2-D convolution of more than 16 channels whose output is
-no larger than its input to YNNPACK (its default fusion types: single dots, single
-convolutions, reductions), and the rest to Eigen.  Measured on the project's CPU machine,
-YNNPACK's convolutions took up to twice Eigen's time on those of the CIFAR-size nets
-(``benchmarks/xla_options.py``, ``docs/performance.md``), so jaxcnn's steps compile with XLA's
-default list less ``LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION``.  The choice is XLA's
-configuration, not the derivation: both compute the same sums (to float rounding).
+On the CPU, XLA (jaxlib 0.10) hands single matrix products, reductions, and 2-D convolutions of
+more than 16 channels whose output is no larger than its input to YNNPACK (its default fusion
+types), and the rest to Eigen.  Measured on the project's CPU machine, YNNPACK's convolutions
+took up to twice Eigen's time on those of the CIFAR-size nets, and its matrix products made
+the Toeplitz-lowered nets 5-10% slower (``benchmarks/xla_options.py``, ``docs/performance.md``),
+so jaxcnn's steps compile with XLA's default list less those two: YNNPACK keeps the
+reductions, where it is the faster.  The choice is XLA's configuration, not the derivation:
+both compute the same sums (to float rounding).
 
 A script that jits its own step gets the same with ``jax.jit(step,
 compiler_options=jc.compiler_options())``.  Setting the flag in ``XLA_FLAGS`` (any value,
@@ -22,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
-CPU_OPTIONS = {YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-"""The XLA options of jaxcnn's CPU steps: XLA's YNNPACK fusions but its convolutions."""
+CPU_OPTIONS = {YNN_FLAG: "LIBRARY_FUSION_TYPE_REDUCE"}
+"""The XLA options of jaxcnn's CPU steps: of XLA's YNNPACK fusions, the reductions only."""
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """``jaxcnn.backend``: the XLA options jaxcnn's own steps compile with.
 
-On the CPU they take XLA's convolutions of more than 16 channels from YNNPACK to Eigen; the
-tests check that the options do that (the HLO), that the step computes the same numbers as
+On the CPU they take XLA's convolutions of more than 16 channels and its matrix products from
+YNNPACK to Eigen; the tests check that the options do that (the HLO), that the step computes the same numbers as
 under XLA's defaults, that ``fit``'s step uses them (``make_step`` stays nestable), and that the user's
 ``XLA_FLAGS``, another backend, or an XLA that does not know the flag leave them out.
 """
@@ -30,13 +30,13 @@ def hlo(fn, *args, **jit_kwargs):
     return jax.jit(fn, **jit_kwargs).lower(*args).compile().as_text()
 
 
-def ynn_convolutions(text: str) -> int:
-    """The convolutions of an optimized HLO text that run inside YNNPACK fusions: the fused
-    computations a ``__ynn_fusion`` calls, counted where they hold a ``convolution``."""
+def ynn(text: str, op: str) -> int:
+    """The ``op`` instructions (``"convolution"``, ``"dot"``) of an optimized HLO text that run
+    inside YNNPACK fusions: the fused computations a ``__ynn_fusion`` calls, counted where
+    they hold one."""
     called = set(re.findall(r"calls=(%[\w.\-]+)[^\n]*__ynn_fusion", text))
     blocks = re.split(r"\n(?=\S)", text)            # one computation per unindented header
-    return sum(block.count("convolution(") for block in blocks
-               if block.split(" ", 1)[0] in called)
+    return sum(block.count(f" {op}(") for block in blocks if block.split(" ", 1)[0] in called)
 
 
 def step_and_args(batch=4):
@@ -50,15 +50,18 @@ def step_and_args(batch=4):
 
 
 @pytest.mark.skipif(not CPU, reason="the options are the CPU's; elsewhere they are {}")
-def test_cpu_options_move_convolutions_off_ynnpack_and_keep_the_numbers(optimized_xla):
-    """Under XLA's defaults the step's convolutions are YNNPACK fusions; with the options none
-    is, and the updated parameters, optimizer state and loss agree to float32 rounding."""
+def test_cpu_options_move_convolutions_and_dots_off_ynnpack_and_keep_the_numbers(optimized_xla):
+    """Under XLA's defaults the step's convolutions and its dense layer's products are YNNPACK
+    fusions; with the options none is, and the updated parameters, optimizer state and loss
+    agree to float32 rounding."""
     step, args = step_and_args()
     options = jc.compiler_options()
     assert options == backend.CPU_OPTIONS
-    assert ynn_convolutions(hlo(step, *args)) > 0    # else the test would pass vacuously
+    default = hlo(step, *args)
+    assert ynn(default, "convolution") > 0 and ynn(default, "dot") > 0   # else vacuous
     text = hlo(step, *args, compiler_options=options)
-    assert "convolution(" in text and ynn_convolutions(text) == 0
+    assert " convolution(" in text and " dot(" in text
+    assert ynn(text, "convolution") == ynn(text, "dot") == 0
     default, tuned = jax.jit(step)(*args), jax.jit(step, compiler_options=options)(*args)
     for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -75,7 +78,7 @@ def test_fits_step_compiles_with_them_and_make_step_still_nests(optimized_xla):
     step = fit_step(net, jc.softmax_cross_entropy, opt, "manual")
     args = (params, opt.init(params), jc.init_state(net, (8, 8, 16)), x, y, jnp.arange(4), key, 0)
     text = step.lower(*args).compile().as_text()
-    assert "convolution(" in text and ynn_convolutions(text) == 0
+    assert " convolution(" in text and ynn(text, "convolution") == ynn(text, "dot") == 0
     mine = train.make_step(net, jc.softmax_cross_entropy, opt)
     jaxpr = jax.make_jaxpr(mine)(params, opt.init(params), x, y, key)
     assert "conv_general_dilated" in str(jaxpr)
