@@ -21,7 +21,7 @@ from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
                          check_param, config, pair, positive_int)
 from jaxcnn.lowering import dispatch
-from jaxcnn.lowering.plan import METHODS, conv_plan
+from jaxcnn.lowering.plan import check_method, conv_plan
 from jaxcnn.reference import conv as ref
 
 
@@ -55,8 +55,7 @@ def _settings(name, features, kernel_size, strides, padding, dilation, groups, u
     if s.features % s.groups:
         raise ValueError(f"{name}: features (={s.features}) must be divisible by groups "
                          f"(={s.groups})")
-    if method not in METHODS:
-        raise ValueError(f"{name}: unknown method {method!r}; expected one of {METHODS}")
+    check_method(name, method, s.kernel_size, s.strides, s.dilation, s.groups)
     return s
 
 
@@ -109,9 +108,11 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         float32).
       method: ``"auto"`` (per pass and layer shape, ``jaxcnn.lowering.plan.conv_plan``),
         ``"reference"`` (the textbook forms of ``jaxcnn.reference.conv``), ``"lax"`` (XLA's
-        convolutions) or ``"toeplitz"`` (matrix products with the banded kernel matrix, eqs.
-        4.6-4.8; grouped: one per group).  Every method computes the same sums; ``apply`` may
-        evaluate in another form than it differentiates (``dispatch.evaluate``).
+        convolutions), ``"toeplitz"`` (matrix products with the banded kernel matrix, eqs.
+        4.6-4.8; grouped: one per group) or ``"winograd"`` (Winograd's F(2x2, 3x3), eqs.
+        4.14-4.17: a 3x3 kernel at stride 1, undilated, ungrouped).  Every method computes the
+        same sums (Winograd's up to float rounding); ``apply`` may evaluate in another form
+        than it differentiates (``dispatch.evaluate``).
 
     Params: ``{"w": (kh, kw, C_in // G, F), "b": (F,)}``.  Forward eq. 4.2; backward eqs.
     4.3 (bias), 4.4 (kernel), 4.5 (input residual).

@@ -23,7 +23,15 @@ def x_of(*shape, dtype=jnp.float32):
     (lambda: jc.Conv2D(4, 3, groups=0), r"Conv2D: groups must be >= 1, got 0"),
     (lambda: jc.Conv2D(4, 3, groups=3), r"Conv2D: features \(=4\) must be divisible by groups \(=3\)"),
     (lambda: jc.Conv2D(4, 3, method="fft"),
-     r"Conv2D: unknown method 'fft'; expected one of \('auto', 'reference', 'lax', 'toeplitz'\)"),
+     r"Conv2D: unknown method 'fft'; expected one of \('auto', 'reference', 'lax', 'toeplitz', "
+     r"'winograd'\)"),
+    (lambda: jc.Conv2D(4, (3, 2), method="winograd"),
+     r"Conv2D: method 'winograd' \(F\(2x2, 3x3\)\) needs kernel_size \(3, 3\), strides \(1, 1\), "
+     r"dilation \(1, 1\) and groups 1; got kernel_size \(3, 2\), strides \(1, 1\), dilation "
+     r"\(1, 1\), groups 1"),
+    (lambda: jc.Conv2D(4, 3, dilation=2, groups=2, method="winograd"),
+     r"Conv2D: method 'winograd' .* got kernel_size \(3, 3\), strides \(1, 1\), dilation "
+     r"\(2, 2\), groups 2"),
     (lambda: jc.Conv2D(4, 3, padding="FULL"), r"Conv2D: unknown padding 'FULL'; expected one of \('VALID', 'SAME'\)"),
     (lambda: jc.Conv2D(4, 3, padding=((1, -1), (0, 0))), r"Conv2D: padding amounts must be >= 0"),
     (lambda: jc.AvgPool2D(0), r"AvgPool2D: window must be >= 1, got \(0, 0\)"),

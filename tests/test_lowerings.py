@@ -3,7 +3,8 @@
 
 The lowerings: XLA's convolutions (``jaxcnn.lowering.xla``), the Toeplitz matrix products
 (``toeplitz``, eqs. 4.6-4.8, over column tiles of any size), the strided input residual by
-stride phases (``phases``, eq. 4.9), pooling's sums and spreads (``pool``, eqs. 5.1, 5.2, 5.9);
+stride phases (``phases``, eq. 4.9), Winograd's F(2x2, 3x3) (``winograd``, eqs. 4.14-4.17),
+pooling's sums and spreads (``pool``, eqs. 5.1, 5.2, 5.9);
 and how a layer joins them (``dispatch``: per group, the bias on the product's rows or inside
 it, ``apply`` evaluated in one form and differentiated in another).
 """
@@ -11,16 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import jaxcnn as jc
 from harness import TOL, assert_backward_matches, init_as
 from jaxcnn import _geometry as geo
-from jaxcnn.lowering import dispatch, phases, toeplitz, xla
+from jaxcnn.lowering import dispatch, phases, toeplitz, winograd, xla
 from jaxcnn.lowering import pool as fast_pool
 from jaxcnn.lowering.plan import bias_in_product, conv_plan
 from jaxcnn.reference import conv as ref
 from jaxcnn.reference import pool as ref_pool
-from test_layers import lax_conv, run_case
+from test_layers import DTYPES, lax_conv, run_case
 
 
 def window(hw, k, strides=1, dilation=1, padding="VALID", name="Conv2D"):
@@ -117,6 +120,9 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
         conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft",
                   features=8)
+    with pytest.raises(ValueError, match=r"Conv2D: method 'winograd' .* got kernel_size "
+                                         r"\(3, 3\), strides \(2, 2\)"):
+        conv_plan(strided, 6, 1, "winograd", features=8)
 
 
 def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
@@ -443,6 +449,58 @@ def test_conv_input_residual_every_formulation(form, strides, dilation, padding)
     got = jax.jit(compute)(delta, w)
     close(got, vjp(delta)[0])
     close(got, ref.backward_input(delta, w, g))
+
+
+@pytest.mark.parametrize("hw, padding", [
+    ((8, 8), "SAME"), ((7, 9), "SAME"), ((5, 6), "VALID"), ((6, 5), ((2, 0), (1, 3))),
+    ((3, 3), "VALID"), ((1, 1), "SAME"), ((2, 7), ((1, 0), (4, 1))), ((4, 4), ((5, 5), (0, 2)))])
+def test_winograd_all_three_passes(hw, padding):
+    """Eqs. 4.14-4.17 give the forward of ``lax.conv_general_dilated`` and the kernel gradient
+    and input residual of its ``jax.vjp``, in float64 to 1e-12: odd output sizes (the last
+    tiles partly past the output), one output, padding wider than the kernel."""
+    layer = jc.Conv2D(5, 3, padding=padding, method="winograd")
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, *hw, 4)))
+    params, _ = init_as(layer, (*hw, 4), jnp.float64)
+    y, cache = jax.jit(layer.forward)(params, x)
+    want, vjp = jax.vjp(lambda p, x: lax_conv(p, x, 1, padding, 1, 1), params, x)
+    close(y, want)
+    close(jax.jit(layer.apply)(params, x), want)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    grads, dx = jax.jit(layer.backward)(params, cache, delta)
+    want_grads, want_dx = vjp(delta)
+    close(grads["w"], want_grads["w"])
+    close(grads["b"], want_grads["b"])
+    close(dx, want_dx)
+    g = window(hw, 3, 1, 1, padding)
+    assert conv_plan(g, 4, 1, "winograd", features=5)[:4] == ("winograd",) * 3 + (False,)
+    assert "winograd" not in conv_plan(g, 4, 1, features=5)      # "auto" never picks it
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4),
+       st.integers(1, 4), st.sampled_from(["SAME", "VALID", ((1, 2), (2, 0))]), DTYPES)
+def test_winograd_backward_matches_autodiff(n, h, w, c, f, padding, dtype):
+    """The hand-written backward of a ``method="winograd"`` layer against ``jax.vjp`` of its
+    plain forward, with random cotangents (``assert_backward_matches``), in each dtype."""
+    pads = (2, 2) if padding == "SAME" else (0, 0) if padding == "VALID" else (3, 2)
+    if h + pads[0] < 3 or w + pads[1] < 3:
+        h, w = max(h, 3 - pads[0]), max(w, 3 - pads[1])
+    run_case(jc.Conv2D(f, 3, padding=padding, method="winograd"), (n, h, w, c), dtype,
+             np.random.default_rng(h * w))
+
+
+def test_winograd_transforms_are_lavin_and_grays():
+    """The three constant matrices compute one 1-D F(2, 3) exactly: ``A^T [(G g) * (B^T d)]``
+    is the correlation of a length-4 ``d`` with a length-3 ``g``, for any ``d``, ``g``; and
+    ``winograd.input_tiles`` transforms the tile read at ``(2 i, 2 j)``."""
+    rng = np.random.default_rng(0)
+    d, k = rng.normal(size=4), rng.normal(size=3)
+    np.testing.assert_allclose(winograd.A_T @ ((winograd.G @ k) * (winograd.B_T @ d)),
+                               [d[0:3] @ k, d[1:4] @ k], rtol=1e-13)
+    x = jnp.asarray(rng.normal(size=(1, 6, 8, 1)))
+    v = winograd.input_tiles(x, window((6, 8), 3)).reshape(4, 4, 2, 3)
+    tile = np.asarray(x[0, 2:6, 4:8, 0])                      # tile (1, 2)
+    np.testing.assert_allclose(v[:, :, 1, 2], winograd.B_T @ tile @ winograd.B_T.T, rtol=1e-13)
 
 
 @pytest.mark.parametrize("plan", [

@@ -15,7 +15,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import Array
-from jaxcnn.lowering import phases, toeplitz, xla
+from jaxcnn.lowering import phases, toeplitz, winograd, xla
 from jaxcnn.lowering.plan import ConvPlan, bias_in_product
 from jaxcnn.reference import conv as ref
 
@@ -25,12 +25,14 @@ FORWARD = {
     "lax": lambda x, w, g, groups, tile, p: xla.forward(x, w, g, groups, p),
     "toeplitz": lambda x, w, g, groups, tile, p: toeplitz.forward(x, w, g, precision=p,
                                                                    tile=tile),
+    "winograd": lambda x, w, g, groups, tile, p: winograd.forward(x, w, g, precision=p),
 }
 KERNEL_GRAD = {
     "reference": lambda x, d, g, groups, tile, p: ref.backward_kernel(x, d, g, groups, p),
     "lax": lambda x, d, g, groups, tile, p: xla.kernel_grad(x, d, g, groups, p),
     "toeplitz": lambda x, d, g, groups, tile, p: toeplitz.kernel_grad(x, d, g, precision=p,
                                                                       tile=tile),
+    "winograd": lambda x, d, g, groups, tile, p: winograd.kernel_grad(x, d, g, precision=p),
 }
 INPUT_RESIDUAL = {
     "reference": lambda d, w, g, groups, tile, p: ref.backward_input(d, w, g, groups, p),
@@ -38,6 +40,7 @@ INPUT_RESIDUAL = {
     "toeplitz": lambda d, w, g, groups, tile, p: toeplitz.input_residual(d, w, g, precision=p,
                                                                          tile=tile),
     "phases": lambda d, w, g, groups, tile, p: phases.input_residual(d, w, g, p),
+    "winograd": lambda d, w, g, groups, tile, p: winograd.input_residual(d, w, g, precision=p),
 }
 
 

@@ -6,7 +6,9 @@ The choice is a *method* (``Conv2D(method=...)``), and each pass of a layer gets
 - ``"lax"``: XLA's convolution instructions (``jaxcnn.lowering.xla``, eqs. 4.2, 4.4, 4.5);
 - ``"toeplitz"``: matrix products with the banded kernel matrix (``jaxcnn.lowering.toeplitz``,
   eqs. 4.6-4.8), a grouped convolution split into one per group;
-- ``"phases"``: the input residual only, by stride phases (``jaxcnn.lowering.phases``, eq. 4.9).
+- ``"phases"``: the input residual only, by stride phases (``jaxcnn.lowering.phases``, eq. 4.9);
+- ``"winograd"``: 3x3 kernels at stride 1 in Winograd's 4x4 tiles, F(2x2, 3x3)
+  (``jaxcnn.lowering.winograd``, eqs. 4.14-4.17); only by name, ``"auto"`` never picks it.
 
 Every form computes the same sums (``tests/test_lowerings.py``); the plan only decides speed.
 It is static (shapes and Python ints), decided at trace time.
@@ -20,8 +22,21 @@ import jax
 from jaxcnn import _geometry as geo
 from jaxcnn.lowering.toeplitz import column_tiles
 
-METHODS = ("auto", "reference", "lax", "toeplitz")
+METHODS = ("auto", "reference", "lax", "toeplitz", "winograd")
 """``Conv2D(method=...)``: ``"auto"`` (per pass and shape, ``conv_plan``) or one form for all."""
+
+
+def check_method(name: str, method: str, size, strides, dilation, groups: int) -> None:
+    """``method`` is one of ``METHODS`` and computes this layer: ``"winograd"`` only a 3x3
+    kernel at stride 1, undilated and ungrouped."""
+    if method not in METHODS:
+        raise ValueError(f"{name}: unknown method {method!r}; expected one of {METHODS}")
+    layer = (tuple(size), tuple(strides), tuple(dilation), groups)
+    if method == "winograd" and layer != ((3, 3), (1, 1), (1, 1), 1):
+        raise ValueError(f"{name}: method 'winograd' (F(2x2, 3x3)) needs kernel_size (3, 3), "
+                         f"strides (1, 1), dilation (1, 1) and groups 1; got "
+                         f"kernel_size {layer[0]}, strides {layer[1]}, dilation {layer[2]}, "
+                         f"groups {groups}")
 
 
 class Limits(NamedTuple):
@@ -80,8 +95,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     gradient is a Toeplitz product and ``W_out >= 4 k_w`` (no forward row matrix to share).
     ``jax.default_backend()`` at trace time decides "off the CPU".
     """
-    if method not in METHODS:
-        raise ValueError(f"Conv2D: unknown method {method!r}; expected one of {METHODS}")
+    check_method("Conv2D", method, g.size, g.strides, g.dilation, groups)
     wo = g.out_hw[1]
     tile = -(-wo // 2) if wo >= 2 * g.size[1] else None
     if method != "auto":
