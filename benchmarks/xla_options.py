@@ -2,7 +2,7 @@
 
     python benchmarks/xla_options.py [--nets lenet5,vgg,resnet,resnet-bn,wide,autoencoder]
                                      [--batches 32,128] [--repeats 20] [--seconds 2]
-                                     [--json out.json]
+                                     [--base FLAG=VALUE ...] [--json out.json]
 
 On the CPU, ``jc.compiler_options()`` keeps XLA's YNNPACK fusions to reductions, so matrix
 products and convolutions of more than 16 channels run Eigen's code (``jaxcnn/backend.py``).  Per-jit compiler options let both
@@ -13,7 +13,8 @@ builds of the same program run in one process, interleaved call by call (``sampl
 - each net's whole step (hand-written ``value_and_grad`` + SGD-momentum), and the autodiff step.
 
 Each ratio is options / defaults, the median over the paired rounds with its 95% bootstrap
-interval; below 1.00 the options are faster.  Both builds' results are compared (they must
+interval; below 1.00 the options are faster.  ``--base`` replaces XLA's defaults as the
+baseline by the options given (an earlier choice, say, to measure one change of the list).  Both builds' results are compared (they must
 agree to float rounding).
 """
 from __future__ import annotations
@@ -47,16 +48,20 @@ CONVS = {   # name: (per-example input, kernel (kh, kw, C, F), stride); "SAME" p
 }
 
 
+BASE: dict = {}
+"""The baseline build's XLA options (``--base``; empty: XLA's defaults)."""
+
+
 def both(fn):
-    """``fn`` jitted under XLA's defaults and under ``jc.compiler_options()``."""
-    return [jax.jit(fn), backend.jit(fn)]
+    """``fn`` jitted under the baseline's options and under ``jc.compiler_options()``."""
+    return [jax.jit(fn, compiler_options=BASE or None), backend.jit(fn)]
 
 
 def row(kind, name, batch, times, outs):
     (td, to), (ratio, ci) = np.median(times, axis=1), paired_ratio(times[1], times[0])
     agree = max(float(jnp.max(jnp.abs(a - b)) / (1e-30 + float(jnp.max(jnp.abs(a)))))
                 for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
-    print(f"{kind:5s} {name:26s} batch {batch:4d}: defaults {td * 1e3:8.2f} ms  options "
+    print(f"{kind:5s} {name:26s} batch {batch:4d}: baseline {td * 1e3:8.2f} ms  options "
           f"{to * 1e3:8.2f} ms  ratio {ratio:5.3f} [{ci[0]:.3f}, {ci[1]:.3f}]  "
           f"(agree to {agree:.1e})", flush=True)
     return {"kind": kind, "name": name, "batch": batch, "defaults_ms": td * 1e3,
@@ -112,8 +117,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--no-convs", action="store_true", help="the nets only")
+    ap.add_argument("--base", nargs="*", default=[], metavar="FLAG=VALUE",
+                    help="the baseline's XLA options instead of XLA's defaults")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    bad = [b for b in args.base if "=" not in b]
+    if bad:
+        ap.error(f"--base takes FLAG=VALUE pairs, got {bad}")
+    BASE.update(b.split("=", 1) for b in args.base)
     names = [n for n in args.nets.split(",") if n]
     unknown = sorted(set(names) - set(NETS))
     if unknown:
@@ -123,13 +134,14 @@ def main(argv=None):
     machine = f"{platform.machine()}, {jax.default_backend()}, jax {jax.__version__}"
     ceiling = matmul_ceiling(10)
     print(f"machine: {machine}\nfloat32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
-    print(f"options: {jc.compiler_options()}")
+    print(f"options: {jc.compiler_options()}\nbaseline: {BASE or 'XLA defaults'}")
     rows = [] if args.no_convs else bench_convs(batches, args.repeats, args.seconds)
     rows += bench_nets(names, batches, args.repeats, args.seconds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling,
-                       "options": jc.compiler_options(), "rows": rows}, f, indent=1)
+                       "options": jc.compiler_options(), "baseline": BASE, "rows": rows},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
