@@ -229,6 +229,7 @@ EMPTY_BATCH = [
     (jc.Conv2D(3, 3, padding="SAME"), (6, 5, 2), {}),
     (jc.Conv2D(4, 3, strides=2, groups=2, method="toeplitz"), (7, 7, 2), {}),
     (jc.Conv2D(3, 2, dilation=2, method="reference"), (6, 6, 1), {}),
+    (jc.Conv2D(3, 3, padding="SAME", method="winograd"), (6, 5, 2), {}),
     (jc.AvgPool2D(3, 2, "SAME"), (5, 5, 2), {}), (jc.MaxPool2D(2, padding="SAME"), (5, 5, 2), {}),
     (jc.StochasticPool2D(2), (4, 4, 2), {"key": KEY}),
     (jc.StochasticPool2D(2), (4, 4, 2), {"train": False}),

@@ -489,6 +489,26 @@ def test_winograd_backward_matches_autodiff(n, h, w, c, f, padding, dtype):
              np.random.default_rng(h * w))
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_winograd_in_half_precision_stays_near_the_direct_sums(dtype):
+    """In bfloat16 and float16 the transforms' sums round more than a direct convolution:
+    every pass stays within 2% (of the largest entry) of XLA's in the same dtype, and keeps
+    the dtype."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 4)), dtype)
+    outs = []
+    for method in ("winograd", "lax"):
+        layer = jc.Conv2D(8, 3, padding="SAME", method=method)
+        params, _ = init_as(layer, (9, 9, 4), dtype)
+        y, cache = jax.jit(layer.forward)(params, x)
+        grads, dx = jax.jit(layer.backward)(params, cache, jnp.ones_like(y))
+        outs.append((y, grads["w"], dx))
+    for got, want in zip(*outs):
+        assert got.dtype == dtype
+        err = jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)))
+        assert float(err) <= 0.02 * float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+
+
 def test_winograd_transforms_are_lavin_and_grays():
     """The three constant matrices compute one 1-D F(2, 3) exactly: ``A^T [(G g) * (B^T d)]``
     is the correlation of a length-4 ``d`` with a length-3 ``g``, for any ``d``, ``g``; and

@@ -102,7 +102,7 @@ def _stack(grid: list) -> Array:
 
 
 def _grid(a: Array, shape: tuple) -> list:
-    """The transpose of ``_stack``: ``(16, P, K)`` as a 4x4 grid of ``shape + (K,)`` arrays."""
+    """The transpose of ``_stack``: ``(16, ..., K)`` as a 4x4 grid of ``shape + (K,)`` arrays."""
     return [[a[4 * i + j].reshape(*shape, a.shape[-1]) for j in range(4)] for i in range(4)]
 
 
@@ -141,17 +141,20 @@ def output_residual(delta: Array, g: geo.Window) -> Array:
 
 def kernel_grad(x: Array, delta: Array, g: geo.Window, *, precision=None) -> Array:
     """Eq. 4.16, the kernel gradient (4.4): ``dU = V^T dM`` per transformed entry, summed over
-    every tile of the batch, then ``dg = G^T dU G``.  -> ``dw (3, 3, C, F)``."""
+    every tile of the batch, then ``dg = G^T dU G``.  ``x (N, H, W, C)``, ``delta (N, H_out,
+    W_out, F)`` -> ``dw (3, 3, C, F)``.  ``V`` is rebuilt from ``x`` (the layer caches ``x``,
+    as for every form); in one jitted step XLA computes it once with the forward's."""
     du = lax.dot_general(input_tiles(x, g), output_residual(delta, g),
                          (((1,), (1,)), ((0,), (0,))), precision=precision)   # (16, C, F)
-    dw = _sandwich(G.T, [[du[4 * i + j] for j in range(4)] for i in range(4)])
+    dw = _sandwich(G.T, _grid(du, (x.shape[3],)))             # dw[p][q], (C, F)
     return jnp.stack([jnp.stack(row) for row in dw])
 
 
 def input_residual(delta: Array, w: Array, g: geo.Window, *, precision=None) -> Array:
     """Eq. 4.17, the input residual (4.5): ``dV = dM U^T`` per transformed entry, ``dd = B dV
     B^T`` per tile, and each tile's 16 entries added back where ``input_tiles`` read them;
-    the padding gets none.  -> ``dx (N, H, W, C)``."""
+    the padding gets none.  ``delta (N, H_out, W_out, F)``, ``w (3, 3, C, F)`` -> ``dx (N, H,
+    W, C)``."""
     n, (th, tw) = delta.shape[0], _tile_counts(g)
     dv = lax.dot_general(output_residual(delta, g), kernel_tiles(w),
                          (((2,), (2,)), ((0,), (0,))), precision=precision)   # (16, N th tw, C)
