@@ -80,7 +80,12 @@ def _normalise(v: Array, axes: tuple[int, ...], epsilon: float):
 def _normalise_backward(g: Array, x_hat: Array, inv_std: Array, axes: tuple[int, ...]) -> Array:
     """Eq. 7.10, the compact form: ``dx = (1 / sigma) (g - mean_S g - x_hat mean_S(g x_hat))``
     from ``g = dJ/dx_hat`` (eq. 7.6) -- the terms through the mean (eq. 7.8) and the variance
-    (eq. 7.7) included.  ``x_hat`` is O(1) whatever the input's mean, so nothing large cancels."""
+    (eq. 7.7) included.  ``x_hat`` is O(1) whatever the input's mean, so nothing large cancels.
+
+    ``1 / sigma`` passes an optimisation barrier: the cached per-set statistic, which XLA would
+    otherwise merge with the forward's broadcast of it and write at the input's full size
+    (``docs/performance.md`` 8.23)."""
+    inv_std = jax.lax.optimization_barrier(inv_std)
     mean_g = jnp.mean(g, axis=axes, keepdims=True)
     mean_gx = jnp.mean(g * x_hat, axis=axes, keepdims=True)
     return inv_std * (g - mean_g - x_hat * mean_gx)

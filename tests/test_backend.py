@@ -4,6 +4,7 @@ On the CPU they take XLA's convolutions of more than 16 channels and its matrix 
 YNNPACK to Eigen; the tests check that the options do that (the HLO), that the step computes the same numbers as
 under XLA's defaults, that ``fit``'s step uses them (``make_step`` stays nestable), and that the user's
 ``XLA_FLAGS``, another backend, or an XLA that does not know the flag leave them out.
+Under them, LayerNorm's hand-written step keeps ``1 / sigma`` per set, not at the input's size.
 """
 import re
 
@@ -96,3 +97,20 @@ def test_the_users_flags_another_backend_or_an_unknown_flag_leave_them_out(monke
     assert jc.compiler_options("cpu") == {}
     f = backend.jit(lambda v: v * 2)              # and jit then compiles without them
     np.testing.assert_array_equal(f(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+
+
+@pytest.mark.skipif(not CPU, reason="the options are the CPU's; elsewhere they are {}")
+def test_layernorm_backward_keeps_one_over_sigma_per_set(optimized_xla):
+    """Under the options XLA merged the backward's broadcast of the cached ``1 / sigma`` with
+    the forward's and wrote it at the input's full size (``docs/performance.md`` 8.23); behind
+    the barrier the forward + backward needs one input-sized temporary, not two."""
+    layer = jc.LayerNorm()
+    params, _ = layer.init(jax.random.key(0), (32, 32, 16))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 32, 32, 16)), jnp.float32)
+
+    def hand(p, x, d):
+        return layer.backward(p, layer.forward(p, x)[1], d)
+
+    compiled = jax.jit(hand, compiler_options=jc.compiler_options()).lower(
+        params, x, x).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * x.nbytes
