@@ -1,6 +1,7 @@
 """Hand-written backward vs autodiff: training-step time, compile time, memory, GFLOP/s.
 
-    python benchmarks/grad_vs_autodiff.py [--quick] [--json results.json]
+    python benchmarks/grad_vs_autodiff.py [--quick] [--parts steps,layers,forward]
+                                          [--json results.json]
 
 Everything is measured in ONE process with the contenders interleaved call by call, so machine
 noise hits both alike; the figures that matter are the ratios (hand-written / autodiff, median
@@ -390,7 +391,13 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--xla-defaults", action="store_true",
                     help="compile under XLA's defaults, not jc.compiler_options()")
+    ap.add_argument("--parts", default="steps,layers,forward",
+                    help="which tables: steps (the nets' whole steps), layers, forward (each "
+                         "convolution's and each net's apply)")
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= {"steps", "layers", "forward"}:
+        ap.error(f"--parts takes steps, layers and forward, got {args.parts!r}")
     OPTIONS.clear()
     OPTIONS.update({} if args.xla_defaults else jc.compiler_options())
     print(f"XLA options: {OPTIONS or 'defaults'}")
@@ -406,12 +413,14 @@ def main(argv=None):
     ceiling = matmul_ceiling(repeats)
     print(f"float32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
     names = [n for n in args.nets.split(",") if n]
-    nets = bench_nets(batches, repeats, names, seconds)
+    nets = bench_nets(batches, repeats, names, seconds) if "steps" in parts else []
     for row in nets:
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
-    layers = bench_layers(128, repeats, args.layers, seconds)
-    forward = bench_forward(batches, repeats, args.layers, seconds)
-    net_forward = bench_net_forward(batches, repeats, names, seconds)
+    layers = bench_layers(128, repeats, args.layers, seconds) if "layers" in parts else []
+    forward, net_forward = [], []
+    if "forward" in parts:
+        forward = bench_forward(batches, repeats, args.layers, seconds)
+        net_forward = bench_net_forward(batches, repeats, names, seconds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "matmul_gflops": ceiling, "xla_options": OPTIONS,

@@ -263,6 +263,34 @@ def test_toeplitz_rows_entries(tile, strides, dilation, padding):
     np.testing.assert_array_equal(r, expected.reshape(r.shape))
 
 
+@pytest.mark.parametrize("hw, k, strides, padding", [
+    ((5, 5), 5, 1, "VALID"), ((6, 6), 5, 2, "VALID"), ((3, 3), 5, 1, ((1, 1), (1, 1))),
+    ((4, 4), 3, 3, "VALID"), ((2, 3), (2, 3), 1, "VALID")])
+def test_toeplitz_one_output_position_is_a_dense_layer(hw, k, strides, padding):
+    """One output position of an undilated kernel (LeNet-5's C5, and windows with unread rows
+    or padding): ``R`` is the padded input's window flattened and ``T`` the kernel flattened,
+    built by reshapes and slices alone (no gather, no concatenation), and eqs. 4.6-4.8 still
+    equal the reference passes in float64."""
+    rng = np.random.default_rng(3)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = jnp.asarray(rng.normal(size=(3, *hw, 4)))
+    w = jnp.asarray(rng.normal(size=(kh, kw, 4, 5)))
+    g = window(hw, (kh, kw), strides, 1, padding)
+    assert g.out_hw == (1, 1)
+    t = toeplitz.column_tiles(g)
+    for fn, arg in ((lambda x: toeplitz.toeplitz_rows(x, g, t), x),
+                    (lambda w: toeplitz.toeplitz_kernel(w, g, t), w)):
+        ops = {e.primitive.name for e in jax.make_jaxpr(fn)(arg).eqns}
+        assert not ops & {"gather", "concatenate"}, ops
+    np.testing.assert_array_equal(toeplitz.toeplitz_kernel(w, g, t), w.reshape(-1, 5))
+    delta = jnp.asarray(rng.normal(size=(3, 1, 1, 5)))
+    close(jax.jit(lambda x, w: toeplitz.forward(x, w, g))(x, w), ref.forward(x, w, None, g))
+    close(jax.jit(lambda x, d: toeplitz.kernel_grad(x, d, g))(x, delta),
+          ref.backward_kernel(x, delta, g))
+    close(jax.jit(lambda d, w: toeplitz.input_residual(d, w, g))(delta, w),
+          ref.backward_input(delta, w, g))
+
+
 @pytest.mark.parametrize("tile", [None, 2])
 @pytest.mark.parametrize("strides, dilation, padding", [
     (1, 1, "SAME"), ((2, 3), (1, 2), ((2, 1), (0, 3)))])

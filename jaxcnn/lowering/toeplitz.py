@@ -107,10 +107,12 @@ def toeplitz_rows(x: Array, g: geo.Window, t: Tiles) -> Array:
     the tiles' columns first, then the window gather (3.3) with a window of ``k_h`` whole tile
     rows (each tile row's ``t.read C`` entries taken as one channel axis).  Tiles first, because
     the first gather then copies the small input rather than its ``k_h``-times-larger windows.
-    (An undilated kernel exactly as large as its padded input makes this the padded input
-    flattened, and ``T`` the kernel flattened: a dense layer.)
+    (One output position of an undilated kernel makes this the padded input's window
+    flattened, and ``T`` the kernel flattened: a dense layer, taken by reshapes; ``_dense``.)
     """
     x_pad = fit_width(geo.pad(x, g), t.width)
+    if _dense(g):
+        return x_pad[:, :g.size[0]].reshape(x.shape[0], -1)
     cols = gather_tiles(x_pad, t, axis=2)                    # (N, Hp, count, read, C)
     n, hp = cols.shape[:2]
     rows = geo.windows(cols.reshape(n, hp, t.count, -1),         # (N, H_out, count, k_h, read C)
@@ -127,12 +129,22 @@ def toeplitz_kernel(w: Array, g: geo.Window, t: Tiles) -> Array:
     Every tile uses the same matrix.  Built by a gather (exact): index ``k_w`` is a zero tap.
     """
     kh, kw, c, f = w.shape
+    if _dense(g):
+        return w.reshape(kh * kw * c, f)
     taps = column_taps(g, t)                                 # (kw, t.size) -> column v
     index = np.full((t.read, t.size), kw)
     index[taps, np.arange(t.size)] = np.arange(kw)[:, None]
     w0 = jnp.concatenate([w, jnp.zeros((kh, 1, c, f), w.dtype)], axis=1)
     band = w0[:, index]                                          # (kh, t.read, t.size, C, F)
     return band.transpose(0, 1, 3, 2, 4).reshape(-1, t.size * f)
+
+
+def _dense(g: geo.Window) -> bool:
+    """One output position of an undilated kernel: ``R`` is the padded input's one window
+    flattened, ``(N, k_h k_w C)``, and ``T`` the kernel flattened, ``(k_h k_w C, F)`` -- a dense
+    layer (LeNet-5's C5).  Eq. 4.6 with one tile of one column, whose band has no zeros; taken
+    by reshapes, not the general gathers, which would copy both."""
+    return g.out_hw == (1, 1) and g.dilation == (1, 1)
 
 
 def _tile_delta(delta: Array, t: Tiles) -> Array:
@@ -184,6 +196,8 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, *, precision=None,
     kh, c, f = g.size[0], x.shape[3], delta.shape[3]
     t = column_tiles(g, tile)
     d_band = jnp.dot(toeplitz_rows(x, g, t).T, _tile_delta(delta, t), precision=precision)
+    if _dense(g):
+        return d_band.reshape(kh, g.size[1], c, f)
     d_band = d_band.reshape(kh, t.read, c, t.size, f)
     on_band = d_band[:, column_taps(g, t), :, np.arange(t.size)]   # (kw, size, kh, C, F)
     return jnp.sum(on_band, axis=1).transpose(1, 0, 2, 3)
