@@ -1,6 +1,6 @@
 """The figure of docs/performance.md, from the JSON the two benchmarks write.
 
-    python benchmarks/plot.py [--grad benchmarks/grad_vs_autodiff-cpu.json]
+    python benchmarks/plot.py [--grad benchmarks/grad_vs_autodiff-steps-cpu.json]
                               [--peers benchmarks/peers-cpu.json] [--run 7]
                               [--out docs/figures/performance.png]
 
@@ -74,7 +74,7 @@ def one_run(peers: dict, run: str | None) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grad", default="benchmarks/grad_vs_autodiff-cpu.json")
+    ap.add_argument("--grad", default="benchmarks/grad_vs_autodiff-steps-cpu.json")
     ap.add_argument("--peers", default="benchmarks/peers-cpu.json")
     ap.add_argument("--run", default=None, help="which run of a folded peers file (default: "
                     "the first)")
