@@ -5,6 +5,7 @@ YNNPACK to Eigen; the tests check that the options do that (the HLO), that the s
 under XLA's defaults, that ``fit``'s step uses them (``make_step`` stays nestable), and that the user's
 ``XLA_FLAGS``, another backend, or an XLA that does not know the flag leave them out.
 Under them, LayerNorm's hand-written step keeps ``1 / sigma`` per set, not at the input's size.
+And the kernel gradient's transpose of its input is a copy of its own, not fused with the ReLU.
 """
 import re
 
@@ -114,3 +115,41 @@ def test_layernorm_backward_keeps_one_over_sigma_per_set(optimized_xla):
     compiled = jax.jit(hand, compiler_options=jc.compiler_options()).lower(
         params, x, x).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * x.nbytes
+
+
+def fused_with(text: str, op: str, other: str) -> list[str]:
+    """The fused computations of an optimized HLO text that hold an instruction matching the
+    pattern ``op`` and an ``other`` instruction (``"maximum"``)."""
+    blocks = re.split(r"\n(?=\S)", text)
+    return [block.split(" ", 1)[0] for block in blocks if block.startswith("%fused")
+            and re.search(op, block) and f" {other}(" in block]
+
+
+TO_CHWN = r" transpose\([^)]*\), dimensions=\{3,1,2,0\}"
+"""The transpose of an ``(N, H, W, C)`` activation to the kernel gradient's ``(C, H, W, N)``."""
+
+
+@pytest.mark.skipif(not CPU, reason="the CPU's layouts: elsewhere no transpose is written")
+def test_kernel_gradient_transposes_the_activation_unfused(optimized_xla):
+    """The kernel gradient's transpose of its input to ``(C, H, W, N)`` is a copy of its own:
+    XLA would fuse the ReLU before it into the transpose, a loop 2-3x slower than the copy
+    (``docs/performance.md`` 8.24).  Without ``unfused_transpose`` this step has such a
+    fusion; with it none, and the same gradients as ``jax.grad``."""
+    from jaxcnn.lowering import xla
+    _, (params, _, x, y, _) = step_and_args(batch=8)
+
+    def compiled():         # a new function each time: jit caches by function
+        grad = jc.value_and_grad(wide_net(), jc.softmax_cross_entropy)
+        return hlo(grad, params, x, y, compiler_options=jc.compiler_options())
+
+    text = compiled()
+    assert " conditional(" in text
+    assert fused_with(text, TO_CHWN, "maximum") == []
+    with pytest.MonkeyPatch.context() as plain:   # else vacuous: the fusion it prevents
+        plain.setattr(xla, "unfused_transpose", lambda a, perm: a.transpose(perm))
+        assert fused_with(compiled(), TO_CHWN, "maximum") != []
+    grad = jc.value_and_grad(wide_net(), jc.softmax_cross_entropy)
+    (_, got), (_, want) = jax.jit(grad)(params, x, y), jax.value_and_grad(
+        lambda p: jc.softmax_cross_entropy.value(wide_net().apply(p, x), y))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -9,6 +9,7 @@ the CPU both compile, autotune and run alike.  Proven equal to ``jaxcnn.referenc
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import _geometry as geo
@@ -52,7 +53,8 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, precision=No
     ``(H_out, W_out, N, F)``, the result back from ``(C_in // G, kh, kw, F)`` -- which XLA
     would insert itself, except inside a loop (``lax.scan``: ``microbatch``), where it runs
     the transpose rule's dimension numbers (``CHWN, IHWO -> HWNC``) as a plain loop nest
-    instead (``docs/performance.md``, section 11).  Elsewhere, those dimension numbers.
+    instead (``docs/performance.md``, section 11).  ``x``'s transpose is ``unfused_transpose``.
+    Elsewhere, those dimension numbers.
     """
     pads = []
     for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
@@ -63,10 +65,27 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, precision=No
             dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
             precision=precision)
     dw = lax.conv_general_dilated(
-        x.transpose(3, 1, 2, 0), delta.transpose(1, 2, 0, 3), window_strides=g.dilation,
+        unfused_transpose(x, (3, 1, 2, 0)), delta.transpose(1, 2, 0, 3), window_strides=g.dilation,
         padding=pads, rhs_dilation=g.strides, dimension_numbers=DIMS, batch_group_count=groups,
         precision=precision)                                    # (C_in // G, kh, kw, F)
     return dw.transpose(1, 2, 0, 3)
+
+
+def unfused_transpose(a: Array, perm: tuple[int, ...]) -> Array:
+    """``a.transpose(perm)`` that XLA writes by a copy of its own, not fused with what made ``a``.
+
+    XLA's CPU backend fuses the elementwise layer that produced an activation (a bias and a
+    ReLU, say) into its transpose to ``(C, H, W, N)``, and runs that loop in the output's
+    order, reading across whole examples: 2-3x the time of the pure copy it emits for a
+    transpose alone (``docs/performance.md`` 8.24).  A conditional is a boundary XLA does not
+    fuse across.  Both branches are the transpose, so the result does not depend on the
+    predicate, which reads ``a`` only so that XLA cannot fold the conditional away.
+    """
+    def swap(a):
+        return a.transpose(perm)
+
+    first = a.reshape(-1)[:1]
+    return lax.cond(jnp.all(first == first), swap, swap, a)
 
 
 def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, precision=None) -> Array:
