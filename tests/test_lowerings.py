@@ -9,6 +9,7 @@ and how a layer joins them (``dispatch``: per group, the bias on the product's r
 it, ``apply`` evaluated in one form and differentiated in another).
 """
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 import jaxcnn as jc
 from harness import TOL, assert_backward_matches, init_as
 from jaxcnn import _geometry as geo
-from jaxcnn.lowering import dispatch, phases, toeplitz, winograd, xla
+from jaxcnn.lowering import dispatch, pairs, phases, toeplitz, winograd, xla
 from jaxcnn.lowering import pool as fast_pool
 from jaxcnn.lowering.plan import bias_in_product, conv_plan
 from jaxcnn.reference import conv as ref
@@ -70,7 +71,8 @@ def test_conv_all_three_passes_in_every_method(method, strides, dilation, paddin
 def test_conv_plan_auto_picks_by_spread_on_cpu():
     """``"auto"``: Toeplitz for few channels over narrow maps, XLA's convolutions for many
     channels (``LIMITS.forward`` and the larger backward ones), grouped
-    convolutions split per group, and the stride phases for a strided input residual."""
+    convolutions split per group, the stride phases for a strided input residual, and column
+    pairs for XLA's passes of few output features."""
     def plan(hw, k, c_in, groups=1, padding="SAME", features=8):
         return conv_plan(geo.window("Conv2D", hw, (k, k), (1, 1), (1, 1), padding), c_in,
                          groups, features=features)[:5]
@@ -82,20 +84,22 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert plan((28, 28), 5, 1) == ("toeplitz", "toeplitz", "toeplitz", False, 14)
     # LeNet-5 C5: spread 16; one output column, one tile
     assert plan((5, 5), 5, 16, padding="VALID") == ("toeplitz",) * 3 + (False, None)
-    assert plan((32, 32), 3, 64) == ("lax", "lax", "lax", False, None)    # spread 725
+    assert plan((32, 32), 3, 64, features=64) == ("lax", "lax", "lax", False, None)  # 725
     # each pass has its own limit: 3 channels, 32 wide (spread 34): XLA's forward, Toeplitz
     # backward passes; 16 channels, 14 wide, 3x3 (spread 75): only the kernel gradient.
     # With XLA's forward, four tiles where W_out >= 4 k_w (32 -> 8, 12 -> 3), else two.
     assert plan((32, 32), 3, 3, features=32) == ("lax", "toeplitz", "toeplitz", False, 8)
     # ... but a kernel gradient beside XLA's forward, over 2+ channels, with at most
-    # LIMITS.kernel_alone_features features, takes XLA's form too (resnet's stem)
-    assert plan((32, 32), 3, 3, features=16) == ("lax", "lax", "toeplitz", False, 16)
+    # LIMITS.kernel_alone_features features, takes XLA's form too (resnet's stem), and that
+    # forward, of 16 features, goes over column pairs (eq. 4.18)
+    assert plan((32, 32), 3, 3, features=16) == ("pairs", "lax", "toeplitz", False, 16)
     assert plan((32, 32), 3, 1, features=16)[:2] == ("toeplitz", "toeplitz")   # 1 channel
+    # (the input residual, of 16 output channels, over column pairs)
     assert plan((14, 14), 3, 16, padding="VALID", features=32) == (
-        "lax", "toeplitz", "lax", False, 3)
+        "lax", "toeplitz", "pairs", False, 3)
     # 10 wide (spread 53, W_out 8 < 12): two tiles of 4
     assert plan((10, 10), 3, 16, padding="VALID", features=32) == (
-        "lax", "toeplitz", "lax", False, 4)
+        "lax", "toeplitz", "pairs", False, 4)
     # ... on ungrouped layers; grouped (C_g = 4, spread 45) and strided ones keep 20 for all
     assert plan((32, 32), 3, 16, groups=4) == ("lax", "lax", "lax", True, None)
     assert plan((8, 8), 3, 4, groups=2)[:4] == ("toeplitz", "toeplitz", "toeplitz", True)
@@ -117,6 +121,17 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert conv_plan(strided, 16, 1, features=8)[:5] == ("lax", "lax", "phases", False, None)
     # spread 26
     assert conv_plan(strided, 6, 1, features=8)[:5] == ("lax", "lax", "toeplitz", False, 3)
+    # column pairs (eq. 4.18): XLA's forward with <= 16 features, XLA's input residual with
+    # <= 16 input channels; stride 1, undilated, ungrouped, 3+ wide (resnet's 16 -> 16)
+    assert plan((32, 32), 3, 16, features=16) == ("pairs", "lax", "pairs", False, None)
+    assert plan((32, 32), 3, 16, features=17) == ("lax", "lax", "pairs", False, None)
+    assert plan((32, 32), 3, 17, features=16) == ("pairs", "lax", "lax", False, None)
+    assert plan((32, 32), 1, 16, features=16) == ("lax", "lax", "lax", False, None)
+    for dilation, strides in (((2, 2), (1, 1)), ((1, 1), (1, 2))):
+        layer = geo.window("Conv2D", (32, 32), (3, 3), strides, dilation, "SAME")
+        assert conv_plan(layer, 16, 1, features=16)[:2] == ("lax", "lax")
+    assert conv_plan(geo.window("Conv2D", (32, 32), (3, 3), (1, 1), (1, 1), "SAME"), 16, 1,
+                     features=16).inference == "pairs"
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
         conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft",
                   features=8)
@@ -156,6 +171,7 @@ def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
     (20, 9, (28, 28, 1), {}),                          # UFLDL: the Toeplitz product
     (4, 3, (9, 8, 4), {"groups": 2, "padding": "SAME"}),
     (5, (3, 2), (9, 8, 3), {"use_bias": False, "strides": 2}),
+    (8, 3, (9, 7, 12), {"padding": "SAME"}),           # column pairs (eq. 4.18) on the CPU
 ])
 def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape, kwargs):
     """``apply`` may evaluate in one form and differentiate through another (``dispatch.evaluate``:
@@ -477,6 +493,84 @@ def test_conv_input_residual_every_formulation(form, strides, dilation, padding)
     got = jax.jit(compute)(delta, w)
     close(got, vjp(delta)[0])
     close(got, ref.backward_input(delta, w, g))
+
+
+@pytest.mark.parametrize("k, strides, dilation, padding, hw", [
+    (3, 1, 1, "SAME", (11, 10)), (3, 1, 1, "SAME", (11, 9)), ((3, 2), 1, 1, "VALID", (11, 10)),
+    (5, 1, 1, ((0, 4), (3, 0)), (9, 7)), (1, 1, 1, "VALID", (5, 6)), (3, 1, 1, "VALID", (3, 3)),
+    (3, 1, 2, "SAME", (11, 9)), (3, (2, 3), 1, ((2, 1), (0, 3)), (11, 10)),
+    (3, (1, 2), (2, 1), "SAME", (11, 10))])
+def test_pairs_forward_and_input_residual(k, strides, dilation, padding, hw):
+    """Eq. 4.18, two output columns per window of (4.6)'s one-tile ``T``: the forward equals
+    eq. 4.2 (the reference) for any stride, dilation and padding, with an odd ``W_out`` (the
+    last pair half past it) and one output column; the input residual of a stride-1 layer
+    equals eq. 4.5 (float64, jitted)."""
+    rng = np.random.default_rng(3)
+    g = window(hw, k, strides, dilation, padding)
+    x = jnp.asarray(rng.normal(size=(2, *hw, 3)))
+    w = jnp.asarray(rng.normal(size=(*jc.core.pair("", "", k), 3, 4)))
+    y = jax.jit(lambda x, w: pairs.forward(x, w, g))(x, w)
+    close(y, ref.forward(x, w, None, g))
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    if g.strides == (1, 1):
+        close(jax.jit(lambda d, w: pairs.input_residual(d, w, g))(delta, w),
+              ref.backward_input(delta, w, g))
+    else:
+        with pytest.raises(ValueError, match=r"Conv2D: .* column pairs needs strides \(1, 1\)"):
+            pairs.input_residual(delta, w, g)
+
+
+def test_pairs_kernel_is_one_tile_of_the_toeplitz_matrix():
+    """Eq. 4.18's kernel for a 3-wide kernel: ``(k_h, 4, C, 2 F)``, the kernel in columns 0-2
+    of the first ``F`` features and 1-3 of the next, zeros elsewhere."""
+    w = jnp.arange(2 * 3 * 2 * 5, dtype=jnp.float32).reshape(2, 3, 2, 5) + 1
+    g = window((6, 8), (2, 3))
+    k = pairs.pair_kernel(w, g, toeplitz.column_tiles(g, pairs.TILE))
+    assert k.shape == (2, 4, 2, 10)
+    np.testing.assert_array_equal(k[:, :3, :, :5], w)
+    np.testing.assert_array_equal(k[:, 1:, :, 5:], w)
+    np.testing.assert_array_equal(k[:, 3, :, :5], 0)
+    np.testing.assert_array_equal(k[:, 0, :, 5:], 0)
+
+
+def test_pairs_differentiate_as_xlas_convolution():
+    """Autodiff of eq. 4.18 (``pairs.correlate``'s ``custom_jvp``) is XLA's convolution's:
+    the same gradients, and the backward's convolutions are those ``jax.grad`` emits for the
+    ``"lax"`` form (no strided pair convolution transposed); a data input with no tangent
+    costs no convolution."""
+    rng = np.random.default_rng(4)
+    g = window((10, 9), 3, padding="SAME")
+    x = jnp.asarray(rng.normal(size=(2, 10, 9, 5)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 6)))
+    delta = jnp.asarray(rng.normal(size=(2, 10, 9, 6)))
+
+    def loss(form):
+        return lambda x, w: jnp.sum(jnp.sin(form(x, w, g)) * delta)
+
+    via_pairs = jax.grad(loss(pairs.forward), (0, 1))
+    via_xla = jax.grad(loss(lambda x, w, g: xla.forward(x, w, g, 1)), (0, 1))
+    jax.tree.map(close, jax.jit(via_pairs)(x, w), jax.jit(via_xla)(x, w))
+
+    def convs(fn, *args):                  # every convolution's window, nested ones too
+        found = []
+
+        def walk(jaxpr):
+            for e in jaxpr.eqns:
+                if e.primitive.name == "conv_general_dilated":
+                    found.append(tuple(str(e.params[k]) for k in (
+                        "window_strides", "padding", "lhs_dilation", "rhs_dilation",
+                        "dimension_numbers")))
+                for sub in jax.extend.core.jaxprs_in_params(e.params):
+                    walk(sub)
+
+        walk(jax.make_jaxpr(fn)(*args).jaxpr)
+        return found
+
+    got, want = convs(via_pairs, x, w), convs(via_xla, x, w)
+    assert len(got) == len(want) == 3
+    assert got[0] != want[0] and "(1, 2)" in got[0][0]            # the forward: pairs
+    assert sorted(got[1:]) == sorted(want[1:])                    # the backward: XLA's
+    assert len(convs(jax.grad(lambda w: loss(pairs.forward)(x, w)), w)) == 2
 
 
 @pytest.mark.parametrize("hw, padding", [

@@ -15,7 +15,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import Array
-from jaxcnn.lowering import phases, toeplitz, winograd, xla
+from jaxcnn.lowering import pairs, phases, toeplitz, winograd, xla
 from jaxcnn.lowering.plan import ConvPlan, bias_in_product
 from jaxcnn.reference import conv as ref
 
@@ -26,6 +26,7 @@ FORWARD = {
     "toeplitz": lambda x, w, g, groups, tile, p: toeplitz.forward(x, w, g, precision=p,
                                                                    tile=tile),
     "winograd": lambda x, w, g, groups, tile, p: winograd.forward(x, w, g, precision=p),
+    "pairs": lambda x, w, g, groups, tile, p: pairs.forward(x, w, g, p),
 }
 KERNEL_GRAD = {
     "reference": lambda x, d, g, groups, tile, p: ref.backward_kernel(x, d, g, groups, p),
@@ -40,6 +41,7 @@ INPUT_RESIDUAL = {
     "toeplitz": lambda d, w, g, groups, tile, p: toeplitz.input_residual(d, w, g, precision=p,
                                                                          tile=tile),
     "phases": lambda d, w, g, groups, tile, p: phases.input_residual(d, w, g, p),
+    "pairs": lambda d, w, g, groups, tile, p: pairs.input_residual(d, w, g, p),
     "winograd": lambda d, w, g, groups, tile, p: winograd.input_residual(d, w, g, precision=p),
 }
 

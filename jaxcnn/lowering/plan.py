@@ -7,6 +7,8 @@ The choice is a *method* (``Conv2D(method=...)``), and each pass of a layer gets
 - ``"toeplitz"``: matrix products with the banded kernel matrix (``jaxcnn.lowering.toeplitz``,
   eqs. 4.6-4.8), a grouped convolution split into one per group;
 - ``"phases"``: the input residual only, by stride phases (``jaxcnn.lowering.phases``, eq. 4.9);
+- ``"pairs"``: the forward and the stride-1 input residual, XLA's convolution over column pairs
+  (``jaxcnn.lowering.pairs``, eq. 4.18), where it would otherwise be XLA's with few features;
 - ``"winograd"``: 3x3 kernels at stride 1 in Winograd's 4x4 tiles, F(2x2, 3x3)
   (``jaxcnn.lowering.winograd``, eqs. 4.14-4.17); only by name, ``"auto"`` never picks it.
 
@@ -58,6 +60,9 @@ class Limits(NamedTuple):
     inference_channels: int = 3      # evaluated apply: Toeplitz for 2-3 channels per group,
     inference_features: int = 16     # or one with at most this many features per group,
     inference_wide_kernel: int = 7   # or one with a kernel at least this wide
+    pair_features: int = 16          # XLA's forward / input residual with at most this many
+    pair_kernel_width: int = 3       # output features, of a kernel at least this wide, at
+    #                                  stride 1, undilated, ungrouped: column pairs (eq. 4.18)
 
 
 LIMITS = Limits()
@@ -91,6 +96,11 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     channels per group it takes the Toeplitz form only with more than
     ``kernel_alone_features`` features (fewer: slower than XLA's, and a larger temporary).
 
+    Column pairs: an XLA forward with at most ``pair_features`` features, or an XLA input
+    residual with at most that many input channels (its output features), of a stride-1,
+    undilated, ungrouped kernel at least ``pair_kernel_width`` wide, takes eq. 4.18 instead
+    (evaluated ``apply`` too).
+
     Tiles: two when ``W_out >= 2 k_w``, halving the zeros of ``T``; four when only the kernel
     gradient is a Toeplitz product and ``W_out >= 4 k_w`` (no forward row matrix to share).
     ``jax.default_backend()`` at trace time decides "off the CPU".
@@ -122,8 +132,21 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
         tile = -(-wo // 4)
     uses_tiles = "toeplitz" in (forward, kernel, residual)
     inference = forward if _evaluates_as_toeplitz(g, c_in, features, groups, limits) else "lax"
+    if _fits_pairs(g, groups, limits):
+        if forward == "lax" and features <= limits.pair_features:
+            forward = inference = "pairs"
+        if residual == "lax" and c_in <= limits.pair_features:
+            residual = "pairs"
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None,
                     inference=inference)
+
+
+def _fits_pairs(g: geo.Window, groups: int, limits: Limits) -> bool:
+    """Whether eq. 4.18 may take a pass: stride 1, undilated, ungrouped, a kernel at least
+    ``pair_kernel_width`` wide (narrower, the pair's extra column is too dear: a 1x1 kernel
+    would double the multiply-adds)."""
+    return (g.strides == (1, 1) and g.dilation == (1, 1) and groups == 1
+            and g.size[1] >= limits.pair_kernel_width)
 
 
 def _evaluates_as_toeplitz(g: geo.Window, c_in: int, features: int, groups: int,

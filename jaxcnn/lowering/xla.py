@@ -88,6 +88,14 @@ def unfused_transpose(a: Array, perm: tuple[int, ...]) -> Array:
     return lax.cond(jnp.all(first == first), swap, swap, a)
 
 
+def full_padding(g: geo.Window) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Eq. 4.5's padding of delta, the crop folded in: ``(k_eff - 1 - lo, H + lo - (H_out - 1)
+    s - 1)`` per axis, which makes the full correlation exactly ``H`` rows tall (negative: a
+    crop)."""
+    return tuple((k - 1 - lo, n + lo - (n_out - 1) * s - 1) for n, k, s, (lo, _), n_out
+                 in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw))
+
+
 def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, precision=None) -> Array:
     """Eq. 4.5, second line: the full convolution of delta with the rotated kernel, as one
     transposed convolution.
@@ -110,10 +118,7 @@ def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, precision
     dims = ("NHWC", "HWOI", "NHWC")
     if canonical_layouts():
         w_t, dims = w_t.transpose(0, 1, 3, 2), DIMS                     # (F / G, G C_g)
-    pads = []
-    for n, k, s, (lo, _), n_out in zip(g.in_hw, g.effective_size, g.strides, g.padding, g.out_hw):
-        pads.append((k - 1 - lo, n - (n_out - 1) * s - 1 + lo))
     return lax.conv_general_dilated(
-        delta, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=g.strides,
+        delta, w_t, window_strides=(1, 1), padding=full_padding(g), lhs_dilation=g.strides,
         rhs_dilation=g.dilation, dimension_numbers=dims,
         feature_group_count=groups, precision=precision)
