@@ -34,12 +34,12 @@ import optax
 
 import jaxcnn
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import OPTIONS, jit, paired_ratio, samples, vgg, wide
+from grad_vs_autodiff import OPTIONS, RECONSTRUCT, jit, paired_ratio, samples, vgg, wide
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"lenet5": (28, 28, 1), "ufldl": (28, 28, 1), "deepid": (39, 31, 1),
           "small": (8, 8, 1), "wide": (32, 32, 3), "resnet": (32, 32, 3),
-          "resnet-bn": (32, 32, 3), "vgg": (32, 32, 3)}
+          "resnet-bn": (32, 32, 3), "vgg": (32, 32, 3), "autoencoder": (28, 28, 1)}
 
 
 def old_package(rev: str, into: Path):
@@ -59,14 +59,19 @@ def net_of(jc, name: str):
     ``jc``."""
     if name in ("wide", "vgg"):
         return {"wide": wide, "vgg": vgg}[name](SHAPES[name], 10, lib=jc)
+    if name in RECONSTRUCT:
+        return jc.zoo.autoencoder(SHAPES[name])
     return jc.zoo.get(name, SHAPES[name], 10)
 
 
-def step(jc, net):
+def step(jc, net, reconstruct: bool = False):
+    """The jitted step; ``reconstruct``: ``squared_error`` against the input, as
+    ``grad_vs_autodiff.py`` trains the autoencoder."""
     optimizer = optax.sgd(0.01, momentum=0.9)
+    loss = jc.squared_error if reconstruct else jc.softmax_cross_entropy
 
     def fn(params, opt_state, x, y):
-        value, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(params, x, y)
+        value, grads = jc.value_and_grad(net, loss)(params, x, x if reconstruct else y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
@@ -82,7 +87,7 @@ def compare(name: str, batch: int, old, repeats: int, seconds: float) -> dict:
     y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
     fns, results = [], {}
     for version, jc in (("old", old), ("new", jaxcnn)):
-        fn, optimizer = step(jc, nets[version])
+        fn, optimizer = step(jc, nets[version], name in RECONSTRUCT)
         args = (params, optimizer.init(params), x, y)
         results[version] = fn(*args)
         fns.append(lambda fn=fn, args=args: fn(*args))

@@ -3,14 +3,15 @@
     python benchmarks/conv_passes.py [--batch 64] [--repeats 10]
 
 For every distinct convolution of ``jaxcnn.zoo.resnet`` (how many times the net has it in
-brackets): the forward, kernel gradient and input residual as the step runs them on the CPU
-(XLA's convolutions, the stride phases for a strided input residual; jitted with
-``jc.compiler_options()``), each timed alone, and PyTorch's forward + backward of the same
-``nn.Conv2d`` (kernel gradient and input residual together, when installed).  The totals
-weigh each convolution by its count; the stem's input residual, which no step computes, is
-left out of jaxcnn's (and in PyTorch's, which computes it).  The four calls of each
-convolution run in turn, round after round (``samples``); medians over the rounds, and the
-ratio of jaxcnn's three passes to PyTorch's call with its 95% bootstrap interval.
+brackets): the forward, kernel gradient and input residual in the forms the step runs them on
+the CPU (``conv_plan``: XLA's convolutions, column pairs, the stride phases, the Toeplitz
+products; jitted with ``jc.compiler_options()``), each timed alone, and PyTorch's forward +
+backward of the same ``nn.Conv2d`` (kernel gradient and input residual together, when
+installed).  Where the plan's form of a pass is not XLA's convolution, XLA's is timed too, in
+the same rounds, and the ratio plan / XLA printed.  The totals weigh each convolution by its
+count; the stem's input residual, which no step computes, is left out of jaxcnn's (and in
+PyTorch's, which computes it).  The calls of each convolution run in turn, round after round
+(``samples``); medians over the rounds, and ratios with their 95% bootstrap interval.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import _geometry as geo, backend
-from jaxcnn.lowering import phases, xla
+from jaxcnn.lowering import dispatch
+from jaxcnn.lowering.plan import ConvPlan, conv_plan
 from _malloc import keep_freed_blocks
 from grad_vs_autodiff import paired_ratio, samples
 
@@ -29,16 +31,22 @@ CONVS = [  # (H, W, C), F, k, stride, count in ResNet-8
     ((32, 32, 3), 16, 3, 1, 1), ((32, 32, 16), 16, 3, 1, 2), ((32, 32, 16), 32, 3, 2, 1),
     ((16, 16, 32), 32, 3, 1, 1), ((32, 32, 16), 32, 1, 2, 1), ((16, 16, 32), 64, 3, 2, 1),
     ((8, 8, 64), 64, 3, 1, 1), ((16, 16, 32), 64, 1, 2, 1)]
+PASSES = ("forward", "kernel gradient", "input residual")
 
 
-def jaxcnn_passes(x, w, d, g, strides):
-    """The forward, kernel gradient and input residual, each jitted alone, as calls."""
-    residual = ((lambda d, w: phases.input_residual(d, w, g)) if strides > 1 else
-                (lambda d, w: xla.input_residual(d, w, g, 1)))
+def jaxcnn_passes(x, w, d, g, plan):
+    """The forward, kernel gradient and input residual in ``plan``'s forms, each jitted alone,
+    as calls."""
     fw, kg, ir = (backend.jit(f) for f in (
-        lambda x, w: xla.forward(x, w, g, 1), lambda x, d: xla.kernel_grad(x, d, g, 1),
-        residual))
+        lambda x, w: dispatch.forward(x, w, None, g, 1, plan),
+        lambda x, d: dispatch.kernel_grad(x, d, g, 1, plan),
+        lambda d, w: dispatch.input_residual(d, w, g, 1, plan)))
     return [lambda: fw(x, w), lambda: kg(x, d), lambda: ir(d, w)]
+
+
+def xla_plan(plan: ConvPlan, strides: int) -> ConvPlan:
+    """XLA's convolution for every pass (the stride phases for a strided input residual)."""
+    return plan._replace(forward="lax", kernel="lax", input="phases" if strides > 1 else "lax")
 
 
 def torch_passes(x, d, c, f, k, strides):
@@ -67,18 +75,26 @@ def main(argv=None):
         x = jnp.asarray(rng.normal(size=(args.batch, h, wd, c)), jnp.float32)
         w = jnp.asarray(rng.normal(size=(k, k, c, f)), jnp.float32)
         d = jnp.asarray(rng.normal(size=(args.batch, *g.out_hw, f)), jnp.float32)
-        calls = jaxcnn_passes(x, w, d, g, s)
+        plan = conv_plan(g, c, 1, features=f)
+        calls = jaxcnn_passes(x, w, d, g, plan)
+        base = xla_plan(plan, s)
+        xla_calls = jaxcnn_passes(x, w, d, g, base)
+        other = [i for i in range(3) if plan[i] != base[i]]
         theirs = torch_passes(x, d, c, f, k, s)
-        times = samples(calls + ([theirs] if theirs else []), (), args.repeats, 0.5) * 1e3
+        times = samples(calls + [xla_calls[i] for i in other] + ([theirs] if theirs else []),
+                        (), args.repeats, 0.5) * 1e3
         fw, kg, ir = np.median(times[:3], axis=1)
         totals[0] += count * (fw + kg + (ir if c > 3 else 0.0))
         line = (f"{h}x{wd}x{c} -> {f}, {k}x{k}, stride {s} (x{count}): forward {fw:.2f}  "
-                f"kernel gradient {kg:.2f}  input residual {ir:.2f}")
+                f"kernel gradient {kg:.2f}  input residual {ir:.2f}  ({', '.join(plan[:3])})")
+        for j, i in enumerate(other):
+            ratio, ci = paired_ratio(times[i], times[3 + j])
+            line += f"  |  {PASSES[i]} {plan[i]} / lax {ratio:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
         if theirs:
-            ratio, ci = paired_ratio(times[:3].sum(axis=0), times[3])
-            totals[1] += count * float(np.median(times[3]))
-            line += (f"  |  PyTorch forward + backward {np.median(times[3]):.2f}  (jaxcnn's three"
-                     f" / PyTorch's: {ratio:.2f} [{ci[0]:.2f}, {ci[1]:.2f}])")
+            ratio, ci = paired_ratio(times[:3].sum(axis=0), times[-1])
+            totals[1] += count * float(np.median(times[-1]))
+            line += (f"  |  PyTorch forward + backward {np.median(times[-1]):.2f}  (jaxcnn's "
+                     f"three / PyTorch's: {ratio:.2f} [{ci[0]:.2f}, {ci[1]:.2f}])")
         print(line, flush=True)
     print(f"weighted totals: jaxcnn {totals[0]:.1f}, PyTorch {totals[1]:.1f}")
 
