@@ -131,7 +131,7 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
         layer = geo.window("Conv2D", (32, 32), (3, 3), strides, dilation, "SAME")
         assert conv_plan(layer, 16, 1, features=16)[:2] == ("lax", "lax")
     assert conv_plan(geo.window("Conv2D", (32, 32), (3, 3), (1, 1), (1, 1), "SAME"), 16, 1,
-                     features=16).inference == "pairs"
+                     features=16).inference == "lax"        # evaluated: XLA's
     with pytest.raises(ValueError, match=r"Conv2D: unknown method 'fft'"):
         conv_plan(geo.window("Conv2D", (8, 8), (3, 3), (1, 1), (1, 1), "SAME"), 1, 1, "fft",
                   features=8)
@@ -171,7 +171,7 @@ def test_conv_plan_inference_evaluates_as_toeplitz_where_it_is_faster():
     (20, 9, (28, 28, 1), {}),                          # UFLDL: the Toeplitz product
     (4, 3, (9, 8, 4), {"groups": 2, "padding": "SAME"}),
     (5, (3, 2), (9, 8, 3), {"use_bias": False, "strides": 2}),
-    (8, 3, (9, 7, 12), {"padding": "SAME"}),           # column pairs (eq. 4.18) on the CPU
+    (8, 3, (9, 7, 12), {"padding": "SAME"}),           # differentiated over column pairs
 ])
 def test_apply_evaluates_and_differentiates_the_same_function(features, k, shape, kwargs):
     """``apply`` may evaluate in one form and differentiate through another (``dispatch.evaluate``:

@@ -98,8 +98,8 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
 
     Column pairs: an XLA forward with at most ``pair_features`` features, or an XLA input
     residual with at most that many input channels (its output features), of a stride-1,
-    undilated, ungrouped kernel at least ``pair_kernel_width`` wide, takes eq. 4.18 instead
-    (evaluated ``apply`` too).
+    undilated, ungrouped kernel at least ``pair_kernel_width`` wide, takes eq. 4.18 instead;
+    evaluated ``apply`` keeps XLA's convolution there.
 
     Tiles: two when ``W_out >= 2 k_w``, halving the zeros of ``T``; four when only the kernel
     gradient is a Toeplitz product and ``W_out >= 4 k_w`` (no forward row matrix to share).
@@ -134,7 +134,7 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     inference = forward if _evaluates_as_toeplitz(g, c_in, features, groups, limits) else "lax"
     if _fits_pairs(g, groups, limits):
         if forward == "lax" and features <= limits.pair_features:
-            forward = inference = "pairs"
+            forward = "pairs"         # evaluated apply keeps XLA's (performance.md 8.25)
         if residual == "lax" and c_in <= limits.pair_features:
             residual = "pairs"
     return ConvPlan(forward, kernel, residual, split=groups > 1, tile=tile if uses_tiles else None,
