@@ -10,7 +10,8 @@ columns, ``(k_h, t.read, C, 2 F)``, stepping two columns at a time -- twice the 
 ``forward`` is (4.2) without the bias; ``input_residual`` the second line of (4.5) for a stride-1
 layer, itself a stride-1 correlation.  Both go through ``correlate``, whose derivative for
 autodiff is XLA's convolution of the layer (a ``custom_jvp``): ``jax.grad`` of ``apply`` gets the
-instructions it gets from the ``"lax"`` form.  ``conv_plan`` picks this form on the CPU
+instructions it gets from the ``"lax"`` form.  ``conv_plan`` picks this form on the CPU for the
+training passes; evaluated ``apply`` keeps XLA's
 (``docs/performance.md#why-pairs``).  Proven equal to ``jaxcnn.reference.conv`` in
 ``tests/test_lowerings.py``.  Shapes as in ``jaxcnn.lowering.xla``, ``G = 1``.
 """
@@ -28,7 +29,8 @@ from jaxcnn.core import Array
 from jaxcnn.lowering import toeplitz, xla
 
 TILE = 2
-"""Output columns per window: two (three measured slower than one on the project's CPU)."""
+"""Output columns per window: two (three measured slower than XLA's own convolution on the
+project's CPU, docs/performance.md 8.25)."""
 
 
 def pair_kernel(w: Array, g: geo.Window, t: toeplitz.Tiles) -> Array:
