@@ -1,9 +1,9 @@
 """Each convolution of ResNet-8, pass by pass: jaxcnn's lowerings against PyTorch (CPU).
 
-    python benchmarks/conv_passes.py [--batch 64] [--repeats 10]
+    python benchmarks/conv_passes.py [--net resnet|bottleneck] [--batch 64] [--repeats 10]
 
-For every distinct convolution of ``jaxcnn.zoo.resnet`` (how many times the net has it in
-brackets): the forward, kernel gradient and input residual in the forms the step runs them on
+For every distinct convolution of ``jaxcnn.zoo.resnet`` (or of ``grad_vs_autodiff.py``'s
+``bottleneck``, with ``--net bottleneck``; how many times the net has it in brackets): the forward, kernel gradient and input residual in the forms the step runs them on
 the CPU (``conv_plan``: XLA's convolutions, column pairs, the stride phases, the Toeplitz
 products; jitted with ``jc.compiler_options()``), each timed alone, and PyTorch's forward +
 backward of the same ``nn.Conv2d`` (kernel gradient and input residual together, when
@@ -31,6 +31,9 @@ CONVS = [  # (H, W, C), F, k, stride, count in ResNet-8
     ((32, 32, 3), 16, 3, 1, 1), ((32, 32, 16), 16, 3, 1, 2), ((32, 32, 16), 32, 3, 2, 1),
     ((16, 16, 32), 32, 3, 1, 1), ((32, 32, 16), 32, 1, 2, 1), ((16, 16, 32), 64, 3, 2, 1),
     ((8, 8, 64), 64, 3, 1, 1), ((16, 16, 32), 64, 1, 2, 1)]
+BOTTLENECK = [((32, 32, 3), 64, 3, 1, 1)] + [
+    conv for hw in (32, 16, 8) for conv in (((hw, hw, 64), 16, 1, 1, 1), ((hw, hw, 16), 16, 3, 1, 1),
+                                            ((hw, hw, 16), 64, 1, 1, 1))]
 PASSES = ("forward", "kernel gradient", "input residual")
 
 
@@ -63,13 +66,14 @@ def torch_passes(x, d, c, f, k, strides):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", choices=("resnet", "bottleneck"), default="resnet")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
     keep_freed_blocks()
     print(f"jax {jax.__version__}, {jax.default_backend()}, batch {args.batch}; milliseconds")
     totals = [0.0, 0.0]
-    for (h, wd, c), f, k, s, count in CONVS:
+    for (h, wd, c), f, k, s, count in {"resnet": CONVS, "bottleneck": BOTTLENECK}[args.net]:
         g = geo.window("Conv2D", (h, wd), (k, k), (s, s), (1, 1), "SAME")
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.normal(size=(args.batch, h, wd, c)), jnp.float32)

@@ -79,6 +79,19 @@ def vgg(input_shape=(32, 32, 3), num_classes=10, lib=jc):
     return lib.serial(*layers, lib.Flatten(), lib.Dense(num_classes))
 
 
+def bottleneck(input_shape=(32, 32, 3), num_classes=10, lib=jc):
+    """The 1x1-3x3-1x1 blocks of He et al. (2016)'s deeper ResNets, without their skips: a 3x3
+    ``"SAME"`` convolution of 64 features, then three blocks of 1x1 to 16, 3x3 to 16 and 1x1
+    back to 64 features, each with ReLU, 2x2 max pooling between blocks, a dense layer of
+    ``num_classes``.  Six stride-1 1x1 convolutions.  ``lib`` as for ``wide``."""
+    layers = [lib.zoo.Conv2D(64, 3, padding="SAME"), lib.ReLU()]
+    for block in range(3):
+        layers += [lib.MaxPool2D(2)] if block else []
+        for features, k in ((16, 1), (16, 3), (64, 1)):
+            layers += [lib.zoo.Conv2D(features, k, padding="SAME"), lib.ReLU()]
+    return lib.serial(*layers, lib.Flatten(), lib.Dense(num_classes))
+
+
 @contextlib.contextmanager
 def convolutions(method):
     """Nets built inside are built with ``Conv2D(..., method=method)`` (the zoo's, ``wide``'s)."""
@@ -93,7 +106,7 @@ MAX_ROUNDS = 2000   # samples(): the most rounds a fast call gets
 
 NETS = {"lenet5": (zoo.lenet5, (28, 28, 1)), "ufldl": (zoo.ufldl, (28, 28, 1)),
         "deepid": (zoo.deepid, (39, 31, 1)), "wide": (wide, (32, 32, 3)),
-        "vgg": (vgg, (32, 32, 3)),
+        "vgg": (vgg, (32, 32, 3)), "bottleneck": (bottleneck, (32, 32, 3)),
         "resnet": (zoo.resnet, (32, 32, 3)), "resnet-bn": (zoo.resnet_bn, (32, 32, 3)),
         "wide-gn": (grouped, (32, 32, 3)),
         "autoencoder": (lambda shape, _: zoo.autoencoder(shape), (28, 28, 1))}

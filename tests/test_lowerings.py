@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import jaxcnn as jc
 from harness import TOL, assert_backward_matches, init_as
 from jaxcnn import _geometry as geo
-from jaxcnn.lowering import dispatch, pairs, phases, toeplitz, winograd, xla
+from jaxcnn.lowering import dispatch, pairs, phases, pointwise, toeplitz, winograd, xla
 from jaxcnn.lowering import pool as fast_pool
 from jaxcnn.lowering.plan import bias_in_product, conv_plan
 from jaxcnn.reference import conv as ref
@@ -126,7 +126,7 @@ def test_conv_plan_auto_picks_by_spread_on_cpu():
     assert plan((32, 32), 3, 16, features=16) == ("pairs", "lax", "pairs", False, None)
     assert plan((32, 32), 3, 16, features=17) == ("lax", "lax", "pairs", False, None)
     assert plan((32, 32), 3, 17, features=16) == ("pairs", "lax", "lax", False, None)
-    assert plan((32, 32), 1, 16, features=16) == ("lax", "lax", "lax", False, None)
+    assert plan((32, 32), 1, 16, features=16) == ("lax", "pointwise", "lax", False, None)
     for dilation, strides in (((2, 2), (1, 1)), ((1, 1), (1, 2))):
         layer = geo.window("Conv2D", (32, 32), (3, 3), strides, dilation, "SAME")
         assert conv_plan(layer, 16, 1, features=16)[:2] == ("lax", "lax")
@@ -571,6 +571,55 @@ def test_pairs_differentiate_as_xlas_convolution():
     assert got[0] != want[0] and "(1, 2)" in got[0][0]            # the forward: pairs
     assert sorted(got[1:]) == sorted(want[1:])                    # the backward: XLA's
     assert len(convs(jax.grad(lambda w: loss(pairs.forward)(x, w)), w)) == 2
+
+
+@pytest.mark.parametrize("strides, dilation, padding, hw", [
+    (1, 1, "SAME", (11, 10)), ((2, 3), 1, "VALID", (11, 10)), (2, (3, 1), ((2, 1), (0, 3)), (11, 10)),
+    ((3, 2), 1, ((1, 0), (0, 2)), (5, 6)), (4, 1, "VALID", (4, 4)), (2, 1, ((3, 3), (1, 1)), (7, 9))])
+def test_pointwise_passes_equal_the_reference(strides, dilation, padding, hw):
+    """Eqs. 4.19-4.21, a 1x1 kernel as the dense layer's products at the positions read, equal
+    eqs. 4.2, 4.4 and 4.5 (float64, jitted): strides that skip rows and columns (which get no
+    residual), a dilation that reads nothing, padding (positions on it read zeros and their
+    residual is cropped: the last case's first three rows), one output position."""
+    rng = np.random.default_rng(5)
+    g = window(hw, 1, strides, dilation, padding)
+    x = jnp.asarray(rng.normal(size=(2, *hw, 3)))
+    w = jnp.asarray(rng.normal(size=(1, 1, 3, 4)))
+    y = jax.jit(lambda x, w: pointwise.forward(x, w, g))(x, w)
+    close(y, ref.forward(x, w, None, g))
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    close(jax.jit(lambda x, d: pointwise.kernel_grad(x, d, g))(x, delta),
+          ref.backward_kernel(x, delta, g))
+    close(jax.jit(lambda d, w: pointwise.input_residual(d, w, g))(delta, w),
+          ref.backward_input(delta, w, g))
+
+
+@pytest.mark.parametrize("padding", ["SAME", ((1, 2), (0, 1))])
+def test_pointwise_kernel_gradient_in_the_layer(padding):
+    """A stride-1 1x1 ``Conv2D`` (``"auto"``): on the CPU its plan takes eq. 4.20 for the kernel
+    gradient and XLA's convolutions for the rest, and its hand-written backward equals
+    ``jax.vjp`` of ``lax.conv_general_dilated`` (float64); strided or grouped 1x1 layers keep
+    the other rules."""
+    layer = jc.Conv2D(5, 1, padding=padding)
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(3, 7, 6, 4)))
+    params, _ = init_as(layer, (7, 6, 4), jnp.float64)
+    y, cache = jax.jit(layer.forward)(params, x)
+    want, vjp = jax.vjp(lambda p, x: lax_conv(p, x, 1, padding), params, x)
+    close(y, want)
+    delta = jnp.asarray(rng.normal(size=y.shape))
+    grads, dx = jax.jit(layer.backward)(params, cache, delta)
+    want_grads, want_dx = vjp(delta)
+    jax.tree.map(close, (grads, dx), (want_grads, want_dx))
+    plan = conv_plan(window((7, 6), 1, 1, 1, padding), 4, 1, features=5)
+    if jax.default_backend() != "cpu":
+        assert plan[:3] == ("lax",) * 3
+        return
+    assert plan[:3] == ("lax", "pointwise", "lax")
+    assert conv_plan(window((28, 28), 1), 1, 1, features=8)[:3] == ("lax", "pointwise", "lax")
+    assert conv_plan(window((32, 32), 1, 2, 1, "SAME"), 16, 1, features=32)[:3] == (
+        "lax", "lax", "phases")                                    # resnet's projection
+    assert "pointwise" not in conv_plan(window((8, 8), 1), 8, 2, features=8)[:3]   # grouped
 
 
 @pytest.mark.parametrize("hw, padding", [

@@ -15,7 +15,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import Array
-from jaxcnn.lowering import pairs, phases, toeplitz, winograd, xla
+from jaxcnn.lowering import pairs, phases, pointwise, toeplitz, winograd, xla
 from jaxcnn.lowering.plan import ConvPlan, bias_in_product
 from jaxcnn.reference import conv as ref
 
@@ -27,6 +27,7 @@ FORWARD = {
                                                                    tile=tile),
     "winograd": lambda x, w, g, groups, tile, p: winograd.forward(x, w, g, precision=p),
     "pairs": lambda x, w, g, groups, tile, p: pairs.forward(x, w, g, p),
+    "pointwise": lambda x, w, g, groups, tile, p: pointwise.forward(x, w, g, p),
 }
 KERNEL_GRAD = {
     "reference": lambda x, d, g, groups, tile, p: ref.backward_kernel(x, d, g, groups, p),
@@ -34,6 +35,7 @@ KERNEL_GRAD = {
     "toeplitz": lambda x, d, g, groups, tile, p: toeplitz.kernel_grad(x, d, g, precision=p,
                                                                       tile=tile),
     "winograd": lambda x, d, g, groups, tile, p: winograd.kernel_grad(x, d, g, precision=p),
+    "pointwise": lambda x, d, g, groups, tile, p: pointwise.kernel_grad(x, d, g, p),
 }
 INPUT_RESIDUAL = {
     "reference": lambda d, w, g, groups, tile, p: ref.backward_input(d, w, g, groups, p),
@@ -43,6 +45,7 @@ INPUT_RESIDUAL = {
     "phases": lambda d, w, g, groups, tile, p: phases.input_residual(d, w, g, p),
     "pairs": lambda d, w, g, groups, tile, p: pairs.input_residual(d, w, g, p),
     "winograd": lambda d, w, g, groups, tile, p: winograd.input_residual(d, w, g, precision=p),
+    "pointwise": lambda d, w, g, groups, tile, p: pointwise.input_residual(d, w, g, p),
 }
 
 

@@ -9,6 +9,8 @@ The choice is a *method* (``Conv2D(method=...)``), and each pass of a layer gets
 - ``"phases"``: the input residual only, by stride phases (``jaxcnn.lowering.phases``, eq. 4.9);
 - ``"pairs"``: the forward and the stride-1 input residual, XLA's convolution over column pairs
   (``jaxcnn.lowering.pairs``, eq. 4.18), where it would otherwise be XLA's with few features;
+- ``"pointwise"``: a 1x1 kernel as matrix products, the dense layer at every position read
+  (``jaxcnn.lowering.pointwise``, eqs. 4.19-4.21), for the kernel gradient at stride 1;
 - ``"winograd"``: 3x3 kernels at stride 1 in Winograd's 4x4 tiles, F(2x2, 3x3)
   (``jaxcnn.lowering.winograd``, eqs. 4.14-4.17); only by name, ``"auto"`` never picks it.
 
@@ -101,6 +103,10 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
     undilated, ungrouped kernel at least ``pair_kernel_width`` wide, takes eq. 4.18 instead;
     evaluated ``apply`` keeps XLA's convolution there.
 
+    A 1x1 ungrouped kernel of stride 1 takes eq. 4.20's matrix product for its kernel gradient
+    and XLA's convolutions, which XLA runs as matrix products, for the other passes; strided,
+    the rules above (``docs/performance.md#why-pointwise``).
+
     Tiles: two when ``W_out >= 2 k_w``, halving the zeros of ``T``; four when only the kernel
     gradient is a Toeplitz product and ``W_out >= 4 k_w`` (no forward row matrix to share).
     ``jax.default_backend()`` at trace time decides "off the CPU".
@@ -114,6 +120,8 @@ def conv_plan(g: geo.Window, c_in: int, groups: int, method: str = "auto", *,
                         tile=tile if toeplitz else None, inference=method)
     if jax.default_backend() != "cpu" or groups > limits.group_split:
         return ConvPlan("lax", "lax", "lax")
+    if g.size == (1, 1) and groups == 1 and g.strides == (1, 1):
+        return ConvPlan("lax", "pointwise", "lax")
     spread = (c_in // groups) * column_tiles(g).read / g.size[1]
     strided = max(g.strides) > 1
     if groups > 1:
