@@ -14,7 +14,9 @@ GroupNorm   one example, over every position and one group's channels      ``H W
 ==========  ===========================================================  ====================
 
 so one helper, ``_normalise``, computes eqs. 7.1-7.3 over given axes of a view of the input,
-one, ``_normalise_backward``, the compact form (eq. 7.10) over the same axes, and
+one, ``_normalise_backward``, the compact form (eq. 7.10) over the same axes (for BatchNorm in
+training, whose sets are channels, ``_channel_backward``: (7.10)'s second form on eq. 7.5's
+sums), and
 ``_norm_layer`` holds the checks and the layer protocol for all three.  Inputs are ``(N, ..., C)``
 of rank >= 2 -- ``(N, H, W, C)`` images, ``(N, F)`` features.
 
@@ -89,6 +91,22 @@ def _normalise_backward(g: Array, x_hat: Array, inv_std: Array, axes: tuple[int,
     mean_g = jnp.mean(g, axis=axes, keepdims=True)
     mean_gx = jnp.mean(g * x_hat, axis=axes, keepdims=True)
     return inv_std * (g - mean_g - x_hat * mean_gx)
+
+
+def _channel_backward(delta: Array, x_hat: Array, inv_std: Array, scale: Array | None,
+                      d_scale: Array, d_bias: Array) -> Array:
+    """Eq. 7.10's second form, for sets that are whole channels (BatchNorm in training), where
+    ``gamma`` is one number per set: ``dx = (gamma / sigma) (delta - mean_S delta - x_hat
+    mean_S(delta x_hat))``.  Its two sums are eq. 7.5's, ``dbias`` and ``dscale``, computed
+    once for both (``docs/performance.md#why-norm-sums``).  ``delta``, ``x_hat``: ``(N, ...,
+    C)``; ``inv_std`` keepdims; ``d_scale``, ``d_bias``, ``scale`` (or ``None``): ``(C,)``.
+    ``1 / sigma`` passes the barrier of ``_normalise_backward``."""
+    ndim, m = delta.ndim, math.prod(delta.shape[:-1])
+    factor = jax.lax.optimization_barrier(inv_std)
+    if scale is not None:
+        factor = factor * _per_channel(scale.astype(delta.dtype), ndim)
+    return factor * (delta - _per_channel(d_bias / m, ndim)
+                     - x_hat * _per_channel(d_scale / m, ndim))
 
 
 def _per_channel(p: Array, ndim: int) -> Array:
@@ -185,15 +203,22 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         scale, _ = _channel_params(name, params, shape[-1], dtype, use_scale, use_bias)
         check_delta(name, delta, shape, dtype)
         d, outer = delta.astype(cache.x_hat.dtype), tuple(range(len(shape) - 1))
-        grads = {}
-        if use_scale:
-            grads["scale"] = jnp.sum(d * cache.x_hat, axis=outer).astype(dtype)      # eq. 7.5
-        if use_bias:
-            grads["bias"] = jnp.sum(d, axis=outer).astype(dtype)                     # eq. 7.5
+        view, axes = plan(shape)
+        by_channel = cache.mean is not None and axes == outer      # BatchNorm, training
+        sums = {}                                                                    # eq. 7.5
+        if use_scale or by_channel:
+            sums["scale"] = jnp.sum(d * cache.x_hat, axis=outer)
+        if use_bias or by_channel:
+            sums["bias"] = jnp.sum(d, axis=outer)
+        grads = {k: sums[k].astype(dtype) for k, used in (("scale", use_scale),
+                                                          ("bias", use_bias)) if used}
+        if by_channel:
+            dx = _channel_backward(d, cache.x_hat, cache.inv_std, scale, sums["scale"],
+                                   sums["bias"])                                     # eq. 7.10
+            return grads, dx.astype(dtype)
         g = d * _per_channel(scale.astype(d.dtype), len(shape)) if use_scale else d  # eq. 7.6
         if cache.mean is None:
             return grads, (g * cache.inv_std).astype(dtype)                          # eq. 7.13
-        view, axes = plan(shape)
         dx = _normalise_backward(g.reshape(view), cache.x_hat.reshape(view), cache.inv_std,
                                  axes)                                               # eq. 7.10
         return grads, dx.reshape(shape).astype(dtype)
