@@ -3,14 +3,15 @@
     python benchmarks/conv_passes.py [--net resnet|bottleneck] [--batch 64] [--repeats 10]
 
 For every distinct convolution of ``jaxcnn.zoo.resnet`` (or of ``grad_vs_autodiff.py``'s
-``bottleneck``, with ``--net bottleneck``; how many times the net has it in brackets): the forward, kernel gradient and input residual in the forms the step runs them on
-the CPU (``conv_plan``: XLA's convolutions, column pairs, the stride phases, the Toeplitz
-products; jitted with ``jc.compiler_options()``), each timed alone, and PyTorch's forward +
-backward of the same ``nn.Conv2d`` (kernel gradient and input residual together, when
-installed).  Where the plan's form of a pass is not XLA's convolution, XLA's is timed too, in
-the same rounds, and the ratio plan / XLA printed.  The totals weigh each convolution by its
-count; the stem's input residual, which no step computes, is left out of jaxcnn's (and in
-PyTorch's, which computes it).  The calls of each convolution run in turn, round after round
+``bottleneck``, with ``--net bottleneck``; how many times the net has it in brackets): the
+forward, kernel gradient and input residual in the forms the step runs them on the CPU
+(``conv_plan``: XLA's convolutions, column pairs, the stride phases, the Toeplitz products, a
+1x1 kernel's matrix products; jitted with ``jc.compiler_options()``), each timed alone, and
+PyTorch's forward + backward of the same ``nn.Conv2d`` (kernel gradient and input residual
+together, when installed).  Where the plan's form of a pass is not XLA's convolution, XLA's
+is timed too, in the same rounds, and the ratio plan / XLA printed.  The totals weigh each
+convolution by its count; the stem's input residual, which no step computes, is left out of
+jaxcnn's (and in PyTorch's, which computes it).  The calls of each convolution run in turn, round after round
 (``samples``); medians over the rounds, and ratios with their 95% bootstrap interval.
 """
 from __future__ import annotations
@@ -31,9 +32,9 @@ CONVS = [  # (H, W, C), F, k, stride, count in ResNet-8
     ((32, 32, 3), 16, 3, 1, 1), ((32, 32, 16), 16, 3, 1, 2), ((32, 32, 16), 32, 3, 2, 1),
     ((16, 16, 32), 32, 3, 1, 1), ((32, 32, 16), 32, 1, 2, 1), ((16, 16, 32), 64, 3, 2, 1),
     ((8, 8, 64), 64, 3, 1, 1), ((16, 16, 32), 64, 1, 2, 1)]
-BOTTLENECK = [((32, 32, 3), 64, 3, 1, 1)] + [
-    conv for hw in (32, 16, 8) for conv in (((hw, hw, 64), 16, 1, 1, 1), ((hw, hw, 16), 16, 3, 1, 1),
-                                            ((hw, hw, 16), 64, 1, 1, 1))]
+BOTTLENECK = [((32, 32, 3), 64, 3, 1, 1)] + [  # grad_vs_autodiff.bottleneck
+    conv for hw in (32, 16, 8) for conv in (
+        ((hw, hw, 64), 16, 1, 1, 1), ((hw, hw, 16), 16, 3, 1, 1), ((hw, hw, 16), 64, 1, 1, 1))]
 PASSES = ("forward", "kernel gradient", "input residual")
 
 

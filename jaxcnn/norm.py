@@ -204,7 +204,8 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         check_delta(name, delta, shape, dtype)
         d, outer = delta.astype(cache.x_hat.dtype), tuple(range(len(shape) - 1))
         view, axes = plan(shape)
-        by_channel = cache.mean is not None and axes == outer      # BatchNorm, training
+        by_channel = (cache.mean is not None and axes == outer       # BatchNorm, training:
+                      and tuple(view) == tuple(shape))              # each set one channel
         sums = {}                                                                    # eq. 7.5
         if use_scale or by_channel:
             sums["scale"] = jnp.sum(d * cache.x_hat, axis=outer)

@@ -574,8 +574,9 @@ def test_pairs_differentiate_as_xlas_convolution():
 
 
 @pytest.mark.parametrize("strides, dilation, padding, hw", [
-    (1, 1, "SAME", (11, 10)), ((2, 3), 1, "VALID", (11, 10)), (2, (3, 1), ((2, 1), (0, 3)), (11, 10)),
-    ((3, 2), 1, ((1, 0), (0, 2)), (5, 6)), (4, 1, "VALID", (4, 4)), (2, 1, ((3, 3), (1, 1)), (7, 9))])
+    (1, 1, "SAME", (11, 10)), ((2, 3), 1, "VALID", (11, 10)),
+    (2, (3, 1), ((2, 1), (0, 3)), (11, 10)), ((3, 2), 1, ((1, 0), (0, 2)), (5, 6)),
+    (4, 1, "VALID", (4, 4)), (2, 1, ((3, 3), (1, 1)), (7, 9))])
 def test_pointwise_passes_equal_the_reference(strides, dilation, padding, hw):
     """Eqs. 4.19-4.21, a 1x1 kernel as the dense layer's products at the positions read, equal
     eqs. 4.2, 4.4 and 4.5 (float64, jitted): strides that skip rows and columns (which get no
