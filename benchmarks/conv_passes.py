@@ -11,8 +11,9 @@ PyTorch's forward + backward of the same ``nn.Conv2d`` (kernel gradient and inpu
 together, when installed).  Where the plan's form of a pass is not XLA's convolution, XLA's
 is timed too, in the same rounds, and the ratio plan / XLA printed.  The totals weigh each
 convolution by its count; the stem's input residual, which no step computes, is left out of
-jaxcnn's (and in PyTorch's, which computes it).  The calls of each convolution run in turn, round after round
-(``samples``); medians over the rounds, and ratios with their 95% bootstrap interval.
+jaxcnn's (and in PyTorch's, which computes it).  The calls of each convolution run in turn,
+round after round (``samples``); medians over the rounds, and ratios with their 95% bootstrap
+interval.
 """
 from __future__ import annotations
 
