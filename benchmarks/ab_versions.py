@@ -34,14 +34,14 @@ import optax
 
 import jaxcnn
 from _malloc import keep_freed_blocks
-from grad_vs_autodiff import (OPTIONS, RECONSTRUCT, bottleneck, jit, paired_ratio, samples, vgg,
-                              wide)
+from grad_vs_autodiff import (OPTIONS, RECONSTRUCT, bottleneck, grouped, jit, paired_ratio,
+                              samples, vgg, wide)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"lenet5": (28, 28, 1), "ufldl": (28, 28, 1), "deepid": (39, 31, 1),
           "small": (8, 8, 1), "wide": (32, 32, 3), "resnet": (32, 32, 3),
           "resnet-bn": (32, 32, 3), "vgg": (32, 32, 3), "bottleneck": (32, 32, 3),
-          "autoencoder": (28, 28, 1)}
+          "wide-gn": (32, 32, 3), "autoencoder": (28, 28, 1)}
 
 
 def old_package(rev: str, into: Path):
@@ -57,10 +57,11 @@ def old_package(rev: str, into: Path):
 
 
 def net_of(jc, name: str):
-    """The zoo net ``name``, or ``grad_vs_autodiff``'s ``wide``, ``vgg`` or ``bottleneck``, built
-    by version ``jc``."""
-    if name in ("wide", "vgg", "bottleneck"):
-        return {"wide": wide, "vgg": vgg, "bottleneck": bottleneck}[name](SHAPES[name], 10, lib=jc)
+    """The zoo net ``name``, or ``grad_vs_autodiff``'s ``wide``, ``vgg``, ``bottleneck`` or
+    ``wide-gn``, built by version ``jc``."""
+    local = {"wide": wide, "vgg": vgg, "bottleneck": bottleneck, "wide-gn": grouped}
+    if name in local:
+        return local[name](SHAPES[name], 10, lib=jc)
     if name in RECONSTRUCT:
         return jc.zoo.autoencoder(SHAPES[name])
     return jc.zoo.get(name, SHAPES[name], 10)

@@ -60,12 +60,13 @@ def wide(input_shape=(32, 32, 3), num_classes=10, lib=jc):
                       lib.Flatten(), lib.Dense(num_classes))
 
 
-def grouped(input_shape=(32, 32, 3), num_classes=10):
-    """``wide`` with GroupNorm (8 groups) after each convolution (Wu & He 2018's placement)."""
-    return jc.serial(zoo.Conv2D(64, 3, padding="SAME", use_bias=False), jc.GroupNorm(8),
-                     jc.ReLU(), zoo.Conv2D(64, 3, padding="SAME", use_bias=False),
-                     jc.GroupNorm(8), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
-                     jc.Dense(num_classes))
+def grouped(input_shape=(32, 32, 3), num_classes=10, lib=jc):
+    """``wide`` with GroupNorm (8 groups) after each convolution (Wu & He 2018's placement).
+    ``lib`` as for ``wide``."""
+    return lib.serial(lib.zoo.Conv2D(64, 3, padding="SAME", use_bias=False), lib.GroupNorm(8),
+                      lib.ReLU(), lib.zoo.Conv2D(64, 3, padding="SAME", use_bias=False),
+                      lib.GroupNorm(8), lib.ReLU(), lib.MaxPool2D(2), lib.Flatten(),
+                      lib.Dense(num_classes))
 
 
 def vgg(input_shape=(32, 32, 3), num_classes=10, lib=jc):

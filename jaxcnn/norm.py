@@ -14,9 +14,8 @@ GroupNorm   one example, over every position and one group's channels      ``H W
 ==========  ===========================================================  ====================
 
 so one helper, ``_normalise``, computes eqs. 7.1-7.3 over given axes of a view of the input,
-one, ``_normalise_backward``, the compact form (eq. 7.10) over the same axes (for BatchNorm in
-training, whose sets are channels, ``_channel_backward``: (7.10)'s second form on eq. 7.5's
-sums), and
+one, ``_normalise_backward``, the compact form (eq. 7.10) over the same axes, on sums that
+``_backward_sums`` shares with the parameter gradients (eq. 7.5), and
 ``_norm_layer`` holds the checks and the layer protocol for all three.  Inputs are ``(N, ..., C)``
 of rank >= 2 -- ``(N, H, W, C)`` images, ``(N, F)`` features.
 
@@ -79,34 +78,43 @@ def _normalise(v: Array, axes: tuple[int, ...], epsilon: float):
     return centred * inv_std, inv_std, mean, var
 
 
-def _normalise_backward(g: Array, x_hat: Array, inv_std: Array, axes: tuple[int, ...]) -> Array:
+def _backward_sums(d: Array, x_hat: Array, gamma: Array | None, axes: tuple[int, ...],
+                   n_outer: int):
+    """The sums of eq. 7.5, per channel, and of eq. 7.10, per set ``S``, on the layer's view of
+    ``delta`` and ``x_hat`` (its first ``n_outer`` axes the input's, the rest its channels):
+    ``(dscale, dbias)``, each ``(C,)``, and ``(sum_S g x_hat, sum_S g)`` keepdims, with
+    ``g = delta gamma`` (eq. 7.6; ``gamma`` shaped against the view, or ``None`` for 1).
+
+    Both run over positions: the axes they share (BatchNorm: every axis but the channels, its
+    sets being channels; GroupNorm: ``H, W``; LayerNorm: none) are summed once, and (7.5)
+    finishes those partial sums over its other axes, (7.10) weighs them by ``gamma`` and
+    finishes them over the rest of ``S``: BatchNorm's and GroupNorm's inputs are read twice,
+    not four times (``docs/performance.md#why-norm-sums``)."""
+    outer = tuple(range(n_outer))
+    shared = tuple(a for a in axes if a in outer)
+    rest = tuple(a for a in axes if a not in shared)
+    weigh = (lambda p: p) if gamma is None else (lambda p: p * gamma)
+    if shared:
+        partial = tuple(jnp.sum(p, axis=shared, keepdims=True) for p in (d * x_hat, d))
+        per_set = tuple(weigh(p) for p in partial)
+    else:        # LayerNorm: nothing to share (a d x_hat common to both, XLA would write out)
+        partial, per_set = (d * x_hat, d), (weigh(d) * x_hat, weigh(d))
+    per_channel = tuple(jnp.sum(p, axis=outer).reshape(-1) for p in partial)        # eq. 7.5
+    return (*per_channel, *(jnp.sum(p, axis=rest, keepdims=True) for p in per_set))
+
+
+def _normalise_backward(g: Array, x_hat: Array, inv_std: Array, sum_gx: Array,
+                        sum_g: Array, m: int) -> Array:
     """Eq. 7.10, the compact form: ``dx = (1 / sigma) (g - mean_S g - x_hat mean_S(g x_hat))``
-    from ``g = dJ/dx_hat`` (eq. 7.6) -- the terms through the mean (eq. 7.8) and the variance
-    (eq. 7.7) included.  ``x_hat`` is O(1) whatever the input's mean, so nothing large cancels.
+    from ``g = dJ/dx_hat`` (eq. 7.6) and its two sums over each set of ``m`` entries -- the
+    terms through the mean (eq. 7.8) and the variance (eq. 7.7) included.  ``x_hat`` is O(1)
+    whatever the input's mean, so nothing large cancels.
 
     ``1 / sigma`` passes an optimisation barrier: the cached per-set statistic, which XLA would
     otherwise merge with the forward's broadcast of it and write at the input's full size
     (``docs/performance.md`` 8.23)."""
     inv_std = jax.lax.optimization_barrier(inv_std)
-    mean_g = jnp.mean(g, axis=axes, keepdims=True)
-    mean_gx = jnp.mean(g * x_hat, axis=axes, keepdims=True)
-    return inv_std * (g - mean_g - x_hat * mean_gx)
-
-
-def _channel_backward(delta: Array, x_hat: Array, inv_std: Array, scale: Array | None,
-                      d_scale: Array, d_bias: Array) -> Array:
-    """Eq. 7.10's second form, for sets that are whole channels (BatchNorm in training), where
-    ``gamma`` is one number per set: ``dx = (gamma / sigma) (delta - mean_S delta - x_hat
-    mean_S(delta x_hat))``.  Its two sums are eq. 7.5's, ``dbias`` and ``dscale``, computed
-    once for both (``docs/performance.md#why-norm-sums``).  ``delta``, ``x_hat``: ``(N, ...,
-    C)``; ``inv_std`` keepdims; ``d_scale``, ``d_bias``, ``scale`` (or ``None``): ``(C,)``.
-    ``1 / sigma`` passes the barrier of ``_normalise_backward``."""
-    ndim, m = delta.ndim, math.prod(delta.shape[:-1])
-    factor = jax.lax.optimization_barrier(inv_std)
-    if scale is not None:
-        factor = factor * _per_channel(scale.astype(delta.dtype), ndim)
-    return factor * (delta - _per_channel(d_bias / m, ndim)
-                     - x_hat * _per_channel(d_scale / m, ndim))
+    return inv_std * (g - sum_g / m - x_hat * (sum_gx / m))
 
 
 def _per_channel(p: Array, ndim: int) -> Array:
@@ -203,25 +211,25 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         scale, _ = _channel_params(name, params, shape[-1], dtype, use_scale, use_bias)
         check_delta(name, delta, shape, dtype)
         d, outer = delta.astype(cache.x_hat.dtype), tuple(range(len(shape) - 1))
-        view, axes = plan(shape)
-        by_channel = (cache.mean is not None and axes == outer       # BatchNorm, training:
-                      and tuple(view) == tuple(shape))              # each set one channel
-        sums = {}                                                                    # eq. 7.5
-        if use_scale or by_channel:
-            sums["scale"] = jnp.sum(d * cache.x_hat, axis=outer)
-        if use_bias or by_channel:
-            sums["bias"] = jnp.sum(d, axis=outer)
-        grads = {k: sums[k].astype(dtype) for k, used in (("scale", use_scale),
-                                                          ("bias", use_bias)) if used}
-        if by_channel:
-            dx = _channel_backward(d, cache.x_hat, cache.inv_std, scale, sums["scale"],
-                                   sums["bias"])                                     # eq. 7.10
-            return grads, dx.astype(dtype)
-        g = d * _per_channel(scale.astype(d.dtype), len(shape)) if use_scale else d  # eq. 7.6
-        if cache.mean is None:
+        if cache.mean is None:                   # fixed statistics: an affine map, eq. 7.13
+            grads = {}
+            if use_scale:
+                grads["scale"] = jnp.sum(d * cache.x_hat, axis=outer).astype(dtype)  # eq. 7.5
+            if use_bias:
+                grads["bias"] = jnp.sum(d, axis=outer).astype(dtype)                 # eq. 7.5
+            g = d * _per_channel(scale.astype(d.dtype), len(shape)) if use_scale else d
             return grads, (g * cache.inv_std).astype(dtype)                          # eq. 7.13
-        dx = _normalise_backward(g.reshape(view), cache.x_hat.reshape(view), cache.inv_std,
-                                 axes)                                               # eq. 7.10
+        view, axes = plan(shape)
+        n_outer = len(shape) - 1                 # the view splits the channel axis only
+        gamma = None if scale is None else scale.astype(d.dtype).reshape(
+            (1,) * n_outer + tuple(view[n_outer:]))
+        d, x_hat = d.reshape(view), cache.x_hat.reshape(view)
+        d_scale, d_bias, sum_gx, sum_g = _backward_sums(d, x_hat, gamma, axes, n_outer)
+        grads = {k: v.astype(dtype) for k, v, used in (("scale", d_scale, use_scale),
+                                                       ("bias", d_bias, use_bias)) if used}
+        g = d if gamma is None else d * gamma                                        # eq. 7.6
+        dx = _normalise_backward(g, x_hat, cache.inv_std, sum_gx, sum_g,
+                                 math.prod(view[a] for a in axes))                   # eq. 7.10
         return grads, dx.reshape(shape).astype(dtype)
 
     return Layer(init, forward, backward, apply_from_forward(forward), name,
