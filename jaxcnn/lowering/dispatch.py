@@ -27,7 +27,6 @@ FORWARD = {
                                                                    tile=tile),
     "winograd": lambda x, w, g, groups, tile, p: winograd.forward(x, w, g, precision=p),
     "pairs": lambda x, w, g, groups, tile, p: pairs.forward(x, w, g, p),
-    "pointwise": lambda x, w, g, groups, tile, p: pointwise.forward(x, w, g, p),
 }
 KERNEL_GRAD = {
     "reference": lambda x, d, g, groups, tile, p: ref.backward_kernel(x, d, g, groups, p),
@@ -45,7 +44,6 @@ INPUT_RESIDUAL = {
     "phases": lambda d, w, g, groups, tile, p: phases.input_residual(d, w, g, p),
     "pairs": lambda d, w, g, groups, tile, p: pairs.input_residual(d, w, g, p),
     "winograd": lambda d, w, g, groups, tile, p: winograd.input_residual(d, w, g, precision=p),
-    "pointwise": lambda d, w, g, groups, tile, p: pointwise.input_residual(d, w, g, p),
 }
 
 

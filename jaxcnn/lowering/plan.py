@@ -9,8 +9,8 @@ The choice is a *method* (``Conv2D(method=...)``), and each pass of a layer gets
 - ``"phases"``: the input residual only, by stride phases (``jaxcnn.lowering.phases``, eq. 4.9);
 - ``"pairs"``: the forward and the stride-1 input residual, XLA's convolution over column pairs
   (``jaxcnn.lowering.pairs``, eq. 4.18), where it would otherwise be XLA's with few features;
-- ``"pointwise"``: a 1x1 kernel as matrix products, the dense layer at every position read
-  (``jaxcnn.lowering.pointwise``, eqs. 4.19-4.21), for the kernel gradient at stride 1;
+- ``"pointwise"``: the kernel gradient only, of a stride-1 1x1 kernel as one matrix product,
+  the dense layer's at every position (``jaxcnn.lowering.pointwise``, eq. 4.20);
 - ``"winograd"``: 3x3 kernels at stride 1 in Winograd's 4x4 tiles, F(2x2, 3x3)
   (``jaxcnn.lowering.winograd``, eqs. 4.14-4.17); only by name, ``"auto"`` never picks it.
 
