@@ -78,12 +78,12 @@ def _normalise(v: Array, axes: tuple[int, ...], epsilon: float):
     return centred * inv_std, inv_std, mean, var
 
 
-def _backward_sums(d: Array, x_hat: Array, gamma: Array | None, axes: tuple[int, ...],
-                   n_outer: int):
+def _backward_sums(d: Array, g: Array, x_hat: Array, gamma: Array | None,
+                   axes: tuple[int, ...], n_outer: int):
     """The sums of eq. 7.5, per channel, and of eq. 7.10, per set ``S``, on the layer's view of
-    ``delta`` and ``x_hat`` (its first ``n_outer`` axes the input's, the rest its channels):
-    ``(dscale, dbias)``, each ``(C,)``, and ``(sum_S g x_hat, sum_S g)`` keepdims, with
-    ``g = delta gamma`` (eq. 7.6; ``gamma`` shaped against the view, or ``None`` for 1).
+    ``delta``, ``g = delta gamma`` (eq. 7.6) and ``x_hat`` (its first ``n_outer`` axes the
+    input's, the rest its channels): ``(dscale, dbias)``, each ``(C,)``, and
+    ``(sum_S g x_hat, sum_S g)`` keepdims (``gamma`` shaped against the view, or ``None``: 1).
 
     Both run over positions: the axes they share (BatchNorm: every axis but the channels, its
     sets being channels; GroupNorm: ``H, W``; LayerNorm: none) are summed once, and (7.5)
@@ -93,12 +93,11 @@ def _backward_sums(d: Array, x_hat: Array, gamma: Array | None, axes: tuple[int,
     outer = tuple(range(n_outer))
     shared = tuple(a for a in axes if a in outer)
     rest = tuple(a for a in axes if a not in shared)
-    weigh = (lambda p: p) if gamma is None else (lambda p: p * gamma)
     if shared:
         partial = tuple(jnp.sum(p, axis=shared, keepdims=True) for p in (d * x_hat, d))
-        per_set = tuple(weigh(p) for p in partial)
+        per_set = partial if gamma is None else tuple(p * gamma for p in partial)
     else:        # LayerNorm: nothing to share (a d x_hat common to both, XLA would write out)
-        partial, per_set = (d * x_hat, d), (weigh(d) * x_hat, weigh(d))
+        partial, per_set = (d * x_hat, d), (g * x_hat, g)
     per_channel = tuple(jnp.sum(p, axis=outer).reshape(-1) for p in partial)        # eq. 7.5
     return (*per_channel, *(jnp.sum(p, axis=rest, keepdims=True) for p in per_set))
 
@@ -224,10 +223,10 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         gamma = None if scale is None else scale.astype(d.dtype).reshape(
             (1,) * n_outer + tuple(view[n_outer:]))
         d, x_hat = d.reshape(view), cache.x_hat.reshape(view)
-        d_scale, d_bias, sum_gx, sum_g = _backward_sums(d, x_hat, gamma, axes, n_outer)
+        g = d if gamma is None else d * gamma                                        # eq. 7.6
+        d_scale, d_bias, sum_gx, sum_g = _backward_sums(d, g, x_hat, gamma, axes, n_outer)
         grads = {k: v.astype(dtype) for k, v, used in (("scale", d_scale, use_scale),
                                                        ("bias", d_bias, use_bias)) if used}
-        g = d if gamma is None else d * gamma                                        # eq. 7.6
         dx = _normalise_backward(g, x_hat, cache.inv_std, sum_gx, sum_g,
                                  math.prod(view[a] for a in axes))                   # eq. 7.10
         return grads, dx.reshape(shape).astype(dtype)

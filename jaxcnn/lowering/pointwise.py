@@ -20,15 +20,14 @@ from jax import lax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import Array
+from jaxcnn.lowering import xla
 
 
 def positions(x: Array, g: geo.Window) -> Array:
-    """Eq. 4.19's rows: ``a[n, i, j, :] = x_pad[n, i s_h, j s_w, :]``, ``(N, H_out, W_out, C)``."""
-    (ho, wo), (sh, sw) = g.out_hw, g.strides
-    x_pad = geo.pad(x, g)
-    return lax.slice(x_pad, (0, 0, 0, 0),
-                     (x.shape[0], (ho - 1) * sh + 1, (wo - 1) * sw + 1, x.shape[3]),
-                     (1, sh, sw, 1))
+    """Eq. 4.19's rows: ``a[n, i, j, :] = x_pad[n, i s_h, j s_w, :]``, ``(N, H_out, W_out, C)`` --
+    the one window slice (3.3) of a 1x1 kernel."""
+    (rows,) = geo.window_slices(geo.pad(x, g), g)
+    return rows
 
 
 def forward(x: Array, w: Array, g: geo.Window, precision=None) -> Array:
@@ -51,6 +50,5 @@ def input_residual(delta: Array, w: Array, g: geo.Window, precision=None) -> Arr
     and the bottom and right filled or cropped to ``(H, W)`` (xla.full_padding's amounts for
     ``k = 1``).  ``delta (N, H_out, W_out, F)`` -> ``dx (N, H, W, C)``."""
     shares = jnp.dot(delta, w[0, 0].T, precision=precision)             # (N, H_out, W_out, C)
-    pads = [(-lo, n + lo - (n_out - 1) * s - 1, s - 1)
-            for n, n_out, s, (lo, _) in zip(g.in_hw, g.out_hw, g.strides, g.padding)]
+    pads = [(lo, hi, s - 1) for (lo, hi), s in zip(xla.full_padding(g), g.strides)]
     return lax.pad(shares, jnp.zeros((), shares.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
