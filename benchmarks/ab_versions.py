@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import jaxcnn
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import (OPTIONS, RECONSTRUCT, bottleneck, grouped, jit, paired_ratio,
                               samples, vgg, wide)
 
@@ -117,9 +117,9 @@ def main(argv=None):
     ap.add_argument("--xla-defaults", action="store_true",
                     help="compile under XLA's defaults, not jc.compiler_options()")
     args = ap.parse_args(argv)
+    print(settle_allocator())
     OPTIONS.update({} if args.xla_defaults else jaxcnn.compiler_options())
     print(f"XLA options: {OPTIONS or 'defaults'}")
-    keep_freed_blocks()
     nets = [n for n in args.nets.split(",") if n]
     unknown = sorted(set(nets) - set(SHAPES))
     if unknown:

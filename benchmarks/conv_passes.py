@@ -26,7 +26,7 @@ import numpy as np
 from jaxcnn import _geometry as geo, backend
 from jaxcnn.lowering import dispatch
 from jaxcnn.lowering.plan import ConvPlan, conv_plan
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import paired_ratio, samples
 
 CONVS = [  # (H, W, C), F, k, stride, count in ResNet-8
@@ -72,7 +72,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
-    keep_freed_blocks()
+    print(settle_allocator())
     print(f"jax {jax.__version__}, {jax.default_backend()}, batch {args.batch}; milliseconds")
     totals = [0.0, 0.0]
     for (h, wd, c), f, k, s, count in {"resnet": CONVS, "bottleneck": BOTTLENECK}[args.net]:

@@ -35,7 +35,7 @@ from jaxcnn import _geometry as geo
 from jaxcnn.lowering import phases, toeplitz, xla
 from jaxcnn.lowering.plan import conv_plan
 from jaxcnn.reference import conv as reference
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import samples
 
 PASSES = ("forward", "kernel", "input")
@@ -120,7 +120,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = tuple(int(h) for h in args.sizes.split(","))
     passes = tuple(p for p in PASSES if p in args.passes.split(","))
-    keep_freed_blocks()
+    print(settle_allocator())
     results = {}
     for batch in (int(b) for b in args.batches.split(",")):
         rows = sweep(batch, args.repeats, args.stride, passes, sizes)

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 
 ROUND_TRIP_C = r"""
 #define _GNU_SOURCE
@@ -139,7 +139,7 @@ def main(argv=None):
     if not {0, 1} <= os.sched_getaffinity(0):
         raise SystemExit(f"core_distance.py needs CPUs 0 and 1, this process may run on "
                          f"{sorted(os.sched_getaffinity(0))}")
-    keep_freed_blocks()
+    print(settle_allocator())
     with tempfile.TemporaryDirectory() as tmp:
         trip = round_trip(tmp)
         calls = contenders(args.batch)

@@ -28,9 +28,9 @@ Also measured:
   estimate) as a fraction of the float32 matmul ceiling (``jnp.dot`` of 2048x2048) measured in
   the same run.
 
-glibc is told to keep freed blocks (``_malloc.py``), for both contenders alike, and both compile
-with the XLA options of jaxcnn's own steps (``jc.compiler_options()``; ``--xla-defaults``:
-XLA's defaults).
+JAX runs each call on the calling thread and glibc is told to keep freed blocks
+(``_malloc.py``), for both contenders alike, and both compile with the XLA options of jaxcnn's
+own steps (``jc.compiler_options()``; ``--xla-defaults``: XLA's defaults).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ import optax
 
 import jaxcnn as jc
 from jaxcnn import zoo
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 
 
 def wide(input_shape=(32, 32, 3), num_classes=10, lib=jc):
@@ -412,10 +412,10 @@ def main(argv=None):
     parts = set(args.parts.split(","))
     if not parts <= {"steps", "layers", "forward"}:
         ap.error(f"--parts takes steps, layers and forward, got {args.parts!r}")
+    print(settle_allocator())
     OPTIONS.clear()
     OPTIONS.update({} if args.xla_defaults else jc.compiler_options())
     print(f"XLA options: {OPTIONS or 'defaults'}")
-    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
     repeats = args.repeats or (10 if args.quick else 30)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     batches = (32, 128) if args.quick else (32, 128, 512)

@@ -24,8 +24,9 @@ pads only after; the products are the same in number.  Above batch 128 (LeNet-5;
 and resnet, ``MICROBATCH``), jaxcnn also runs with ``jc.value_and_grad(..., microbatch=128)``
 (32): the same gradient, a chunk at a time.  Peers that
 are not installed are skipped (they are benchmark-only: ``pip install flax equinox
-torch==2.13.0``).  glibc is told to keep freed blocks for every contender alike
-(``_malloc.py``): without it, large steps page-fault their memory in afresh each time.  Images
+torch==2.13.0``).  JAX runs each call on the calling thread and glibc is told to keep freed
+blocks, for every contender alike (``_malloc.py``): without both, large steps page-fault their
+memory in afresh each time.  Images
 per second from the median over the rounds of each round's median step time; jaxcnn's speed-ups
 are ratios of the same medians, with 95% bootstrap intervals over the rounds.
 
@@ -65,7 +66,7 @@ import optax
 
 import jaxcnn as jc
 from jaxcnn import zoo
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import OPTIONS, jit, paired_ratio, vgg   # OPTIONS: set by main
 
 LR, MOMENTUM = 0.01, 0.9
@@ -467,6 +468,7 @@ def main(argv=None):
     failed = []
     if args.same_process or len(batches) == 1:
         # JAX starts here only: a parent of child processes would hold a GPU's memory
+        print(settle_allocator())
         set_precision(args.precision)
         OPTIONS.update({} if args.xla_defaults else jc.compiler_options())
         machine = f"{platform.machine()}, jax {jax.__version__}, {jax.devices()[0].device_kind}"
@@ -477,7 +479,6 @@ def main(argv=None):
             machine += f", torch {torch.__version__} on {torch_device()}"
         except ImportError:
             pass
-        print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
         print(f"machine: {machine}\nnet: {args.net}; XLA options: {OPTIONS or 'defaults'}")
         rows, skipped = run(batches, args.repeats, args.block)
     else:

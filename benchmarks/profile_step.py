@@ -26,7 +26,7 @@ import optax
 
 import jaxcnn as jc
 from jaxcnn import backend
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import NETS, steps
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
     if "xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
         print("note: XLA_FLAGS lacks --xla_cpu_enable_xprof_traceme=true, so the trace has no "
               "per-fusion events")
-    keep_freed_blocks()
+    print(settle_allocator())
     make, shape = NETS[args.net]
     net, loss, optimizer = make(shape, 10), jc.softmax_cross_entropy, optax.sgd(0.01, momentum=0.9)
     hand, auto = steps(net, loss, optimizer)

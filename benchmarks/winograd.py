@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxcnn as jc
 from jaxcnn import backend
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import matmul_ceiling, paired_ratio, samples
 
 SHAPES = {   # name: (H, W, C, F), 3x3 "SAME" at stride 1
@@ -88,7 +88,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.batch < 1 or args.repeats < 2:
         ap.error(f"--batch must be >= 1 and --repeats >= 2, got {args.batch}, {args.repeats}")
-    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
+    print(settle_allocator())
     machine = f"{platform.machine()}, {jax.default_backend()}, jax {jax.__version__}"
     ceiling = matmul_ceiling(10)
     print(f"machine: {machine}\nfloat32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")

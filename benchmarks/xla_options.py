@@ -31,7 +31,7 @@ from jax import lax
 
 import jaxcnn as jc
 from jaxcnn import backend
-from _malloc import keep_freed_blocks
+from _malloc import settle_allocator
 from grad_vs_autodiff import NETS, RECONSTRUCT, matmul_ceiling, paired_ratio, samples, steps
 
 CONVS = {   # name: (per-example input, kernel (kh, kw, C, F), stride); "SAME" padding
@@ -130,7 +130,7 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown nets {unknown}; expected some of {sorted(NETS)}")
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"glibc keeps freed blocks (see _malloc.py): {keep_freed_blocks()}")
+    print(settle_allocator())
     machine = f"{platform.machine()}, {jax.default_backend()}, jax {jax.__version__}"
     ceiling = matmul_ceiling(10)
     print(f"machine: {machine}\nfloat32 matmul ceiling (2048x2048): {ceiling:.0f} GFLOP/s")
