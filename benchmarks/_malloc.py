@@ -2,9 +2,9 @@
 
 XLA's CPU runtime allocates a compiled step's temporaries as one block per call; PyTorch
 allocates per tensor.  glibc serves any block above its mmap threshold (at most 32 MiB, adjusted
-dynamically) with a fresh ``mmap``, whose pages fault in again on every step: a LeNet-5 step at
-batch 512 (38 MiB of temporaries) then runs about 1.5x slower, and PyTorch eager turns bimodal.
-Raising the threshold and the trim threshold keeps freed blocks in the heap for reuse
+dynamically) with a fresh ``mmap``, whose pages fault in again on every step (LeNet-5 at batch
+512, 44 MiB of temporaries; ``docs/performance.md``, section 7), and PyTorch eager turns
+bimodal.  Raising the threshold and the trim threshold keeps freed blocks in the heap for reuse
 (``keep_freed_blocks``; up to 1 GiB: autodiff's step of the wide nets at batch 128 has 338-466
 MiB of temporaries).  The same effect, for any program, comes from
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
