@@ -9,12 +9,12 @@ bimodal.  Raising the threshold and the trim threshold keeps freed blocks in the
 MiB of temporaries).  The same effect, for any program, comes from
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
 
-Past 64 MiB that holds for the main thread's arena only.  JAX runs each CPU call on a worker thread of its
-own (async dispatch), and glibc gives such a thread an arena of heaps of at most 64 MiB: a
-larger block is mmapped afresh on every call whatever the threshold (resnet's step at batch 128,
-82 MiB of temporaries, faulted in 20,917 pages a step).  ``run_inline`` turns async dispatch off,
-so each call runs on the calling thread and its block comes from the main arena, which keeps it
-(``docs/performance.md#why-inline``).  ``settle_allocator`` does both.
+Past 64 MiB that holds for the main thread's arena only.  JAX runs each CPU call on a worker
+thread of its own (async dispatch), and glibc gives such a thread an arena of heaps of at most
+64 MiB: a larger block is mmapped afresh on every call whatever the threshold (resnet's step at
+batch 128, 82 MiB of temporaries, faulted in 20,917 pages a step).  ``run_inline`` turns async
+dispatch off, so each call runs on the calling thread and its block comes from the main arena,
+which keeps it (``docs/performance.md#why-inline``).  ``settle_allocator`` does both.
 """
 from __future__ import annotations
 
