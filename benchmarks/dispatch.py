@@ -43,7 +43,7 @@ def child(setting: str, specs: list[str], seconds: float) -> dict:
     import optax
     import jaxcnn as jc
     from jaxcnn import backend
-    from grad_vs_autodiff import NETS, RECONSTRUCT, compile_seconds_and_memory, steps
+    from grad_vs_autodiff import NETS, RECONSTRUCT, steps
 
     out = {}
     for spec in specs:
@@ -56,8 +56,8 @@ def child(setting: str, specs: list[str], seconds: float) -> dict:
         x = jax.random.normal(jax.random.key(1), (int(batch), *shape))
         y = x if name in RECONSTRUCT else jax.random.randint(jax.random.key(2), x.shape[:1], 0, 10)
         args = (params, opt.init(params), x, y)
-        step = backend.jit(hand)
-        _, temp = compile_seconds_and_memory(hand, args)
+        step = backend.jit(hand)            # the temporaries of the program timed, its options
+        temp = step.lower(*args).compile().memory_analysis().temp_size_in_bytes
         for _ in range(3):
             jax.block_until_ready(step(*args))
         times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
