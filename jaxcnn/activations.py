@@ -2,8 +2,8 @@
 
 An activation ``a = f(z)`` passes back ``delta_z = delta_a * f'(z)`` (eq. 2.2).  Sigmoid and tanh
 take ``f'`` from the cached *output* (eqs. 2.1, 2.3), so the backward recomputes no exponential;
-ReLU takes it from the sign of its output (eq. 2.4).  Inputs of any rank, batch axis first;
-an empty batch gives an empty output.
+ReLU takes it from the sign of its output (eq. 2.4).  Inputs of any rank, batch axis first
+(softmax's: at least one more, the axis it normalises); an empty batch gives an empty output.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import Array, Layer, check_array, check_delta, check_no_params, config
+from jaxcnn.core import (Array, Layer, check_array, check_cache, check_delta, check_input_shape,
+                         check_no_params, config)
 
 
 class ActivationCache(NamedTuple):
@@ -22,17 +23,27 @@ class ActivationCache(NamedTuple):
 
 
 def _activation(name: str, f: Callable[[Array], Array],
-                slope: Callable[[Array, Array], Array]) -> Layer:
-    """A parameter-free element-wise layer; ``slope(a, delta)`` is its backward given ``a = f(z)``."""
+                slope: Callable[[Array, Array], Array], rank: int = 1) -> Layer:
+    """A parameter-free element-wise layer; ``slope(a, delta)`` is its backward given ``a = f(z)``.
+    Inputs of at least ``rank`` axes, the batch axis included."""
+    what = "(N, ...)" if rank == 1 else "(N, ..., classes)"
 
     def init(key, input_shape):
-        return (), tuple(input_shape)
+        shape = check_input_shape(name, input_shape, len(input_shape) if isinstance(
+            input_shape, (tuple, list)) else -1, "")
+        if len(shape) < rank - 1:
+            raise ValueError(f"{name}: expected a per-example input shape of rank >= "
+                             f"{rank - 1}, (..., classes) (batch axis excluded), got {shape}")
+        return (), shape
 
     def apply(params, x, *, key=None, train=True):
         check_no_params(name, params)
-        check_array(name, "the input", x, "(N, ...)")
+        check_array(name, "the input", x, what)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"{name}: expected a floating-point array, got {x.dtype}")
+        if x.ndim < rank:
+            raise ValueError(f"{name}: expected an input of rank >= {rank} {what}, the batch "
+                             f"axis first, got shape {tuple(x.shape)}")
         return f(x)
 
     def forward(params, x, *, key=None, train=True):
@@ -41,6 +52,7 @@ def _activation(name: str, f: Callable[[Array], Array],
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, ActivationCache)
         check_delta(name, delta, cache.a.shape, cache.a.dtype)
         return (), slope(cache.a, delta)
 
@@ -72,4 +84,5 @@ def Softmax() -> Layer:
     ``softmax_cross_entropy`` on logits, whose output residual needs no softmax layer (eq. 2.6).
     """
     return _activation("Softmax", lambda z: jax.nn.softmax(z, axis=-1),
-                       lambda a, delta: a * (delta - jnp.sum(delta * a, axis=-1, keepdims=True)))
+                       lambda a, delta: a * (delta - jnp.sum(delta * a, axis=-1, keepdims=True)),
+                       rank=2)

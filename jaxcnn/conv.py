@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import (Array, Layer, check_delta, check_input, check_input_shape,
-                         check_param, config, pair, positive_int)
+from jaxcnn.core import (Array, Layer, check_cache, check_delta, check_input, check_input_shape,
+                         check_param, check_param_keys, check_precision, config, flag, pair,
+                         positive_int, split_key)
 from jaxcnn.lowering import dispatch
 from jaxcnn.lowering.plan import check_method, conv_plan
 from jaxcnn.reference import conv as ref
@@ -51,7 +52,7 @@ def _settings(name, features, kernel_size, strides, padding, dilation, groups, u
     s = _Settings(positive_int(name, "features", features),
                   pair(name, "kernel_size", kernel_size), pair(name, "strides", strides),
                   pair(name, "dilation", dilation), geo.normalize_padding(name, padding),
-                  positive_int(name, "groups", groups), bool(use_bias))
+                  positive_int(name, "groups", groups), flag(name, "use_bias", use_bias))
     if s.features % s.groups:
         raise ValueError(f"{name}: features (={s.features}) must be divisible by groups "
                          f"(={s.groups})")
@@ -72,8 +73,11 @@ def kernel_and_bias(name: str, s, params, x) -> tuple[Array, Array | None]:
     check_input(name, x, 4, "(N, H, W, C)")
     c_in = x.shape[3]
     check_channels(name, s, c_in)
-    w = params.get("w") if isinstance(params, dict) else None
-    if w is not None and w.shape[:2] == s.kernel_size and w.shape[2] * s.groups != c_in:
+    check_param_keys(name, params, ("w", "b") if s.use_bias else ("w",),
+                     f"use_bias={s.use_bias}")
+    w = params["w"]
+    if getattr(w, "ndim", 0) == 4 and w.shape[:2] == s.kernel_size \
+            and w.shape[2] * s.groups != c_in:
         raise ValueError(f"{name}: input has {c_in} channels but the kernel expects "
                          f"{w.shape[2] * s.groups} (params['w'].shape[2] * groups)")
     w = check_param(name, params, "w", (*s.kernel_size, c_in // s.groups, s.features), x.dtype)
@@ -118,6 +122,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
     4.3 (bias), 4.4 (kernel), 4.5 (input residual).
     """
     name = "Conv2D"
+    precision = check_precision(name, precision)
     s = _settings(name, features, kernel_size, strides, padding, dilation, groups, use_bias,
                   method)
 
@@ -125,7 +130,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         h, w, c_in = check_input_shape(name, input_shape, 3, "(H, W, C)")
         check_channels(name, s, c_in)
         g = geo.window(name, (h, w), s.kernel_size, s.strides, s.dilation, s.padding)
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = split_key(name, key, 2)
         params = {"w": w_init(k_w, (*s.kernel_size, c_in // s.groups, s.features), param_dtype)}
         if s.use_bias:
             params["b"] = b_init(k_b, (s.features,), param_dtype)
@@ -148,6 +153,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         return dispatch.evaluate(x, w, b, g, s.groups, plan, precision)            # eq. 4.2
 
     def backward(params, cache, delta):
+        check_cache(name, cache, ConvCache)
         w, _, g, plan = planned(params, cache.x)
         check_delta(name, delta, (cache.x.shape[0], *g.out_hw, s.features), cache.x.dtype)
         grads = {"w": dispatch.kernel_grad(cache.x, delta, g, s.groups, plan, precision)}  # 4.4

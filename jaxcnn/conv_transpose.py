@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import (Array, Layer, apply_from_forward, check_delta, check_input_shape,
-                         config, pair, positive_int)
+from jaxcnn.core import (Array, Layer, apply_from_forward, check_cache, check_delta,
+                         check_input_shape, check_precision, config, flag, pair, positive_int,
+                         split_key)
 from jaxcnn.conv import check_channels, kernel_and_bias
 from jaxcnn.lowering import xla
 from jaxcnn.reference import conv_transpose as ref
@@ -54,7 +55,7 @@ def _settings(name, features, kernel_size, strides, padding, output_padding, dil
                   pair(name, "kernel_size", kernel_size), pair(name, "strides", strides),
                   pair(name, "dilation", dilation), geo.normalize_padding(name, padding),
                   pair(name, "output_padding", output_padding, minimum=0),
-                  positive_int(name, "groups", groups), bool(use_bias))
+                  positive_int(name, "groups", groups), flag(name, "use_bias", use_bias))
     if any(op >= max(st, d) for op, st, d in zip(s.output_padding, s.strides, s.dilation)):
         raise ValueError(f"{name}: output_padding {s.output_padding} must be smaller than the "
                          f"stride {s.strides} or the dilation {s.dilation} along each axis")
@@ -138,6 +139,7 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
     (ungrouped; explicit padding converted as in ``docs/api.md``).
     """
     name = "ConvTranspose2D"
+    precision = check_precision(name, precision)
     s = _settings(name, features, kernel_size, strides, padding, output_padding, dilation,
                   groups, use_bias)
 
@@ -145,7 +147,7 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
         h, w, c_in = check_input_shape(name, input_shape, 3, "(H, W, C)")
         check_channels(name, s, c_in)
         g = _window(name, (h, w), s)
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = split_key(name, key, 2)
         params = {"w": w_init(k_w, (*s.kernel_size, c_in // s.groups, s.features), param_dtype)}
         if s.use_bias:
             params["b"] = b_init(k_b, (s.features,), param_dtype)
@@ -158,6 +160,7 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
         return (y if b is None else y + b.reshape(1, 1, 1, -1)), ConvTransposeCache(x)
 
     def backward(params, cache, delta):
+        check_cache(name, cache, ConvTransposeCache)
         w, _, g = _checked(name, s, params, cache.x)
         check_delta(name, delta, (cache.x.shape[0], *g.in_hw, s.features), cache.x.dtype)
         dw = xla.kernel_grad(delta, cache.x, g, s.groups, precision)   # eq. 4.13 (4.4 swapped)

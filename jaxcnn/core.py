@@ -157,12 +157,51 @@ def positive_int(layer: str, arg: str, value) -> int:
     return int(value)
 
 
+def flag(layer: str, arg: str, value) -> bool:
+    """A setting that is ``True`` or ``False`` (``use_bias``, ``count_include_pad``).  Anything
+    else is a ``TypeError``: ``bool("False")`` is ``True``, so a layer does not guess."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {arg} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
+_PRECISION_TYPES = tuple(getattr(jax.lax, name) for name in (
+    "Precision", "DotAlgorithm", "DotAlgorithmPreset") if hasattr(jax.lax, name))
+
+
+def check_precision(layer: str, precision):
+    """``precision`` as JAX's products and convolutions take it -- ``None``, a
+    ``lax.Precision`` or its name (``"highest"``...), a dot algorithm, or a pair of them --
+    checked when the layer is made rather than at its first product."""
+    for value in (precision if isinstance(precision, (tuple, list)) and len(precision) == 2
+                  else (precision,)):
+        if value is None or isinstance(value, _PRECISION_TYPES):
+            continue
+        try:
+            jax.lax.Precision(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"{layer}: precision must be None, a jax.lax.Precision or its name "
+                             f"('default', 'high', 'highest', ...), or a pair of them, got "
+                             f"{precision!r}") from None
+    return precision
+
+
+def check_train(layer: str, train) -> bool:
+    """``train`` is a Python bool: it picks the code a layer traces (a mask drawn or not, the
+    batch's statistics or the running ones), so it cannot be a traced array under ``jit``."""
+    if not isinstance(train, (bool, np.bool_)):
+        got = "a traced array" if isinstance(train, jax.core.Tracer) else describe(train)
+        raise TypeError(f"{layer}: train must be True or False, got {got} -- under jax.jit "
+                        f"make it static: jax.jit(f, static_argnames='train')")
+    return bool(train)
+
+
 def describe(value) -> str:
     """A short description of a non-array argument for an error message: ``None``,
     ``int 3``, ``a list of 2 entries``, or the type's name."""
     if value is None:
         return "None"
-    if isinstance(value, (bool, int, float, complex, np.generic)):
+    if isinstance(value, (bool, int, float, complex, str, np.generic)):
         return f"{type(value).__name__} {value!r}"
     if isinstance(value, (list, tuple)):
         n = len(value)
@@ -199,7 +238,8 @@ def check_input(layer: str, x, rank: int, what: str) -> None:
 def check_input_shape(layer: str, input_shape, rank: int, what: str) -> Shape:
     """``init``'s per-example shape: a tuple of positive ints of the given rank."""
     if (not isinstance(input_shape, (tuple, list))
-            or not all(isinstance(d, (int, np.integer)) for d in input_shape)):
+            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+                       for d in input_shape)):
         raise TypeError(f"{layer}: input_shape must be a tuple of ints, got {input_shape!r}")
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != rank:
@@ -221,19 +261,38 @@ def check_delta(layer: str, delta, expected: Shape, dtype=None) -> None:
         raise TypeError(f"{layer}: backward got delta of dtype {delta.dtype}, expected {dtype}")
 
 
+def check_cache(layer: str, cache, kind: type) -> None:
+    """``backward``'s cache is the ``kind`` its forward returns."""
+    if not isinstance(cache, kind):
+        raise TypeError(f"{layer}: backward expects the cache its forward returned "
+                        f"({kind.__name__}), got {describe(cache)}")
+
+
 def check_no_params(layer: str, params) -> None:
     if params != () and not (isinstance(params, (tuple, list)) and len(params) == 0):
         raise ValueError(f"{layer}: this layer has no parameters and expects params (), got "
                          f"{type(params).__name__} -- params from another network?")
 
 
+def check_param_keys(layer: str, params, names: tuple[str, ...], settings: str = "") -> None:
+    """``params`` is a dict with exactly the keys ``names`` (``settings``: the layer's options
+    that decide them, for the message).  A key too many is refused too: its gradient would be
+    missing from the backward's tree, which would no longer match the params'."""
+    if not isinstance(params, dict) or set(params) != set(names):
+        got = sorted(params, key=str) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"{layer}: expected params with keys {sorted(names)}"
+                         f"{' (' + settings + ')' if settings else ''}, got {got} "
+                         f"-- params from another network?")
+
+
 def check_param(layer: str, params, name: str, shape: Shape, dtype) -> Array:
-    """``params[name]`` exists with the expected shape and the input's dtype."""
+    """``params[name]`` exists and is an array of the expected shape and the input's dtype."""
     if not isinstance(params, dict) or name not in params:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        got = sorted(params, key=str) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"{layer}: expected params with key {name!r}, got {got} "
                          f"-- params from another network?")
     p = params[name]
+    check_array(layer, f"params[{name!r}]", p, f"of shape {tuple(shape)}")
     if tuple(p.shape) != tuple(shape):
         raise ValueError(f"{layer}: params[{name!r}] has shape {tuple(p.shape)}, expected "
                          f"{tuple(shape)} for this input -- params from another network?")
@@ -263,9 +322,27 @@ def in_layer(where: str) -> Iterator[None]:
         raise layer_error(where, err) from err
 
 
-def layer_keys(key: Array | None, n: int) -> list:
+def check_key(layer: str, key) -> Array:
+    """``key`` is one JAX random key: ``jax.random.key(seed)``, or the raw ``uint32[2]`` of
+    ``jax.random.PRNGKey``."""
+    dtype, shape = getattr(key, "dtype", None), tuple(getattr(key, "shape", (None,)))
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    if not (typed and shape == () or dtype == np.uint32 and shape == (2,)):
+        got = f"an array of shape {shape} and dtype {dtype}" if dtype is not None \
+            else describe(key)
+        raise TypeError(f"{layer}: key must be one JAX random key, jax.random.key(seed), got "
+                        f"{got}")
+    return key
+
+
+def split_key(layer: str, key, n: int) -> Array:
+    """``n`` keys split from ``key`` (``check_key``)."""
+    return jax.random.split(check_key(layer, key), n)
+
+
+def layer_keys(key: Array | None, n: int, layer: str = "serial") -> list:
     """One key per sub-layer, split from ``key``; ``None`` for each when no key is given."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
+    return [None] * n if key is None else list(split_key(layer, key, n))
 
 
 

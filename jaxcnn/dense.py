@@ -12,9 +12,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_delta,
-                         check_input, check_input_shape, check_no_params, check_param, config,
-                         positive_int)
+from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
+                         check_delta, check_input, check_input_shape, check_no_params,
+                         check_param, check_param_keys, check_precision, config, flag,
+                         positive_int, split_key)
 
 
 class DenseCache(NamedTuple):
@@ -35,11 +36,13 @@ def Dense(features: int, use_bias: bool = True, *,
     """
     name = "Dense"
     features = positive_int(name, "features", features)
+    use_bias = flag(name, "use_bias", use_bias)
+    precision = check_precision(name, precision)
 
     def init(key, input_shape):
         (n_in,) = check_input_shape(name, input_shape, 1,
                                     "(features,); put Flatten() before Dense on images")
-        k_w, k_b = jax.random.split(key)
+        k_w, k_b = split_key(name, key, 2)
         params = {"w": w_init(k_w, (n_in, features), param_dtype)}
         if use_bias:
             params["b"] = b_init(k_b, (features,), param_dtype)
@@ -47,8 +50,9 @@ def Dense(features: int, use_bias: bool = True, *,
 
     def checked(params, a):
         check_input(name, a, 2, "(N, features); put Flatten() before Dense on images")
-        if isinstance(params, dict) and "w" in params and params["w"].ndim == 2 \
-                and params["w"].shape[0] != a.shape[1]:
+        check_param_keys(name, params, ("w", "b") if use_bias else ("w",),
+                         f"use_bias={use_bias}")
+        if getattr(params["w"], "ndim", 0) == 2 and params["w"].shape[0] != a.shape[1]:
             raise ValueError(f"{name}: input has {a.shape[1]} features but the weights expect "
                              f"{params['w'].shape[0]} (params['w'].shape[0])")
         w = check_param(name, params, "w", (a.shape[1], features), a.dtype)
@@ -63,6 +67,7 @@ def Dense(features: int, use_bias: bool = True, *,
         return z, DenseCache(a)
 
     def backward(params, cache, delta):
+        check_cache(name, cache, DenseCache)
         a = cache.a
         w, _ = checked(params, a)
         check_delta(name, delta, (a.shape[0], features), a.dtype)
@@ -89,7 +94,11 @@ def Flatten() -> Layer:
     name = "Flatten"
 
     def init(key, input_shape):
-        shape = check_input_shape(name, input_shape, len(tuple(input_shape)), "")
+        shape = check_input_shape(name, input_shape, len(input_shape) if isinstance(
+            input_shape, (tuple, list)) else -1, "")
+        if not shape:
+            raise ValueError(f"{name}: expected a per-example input shape of rank >= 1 "
+                             f"(batch axis excluded), got ()")
         return (), (math.prod(shape),)
 
     def forward(params, x, *, key=None, train=True):
@@ -104,6 +113,7 @@ def Flatten() -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, FlattenCache)
         shape = cache.input.value.shape
         check_delta(name, delta, (shape[0], math.prod(shape[1:])), cache.input.value.dtype)
         return (), delta.reshape(shape)

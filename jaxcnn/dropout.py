@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_delta,
-                         check_input_shape, check_no_params, config, describe)
+from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
+                         check_delta, check_input_shape, check_key, check_no_params,
+                         check_train, config, describe)
 
 
 class DropoutCache(NamedTuple):
@@ -55,17 +56,18 @@ def Dropout(rate: float) -> Layer:
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
         static = Static(jax.ShapeDtypeStruct(x.shape, x.dtype))
-        if not train or rate == 0.0:
+        if not check_train(name, train) or rate == 0.0:
             return x, DropoutCache(static)                          # the identity (eq. 7.16)
         if key is None:
             raise ValueError(f"{name}: training mode with rate {rate} draws a keep-mask and "
                              f"needs a key: forward(params, x, key=jax.random.key(...)); pass "
                              f"train=False to evaluate (the identity)")
-        mask = jax.random.bernoulli(key, keep, x.shape)                              # eq. 7.15
+        mask = jax.random.bernoulli(check_key(name, key), keep, x.shape)          # eq. 7.15
         return x * mask.astype(x.dtype) / keep, DropoutCache(static, mask)
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, DropoutCache)
         check_delta(name, delta, cache.input.value.shape, cache.input.value.dtype)
         if cache.mask is None:
             return (), delta                                                         # eq. 7.16

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Array, Layer, Shape, Static, check_no_params, config, in_layer,
-                         layer_keys, positive_int)
+from jaxcnn.core import (Array, Layer, Shape, Static, check_cache, check_no_params, config,
+                         in_layer, layer_keys, positive_int, split_key)
 from jaxcnn.network import serial
 
 __all__ = ["FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual"]
@@ -67,6 +67,9 @@ def check_arrays(name: str, xs, n: int | None = None, what: str = "inputs") -> t
     if n is not None and len(xs) != n:
         raise ValueError(f"{name}: expected {n} {what}, one per branch, got {len(xs)} of "
                          f"shapes {tuple(tuple(x.shape) for x in xs)}")
+    if not xs:
+        raise ValueError(f"{name}: expected at least one of the {what}, got an empty "
+                         f"{type(xs).__name__}")
     return tuple(xs)
 
 
@@ -80,6 +83,14 @@ def _check_delta(name: str, cache: MergeCache, deltas) -> None:
     if got != want:
         raise ValueError(f"{name}: backward got deltas of shapes {got}, expected the forward "
                          f"inputs' shapes {want}")
+    _check_dtypes(name, cache.inputs.value, deltas)
+
+
+def _check_dtypes(name: str, inputs, deltas) -> None:
+    """Each residual has the dtype of the array it is the residual of, as every layer's."""
+    for s, d in zip(inputs, deltas):
+        if d.dtype != s.dtype:
+            raise TypeError(f"{name}: backward got delta of dtype {d.dtype}, expected {s.dtype}")
 
 
 def FanOut(n: int) -> Layer:
@@ -103,6 +114,7 @@ def FanOut(n: int) -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, MergeCache)
         deltas = check_arrays(name, delta, n, "deltas")
         _check_delta(name, cache._replace(inputs=Static(cache.inputs.value * n)), deltas)
         return (), sum(deltas[1:], deltas[0])                                    # eq. 6.5
@@ -138,7 +150,7 @@ def parallel(*layers: Layer) -> Layer:
     def init(key, input_shapes):
         shapes = check_shapes("parallel", input_shapes, n)
         params, outs = [], []
-        for i, (layer, k, shape) in enumerate(zip(layers, jax.random.split(key, n), shapes)):
+        for i, (layer, k, shape) in enumerate(zip(layers, split_key("parallel", key, n), shapes)):
             with in_layer(f"parallel[{i}]"):
                 p, out = layer.init(k, shape)
             params.append(p)
@@ -149,7 +161,7 @@ def parallel(*layers: Layer) -> Layer:
         xs = check_arrays("parallel", xs, n)
         ys, caches = [], []
         for i, (layer, p, x, k) in enumerate(zip(layers, checked(params), xs,
-                                                 layer_keys(key, n))):
+                                                 layer_keys(key, n, "parallel"))):
             with in_layer(f"parallel[{i}]"):
                 y, cache = layer.forward(p, x, key=k, train=train)
             ys.append(y)
@@ -159,6 +171,10 @@ def parallel(*layers: Layer) -> Layer:
     def backward(params, cache, deltas):
         params = checked(params)
         deltas = check_arrays("parallel", deltas, n, "deltas")
+        if not isinstance(cache, tuple) or len(cache) != n:
+            got = len(cache) if isinstance(cache, tuple) else type(cache).__name__
+            raise ValueError(f"parallel: expected a cache of {n} entries from this "
+                             f"combinator's forward, got {got}")
         grads, dxs = [], []
         for i, (layer, p, c, d) in enumerate(zip(layers, params, cache, deltas)):   # eq. 6.8
             with in_layer(f"parallel[{i}]"):
@@ -171,7 +187,7 @@ def parallel(*layers: Layer) -> Layer:
         xs = check_arrays("parallel", xs, n)
         ys = []
         for i, (layer, p, x, k) in enumerate(zip(layers, checked(params), xs,
-                                                 layer_keys(key, n))):
+                                                 layer_keys(key, n, "parallel"))):
             with in_layer(f"parallel[{i}]"):
                 ys.append(layer.apply(p, x, key=k, train=train))
         return tuple(ys)
@@ -203,11 +219,13 @@ def FanInSum() -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, MergeCache)
         shapes = cache.inputs.value
         if tuple(getattr(delta, "shape", ())) != tuple(shapes[0].shape):
             raise ValueError(f"{name}: backward got delta of shape "
                              f"{tuple(getattr(delta, 'shape', ()))}, expected the forward "
                              f"output's shape {tuple(shapes[0].shape)}")
+        _check_dtypes(name, shapes[:1], (delta,))
         return (), (delta,) * len(shapes)                                        # eq. 6.6
 
     def apply(params, xs, *, key=None, train=True):
@@ -264,12 +282,14 @@ def FanInConcat(axis: int = -1) -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, MergeCache)
         shapes = [tuple(s.shape) for s in cache.inputs.value]
         want = (shapes[0][0], *merged([s[1:] for s in shapes]))
         if tuple(getattr(delta, "shape", ())) != want:
             raise ValueError(f"{name}: backward got delta of shape "
                              f"{tuple(getattr(delta, 'shape', ()))}, expected the forward "
                              f"output's shape {want}")
+        _check_dtypes(name, cache.inputs.value[:1], (delta,))
         a = per_example_axis(len(shapes[0]) - 1) + 1
         cuts = np.cumsum([s[a] for s in shapes])[:-1].tolist()
         return (), tuple(jnp.split(delta, cuts, axis=a))                         # eq. 6.7
@@ -292,6 +312,10 @@ def Identity() -> Layer:
     name = "Identity"
 
     def init(key, input_shape):
+        if not (is_shape(input_shape) or isinstance(input_shape, (tuple, list)) and all(
+                is_shape(s) for s in input_shape)):
+            raise TypeError(f"{name}: expected a per-example input shape (a tuple of ints) or a "
+                            f"tuple of them, got {input_shape!r}")
         return (), input_shape
 
     def forward(params, x, *, key=None, train=True):
@@ -301,11 +325,13 @@ def Identity() -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, IdentityCache)
         want = jax.tree.map(lambda s: tuple(s.shape), cache.input.value)
         got = jax.tree.map(lambda d: tuple(getattr(d, "shape", ())), delta)
         if got != want:
             raise ValueError(f"{name}: backward got delta of shape {got}, expected the "
                              f"forward output's shape {want}")
+        _check_dtypes(name, jax.tree.leaves(cache.input.value), jax.tree.leaves(delta))
         return (), delta
 
     def apply(params, x, *, key=None, train=True):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import Array, describe, is_concrete
+from jaxcnn.core import Array, Layer, describe, is_concrete
 
 
 class Loss(NamedTuple):
@@ -20,6 +20,17 @@ class Loss(NamedTuple):
     value: Callable[[Array, Array], Array]
     delta: Callable[[Array, Array], Array]
     name: str
+
+
+def check_net_and_loss(where: str, net, loss) -> None:
+    """``net`` is a ``Layer`` and ``loss`` a ``Loss`` (``value`` and its ``delta``): a plain
+    function has no output residual for the hand-written backward to start from."""
+    if not isinstance(net, Layer):
+        raise TypeError(f"{where}: net must be a jaxcnn Layer (jc.serial(...), a zoo net), got "
+                        f"{describe(net)}")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{where}: loss must be a jaxcnn Loss (jc.softmax_cross_entropy, "
+                        f"jc.squared_error, or Loss(value, delta, name)), got {describe(loss)}")
 
 
 def _check_outputs(name: str, outputs, rank: int | None = None) -> None:
@@ -57,25 +68,34 @@ def _check_labels(name: str, logits, labels) -> None:
                              f"got values in [{lo}, {hi}]")
 
 
-def _in_range(logits, labels) -> Array:
-    return ((labels >= 0) & (labels < logits.shape[1]))[:, None]
+def _class_indices(logits, labels) -> tuple[Array, Array]:
+    """``(index, in_range)``: the labels as int32 indices (0 where out of range) and whether
+    each lies in ``[0, classes)``, ``(N, 1)``.  The range is tested in the labels' own dtype,
+    and the number of classes only where that dtype holds it: int8 labels against 200
+    classes must not wrap 200 to -56."""
+    classes = logits.shape[1]
+    in_range = labels >= 0
+    if classes <= jnp.iinfo(labels.dtype).max:
+        in_range = in_range & (labels < jnp.asarray(classes, labels.dtype))
+    return jnp.where(in_range, labels, 0).astype(jnp.int32)[:, None], in_range[:, None]
 
 
 def _xent_value(logits: Array, labels: Array) -> Array:
     """Eq. 2.6: ``J = 1/N sum_n logsumexp(z_n) - z_{n, y_n}`` (stable log-sum-exp)."""
     _check_labels("softmax_cross_entropy", logits, labels)
-    picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1,
-                                 mode="clip")
+    index, in_range = _class_indices(logits, labels)
+    picked = jnp.take_along_axis(logits, index, axis=1, mode="clip")
     per_example = jax.nn.logsumexp(logits, axis=1, keepdims=True) - picked
-    return jnp.mean(jnp.where(_in_range(logits, labels), per_example, jnp.nan))
+    return jnp.mean(jnp.where(in_range, per_example, jnp.nan))
 
 
 def _xent_delta(logits: Array, labels: Array) -> Array:
     """Eq. 2.6: ``delta = (softmax(z) - onehot(y)) / N``; NaN on a row whose label is out of range."""
     _check_labels("softmax_cross_entropy", logits, labels)
-    one_hot = labels[:, None] == jnp.arange(logits.shape[1], dtype=labels.dtype).reshape(1, -1)
+    index, in_range = _class_indices(logits, labels)
+    one_hot = index == jnp.arange(logits.shape[1], dtype=jnp.int32).reshape(1, -1)
     delta = (jax.nn.softmax(logits, axis=1) - one_hot.astype(logits.dtype)) / logits.shape[0]
-    return jnp.where(_in_range(logits, labels), delta, jnp.nan)
+    return jnp.where(in_range, delta, jnp.nan)
 
 
 softmax_cross_entropy = Loss(_xent_value, _xent_delta, "softmax_cross_entropy")

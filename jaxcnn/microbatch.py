@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.core import Array, Params, check_array, positive_int
+from jaxcnn.core import Array, Params, check_array, check_train, positive_int, split_key
 
 
 def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
@@ -35,7 +35,14 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
     def f(params, x, targets, *, key=None, train=True):
         check_array(name, "x", x, "with a batch axis")
         check_array(name, "targets", targets, "with a batch axis")
+        train = check_train(name, train)
+        if x.ndim < 1:
+            raise ValueError(f"{name}: x must have a batch axis, got shape ()")
         n = x.shape[0]
+        if targets.ndim < 1 or targets.shape[0] != n:
+            raise ValueError(f"{name}: targets must have x's batch of {n} examples along their "
+                             f"first axis, got shape {tuple(targets.shape)} for x of shape "
+                             f"{tuple(x.shape)}")
         if microbatch is None or microbatch >= n:
             return vg(params, x, targets, key, train)
         if n % microbatch:
@@ -43,7 +50,7 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
                              f"microbatch={microbatch} or at most it")
         count = n // microbatch
         chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
-        keys = None if key is None else jax.random.split(key, count)
+        keys = None if key is None else split_key(name, key, count)
 
         def one(_, chunk):
             (xc, tc), kc = chunk

@@ -6,8 +6,8 @@ from typing import Callable
 
 import jax
 
-from jaxcnn.core import Array, Cache, Layer, Params, config, in_layer, layer_keys
-from jaxcnn.losses import Loss
+from jaxcnn.core import Array, Cache, Layer, Params, config, in_layer, layer_keys, split_key
+from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.precision import Policy, policy
 
@@ -41,7 +41,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         params, shape = [], input_shape
-        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
+        for i, (layer, k) in enumerate(zip(layers, split_key("serial", key, len(layers)))):
             with in_layer(f"serial[{i}]"):
                 p, shape = layer.init(k, shape)
             params.append(p)
@@ -103,6 +103,7 @@ def value_and_grad(net: Layer, loss: Loss, *, microbatch: int | None = None,
     ``x`` and ``targets`` must be arrays (``TypeError`` otherwise); an empty batch reaches the
     loss, which raises ``ValueError`` (a mean over no examples).
     """
+    check_net_and_loss("value_and_grad", net, loss)
     eq_6_2 = _hand_written(net, loss, policy(precision, "value_and_grad: precision"))
 
     def whole(params, x, targets, key, train):

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
-                         check_array, check_delta, check_input_shape, check_param, config,
-                         describe, positive_int)
+                         check_array, check_cache, check_delta, check_input_shape, check_param,
+                         check_param_keys, check_train, config, describe, positive_int)
 
 
 class NormCache(NamedTuple):
@@ -150,11 +150,24 @@ def _check_number(name: str, arg: str, value, low: float, high: float, closed: s
     return value
 
 
+def _check_set_size(name: str, m: int, shape: Shape, has_running: bool) -> None:
+    """The sets normalised over hold two entries or more: none (an empty batch) has no
+    statistics, and one gives ``x_hat = 0`` whatever the input."""
+    if m == 0:
+        raise ValueError(f"{name}: an empty batch (input shape {tuple(shape)}) has no "
+                         f"statistics to normalise with in training")
+    if m == 1:
+        raise ValueError(
+            f"{name}: every set it normalises holds one entry (input shape {tuple(shape)}), so "
+            f"x_hat = 0 whatever the input: the output would be the bias and no residual would "
+            f"reach the input" + (" -- train on more than one value per channel, or evaluate "
+                                  "with the running statistics" if has_running else ""))
+
+
 def _channel_params(name, params, c: int, dtype, use_scale: bool, use_bias: bool):
     """``(scale, bias)`` from ``params``, each ``(C,)`` of the input's dtype, or ``None``."""
-    if not isinstance(params, dict):
-        raise ValueError(f"{name}: expected params as a dict {{'scale', 'bias'}}, got "
-                         f"{type(params).__name__} -- params from another network?")
+    check_param_keys(name, params, ("scale",) * use_scale + ("bias",) * use_bias,
+                     f"use_scale={use_scale}, use_bias={use_bias}")
     scale = check_param(name, params, "scale", (c,), dtype) if use_scale else None
     bias = check_param(name, params, "bias", (c,), dtype) if use_bias else None
     return scale, bias
@@ -186,10 +199,8 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         view, axes = plan(x.shape)
         wide = _wide(x.dtype)
         v = x.astype(wide).reshape(view)
-        if train or fixed is None:
-            if math.prod(view[a] for a in axes) == 0:
-                raise ValueError(f"{name}: an empty batch (input shape {tuple(x.shape)}) has no "
-                                 f"statistics to normalise with in training")
+        if check_train(name, train) or fixed is None:
+            _check_set_size(name, math.prod(view[a] for a in axes), x.shape, fixed is not None)
             x_hat, inv_std, mean, var = _normalise(v, axes, epsilon)       # eqs. 7.1-7.3
         else:
             mean_run, var_run = fixed(x.shape[-1], wide)
@@ -206,6 +217,7 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         return y.astype(x.dtype), cache
 
     def backward(params, cache, delta):
+        check_cache(name, cache, NormCache)
         shape, dtype = cache.input.value.shape, cache.input.value.dtype
         scale, _ = _channel_params(name, params, shape[-1], dtype, use_scale, use_bias)
         check_delta(name, delta, shape, dtype)

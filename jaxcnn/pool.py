@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import (Array, Layer, Static, check_delta, check_input, check_input_shape,
-                         check_no_params, config, describe, is_concrete, pair)
+from jaxcnn.core import (Array, Layer, Static, check_cache, check_delta, check_input,
+                         check_input_shape, check_key, check_no_params, check_train, config,
+                         describe, flag, is_concrete, pair)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -73,17 +74,18 @@ def _pool_layer(name: str, window, strides, padding,
         return geometry(x.shape[1:3])
 
     def forward_(params, x, *, key=None, train=True):
-        return forward(x, checked(params, x), key, train)
+        return forward(x, checked(params, x), key, check_train(name, train))
 
     def backward_(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, PoolCache)
         shape, dtype = cache.input.value.shape, cache.input.value.dtype
         g = geometry(shape[1:3])
         check_delta(name, delta, (shape[0], *g.out_hw, shape[3]), dtype)
         return (), backward(cache, delta, g)
 
     def apply_(params, x, *, key=None, train=True):
-        g = checked(params, x)
+        g, train = checked(params, x), check_train(name, train)
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
     return Layer(init, forward_, backward_, apply_, name, config=config(
@@ -154,6 +156,7 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
     The overhang's share is cropped with the padding's (eq. 3.4).
     """
     name = "AvgPool2D"
+    count_include_pad = flag(name, "count_include_pad", count_include_pad)
 
     def forward(x, g, key, train):
         size = ref.window_size(g, count_include_pad, x.dtype)                    # eq. 5.12
@@ -243,7 +246,7 @@ def StochasticPool2D(window, strides=None) -> Layer:
             raise ValueError(f"{name}: training mode draws one position per window and needs "
                              f"a key: forward(params, x, key=jax.random.key(...)); pass "
                              f"train=False for the test-time weighted average")
-        y, index = ref.stochastic_sample(x, g, key)                               # eq. 5.5
+        y, index = ref.stochastic_sample(x, g, check_key(name, key))             # eq. 5.5
         return y, PoolCache(_static(x), index)
 
     def backward(cache, delta, g):
@@ -274,6 +277,7 @@ def GlobalAvgPool2D() -> Layer:
 
     def backward(params, cache, delta):
         check_no_params(name, params)
+        check_cache(name, cache, PoolCache)
         n, h, w, c = cache.input.value.shape
         check_delta(name, delta, (n, c), cache.input.value.dtype)
         share = delta / jnp.asarray(h * w, delta.dtype)                          # eq. 5.10

@@ -29,7 +29,7 @@ import optax
 
 from jaxcnn import backend
 from jaxcnn.core import Array, Layer, Params, State
-from jaxcnn.losses import Loss
+from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
@@ -113,6 +113,7 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
     (``jaxcnn.microbatch.microbatched``).  ``precision``: either one under the policy of
     ``jaxcnn.precision`` (``"bfloat16"``, ``"float16"``; ``None``: no casts).
     """
+    check_net_and_loss("value_and_grad", net, loss)
     pol = policy(precision, "value_and_grad: precision")
     if grad == "manual":
         return value_and_grad(net, loss, microbatch=microbatch, precision=pol)
@@ -142,6 +143,7 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    check_net_and_loss("value_and_grad", net, loss)
     pol = policy(precision, "value_and_grad: precision")
     if grad == "manual":
         return value_grad_and_state(net, loss, microbatch=microbatch, precision=pol)

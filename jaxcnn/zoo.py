@@ -32,7 +32,7 @@ import jax
 from jaxcnn.activations import ReLU, Sigmoid
 from jaxcnn.conv import Conv2D
 from jaxcnn.conv_transpose import ConvTranspose2D
-from jaxcnn.core import Layer, Shape, check_input_shape
+from jaxcnn.core import Layer, Shape, check_input_shape, flag, positive_int
 from jaxcnn.dense import Dense, Flatten
 from jaxcnn.graph import FanInConcat, FanInSum, FanOut, Identity, parallel
 from jaxcnn.network import serial
@@ -186,10 +186,12 @@ def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1,
     He init.  ``batch_norm``: BatchNorm after every convolution, as He et al. (``resnet_bn``).
     """
     _shape("resnet", input_shape)
+    blocks = positive_int("resnet", "blocks", blocks)
+    batch_norm = flag("resnet", "batch_norm", batch_norm)
     stages = []
     for features, strides in ((16, 1), (32, 2), (64, 2)):
         stages += [_basic_block(features, strides, batch_norm)] + \
-            [_basic_block(features, 1, batch_norm) for _ in range(int(blocks) - 1)]
+            [_basic_block(features, 1, batch_norm) for _ in range(blocks - 1)]
     return serial(*_conv(16, 3, 1, batch_norm), ReLU(), *stages,
                   GlobalAvgPool2D(), Dense(num_classes, w_init=_glorot))
 
@@ -216,7 +218,10 @@ def autoencoder(input_shape=(8, 8, 1), features: int = 16) -> Layer:
         raise ValueError(f"autoencoder: the input's height and width must divide by 4 (two "
                          f"poolings, two transposed convolutions of stride 2), got "
                          f"{tuple(input_shape)}")
-    f = int(features)
+    f = positive_int("autoencoder", "features", features)
+    if f < 2:
+        raise ValueError(f"autoencoder: features must be >= 2 (the second convolution has "
+                         f"features // 2 maps), got {f}")
     return serial(Conv2D(f, 3, padding="SAME", w_init=_he), ReLU(), MaxPool2D(2),
                   Conv2D(f // 2, 3, padding="SAME", w_init=_he), ReLU(), MaxPool2D(2),
                   ConvTranspose2D(f, 3, strides=2, padding="SAME", w_init=_he), ReLU(),

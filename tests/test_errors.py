@@ -148,7 +148,7 @@ def test_params_from_another_network():
     swapped = (params[0], params[3], params[2], params[1])
     with pytest.raises(ValueError, match=r"serial\[1\] ReLU: this layer has no parameters and expects params \(\), got dict"):
         net.apply(swapped, x)
-    with pytest.raises(ValueError, match=r"Dense: expected params with key 'w', got \['b'\]"):
+    with pytest.raises(ValueError, match=r"Dense: expected params with keys \['b', 'w'\] \(use_bias=True\), got \['b'\]"):
         jc.Dense(3).apply({"b": jnp.zeros(3)}, x_of(1, 4))
 
 
@@ -348,3 +348,138 @@ def test_out_of_range_labels_raise_through_value_and_grad_when_concrete():
     value, _ = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))(
         params, x, jnp.asarray([2, -1]))
     assert np.isnan(float(value))                      # traced: documented, never silent
+
+
+# --- found by a hostile-user review (see the commit): each was a raw error or silent garbage ---
+
+@pytest.mark.parametrize("dtype, classes", [(jnp.int8, 200), (jnp.uint8, 256), (jnp.uint8, 300),
+                                            (jnp.int16, 40000)])
+def test_narrow_integer_labels_give_the_int32_loss(dtype, classes):
+    """The range test and the one-hot ran in the labels' dtype: int8 against 200 classes wrapped
+    200 to -56 and made every valid row NaN."""
+    logits = jax.random.normal(KEY, (3, classes))
+    top = min(classes, int(jnp.iinfo(dtype).max) + 1) - 1      # the largest label both hold
+    labels = jnp.asarray([1, top, 100], jnp.int32)
+    for f in (jc.softmax_cross_entropy.value, jc.softmax_cross_entropy.delta,
+              jax.jit(jc.softmax_cross_entropy.delta)):
+        np.testing.assert_array_equal(f(logits, labels.astype(dtype)), f(logits, labels))
+    traced = jax.jit(jc.softmax_cross_entropy.value)(logits, jnp.asarray([1, 2, 255], jnp.uint8))
+    assert np.isnan(float(traced)) == (classes <= 255)   # 255 out of range only below 256 classes
+
+
+def test_train_must_be_a_python_bool():
+    net = jc.serial(jc.Flatten(), jc.Dropout(0.5), jc.Dense(3))
+    params, _ = net.init(KEY, (2, 2, 1))
+    x, labels = x_of(2, 2, 2, 1), jnp.asarray([0, 2])
+    vg = jc.value_and_grad(net, jc.softmax_cross_entropy)
+    with pytest.raises(TypeError, match=r"^value_and_grad: train must be True or False, got a "
+                                        r"traced array -- under jax.jit make it static"):
+        jax.jit(vg)(params, x, labels, key=KEY, train=False)
+    value, _ = jax.jit(vg, static_argnames="train")(params, x, labels, train=False)
+    assert np.isfinite(float(value))
+    for layer, shape in ((jc.Dropout(0.5), (2, 3)), (jc.BatchNorm(), (2, 3)),
+                         (jc.StochasticPool2D(2), (1, 2, 2, 1))):
+        lp, _ = layer.init(KEY, shape[1:])
+        for run in (layer.forward, layer.apply):
+            with pytest.raises(TypeError, match=rf"^{layer.name}: train must be True or False, "
+                                                rf"got str 'False'"):
+                run(lp, x_of(*shape), key=KEY, train="False")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: jc.Conv2D(4, 3, use_bias="False"), r"Conv2D: use_bias must be True or False, got str 'False'"),
+    (lambda: jc.ConvTranspose2D(4, 3, use_bias=0), r"ConvTranspose2D: use_bias must be True or False, got int 0"),
+    (lambda: jc.Dense(3, use_bias="no"), r"Dense: use_bias must be True or False, got str 'no'"),
+    (lambda: jc.AvgPool2D(2, count_include_pad="False"), r"AvgPool2D: count_include_pad must be True or False"),
+    (lambda: jc.Dense(3, precision="bogus"), r"Dense: precision must be None, a jax.lax.Precision or its name .* got 'bogus'"),
+    (lambda: jc.Conv2D(4, 3, precision=("highest", 7)), r"Conv2D: precision must be None"),
+    (lambda: jc.zoo.resnet(blocks=0), r"resnet: blocks must be >= 1, got 0"),
+    (lambda: jc.zoo.resnet(blocks=2.5), r"resnet: blocks must be an int, got 2.5"),
+    (lambda: jc.zoo.resnet(batch_norm="yes"), r"resnet: batch_norm must be True or False"),
+    (lambda: jc.zoo.autoencoder(features="16"), r"autoencoder: features must be an int, got '16'"),
+    (lambda: jc.zoo.autoencoder(features=1), r"autoencoder: features must be >= 2 \(the second "
+                                             r"convolution has features // 2 maps\), got 1"),
+])
+def test_settings_are_not_coerced(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+
+
+def test_params_that_are_not_arrays_or_carry_extra_keys():
+    x = x_of(2, 6, 6, 2)
+    conv, conv_nb = jc.Conv2D(4, 3), jc.Conv2D(4, 3, use_bias=False)
+    params, _ = conv.init(KEY, (6, 6, 2))
+    with pytest.raises(ValueError, match=r"Conv2D: params\['w'\] has shape \(3, 3\), expected "
+                                         r"\(3, 3, 2, 4\)"):
+        conv.apply({**params, "w": jnp.ones((3, 3))}, x)
+    with pytest.raises(TypeError, match=r"Conv2D: expected params\['w'\] to be an array of shape "
+                                        r"\(3, 3, 2, 4\), got a list of 3 entries"):
+        conv.apply({**params, "w": np.ones((3, 3, 2, 4)).tolist()}, x)
+    with pytest.raises(ValueError, match=r"Conv2D: expected params with keys \['w'\] "
+                                         r"\(use_bias=False\), got \['b', 'w'\]"):
+        conv_nb.forward(params, x)
+    with pytest.raises(ValueError, match=r"Conv2D: expected params with keys \['b', 'w'\] "
+                                         r"\(use_bias=True\), got \['b', 'junk', 'w'\]"):
+        conv.apply({**params, "junk": jnp.ones(3)}, x)
+    gn = jc.GroupNorm(2)
+    with pytest.raises(TypeError, match=r"GroupNorm: expected params\['scale'\] to be an array"):
+        gn.apply({"scale": [1.0] * 4, "bias": jnp.zeros(4)}, x_of(2, 4))
+    with pytest.raises(ValueError, match=r"LayerNorm: expected params with keys \['scale'\] "
+                                         r"\(use_scale=True, use_bias=False\), got \['bias', 'scale'\]"):
+        jc.LayerNorm(use_bias=False).apply(jc.LayerNorm().init(KEY, (4,))[0], x_of(2, 4))
+
+
+@pytest.mark.parametrize("run, error, match", [
+    (lambda: jc.Sigmoid().init(KEY, "abc"), TypeError, r"Sigmoid: input_shape must be a tuple of ints, got 'abc'"),
+    (lambda: jc.ReLU().init(KEY, (-3, 2)), ValueError, r"ReLU: input_shape entries must be >= 1, got \(-3, 2\)"),
+    (lambda: jc.Tanh().init(KEY, 5), TypeError, r"Tanh: input_shape must be a tuple of ints, got 5"),
+    (lambda: jc.Flatten().init(KEY, ()), ValueError, r"Flatten: expected a per-example input shape of rank >= 1"),
+    (lambda: jc.Dense(3).init(KEY, (True,)), TypeError, r"Dense: input_shape must be a tuple of ints"),
+    (lambda: jc.Identity().init(KEY, "junk"), TypeError, r"Identity: expected a per-example input shape"),
+    (lambda: jc.Softmax().init(KEY, ()), ValueError, r"Softmax: expected a per-example input shape of rank >= 1"),
+    (lambda: jc.Softmax().apply((), jnp.arange(4.0)), ValueError,
+     r"Softmax: expected an input of rank >= 2 \(N, ..., classes\), the batch axis first, got shape \(4,\)"),
+    (lambda: jc.Sigmoid().apply((), jnp.float32(1.0)), ValueError, r"Sigmoid: expected an input of rank >= 1"),
+    (lambda: jc.FanInSum().apply((), ()), ValueError, r"FanInSum: expected at least one of the inputs, got an empty tuple"),
+    (lambda: jc.FanInConcat().apply((), []), ValueError, r"FanInConcat: expected at least one of the inputs"),
+    (lambda: jc.FanInConcat().init(KEY, []), ValueError, r"FanInConcat: expected a tuple of per-example input shapes"),
+    (lambda: jc.Conv2D(4, 3).init(None, (6, 6, 1)), TypeError,
+     r"Conv2D: key must be one JAX random key, jax.random.key\(seed\), got None"),
+    (lambda: jc.serial(jc.Dense(3)).init(7, (3,)), TypeError, r"serial: key must be one JAX random key, .*got int 7"),
+    (lambda: jc.Dropout(0.5).apply((), x_of(2, 3), key=0), TypeError, r"Dropout: key must be one JAX random key, .*got int 0"),
+    (lambda: jc.Dropout(0.5).backward((), None, x_of(2, 3)), TypeError,
+     r"Dropout: backward expects the cache its forward returned \(DropoutCache\), got None"),
+    (lambda: jc.serial(jc.ReLU()).backward(((),), (None,), x_of(2, 3)), TypeError,
+     r"serial\[0\] ReLU: backward expects the cache its forward returned \(ActivationCache\)"),
+    (lambda: jc.value_and_grad(jc.serial(jc.Dense(3)), lambda a, b: 0.0), TypeError,
+     r"value_and_grad: loss must be a jaxcnn Loss .* got function"),
+    (lambda: jc.value_and_grad(jc.Dense, jc.squared_error), TypeError, r"value_and_grad: net must be a jaxcnn Layer"),
+])
+def test_more_bad_input(run, error, match):
+    with pytest.raises(error, match=match):
+        run()
+
+
+def test_microbatch_targets_must_match_the_batch():
+    net = jc.serial(jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(KEY, (2, 2, 1))
+    for microbatch in (None, 2):
+        vg = jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=microbatch)
+        with pytest.raises(ValueError, match=r"value_and_grad: targets must have x's batch of 4 "
+                                             r"examples along their first axis, got shape \(6,\)"):
+            vg(params, x_of(4, 2, 2, 1), jnp.zeros(6, jnp.int32))
+
+
+def test_merges_check_the_residual_dtype():
+    x = x_of(2, 3)
+    half = x.astype(jnp.float16)
+    fan_out, fan_sum, identity = jc.FanOut(2), jc.FanInSum(), jc.Identity()
+    _, cache = fan_out.forward((), x)
+    with pytest.raises(TypeError, match=r"FanOut: backward got delta of dtype float16, expected float32"):
+        fan_out.backward((), cache, (x, half))
+    _, cache = fan_sum.forward((), (x, x))
+    with pytest.raises(TypeError, match=r"FanInSum: backward got delta of dtype float16, expected float32"):
+        fan_sum.backward((), cache, half)
+    _, cache = identity.forward((), x)
+    with pytest.raises(TypeError, match=r"Identity: backward got delta of dtype float16, expected float32"):
+        identity.backward((), cache, half)

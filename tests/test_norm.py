@@ -3,6 +3,7 @@
 ``jnp.mean`` / ``jnp.var``; worked examples by hand; BatchNorm's state; Dropout's mask; whole
 nets against ``jax.grad``; the audit; bad input.
 """
+import math
 from typing import NamedTuple
 
 import jax
@@ -91,6 +92,13 @@ def norm_cases(draw):
                 draw(st.sampled_from([jnp.float32, jnp.float64])))
 
 
+def set_size(case: Case) -> int:
+    """How many entries each set of ``case``'s layer normalises over (eqs. 7.1, 7.11, 7.12)."""
+    n, *spatial, c = case.shape
+    return {"BatchNorm": n * math.prod(spatial), "LayerNorm": c,
+            "GroupNorm": math.prod(spatial) * c // case.groups}[case.kind]
+
+
 def check_norm(case: Case, seed: int = 0):
     """Forward and backward, jitted, against ``jax.vjp`` of the layer's ``apply`` and of
     ``reference`` (in float64, from the same inputs for a float32 case), with a random
@@ -100,6 +108,12 @@ def check_norm(case: Case, seed: int = 0):
     assert out_shape == case.shape[1:], "init's output shape is the input's"
     params = random_params(params, rng, case.dtype)
     x = jnp.asarray(case.loc + rng.normal(size=case.shape), case.dtype)
+    if set_size(case) == 1:                 # x_hat = 0 whatever x: refused, never the bias
+        for run in (layer.forward, layer.apply, jax.jit(layer.forward)):
+            with pytest.raises(ValueError, match=rf"{case.kind}: every set it normalises "
+                                                 rf"holds one entry \(input shape"):
+                run(params, x)
+        return
     y, cache = jax.jit(layer.forward)(params, x)
     dy = jnp.asarray(rng.normal(size=y.shape), case.dtype)
 
@@ -131,7 +145,7 @@ def check_norm(case: Case, seed: int = 0):
 
 
 @given(norm_cases())
-@example(Case("BatchNorm", (1, 3), 1, True, True, 0.0, jnp.float64))          # batch 1: M = 1
+@example(Case("BatchNorm", (1, 3), 1, True, True, 0.0, jnp.float64))          # batch 1: refused
 @example(Case("BatchNorm", (2, 5), 1, True, True, 0.0, jnp.float64))          # batch 2: M = 2
 @example(Case("BatchNorm", (2, 3, 2, 1), 1, True, True, 1e3, jnp.float32))    # 1 channel, large
 @example(Case("LayerNorm", (2, 2, 3, 4), 1, False, False, 1e3, jnp.float32))  # nor scale nor bias
