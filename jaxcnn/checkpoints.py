@@ -36,6 +36,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -44,7 +45,7 @@ import socket
 import sys
 import tempfile
 import warnings
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import jax
 import numpy as np
@@ -128,6 +129,7 @@ def replace_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     directory, name = os.path.split(os.fspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())      # mkstemp's 0600 would hide the outputs
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -137,6 +139,12 @@ def replace_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -240,6 +248,20 @@ def _first_line(err: BaseException) -> str:
 
 # --- the checkpoints ----------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """orbax logs a failed write's traceback (through absl) before it raises; the caller turns
+    the exception into one line for the user (a full disk: ``TrainingError``), so the log is
+    held back."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class Checkpoints:
     """orbax's ``CheckpointManager`` under ``out/checkpoints``: one step directory per save,
     written to a temporary directory and renamed when complete, then sealed with ``FILES``;
@@ -253,6 +275,10 @@ class Checkpoints:
 
         self.ocp, self.primary, self.writer = ocp, primary, writer
         self.directory = os.path.abspath(directory)
+        try:
+            check_path(self.directory)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
         self.manager = self._open()
 
     def _open(self):
@@ -285,9 +311,10 @@ class Checkpoints:
         as ``step``, then seal the step with ``FILES``."""
         body = json_safe({**meta, "format": _FORMAT, "arrays": array_checksums(state)})
         args = self.ocp.args
-        self.manager.save(step, args=args.Composite(
-            state=args.StandardSave(state), meta=args.JsonSave({**body, "sha256": _digest(body)})),
-            force=True)
+        with _quiet_orbax():
+            self.manager.save(step, args=args.Composite(
+                state=args.StandardSave(state),
+                meta=args.JsonSave({**body, "sha256": _digest(body)})), force=True)
         if self.primary:
             write_atomic(os.path.join(self.path(step), FILES),
                          strict_json({"format": _FORMAT, "step": step,
@@ -464,11 +491,26 @@ def load_checkpoint(out, template: dict | None = None, step: int | None = None
 
 # --- the output directory -----------------------------------------------------------------
 
+def check_path(ckpt_dir: str) -> None:
+    """``ValueError`` for a checkpoint directory orbax cannot read back: it takes a path with
+    ``[`` or ``]`` for a glob pattern and leaves every step it writes there unreadable."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    if "[" in ckpt_dir or "]" in ckpt_dir:
+        raise ValueError(f"{ckpt_dir}: orbax-checkpoint reads a path holding '[' or ']' as a "
+                         f"pattern and could not read its checkpoints back; choose an output "
+                         f"directory without them")
+
+
 def _run_steps(ckpt_dir: str) -> list[str]:
     try:
         return [n for n in os.listdir(ckpt_dir) if n.isdigit()]
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def has_checkpoint(out: str) -> bool:
+    """Whether ``out`` holds a checkpoint (verified or not): something to resume."""
+    return bool(_run_steps(os.path.join(out, CHECKPOINT_DIR)))
 
 
 def holds_run(out: str) -> bool:
@@ -488,13 +530,20 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
     ``OUTPUT_FILES``.  Files jaxcnn did not write are never touched.
     """
     ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
+    check_path(ckpt_dir)
     has_ckpt = bool(_run_steps(ckpt_dir))
     if resume and not has_ckpt:
         raise ValueError(f"nothing to resume: no checkpoint in {ckpt_dir}; run without "
                          f"resume to start training")
-    if has_ckpt and not resume and not overwrite:
-        raise ValueError(f"{out} already holds a run (checkpoints in {ckpt_dir}); "
+    written = [n for n in OUTPUT_FILES if os.path.isfile(os.path.join(out, n))
+               and not os.path.islink(os.path.join(out, n))]        # a planted link is not
+    if not resume and not overwrite and (has_ckpt or written):
+        held = f"checkpoints in {ckpt_dir}" if has_ckpt else f"its outputs {', '.join(written)}"
+        raise ValueError(f"{out} already holds a run ({held}); "
                          f"resume it, choose another output directory, or overwrite it")
+    if overwrite and not resume and os.path.islink(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} is a symbolic link: overwrite would write this run's "
+                         f"checkpoints where it points, next to another run's; remove the link")
     if clear:
         os.makedirs(out, exist_ok=True)
         _remove_ours(out, ckpt_dir, everything=overwrite and not resume)
@@ -523,16 +572,25 @@ def _remove_ours(out: str, ckpt_dir: str, everything: bool) -> None:
 
 class OutLock:
     """The held lock of an output directory (``lock_out``); ``release`` ends it (so does the
-    end of the process, however it ends)."""
+    end of the process, however it ends).  Taken again by the process that holds it, it is
+    shared: released when every holder has released it."""
 
     def __init__(self, fd: int, path: str):
-        self.fd, self.path = fd, path
+        self.fd, self.path, self.holders = fd, path, 1
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        self.holders -= 1
+        if self.holders == 0:
+            _HELD.pop(self.path, None)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+_HELD: dict[str, OutLock] = {}
+"""The locks this process holds, by the lock file's real path."""
 
 
 def _open_lock(path: str, flags: int) -> int:
@@ -560,7 +618,10 @@ def lock_out(out: str) -> OutLock:
     holder at once if another process holds it.  Advisory, and only as good as ``flock`` on
     the file system: a local disk, not every network file system."""
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, LOCK_FILE)
+    path = os.path.join(os.path.realpath(out), LOCK_FILE)
+    if path in _HELD:                   # this process holds it: share it
+        _HELD[path].holders += 1
+        return _HELD[path]
     fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -576,7 +637,8 @@ def lock_out(out: str) -> OutLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                               "started": now, "argv": sys.argv}).encode(), 0)
-    return OutLock(fd, path)
+    _HELD[path] = OutLock(fd, path)
+    return _HELD[path]
 
 
 def is_locked(out: str) -> bool:
@@ -610,6 +672,21 @@ def fresh_out(base: str) -> str:
         if not os.path.lexists(out) or (os.path.isdir(out) and not holds_run(out)
                                         and not is_locked(out)):
             return out
+
+
+def claim_fresh_out(base: str) -> tuple[str, OutLock]:
+    """``fresh_out``'s directory with its lock taken, so that two runs started together never
+    pick the same one: a candidate another process locks first is passed over."""
+    for out in _candidates(base):
+        if os.path.lexists(out) and not (os.path.isdir(out) and not holds_run(out)):
+            continue
+        try:
+            lock = lock_out(out)
+        except ValueError:                  # in use, or its lock file a link
+            continue
+        if not holds_run(out):              # still empty now that it is ours
+            return out, lock
+        lock.release()
 
 
 def latest_out(base: str) -> str | None:

@@ -62,6 +62,7 @@ def _parsed(convert: Callable, valid: Callable, what: str) -> Callable[[str], ob
 _positive_int = _parsed(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _parsed(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _parsed(float, lambda v: 0 < v < float("inf"), "a positive number")
+_seed = _parsed(int, lambda v: -2 ** 63 <= v < 2 ** 63, "an integer of 64 bits")
 
 
 def _devices(text: str):
@@ -126,7 +127,7 @@ def _add_train(subparsers) -> None:
                    help="learning rate (default: the --arch's: " + _recipes("lr") + ")")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help="momentum is SGD with momentum 0.9")
-    p.add_argument("--seed", type=int, default=d["seed"],
+    p.add_argument("--seed", type=_seed, default=d["seed"],
                    help="initialisation, data order and stochastic layers")
     p.add_argument("--out", metavar="DIR",
                    help="output directory: checkpoints, metrics.jsonl, summary.json, curves.png "
@@ -170,19 +171,21 @@ def _add_train(subparsers) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _default_out(args) -> str:
-    """``--out`` when none is given: a fresh ``runs/<dataset>-<arch>[-k]`` for a new run
-    (``checkpoints.fresh_out``), the newest of them that holds a checkpoint for ``--resume``
-    (``checkpoints.latest_out``); plain ``runs/<dataset>-<arch>`` for ``--overwrite`` and in a
-    run over several processes (which must all pick the same)."""
+def _default_out(args) -> tuple[str, object]:
+    """``--out`` when none is given, and its lock where taken here: a fresh
+    ``runs/<dataset>-<arch>[-k]`` for a new run, locked as it is chosen
+    (``checkpoints.claim_fresh_out``: two runs started together get one each), the newest of
+    them that holds a checkpoint for ``--resume`` (``checkpoints.latest_out``); plain
+    ``runs/<dataset>-<arch>`` for ``--overwrite`` and in a run over several processes (which
+    must all pick the same)."""
     from jaxcnn import checkpoints
 
     base = os.path.join("runs", f"{args.dataset}-{args.arch}")
     if args.overwrite or jax.process_count() > 1:
-        return base
+        return base, None
     if args.resume:
-        return checkpoints.latest_out(base) or base
-    return checkpoints.fresh_out(base)
+        return checkpoints.latest_out(base) or base, None
+    return checkpoints.claim_fresh_out(base)
 
 
 def _show_warning_lines(command: str):
@@ -228,17 +231,41 @@ def _check_batch_flags(args, devices, n_train: int, dataset: str) -> None:
 
 
 def _run_train(args) -> int:
+    """``jaxcnn train``; an interrupt (Ctrl-C) at any moment ends it with exit 130, saying
+    whether a checkpoint is there to resume."""
+    out, lock = args.out, None
+    try:
+        from jaxcnn import distributed
+
+        try:                            # before anything touches a device
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (ValueError, RuntimeError) as err:
+            return _error("train", f"jax.distributed: {err}", 2)
+        if out is None:
+            try:
+                out, lock = _default_out(args)
+            except OSError as err:
+                return _error("train", err, 2)
+        return _train(args, out)
+    except KeyboardInterrupt:
+        from jaxcnn.checkpoints import has_checkpoint
+
+        kept = out is not None and has_checkpoint(out)
+        return _error("train", f"interrupted; the last checkpoint in {out} is intact, continue "
+                               f"with --resume" if kept else
+                               "interrupted before the first checkpoint: nothing to resume", 130)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, out: str) -> int:
     from jaxcnn import data, distributed, train, zoo
 
-    try:                            # before anything touches a device
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    except (ValueError, RuntimeError) as err:
-        return _error("train", f"jax.distributed: {err}", 2)
     devices = args.devices or ("all" if jax.process_count() > 1 else None)
     recipe = zoo.RECIPES[args.arch]
     args.lr = recipe.lr if args.lr is None else args.lr
     args.epochs = recipe.epochs if args.epochs is None else args.epochs
-    out = args.out or _default_out(args)
     try:
         if devices is not None:     # fail before loading the data
             _check_device_flags(args, devices)
@@ -290,9 +317,6 @@ def _run_train(args) -> int:
         hint = ("; pass --resume to continue it, --overwrite to start again, or --out DIR"
                 if "already holds a run" in str(err) else "")
         return _error("train", f"{err}{hint}", 2)
-    except KeyboardInterrupt:
-        return _error("train", f"interrupted; the last checkpoint in {out} is intact, "
-                               f"continue with --resume", 130)
     return 0
 
 
@@ -315,7 +339,7 @@ def _add_check(subparsers) -> None:
                    help="also compare with float64 central differences")
     p.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                    help="images in the random batch")
-    p.add_argument("--seed", type=int, default=0, help="params, batch and directions")
+    p.add_argument("--seed", type=_seed, default=0, help="params, batch and directions")
     p.set_defaults(run=_run_check)
 
 

@@ -413,8 +413,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                          f"(host:port of process 0), the number of processes and this "
                          f"process's id; missing {', '.join(missing)} (flags or {', '.join(ENV)}"
                          f"; or coordinator 'auto' on a TPU pod, Slurm or Open MPI)")
-    if ":" not in coordinator:
-        raise ValueError(f"the coordinator address must be host:port, got {coordinator!r}")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"the coordinator address must be host:port with a port in 1..65535, "
+                         f"got {coordinator!r}")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must lie in [0, num_processes), got process_id="
                          f"{process_id}, num_processes={num_processes}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -37,7 +38,7 @@ from jaxcnn import distributed, report
 from jaxcnn._checks import check_data, positive_int
 from jaxcnn.audit import GradCheck, check_grads as audit_grads, default_tolerance, gradient_check
 from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, CheckpointWarning,
-                                Checkpoints, load_checkpoint, lock_out, named_arrays,
+                                Checkpoints, check_path, load_checkpoint, lock_out, named_arrays,
                                 prepare_out, replace_atomic, strict_json, warn_passed,
                                 write_atomic)
 from jaxcnn.core import Layer, Params, State
@@ -259,12 +260,18 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     t_start = time.perf_counter()                         # the run's clock starts here
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not -2 ** 63 <= seed < 2 ** 63:
+        raise ValueError(f"seed must fit in 64 bits, [-2**63, 2**63), got {seed}")
     seed, checkpoint_every, check_grads = int(seed), int(checkpoint_every), int(check_grads)
     if check_grads < 0 or checkpoint_every < 0:
         raise ValueError(f"check_grads and checkpoint_every must be >= 0, got {check_grads} "
                          f"and {checkpoint_every}")
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
+    if out is not None:                 # before the directory is made
+        check_path(os.path.join(os.fspath(out), CHECKPOINT_DIR))
     precision = policy(precision, "precision")
     x_train, y_train, x_test, y_test = _checked_sets(net, params, x_train, y_train, x_test,
                                                      y_test)
@@ -276,8 +283,8 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     plan = _plan(devices, batch_size)
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
-    config = _config(x_train, batch_size=batch_size, seed=seed, grad=grad,
-                     microbatch=microbatch, precision=precision, info=info)
+    config = _config((x_train, y_train, x_test, y_test), batch_size=batch_size, seed=seed,
+                     grad=grad, microbatch=microbatch, precision=precision, info=info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
         x_test=x_test, y_test=y_test, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -319,13 +326,16 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(x_train, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
+def _config(data, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
-    size and image shape and dtype, the batch, seed, gradient, microbatch, precision and loss
-    scale, and ``info`` (``jaxcnn train``: the data set, net, optimizer and learning rate) --
-    as JSON reads it back, so that a saved config compares equal."""
+    size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
+    images and targets), the batch, seed, gradient, microbatch, precision and loss scale, and
+    ``info`` (``jaxcnn train``: the data set, net, optimizer and learning rate) -- as JSON
+    reads it back, so that a saved config compares equal."""
+    x_train = data[0]
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
-              "dtype": str(x_train.dtype), "batch_size": batch_size, "seed": seed,
+              "dtype": str(x_train.dtype), "data_sha256": _data_digest(data),
+              "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale, **(info or {})}
     try:
@@ -333,6 +343,20 @@ def _config(x_train, *, batch_size, seed, grad, microbatch, precision, info) -> 
     except TypeError as err:
         raise TypeError(f"info must hold JSON values (str, numbers, lists, dicts): {err}"
                         ) from None
+
+
+def _data_digest(arrays) -> str:
+    """SHA-256 of the arrays' shapes, dtypes and bytes (``None`` entries marked as such): two
+    data sets of one size and shape are told apart on resume."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            digest.update(b"none;")
+            continue
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.shape};{a.dtype};".encode())
+        digest.update(a.tobytes() if a.size == 0 else memoryview(a).cast("B"))
+    return digest.hexdigest()
 
 
 def _non_finite(tree) -> list[str]:
@@ -395,6 +419,9 @@ def _opened(run: _Run, *, resume: bool, overwrite: bool) -> Iterator[_Run]:
     there is refused, naming its process) and, under it, clears what ``overwrite`` replaces
     (``checkpoints.prepare_out``); every process checks the directory for a fresh run or a
     resume."""
+    if resume and overwrite:
+        raise ValueError("resume continues the run in out and overwrite replaces it: pass one "
+                         "of them")
     if run.out is None:
         if resume:
             raise ValueError("resume needs the output directory that holds the checkpoints "
@@ -459,12 +486,18 @@ def _resume(run: _Run, state: _State) -> _State:
 _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
 """Settings newer than some checkpoints: one that lacks them was made with these values."""
 
+_UNRECORDED = ("data_sha256",)
+"""Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
+
 
 def _check_config(run: _Run, step: int, meta: dict) -> None:
     """``ValueError`` naming the first setting (``run.config``) the checkpoint at ``step`` was
     made with that differs from this run's."""
     saved = {**_ADDED_SETTINGS, **meta["config"]}
-    for name in sorted(set(saved) | set(run.config)):
+    names = sorted(set(saved) | set(run.config), key=lambda n: (n in _UNRECORDED, n))
+    for name in names:                  # the data's digest last: a size or shape says more
+        if name in _UNRECORDED and name not in saved:
+            continue
         if saved.get(name) != run.config.get(name):
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
                              f"{run.ckpt.path(step)} was made with {name}="
@@ -553,7 +586,9 @@ def _check_before_training(run: _Run, state: _State) -> GradCheck:
 
 def _train(run: _Run, state: _State) -> _State:
     """The gradient check, then the epochs from ``state.step`` to ``run.epochs``: each one's
-    steps, its evaluation and its checkpoint."""
+    steps, its evaluation and its checkpoint.  A resumed run's old summary is retracted first."""
+    if state.step:
+        _retract_summary(run)
     run_step, start = _build_step(run, state), state.step
     state = state._replace(check_worst=_check_before_training(run, state).worst)
     bar = report.progress_bar(run.show_progress, run.epochs * run.steps_per_epoch, start)
@@ -637,8 +672,20 @@ def _checkpoint_epoch(run: _Run, state: _State, epoch: int) -> _State:
 def _write_metrics(run: _Run, history: list[dict]) -> None:
     """``metrics.jsonl``: one strict JSON line per epoch of ``history`` (process 0 only)."""
     if run.out is not None and run.main:
-        write_atomic(os.path.join(run.out, "metrics.jsonl"),
-                     "".join(strict_json(h) + "\n" for h in history))
+        with _output(run, "metrics.jsonl") as path:
+            write_atomic(path, "".join(strict_json(h) + "\n" for h in history))
+
+
+@contextlib.contextmanager
+def _output(run: _Run, name: str) -> Iterator[str]:
+    """The path of the output file ``name`` in ``out``; an ``OSError`` writing it (a full
+    disk, say) becomes a ``TrainingError`` naming the file and the checkpoint kept."""
+    path = os.path.join(run.out, name)
+    try:
+        yield path
+    except OSError as err:
+        raise TrainingError(f"could not write {path}: {err.strerror or err}; the run "
+                            f"stopped" + _kept(run)) from err
 
 
 def _checkpoint(run: _Run, state: _State) -> None:
@@ -686,9 +733,27 @@ def _finish(run: _Run, state: _State, seconds: float) -> FitResult:
     return FitResult(state.params, state.opt_state, state.history, summary, state.net_state)
 
 
+def _retract_summary(run: _Run) -> None:
+    """Remove the ``summary.json`` of a finished run that now trains further: until the new
+    end writes its own, nothing certifies an end the checkpoints have left behind."""
+    if run.out is None or not run.main:
+        return
+    path = os.path.join(run.out, "summary.json")
+    if os.path.lexists(path):
+        os.remove(path)
+
+
 def _nothing_to_do(run: _Run, state: _State) -> FitResult:
     """A resumed run that has done its epochs: its outputs completed (a kill may have come
-    between its last checkpoint and them), no gradient check, no step."""
+    between its last checkpoint and them), no gradient check, no step.  A checkpoint inside an
+    epoch past ``epochs`` is refused (``ValueError``): its parameters are not those of the
+    last epoch its history reports."""
+    if state.step % run.steps_per_epoch:
+        raise ValueError(
+            f"cannot resume with epochs={run.epochs}: the checkpoint at step {state.step} in "
+            f"{run.ckpt.directory} is inside epoch {state.step // run.steps_per_epoch + 1}, "
+            f"past the {run.epochs * run.steps_per_epoch} steps of {run.epochs} epochs; pass "
+            f"epochs >= {state.step // run.steps_per_epoch + 1} to finish it")
     run.log(f"nothing to do: the checkpoint at step {state.step} in {run.ckpt.directory} has "
             f"done {len(state.history)} of epochs={run.epochs}; pass more epochs to train "
             f"further")
@@ -722,13 +787,14 @@ def _write_outputs(run: _Run, history: list[dict], summary: dict) -> None:
     each whole or not at all (``checkpoints.replace_atomic``)."""
     if run.out is None or not run.main:
         return
-    write_atomic(os.path.join(run.out, "summary.json"), strict_json(summary, indent=2) + "\n")
+    with _output(run, "summary.json") as path:
+        write_atomic(path, strict_json(summary, indent=2) + "\n")
     _write_metrics(run, history)
     title = " / ".join([str(run.info[k]) for k in ("dataset", "arch") if k in run.info]
                        + [f"{run.grad} gradients"]
                      + ([run.precision.compute] if run.precision.active else []))
-    replace_atomic(os.path.join(run.out, "curves.png"),
-                   lambda f: plot_curves(history, f, title))
+    with _output(run, "curves.png") as path:
+        replace_atomic(path, lambda f: plot_curves(history, f, title))
 
 
 @functools.lru_cache(maxsize=1)

@@ -174,6 +174,8 @@ def test_bad_data_exits_2_before_training(tmp_path, capsys, kind, message):
     (["--microbatch", "7"], "--batch-size 32 must be a multiple of --microbatch 7, or at most it"),
     (["--devices", "9"], "--devices 9, but 1 device is available (cpu)"),
     (["--lr", "1e39"], "--lr 1e+39"),
+    (["--seed", str(2 ** 63)], f"argument --seed: must be an integer of 64 bits, got '{2 ** 63}'"),
+    (["--resume", "--overwrite"], "resume continues the run in out and overwrite replaces it"),
 ])
 def test_bad_options_exit_2_before_training(tmp_path, capsys, args, message):
     code, out, err = run(capsys, *args, "--out", tmp_path / "o")

@@ -250,7 +250,10 @@ def test_initialize_without_flags_or_environment_is_a_no_op(no_distributed_env):
     ((), {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_PROCESS_ID": "0"},
      "missing num_processes"),
     ((), {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer, got 'two'"),
-    (("127.0.0.1", 2, 0), {}, "the coordinator address must be host:port, got '127.0.0.1'"),
+    (("127.0.0.1", 2, 0), {}, "the coordinator address must be host:port with a port in "
+                              "1..65535, got '127.0.0.1'"),
+    (("localhost:notaport", 1, 0), {}, "with a port in 1..65535, got 'localhost:notaport'"),
+    (("localhost:0", 1, 0), {}, "with a port in 1..65535, got 'localhost:0'"),
     (("127.0.0.1:1234", 2, 2), {}, r"process_id must lie in \[0, num_processes\), got "
                                    r"process_id=2, num_processes=2"),
 ])

@@ -7,6 +7,7 @@ Tiny runs: a conv net with stochastic pooling (the step keys matter) on 100 8x8 
 of 20 (5 steps an epoch), 2-3 epochs.  This file is also the worker the kill tests start:
 ``python tests/test_faults.py OUT KIND:STEP CHECKPOINT_EVERY`` (see ``_worker``).
 """
+import contextlib
 import json
 import os
 import re
@@ -466,6 +467,174 @@ def test_a_finished_run_has_nothing_to_do(finished, tmp_path, monkeypatch):
                         f"has done 2 of epochs=2; pass more epochs to train further")
     assert lines[2].startswith("test accuracy ")
     assert result.summary["steps"] == 10 and (out / "summary.json").exists()
+
+
+def test_a_resume_on_other_data_of_the_same_size_is_refused(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    x, y, xt, yt = sets()
+    shuffled = (x[::-1].copy(), y[::-1].copy(), xt, yt)        # same size, shape and dtype
+    other_test = (x, y, xt[::-1].copy(), yt[::-1].copy())
+    for other in (shuffled, other_test):
+        with pytest.raises(ValueError, match=r"^cannot resume: the checkpoint at step 10 in .* "
+                                             r"was made with data_sha256='[0-9a-f]{64}', this "
+                                             r"run has data_sha256='[0-9a-f]{64}'$"):
+            run_fit(out, epochs=3, resume=True, sets_=other)
+    assert steps_in(out) == ["5", "10"]
+    # a checkpoint made before the digest was recorded is not compared on it
+    for step in ("5", "10"):
+        def drop(meta):
+            del meta["config"]["data_sha256"]
+            meta["sha256"] = checkpoints._digest({k: v for k, v in meta.items() if k != "sha256"})
+        _edit_meta(out / "checkpoints" / step, drop)
+    assert run_fit(out, epochs=3, resume=True).summary["steps"] == 15
+
+
+def test_a_checkpoint_inside_an_epoch_past_epochs_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with _stopped_at(8):                               # checkpoints 7 and 8 kept
+        run_fit(out, every=1)
+    assert steps_in(out) == ["7", "8"]                 # 8 steps done: inside epoch 2
+    with pytest.raises(ValueError, match=rf"^cannot resume with epochs=1: the checkpoint at "
+                                         rf"step 8 in {out / 'checkpoints'} is inside epoch 2, "
+                                         rf"past the 5 steps of 1 epochs; pass epochs >= 2"):
+        run_fit(out, epochs=1, resume=True)
+    assert not (out / "summary.json").exists()
+    assert run_fit(out, every=1, resume=True).summary["steps"] == 10      # epochs=2 finishes it
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _stopped_at(k: int):
+    """``fit`` interrupted (``_Stop``) as step ``k`` starts, as the kill tests' worker does."""
+    real_step = train.fit_step
+
+    def fit_step(*args):
+        step_fn = real_step(*args)
+
+        def stopping(*step_args):
+            if step_args[-1] == k:
+                raise _Stop
+            return step_fn(*step_args)
+        return stopping
+    train.fit_step = fit_step
+    try:
+        with pytest.raises(_Stop):
+            yield
+    finally:
+        train.fit_step = real_step
+
+
+def test_a_resume_that_trains_on_retracts_the_finished_summary(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    with _stopped_at(12):                              # killed in epoch 3, in effect
+        run_fit(out, epochs=3, resume=True)
+    assert not (out / "summary.json").exists()          # it certified 2 epochs, now passed
+    assert steps_in(out)[-1] == "10"
+
+
+def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
+    outputs_only = copy_of(finished, tmp_path)
+    shutil.rmtree(outputs_only / "checkpoints")
+    summary = (outputs_only / "summary.json").read_text()
+    with pytest.raises(ValueError, match=rf"^{outputs_only} already holds a run \(its outputs "
+                                         rf"summary.json, metrics.jsonl, curves.png\)"):
+        run_fit(outputs_only, epochs=1)
+    assert (outputs_only / "summary.json").read_text() == summary
+    with pytest.raises(ValueError, match=r"orbax-checkpoint reads a path holding '\[' or '\]' "
+                                         r"as a pattern"):
+        run_fit(tmp_path / "run[1]", epochs=1)
+    assert not (tmp_path / "run[1]").exists()
+    with pytest.raises(ValueError, match=r"resume continues the run in out and overwrite "
+                                         r"replaces it: pass one of them"):
+        run_fit(outputs_only, resume=True, overwrite=True)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "checkpoints").symlink_to(finished[0] / "checkpoints")
+    with pytest.raises(ValueError, match=r"checkpoints is a symbolic link: overwrite would "
+                                         r"write this run's checkpoints where it points"):
+        run_fit(linked, epochs=1, overwrite=True)
+    assert steps_in(finished[0]) == ["5", "10"]
+
+
+def test_outputs_that_cannot_be_written_stop_the_run_naming_the_file(tmp_path, monkeypatch):
+    real = checkpoints.replace_atomic
+
+    def full_disk(path, write):
+        if os.path.basename(path) == "summary.json":
+            raise OSError(28, "No space left on device")
+        return real(path, write)
+    monkeypatch.setattr(train, "write_atomic",
+                        lambda path, text: full_disk(path, lambda f: f.write(text.encode())))
+    out = tmp_path / "run"
+    with pytest.raises(train.TrainingError, match=rf"^could not write {out / 'summary.json'}: No "
+                                                  rf"space left on device; the run stopped; "
+                                                  rf"the last good checkpoint \(step 10\)"):
+        run_fit(out)
+    _, meta = train.load_checkpoint(out)
+    assert meta["step"] == 10
+
+
+def test_a_checkpoint_write_that_fails_prints_no_orbax_log(tmp_path, capfd, monkeypatch):
+    import orbax.checkpoint as ocp
+    real = ocp.CheckpointManager.save
+
+    def failing(self, step, *args, **kw):
+        if step == 5:
+            import logging
+            logging.getLogger("absl").error("orbax's own traceback", exc_info=True)
+            raise OSError(28, "No space left on device")
+        return real(self, step, *args, **kw)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", failing)
+    with pytest.raises(train.TrainingError, match=r"could not write the checkpoint at step 5 "):
+        run_fit(tmp_path / "run")
+    assert "orbax's own traceback" not in capfd.readouterr().err
+
+
+def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monkeypatch):
+    base = str(tmp_path / "runs" / "digits-small")
+    holder = subprocess.Popen(      # another run that has just chosen base, and holds it
+        [sys.executable, "-c", "import sys, time; from jaxcnn.checkpoints import lock_out; "
+                               "lock_out(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(300)", base],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        out, lock = checkpoints.claim_fresh_out(base)
+        assert out == base + "-2"
+        again = checkpoints.lock_out(out)           # this process may take its own lock again
+        assert again is lock and checkpoints.is_locked(out)
+        again.release()
+        assert checkpoints.is_locked(out)           # still held by the first holder
+        lock.release()
+        assert not checkpoints.is_locked(out)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(args, out):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_train", interrupted)
+    assert cli.main(["train", "--quiet"]) == 130
+    assert capsys.readouterr().err == ("jaxcnn train: error: interrupted before the first "
+                                       "checkpoint: nothing to resume\n")
+    assert not checkpoints.is_locked(base)          # the claimed directory is let go
+    shutil.copytree(finished_run_dir(tmp_path), tmp_path / "done")
+    assert cli.main(["train", "--quiet", "--out", str(tmp_path / "done")]) == 130
+    assert capsys.readouterr().err == (f"jaxcnn train: error: interrupted; the last checkpoint "
+                                       f"in {tmp_path / 'done'} is intact, continue with "
+                                       f"--resume\n")
+
+
+def finished_run_dir(tmp_path) -> Path:
+    out = tmp_path / "finished-one-epoch"
+    run_fit(out, epochs=1)
+    return out
 
 
 # --- the command line's first hour --------------------------------------------------------
