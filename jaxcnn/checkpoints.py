@@ -492,8 +492,12 @@ def load_checkpoint(out, template: dict | None = None, step: int | None = None
 # --- the output directory -----------------------------------------------------------------
 
 def check_path(ckpt_dir: str) -> None:
-    """``ValueError`` for a checkpoint directory orbax cannot read back: it takes a path with
-    ``[`` or ``]`` for a glob pattern and leaves every step it writes there unreadable."""
+    """``ValueError`` for a checkpoint directory jaxcnn cannot keep: a URL (``gs://...``; the
+    lock and the atomic renames need a local file system), or a path with ``[`` or ``]``, which
+    orbax takes for a glob pattern, leaving every step it writes there unreadable."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", ckpt_dir):
+        raise ValueError(f"{ckpt_dir}: a URL; jaxcnn writes its runs to a local directory (its "
+                         f"lock and atomic renames need a local file system)")
     ckpt_dir = os.path.abspath(ckpt_dir)
     if "[" in ckpt_dir or "]" in ckpt_dir:
         raise ValueError(f"{ckpt_dir}: orbax-checkpoint reads a path holding '[' or ']' as a "

@@ -548,6 +548,9 @@ def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
                                          r"as a pattern"):
         run_fit(tmp_path / "run[1]", epochs=1)
     assert not (tmp_path / "run[1]").exists()
+    with pytest.raises(ValueError, match=r"^gs://bucket/run/checkpoints: a URL; jaxcnn writes "
+                                         r"its runs to a local directory"):
+        run_fit("gs://bucket/run", epochs=1)
     with pytest.raises(ValueError, match=r"resume continues the run in out and overwrite "
                                          r"replaces it: pass one of them"):
         run_fit(outputs_only, resume=True, overwrite=True)
