@@ -161,7 +161,7 @@ def flag(layer: str, arg: str, value) -> bool:
     """A setting that is ``True`` or ``False`` (``use_bias``, ``count_include_pad``).  Anything
     else is a ``TypeError``: ``bool("False")`` is ``True``, so a layer does not guess."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{layer}: {arg} must be True or False, got {describe(value)}")
+        raise TypeError(f"{layer}: {arg} must be a bool, got {describe(value)}")
     return bool(value)
 
 

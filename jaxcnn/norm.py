@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
-                         check_param_keys, check_train, config, describe, positive_int)
+                         check_param_keys, check_train, config, describe, flag, positive_int)
 
 
 class NormCache(NamedTuple):
@@ -249,9 +249,8 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
 
 
 def _settings(name: str, epsilon, use_scale, use_bias) -> float:
-    for arg, value in (("use_scale", use_scale), ("use_bias", use_bias)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}: {arg} must be a bool, got {describe(value)}")
+    flag(name, "use_scale", use_scale)
+    flag(name, "use_bias", use_bias)
     return _check_number(name, "epsilon", epsilon, 0.0, math.inf, "()")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_cache, check_delta, check_input,
                          check_input_shape, check_key, check_no_params, check_train, config,
-                         describe, flag, is_concrete, pair)
+                         flag, is_concrete, pair)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -96,8 +96,7 @@ def _pool_layer(name: str, window, strides, padding,
 def _check_ceil_mode(name: str, ceil_mode, padding, window) -> None:
     """``ceil_mode`` is a bool; with it, each requested pad is at most half the window, as
     PyTorch asks (``"SAME"`` chooses its own pads, and ceil mode changes nothing there)."""
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"{name}: ceil_mode must be a bool, got {describe(ceil_mode)}")
+    flag(name, "ceil_mode", ceil_mode)
     if ceil_mode and not isinstance(padding, str):
         half = tuple(k // 2 for k in window)
         if any(p > h for pads, h in zip(padding, half) for p in pads):

@@ -387,15 +387,15 @@ def test_train_must_be_a_python_bool():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: jc.Conv2D(4, 3, use_bias="False"), r"Conv2D: use_bias must be True or False, got str 'False'"),
-    (lambda: jc.ConvTranspose2D(4, 3, use_bias=0), r"ConvTranspose2D: use_bias must be True or False, got int 0"),
-    (lambda: jc.Dense(3, use_bias="no"), r"Dense: use_bias must be True or False, got str 'no'"),
-    (lambda: jc.AvgPool2D(2, count_include_pad="False"), r"AvgPool2D: count_include_pad must be True or False"),
+    (lambda: jc.Conv2D(4, 3, use_bias="False"), r"Conv2D: use_bias must be a bool, got str 'False'"),
+    (lambda: jc.ConvTranspose2D(4, 3, use_bias=0), r"ConvTranspose2D: use_bias must be a bool, got int 0"),
+    (lambda: jc.Dense(3, use_bias="no"), r"Dense: use_bias must be a bool, got str 'no'"),
+    (lambda: jc.AvgPool2D(2, count_include_pad="False"), r"AvgPool2D: count_include_pad must be a bool"),
     (lambda: jc.Dense(3, precision="bogus"), r"Dense: precision must be None, a jax.lax.Precision or its name .* got 'bogus'"),
     (lambda: jc.Conv2D(4, 3, precision=("highest", 7)), r"Conv2D: precision must be None"),
     (lambda: jc.zoo.resnet(blocks=0), r"resnet: blocks must be >= 1, got 0"),
     (lambda: jc.zoo.resnet(blocks=2.5), r"resnet: blocks must be an int, got 2.5"),
-    (lambda: jc.zoo.resnet(batch_norm="yes"), r"resnet: batch_norm must be True or False"),
+    (lambda: jc.zoo.resnet(batch_norm="yes"), r"resnet: batch_norm must be a bool"),
     (lambda: jc.zoo.autoencoder(features="16"), r"autoencoder: features must be an int, got '16'"),
     (lambda: jc.zoo.autoencoder(features=1), r"autoencoder: features must be >= 2 \(the second "
                                              r"convolution has features // 2 maps\), got 1"),
