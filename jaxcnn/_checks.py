@@ -29,10 +29,10 @@ def check_data(net: Layer, params: Params, x, targets, what: str) -> None:
     if shape is None or len(shape) < 2:
         raise ValueError(f"{what}: images must be an array with a batch axis, e.g. "
                          f"(N, H, W, C), got {shape if shape is not None else type(x).__name__}")
-    try:
-        out = jax.eval_shape(
+    try:                # a batch of two at least: a set of one example is fine to evaluate
+        out = jax.eval_shape(    # with, though a BatchNorm could not train on it
             lambda p, xs: net.forward(p, xs, key=jax.random.key(0), train=True)[0],
-            params, jax.ShapeDtypeStruct(tuple(shape), x.dtype))
+            params, jax.ShapeDtypeStruct((max(shape[0], 2), *shape[1:]), x.dtype))
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what}: images of shape {tuple(shape)} and dtype {x.dtype} do not "
                         f"fit the network: {err}") from err

@@ -142,6 +142,13 @@ def replace_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
 
 
 def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it (setting it, even
+    back at once, would race the other threads' files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -541,10 +548,13 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
                          f"resume to start training")
     written = [n for n in OUTPUT_FILES if os.path.isfile(os.path.join(out, n))
                and not os.path.islink(os.path.join(out, n))]        # a planted link is not
-    if not resume and not overwrite and (has_ckpt or written):
-        held = f"checkpoints in {ckpt_dir}" if has_ckpt else f"its outputs {', '.join(written)}"
-        raise ValueError(f"{out} already holds a run ({held}); "
+    if not resume and not overwrite and has_ckpt:
+        raise ValueError(f"{out} already holds a run (checkpoints in {ckpt_dir}); "
                          f"resume it, choose another output directory, or overwrite it")
+    if not resume and not overwrite and written:
+        raise ValueError(f"{out} already holds the outputs of a run ({', '.join(written)}) "
+                         f"but no checkpoint to resume; choose another output directory, or "
+                         f"overwrite it")
     if overwrite and not resume and os.path.islink(ckpt_dir):
         raise ValueError(f"{ckpt_dir} is a symbolic link: overwrite would write this run's "
                          f"checkpoints where it points, next to another run's; remove the link")
@@ -576,25 +586,23 @@ def _remove_ours(out: str, ckpt_dir: str, everything: bool) -> None:
 
 class OutLock:
     """The held lock of an output directory (``lock_out``); ``release`` ends it (so does the
-    end of the process, however it ends).  Taken again by the process that holds it, it is
-    shared: released when every holder has released it."""
+    end of the process, however it ends), once, whoever calls it."""
 
-    def __init__(self, fd: int, path: str):
-        self.fd, self.path, self.holders = fd, path, 1
+    def __init__(self, fd: int, path: str, key: str):
+        self.fd, self.path, self.key = fd, path, key
 
     def release(self) -> None:
-        if self.fd is None:
-            return
-        self.holders -= 1
-        if self.holders == 0:
-            _HELD.pop(self.path, None)
+        if _CLAIMED.get(self.key) is self:
+            del _CLAIMED[self.key]
+        if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 
 
-_HELD: dict[str, OutLock] = {}
-"""The locks this process holds, by the lock file's real path."""
+_CLAIMED: dict[str, OutLock] = {}
+"""Locks ``claim_fresh_out`` took for the run this process starts next, by the lock file's real
+path: that run's ``lock_out`` takes the lock over instead of being refused by it."""
 
 
 def _open_lock(path: str, flags: int) -> int:
@@ -622,10 +630,10 @@ def lock_out(out: str) -> OutLock:
     holder at once if another process holds it.  Advisory, and only as good as ``flock`` on
     the file system: a local disk, not every network file system."""
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(os.path.realpath(out), LOCK_FILE)
-    if path in _HELD:                   # this process holds it: share it
-        _HELD[path].holders += 1
-        return _HELD[path]
+    path = os.path.join(out, LOCK_FILE)
+    key = os.path.realpath(path)
+    if key in _CLAIMED:                 # chosen for this run by claim_fresh_out: take it over
+        return _CLAIMED.pop(key)
     fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -641,8 +649,7 @@ def lock_out(out: str) -> OutLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                               "started": now, "argv": sys.argv}).encode(), 0)
-    _HELD[path] = OutLock(fd, path)
-    return _HELD[path]
+    return OutLock(fd, path, key)
 
 
 def is_locked(out: str) -> bool:
@@ -680,7 +687,9 @@ def fresh_out(base: str) -> str:
 
 def claim_fresh_out(base: str) -> tuple[str, OutLock]:
     """``fresh_out``'s directory with its lock taken, so that two runs started together never
-    pick the same one: a candidate another process locks first is passed over."""
+    pick the same one: a candidate another process locks first is passed over.  The next
+    ``lock_out`` of the directory in this process (the run's) takes the lock over; releasing it
+    before then gives it up."""
     for out in _candidates(base):
         if os.path.lexists(out) and not (os.path.isdir(out) and not holds_run(out)):
             continue
@@ -689,6 +698,7 @@ def claim_fresh_out(base: str) -> tuple[str, OutLock]:
         except ValueError:                  # in use, or its lock file a link
             continue
         if not holds_run(out):              # still empty now that it is ours
+            _CLAIMED[lock.key] = lock
             return out, lock
         lock.release()
 

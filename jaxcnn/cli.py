@@ -315,7 +315,9 @@ def _train(args, out: str) -> int:
         return _error("train", f"{err}; pass --overwrite to start again, or --out DIR", 2)
     except (ValueError, TypeError, OSError) as err:
         hint = ("; pass --resume to continue it, --overwrite to start again, or --out DIR"
-                if "already holds a run" in str(err) else "")
+                if "already holds a run" in str(err) else
+                "; pass --overwrite to start again, or --out DIR"
+                if "already holds the outputs of a run" in str(err) else "")
         return _error("train", f"{err}{hint}", 2)
     return 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import jax
@@ -165,24 +166,20 @@ def flag(layer: str, arg: str, value) -> bool:
     return bool(value)
 
 
-_PRECISION_TYPES = tuple(getattr(jax.lax, name) for name in (
-    "Precision", "DotAlgorithm", "DotAlgorithmPreset") if hasattr(jax.lax, name))
-
-
 def check_precision(layer: str, precision):
     """``precision`` as JAX's products and convolutions take it -- ``None``, a
-    ``lax.Precision`` or its name (``"highest"``...), a dot algorithm, or a pair of them --
-    checked when the layer is made rather than at its first product."""
-    for value in (precision if isinstance(precision, (tuple, list)) and len(precision) == 2
-                  else (precision,)):
-        if value is None or isinstance(value, _PRECISION_TYPES):
-            continue
-        try:
-            jax.lax.Precision(value)
-        except (ValueError, TypeError):
-            raise ValueError(f"{layer}: precision must be None, a jax.lax.Precision or its name "
-                             f"('default', 'high', 'highest', ...), or a pair of them, got "
-                             f"{precision!r}") from None
+    ``lax.Precision`` or its name (``"highest"``...), a dot algorithm or its name, or a pair of
+    precisions -- checked when the layer is made, by JAX itself on a traced 1x1 product, rather
+    than at the layer's first product."""
+    if precision is None:
+        return None
+    one = jax.ShapeDtypeStruct((1, 1), np.float32)
+    try:
+        jax.eval_shape(lambda a: jax.lax.dot(a, a, precision=precision), one)
+    except (ValueError, TypeError):
+        raise ValueError(f"{layer}: precision must be None, a jax.lax.Precision or its name "
+                         f"('default', 'high', 'highest', ...), a dot algorithm, or a pair of "
+                         f"precisions, got {precision!r}") from None
     return precision
 
 
@@ -323,16 +320,23 @@ def in_layer(where: str) -> Iterator[None]:
 
 
 def check_key(layer: str, key) -> Array:
-    """``key`` is one JAX random key: ``jax.random.key(seed)``, or the raw ``uint32[2]`` of
-    ``jax.random.PRNGKey``."""
+    """``key`` is one JAX random key: ``jax.random.key(seed)``, or the raw ``uint32`` vector of
+    ``jax.random.PRNGKey`` (two words for threefry, four for rbg)."""
     dtype, shape = getattr(key, "dtype", None), tuple(getattr(key, "shape", (None,)))
     typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-    if not (typed and shape == () or dtype == np.uint32 and shape == (2,)):
+    raw = dtype == np.uint32 and shape == _raw_key_shape(jax.config.jax_default_prng_impl)
+    if not (typed and shape == () or raw):
         got = f"an array of shape {shape} and dtype {dtype}" if dtype is not None \
             else describe(key)
         raise TypeError(f"{layer}: key must be one JAX random key, jax.random.key(seed), got "
                         f"{got}")
     return key
+
+
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of ``jax.random.PRNGKey``'s raw key under the default implementation ``impl``."""
+    return tuple(jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape)
 
 
 def split_key(layer: str, key, n: int) -> Array:

@@ -56,7 +56,7 @@ def Dropout(rate: float) -> Layer:
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
         static = Static(jax.ShapeDtypeStruct(x.shape, x.dtype))
-        if not check_train(name, train) or rate == 0.0:
+        if rate == 0.0 or not check_train(name, train):
             return x, DropoutCache(static)                          # the identity (eq. 7.16)
         if key is None:
             raise ValueError(f"{name}: training mode with rate {rate} draws a keep-mask and "

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.core import Array, Params, check_array, check_train, positive_int, split_key
+from jaxcnn.core import Array, Params, check_array, positive_int, split_key
 
 
 def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
@@ -35,7 +35,6 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
     def f(params, x, targets, *, key=None, train=True):
         check_array(name, "x", x, "with a batch axis")
         check_array(name, "targets", targets, "with a batch axis")
-        train = check_train(name, train)
         if x.ndim < 1:
             raise ValueError(f"{name}: x must have a batch axis, got shape ()")
         n = x.shape[0]

@@ -199,7 +199,7 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         view, axes = plan(x.shape)
         wide = _wide(x.dtype)
         v = x.astype(wide).reshape(view)
-        if check_train(name, train) or fixed is None:
+        if fixed is None or check_train(name, train):
             _check_set_size(name, math.prod(view[a] for a in axes), x.shape, fixed is not None)
             x_hat, inv_std, mean, var = _normalise(v, axes, epsilon)       # eqs. 7.1-7.3
         else:

@@ -74,7 +74,7 @@ def _pool_layer(name: str, window, strides, padding,
         return geometry(x.shape[1:3])
 
     def forward_(params, x, *, key=None, train=True):
-        return forward(x, checked(params, x), key, check_train(name, train))
+        return forward(x, checked(params, x), key, train)
 
     def backward_(params, cache, delta):
         check_no_params(name, params)
@@ -85,7 +85,7 @@ def _pool_layer(name: str, window, strides, padding,
         return (), backward(cache, delta, g)
 
     def apply_(params, x, *, key=None, train=True):
-        g, train = checked(params, x), check_train(name, train)
+        g = checked(params, x)
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
     return Layer(init, forward_, backward_, apply_, name, config=config(
@@ -239,7 +239,7 @@ def StochasticPool2D(window, strides=None) -> Layer:
 
     def forward(x, g, key, train):
         _check_non_negative(name, x)
-        if not train:
+        if not check_train(name, train):
             return ref.stochastic_expectation(x, g), PoolCache(_static(x), x=x)     # eq. 5.7
         if key is None:
             raise ValueError(f"{name}: training mode draws one position per window and needs "

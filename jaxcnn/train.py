@@ -283,8 +283,9 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     plan = _plan(devices, batch_size)
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
-    config = _config((x_train, y_train, x_test, y_test), batch_size=batch_size, seed=seed,
-                     grad=grad, microbatch=microbatch, precision=precision, info=info)
+    config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
+                     batch_size=batch_size, seed=seed, grad=grad, microbatch=microbatch,
+                     precision=precision, info=info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
         x_test=x_test, y_test=y_test, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -326,15 +327,16 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(data, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
+def _config(x_train, data, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
     size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
-    images and targets), the batch, seed, gradient, microbatch, precision and loss scale, and
-    ``info`` (``jaxcnn train``: the data set, net, optimizer and learning rate) -- as JSON
-    reads it back, so that a saved config compares equal."""
-    x_train = data[0]
+    images and targets; ``None`` without checkpoints, which alone use it), the batch, seed,
+    gradient, microbatch, precision and loss scale, and ``info`` (``jaxcnn train``: the data
+    set, net, optimizer and learning rate) -- as JSON reads it back, so that a saved config
+    compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
-              "dtype": str(x_train.dtype), "data_sha256": _data_digest(data),
+              "dtype": str(x_train.dtype),
+              "data_sha256": None if data is None else _data_digest(data),
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale, **(info or {})}
@@ -355,7 +357,7 @@ def _data_digest(arrays) -> str:
             continue
         a = np.ascontiguousarray(a)
         digest.update(f"{a.shape};{a.dtype};".encode())
-        digest.update(a.tobytes() if a.size == 0 else memoryview(a).cast("B"))
+        digest.update(a.reshape(-1).view(np.uint8))       # any dtype, bfloat16's included
     return digest.hexdigest()
 
 

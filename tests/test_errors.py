@@ -367,16 +367,24 @@ def test_narrow_integer_labels_give_the_int32_loss(dtype, classes):
     assert np.isnan(float(traced)) == (classes <= 255)   # 255 out of range only below 256 classes
 
 
-def test_train_must_be_a_python_bool():
+def test_train_must_be_a_python_bool_where_a_layer_depends_on_it():
     net = jc.serial(jc.Flatten(), jc.Dropout(0.5), jc.Dense(3))
     params, _ = net.init(KEY, (2, 2, 1))
     x, labels = x_of(2, 2, 2, 1), jnp.asarray([0, 2])
     vg = jc.value_and_grad(net, jc.softmax_cross_entropy)
-    with pytest.raises(TypeError, match=r"^value_and_grad: train must be True or False, got a "
-                                        r"traced array -- under jax.jit make it static"):
+    with pytest.raises(TypeError, match=r"^serial\[1\] Dropout: train must be True or False, got "
+                                        r"a traced array -- under jax.jit make it static"):
         jax.jit(vg)(params, x, labels, key=KEY, train=False)
     value, _ = jax.jit(vg, static_argnames="train")(params, x, labels, train=False)
     assert np.isfinite(float(value))
+    # a net none of whose layers reads train takes a traced one, as it always did
+    plain = jc.serial(jc.Conv2D(2, 2), jc.ReLU(), jc.MaxPool2D(1), jc.AvgPool2D(1),
+                      jc.LayerNorm(), jc.Dropout(0.0), jc.Flatten(), jc.Dense(3))
+    p, _ = plain.init(KEY, (2, 2, 1))
+    value, _ = jax.jit(jc.value_and_grad(plain, jc.softmax_cross_entropy))(
+        p, x, labels, train=False)
+    assert np.isfinite(float(value))
+    assert jax.jit(plain.apply)(p, x, train=False).shape == (2, 3)
     for layer, shape in ((jc.Dropout(0.5), (2, 3)), (jc.BatchNorm(), (2, 3)),
                          (jc.StochasticPool2D(2), (1, 2, 2, 1))):
         lp, _ = layer.init(KEY, shape[1:])
@@ -403,6 +411,26 @@ def test_train_must_be_a_python_bool():
 def test_settings_are_not_coerced(make, match):
     with pytest.raises((TypeError, ValueError), match=match):
         make()
+
+
+def test_what_jax_takes_is_taken():
+    """Precisions and keys in every form JAX accepts: checking them must refuse none."""
+    for precision in ("highest", ("highest", "default"), jax.lax.Precision.HIGH, "BF16_BF16_F32",
+                      jax.lax.DotAlgorithmPreset.BF16_BF16_F32):
+        jc.Dense(3, precision=precision)
+        jc.Conv2D(3, 2, precision=precision)
+    layer = jc.Dense(3)
+    for key in (jax.random.key(0), jax.random.PRNGKey(0), jax.random.key(0, impl="rbg")):
+        assert layer.init(key, (2,))[1] == (3,)
+    with pytest.raises(TypeError, match=r"Dense: key must be one JAX random key, .* got an array "
+                                        r"of shape \(4,\) and dtype uint32"):
+        layer.init(jax.random.key_data(jax.random.key(0, impl="rbg")), (2,))   # not threefry's
+    old = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        assert layer.init(jax.random.PRNGKey(0), (2,))[1] == (3,)            # rbg's raw uint32[4]
+    finally:
+        jax.config.update("jax_default_prng_impl", old)
 
 
 def test_params_that_are_not_arrays_or_carry_extra_keys():

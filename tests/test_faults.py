@@ -540,8 +540,9 @@ def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
     outputs_only = copy_of(finished, tmp_path)
     shutil.rmtree(outputs_only / "checkpoints")
     summary = (outputs_only / "summary.json").read_text()
-    with pytest.raises(ValueError, match=rf"^{outputs_only} already holds a run \(its outputs "
-                                         rf"summary.json, metrics.jsonl, curves.png\)"):
+    with pytest.raises(ValueError, match=rf"^{outputs_only} already holds the outputs of a run "
+                                         rf"\(summary.json, metrics.jsonl, curves.png\) but no "
+                                         rf"checkpoint to resume; choose another"):
         run_fit(outputs_only, epochs=1)
     assert (outputs_only / "summary.json").read_text() == summary
     with pytest.raises(ValueError, match=r"orbax-checkpoint reads a path holding '\[' or '\]' "
@@ -561,6 +562,27 @@ def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
                                          r"write this run's checkpoints where it points"):
         run_fit(linked, epochs=1, overwrite=True)
     assert steps_in(finished[0]) == ["5", "10"]
+
+
+def test_data_of_any_dtype_and_one_example_tests_train_with_checkpoints(tmp_path):
+    """The data's digest reads bfloat16 arrays; a test set of one example is checked as a batch
+    of two, since it is evaluated (with running statistics), never trained on."""
+    import ml_dtypes
+    x, _, xt, _ = sets()
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    net = jc.serial(jc.Flatten(), jc.Dense(4, param_dtype=bf16), jc.BatchNorm(param_dtype=bf16),
+                    jc.Dense(3, param_dtype=bf16))
+    params, _ = train.init_params(net, x.shape[1:], seed=0)
+    targets = np.zeros((len(x), 3), bf16)
+    result = train.fit(net, params, x.astype(bf16), targets, xt[:1].astype(bf16),
+                       targets[:1], loss=jc.squared_error, optimizer=ADAM, epochs=1,
+                       batch_size=BATCH, out=tmp_path / "run", verbose=False)
+    assert result.summary["n_test"] == 1
+    digest = train._data_digest
+    assert digest((x.astype(bf16),)) != digest((x[::-1].astype(bf16),)) != digest((x,))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "run" / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_outputs_that_cannot_be_written_stop_the_run_naming_the_file(tmp_path, monkeypatch):
@@ -607,12 +629,13 @@ def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monk
     try:
         assert holder.stdout.readline() == "locked\n"
         out, lock = checkpoints.claim_fresh_out(base)
-        assert out == base + "-2"
-        again = checkpoints.lock_out(out)           # this process may take its own lock again
-        assert again is lock and checkpoints.is_locked(out)
-        again.release()
-        assert checkpoints.is_locked(out)           # still held by the first holder
-        lock.release()
+        assert out == base + "-2" and checkpoints.is_locked(out)
+        taken = checkpoints.lock_out(out)           # the run it was claimed for takes it over
+        assert taken is lock and checkpoints.is_locked(out)
+        with pytest.raises(ValueError, match=r"is in use by another jaxcnn run"):
+            checkpoints.lock_out(out)               # a second run, even in this process
+        taken.release()
+        lock.release()                              # once is enough; twice does nothing
         assert not checkpoints.is_locked(out)
     finally:
         holder.kill()
