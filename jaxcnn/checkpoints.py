@@ -52,9 +52,9 @@ import numpy as np
 
 __all__ = ["CHECKPOINT_DIR", "OUTPUT_FILES", "LOCK_FILE", "FILES", "CheckpointError",
            "CheckpointWarning", "Checkpoints", "OutLock", "load_checkpoint", "prepare_out",
-           "holds_run", "lock_out", "is_locked", "fresh_out", "latest_out", "write_atomic",
-           "replace_atomic", "json_safe", "strict_json", "named_arrays", "array_checksums",
-           "warn_passed"]
+           "check_path", "has_checkpoint", "holds_run", "lock_out", "is_locked",
+           "claim_fresh_out", "latest_out", "write_atomic", "replace_atomic", "json_safe",
+           "strict_json", "named_arrays", "array_checksums", "warn_passed"]
 
 CHECKPOINT_DIR = "checkpoints"
 """The directory under ``out`` that holds the checkpoints."""
@@ -526,7 +526,7 @@ def has_checkpoint(out: str) -> bool:
 
 def holds_run(out: str) -> bool:
     """Whether ``out`` holds a run: a checkpoint or one of ``OUTPUT_FILES``."""
-    return bool(_run_steps(os.path.join(out, CHECKPOINT_DIR))) or any(
+    return has_checkpoint(out) or any(
         os.path.lexists(os.path.join(out, name)) for name in OUTPUT_FILES)
 
 
@@ -676,20 +676,12 @@ def _candidates(base: str):
         k += 1
 
 
-def fresh_out(base: str) -> str:
-    """The first of ``base``, ``base-2``, ``base-3``, ... that does not exist, or holds no run
-    (``holds_run``) and is not locked: ``jaxcnn train``'s output directory without ``--out``."""
-    for out in _candidates(base):
-        if not os.path.lexists(out) or (os.path.isdir(out) and not holds_run(out)
-                                        and not is_locked(out)):
-            return out
-
-
 def claim_fresh_out(base: str) -> tuple[str, OutLock]:
-    """``fresh_out``'s directory with its lock taken, so that two runs started together never
-    pick the same one: a candidate another process locks first is passed over.  The next
-    ``lock_out`` of the directory in this process (the run's) takes the lock over; releasing it
-    before then gives it up."""
+    """The first of ``base``, ``base-2``, ``base-3``, ... that does not exist, or holds no run
+    (``holds_run``) and is not locked -- ``jaxcnn train``'s output directory without ``--out``
+    -- with its lock taken as it is chosen, so that two runs started together never pick the
+    same one.  The next ``lock_out`` of the directory in this process (the run's) takes the
+    lock over; releasing it before then gives it up."""
     for out in _candidates(base):
         if os.path.lexists(out) and not (os.path.isdir(out) and not holds_run(out)):
             continue
