@@ -541,7 +541,6 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
     ``OUTPUT_FILES``.  Files jaxcnn did not write are never touched.
     """
     ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
-    check_path(ckpt_dir)
     has_ckpt = bool(_run_steps(ckpt_dir))
     if resume and not has_ckpt:
         raise ValueError(f"nothing to resume: no checkpoint in {ckpt_dir}; run without "

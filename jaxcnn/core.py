@@ -283,11 +283,8 @@ def check_param_keys(layer: str, params, names: tuple[str, ...], settings: str =
 
 
 def check_param(layer: str, params, name: str, shape: Shape, dtype) -> Array:
-    """``params[name]`` exists and is an array of the expected shape and the input's dtype."""
-    if not isinstance(params, dict) or name not in params:
-        got = sorted(params, key=str) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"{layer}: expected params with key {name!r}, got {got} "
-                         f"-- params from another network?")
+    """``params[name]`` is an array of the expected shape and the input's dtype; its key is
+    there (``check_param_keys`` first)."""
     p = params[name]
     check_array(layer, f"params[{name!r}]", p, f"of shape {tuple(shape)}")
     if tuple(p.shape) != tuple(shape):
