@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, check_array, check_cache, check_delta, check_input_shape,
-                         check_no_params, config)
+                         check_no_params, config, numpy_as_jax)
 
 
 class ActivationCache(NamedTuple):
@@ -56,7 +56,8 @@ def _activation(name: str, f: Callable[[Array], Array],
         check_delta(name, delta, cache.a.shape, cache.a.dtype)
         return (), slope(cache.a, delta)
 
-    return Layer(init, forward, backward, apply, name, config=config(kind="elementwise"))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="elementwise")))
 
 
 def Sigmoid() -> Layer:

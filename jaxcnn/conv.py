@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_cache, check_delta, check_input, check_input_shape,
-                         check_param, check_param_keys, check_precision, config, flag, pair,
-                         positive_int, split_key)
+                         check_param, check_param_keys, check_precision, config, flag,
+                         numpy_as_jax, pair, positive_int, split_key)
 from jaxcnn.lowering import dispatch
 from jaxcnn.lowering.plan import check_method, conv_plan
 from jaxcnn.reference import conv as ref
@@ -161,7 +161,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
             grads["b"] = ref.backward_bias(delta)                                  # eq. 4.3
         return grads, dispatch.input_residual(delta, w, g, s.groups, plan, precision)  # 4.5
 
-    return Layer(init, forward, backward, apply, name, config=config(
+    return numpy_as_jax(Layer(init, forward, backward, apply, name, config=config(
         kind="window", size=s.kernel_size, strides=s.strides, dilation=s.dilation,
         padding=s.padding, features=s.features, groups=s.groups, use_bias=s.use_bias,
-        method=method))
+        method=method)))

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, apply_from_forward, check_cache, check_delta,
-                         check_input_shape, check_precision, config, flag, pair, positive_int,
-                         split_key)
+                         check_input_shape, check_precision, config, flag, numpy_as_jax, pair,
+                         positive_int, split_key)
 from jaxcnn.conv import check_channels, kernel_and_bias
 from jaxcnn.lowering import xla
 from jaxcnn.reference import conv_transpose as ref
@@ -170,7 +170,8 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
         return grads, xla.forward(delta, ref.adjoint_kernel(w, s.groups), g, s.groups,
                                   precision)                               # eq. 4.12 (4.2)
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name, config=config(
+    return numpy_as_jax(Layer(
+        init, forward, backward, apply_from_forward(forward), name, config=config(
         kind="transposed_window", size=s.kernel_size, strides=s.strides, dilation=s.dilation,
         padding=s.padding, output_padding=s.output_padding, features=s.features,
-        groups=s.groups, use_bias=s.use_bias))
+        groups=s.groups, use_bias=s.use_bias)))

@@ -132,6 +132,29 @@ def apply_from_forward(forward: ForwardFn) -> ApplyFn:
     return apply
 
 
+def _as_jax(tree):
+    """NumPy arrays in ``tree`` as JAX arrays (``jnp.asarray``), the rest as given."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.numpy.asarray(a) if isinstance(a, np.ndarray) else a, tree)
+
+
+def numpy_as_jax(layer: Layer) -> Layer:
+    """``layer`` taking NumPy inputs and residuals as ``jax.jit`` does: as ``jnp.asarray``
+    makes them.  With 64-bit types off (JAX's default) a NumPy float64 batch is then float32,
+    eagerly as under ``jit``, where it never reaches the layer as float64."""
+
+    def forward(params, x, **kw):
+        return layer.forward(params, _as_jax(x), **kw)
+
+    def apply(params, x, **kw):
+        return layer.apply(params, _as_jax(x), **kw)
+
+    def backward(params, cache, delta):
+        return layer.backward(params, cache, _as_jax(delta))
+
+    return layer._replace(forward=forward, backward=backward, apply=apply)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks at the public boundary.  They read only static facts (shapes, dtypes, Python values),
 # so they run once, at trace time, and cost nothing under jit.

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
-                         check_delta, check_input, check_input_shape, check_no_params,
-                         check_param, check_param_keys, check_precision, config, flag,
+                         check_delta, check_input, check_input_shape, check_no_params, check_param,
+                         check_param_keys, check_precision, config, flag, numpy_as_jax,
                          positive_int, split_key)
 
 
@@ -79,8 +79,8 @@ def Dense(features: int, use_bias: bool = True, *,
             grads["b"] = jnp.sum(delta, axis=0)                                   # eq. 1.5
         return grads, jnp.einsum("ni,ji->nj", delta, w, precision=precision)     # eq. 1.6
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name,
-                 config=config(kind="dense", features=features, use_bias=use_bias))
+    return numpy_as_jax(Layer(init, forward, backward, apply_from_forward(forward), name,
+                              config=config(kind="dense", features=features, use_bias=use_bias)))
 
 
 class FlattenCache(NamedTuple):
@@ -118,5 +118,5 @@ def Flatten() -> Layer:
         check_delta(name, delta, (shape[0], math.prod(shape[1:])), cache.input.value.dtype)
         return (), delta.reshape(shape)
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name,
-                 config=config(kind="flatten"))
+    return numpy_as_jax(Layer(init, forward, backward, apply_from_forward(forward), name,
+                              config=config(kind="flatten")))

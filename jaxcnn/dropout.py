@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
-                         check_delta, check_input_shape, check_key, check_no_params,
-                         check_train, config, describe)
+                         check_delta, check_input_shape, check_key, check_no_params, check_train,
+                         config, describe, numpy_as_jax)
 
 
 class DropoutCache(NamedTuple):
@@ -73,5 +73,5 @@ def Dropout(rate: float) -> Layer:
             return (), delta                                                         # eq. 7.16
         return (), delta * cache.mask.astype(delta.dtype) / keep                     # eq. 7.16
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name,
-                 config=config(kind="elementwise", rate=rate))
+    return numpy_as_jax(Layer(init, forward, backward, apply_from_forward(forward), name,
+                              config=config(kind="elementwise", rate=rate)))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, Static, check_cache, check_no_params, config,
-                         in_layer, layer_keys, positive_int, split_key)
+                         in_layer, layer_keys, numpy_as_jax, positive_int, split_key)
 from jaxcnn.network import serial
 
 __all__ = ["FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual"]
@@ -122,7 +122,8 @@ def FanOut(n: int) -> Layer:
     def apply(params, x, *, key=None, train=True):
         return forward(params, x)[0]
 
-    return Layer(init, forward, backward, apply, name, config=config(kind="fanout", n=n))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="fanout", n=n)))
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -231,7 +232,8 @@ def FanInSum() -> Layer:
     def apply(params, xs, *, key=None, train=True):
         return forward(params, xs)[0]
 
-    return Layer(init, forward, backward, apply, name, config=config(kind="fanin_sum"))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="fanin_sum")))
 
 
 def FanInConcat(axis: int = -1) -> Layer:
@@ -297,8 +299,8 @@ def FanInConcat(axis: int = -1) -> Layer:
     def apply(params, xs, *, key=None, train=True):
         return forward(params, xs)[0]
 
-    return Layer(init, forward, backward, apply, name,
-                 config=config(kind="fanin_concat", axis=axis))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="fanin_concat", axis=axis)))
 
 
 class IdentityCache(NamedTuple):
@@ -337,7 +339,8 @@ def Identity() -> Layer:
     def apply(params, x, *, key=None, train=True):
         return forward(params, x)[0]
 
-    return Layer(init, forward, backward, apply, name, config=config(kind="identity"))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="identity")))
 
 
 def residual(*layers: Layer) -> Layer:

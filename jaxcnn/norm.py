@@ -35,7 +35,8 @@ import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
-                         check_param_keys, check_train, config, describe, flag, positive_int)
+                         check_param_keys, check_train, config, describe, flag, numpy_as_jax,
+                         positive_int)
 
 
 class NormCache(NamedTuple):
@@ -243,9 +244,9 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
                                  math.prod(view[a] for a in axes))                   # eq. 7.10
         return grads, dx.reshape(shape).astype(dtype)
 
-    return Layer(init, forward, backward, apply_from_forward(forward), name,
-                 config=config(kind=kind, epsilon=epsilon, use_scale=use_scale,
-                               use_bias=use_bias, **settings), state=state)
+    return numpy_as_jax(Layer(init, forward, backward, apply_from_forward(forward), name,
+                              config=config(kind=kind, epsilon=epsilon, use_scale=use_scale,
+                                            use_bias=use_bias, **settings), state=state))
 
 
 def _settings(name: str, epsilon, use_scale, use_bias) -> float:

@@ -19,8 +19,8 @@ import numpy as np
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_cache, check_delta, check_input,
-                         check_input_shape, check_key, check_no_params, check_train, config,
-                         flag, is_concrete, pair)
+                         check_input_shape, check_key, check_no_params, check_train, config, flag,
+                         is_concrete, numpy_as_jax, pair)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -88,9 +88,9 @@ def _pool_layer(name: str, window, strides, padding,
         g = checked(params, x)
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
-    return Layer(init, forward_, backward_, apply_, name, config=config(
+    return numpy_as_jax(Layer(init, forward_, backward_, apply_, name, config=config(
         kind="window", size=window, strides=strides, dilation=dilation, padding=padding,
-        ceil_mode=ceil_mode))
+        ceil_mode=ceil_mode)))
 
 
 def _check_ceil_mode(name: str, ceil_mode, padding, window) -> None:
@@ -285,4 +285,5 @@ def GlobalAvgPool2D() -> Layer:
     def apply(params, x, *, key=None, train=True):
         return forward(params, x)[0]
 
-    return Layer(init, forward, backward, apply, name, config=config(kind="global"))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name,
+                              config=config(kind="global")))

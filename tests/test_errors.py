@@ -316,6 +316,40 @@ def test_numpy_arrays_are_inputs_like_jax_arrays(layer, shape):
         layer.backward(params, cache, np.asarray(y).tolist())
 
 
+def _every_leaf_kind():
+    """A net with one layer of every leaf kind, the merges included."""
+    block = jc.serial(jc.FanOut(2), jc.parallel(jc.Identity(), jc.ConvTranspose2D(2, 1)),
+                      jc.FanInSum(), jc.FanOut(2), jc.FanInConcat())
+    return jc.serial(jc.Conv2D(2, 3, padding="SAME"), jc.BatchNorm(), jc.ReLU(), block,
+                     jc.GroupNorm(2), jc.Sigmoid(), jc.AvgPool2D(2), jc.StochasticPool2D(1),
+                     jc.MaxPool2D(1), jc.LayerNorm(), jc.Dropout(0.5), jc.Tanh(),
+                     jc.GlobalAvgPool2D(), jc.Dense(3), jc.Softmax())
+
+
+def test_numpy_float64_is_float32_eagerly_as_under_jit():
+    """With 64-bit types off (JAX's default) ``jit`` computes a NumPy float64 batch in float32;
+    every layer does the same eagerly, where it used to refuse it against float32 params."""
+    net = _every_leaf_kind()
+    x = np.random.default_rng(0).uniform(0.5, 1.5, size=(3, 6, 6, 2))        # float64
+    with jax.enable_x64(False):
+        params, _ = net.init(KEY, (6, 6, 2))
+        eager = net.forward(params, x, key=KEY)
+        jitted = jax.jit(lambda p, x: net.forward(p, x, key=KEY))(params, x)
+        assert eager[0].dtype == jitted[0].dtype == jnp.float32
+        np.testing.assert_allclose(eager[0], jitted[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.apply(params, x, key=KEY), eager[0], rtol=1e-5, atol=1e-6)
+        delta = np.random.default_rng(1).normal(size=eager[0].shape)              # float64
+        (g_eager, dx_eager), (g_jit, dx_jit) = (net.backward(params, eager[1], delta),
+                                                jax.jit(net.backward)(params, jitted[1], delta))
+    assert dx_eager.dtype == dx_jit.dtype == jnp.float32
+    for a, b in zip(jax.tree.leaves((g_eager, dx_eager)), jax.tree.leaves((g_jit, dx_jit))):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match=r"^serial\[0\] Conv2D: params\['w'\] has dtype float32 "
+                                        r"but the input is float64"):
+        net.apply(params, x, key=KEY)                   # 64-bit types on: float64 stays float64
+
+
 def test_value_and_grad_and_the_losses_refuse_what_is_not_an_array():
     net = jc.serial(jc.Flatten(), jc.Dense(3))
     params, _ = net.init(KEY, (2, 2, 1))
