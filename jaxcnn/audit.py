@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Layer, Params, check_array, is_concrete, leaves, map_leaves, path_name,
-                         positive_int)
-from jaxcnn.losses import Loss
+from jaxcnn.core import (Layer, Params, check_array, check_seed, is_concrete, leaves, map_leaves,
+                         path_name, positive_int)
+from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.step import loss_and_grad, memoise
 
 __all__ = ["TOLERANCES", "LOW_PRECISION", "NOISE_ULPS", "FD_STEP", "Row", "GradReport",
@@ -54,10 +54,11 @@ __all__ = ["TOLERANCES", "LOW_PRECISION", "NOISE_ULPS", "FD_STEP", "Row", "GradR
 TOLERANCES = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-4, "float64": 1e-9,
               "finite differences": 1e-5}
 """Largest relative error that passes: by the dtype of the comparison, and for the float64
-central finite differences (step ``FD_STEP``), whose truncation error dominates.  The 16-bit
-entries hold a layer's backward against the closer ``jax.vjp`` reference (see the module
-docstring): about 10 and 6 units of rounding (2^-10, 2^-7), above what correct layers show and
-below the smallest planted mistake (``docs/audit.md#tolerances`` has the measurements)."""
+central finite differences (step ``FD_STEP``), whose truncation error dominates (or the
+gradient's dtype's, where larger).  The 16-bit entries hold a layer's backward against the
+closer ``jax.vjp`` reference (see the module docstring): about 10 and 6 units of rounding
+(2^-10, 2^-7), above what correct layers show and below the smallest planted mistake
+(``docs/audit.md#tolerances`` has the measurements)."""
 
 LOW_PRECISION = ("float16", "bfloat16")
 """Dtypes whose end-to-end comparison runs in float32 and whose layers are also compared with
@@ -216,6 +217,8 @@ def _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path=""):
     to64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)  # noqa: E731
     leaves, treedef = jax.tree.flatten(to64((p, a)))
     d64 = to64(delta)
+    # the hand-written side keeps its dtype's rounding: float64 differences cannot ask for less
+    tol = max(TOLERANCES["finite differences"], TOLERANCES.get(_dtype_of(a), 0.0))
     rows = []
     for j, (quantity, g) in enumerate(zip(names, got)):
         v = jnp.asarray(rng.normal(size=leaves[j].shape))
@@ -233,20 +236,25 @@ def _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path=""):
         kink = abs(right - left) > 1e-4 * (abs(right) + abs(left)) + 1e-8
         analytic = float(jnp.sum(jnp.asarray(g, jnp.float64) * v))
         rows.append(Row(i, layer.name, quantity, "finite differences",
-                        *compare([analytic], [numeric]), TOLERANCES["finite differences"], kink,
-                        path))
+                        *compare([analytic], [numeric]), tol, kink, path))
     return rows
 
 
 def _check_point(what: str, params, x, targets=None) -> None:
-    """The audit's point: ``x`` an array holding at least one example, and ``x``, ``params`` and
-    real ``targets`` finite where concrete.  At NaN or infinity gradients are not defined (and
-    ``jax.grad`` itself routes NaNs by convention), so no layer could be blamed."""
-    check_array(what, "x", x, "with a batch axis")
-    if not x.shape or x.shape[0] == 0:
-        raise ValueError(f"{what}: x is an empty batch (shape {tuple(x.shape)}); the audit "
-                         f"needs at least one example")
-    named = [("x", x), *zip(_leaf_names(params), jax.tree.leaves(params))]
+    """The audit's point: ``x`` an array (or, for a merge, a tuple of them) holding at least one
+    example, and ``x``, ``params`` and real ``targets`` finite where concrete.  At NaN or
+    infinity gradients are not defined (and ``jax.grad`` itself routes NaNs by convention), so
+    no layer could be blamed."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) and x else (x,)
+    for v in xs:
+        check_array(what, "x", v, "with a batch axis")
+        if not v.shape:
+            raise ValueError(f"{what}: x needs a batch axis, got a scalar (shape ()); give a "
+                             f"batch of shape (N, ...)")
+        if v.shape[0] == 0:
+            raise ValueError(f"{what}: x is an empty batch (shape {tuple(v.shape)}); the audit "
+                             f"needs at least one example")
+    named = [*(("x", v) for v in xs), *zip(_leaf_names(params), jax.tree.leaves(params))]
     if targets is not None and jnp.issubdtype(getattr(targets, "dtype", int), jnp.floating):
         named.append(("targets", targets))
     for name, value in named:
@@ -260,6 +268,12 @@ def _check_point(what: str, params, x, targets=None) -> None:
             raise ValueError(f"{what}: the input holds non-finite values: {name} has {nan} NaN "
                              f"and {inf} infinite of its {values.size} entries; gradients are "
                              f"compared where they are defined -- audit a finite batch")
+
+
+def _rng(what: str, seed) -> np.random.Generator:
+    """The random directions' generator for ``seed``, an int of 64 bits (negative ones too, as
+    ``jaxcnn train --seed`` takes them)."""
+    return np.random.default_rng(check_seed(what, seed) % 2 ** 64)
 
 
 def _require_x64(what: str) -> None:
@@ -288,10 +302,11 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
       when it sits inside a combinator), and end-to-end rows (``layer`` None) for the whole
       hand-written chain.
     """
+    check_net_and_loss("check_grads", net, loss)
     if finite_differences:
         _require_x64("check_grads(finite_differences=True)")
     _check_point("check_grads", params, x, targets)
-    rng = np.random.default_rng(seed)
+    rng = _rng("check_grads", seed)
     seen, y = _run_leaves(net, params, x, key, train)
     loss.value(y, targets)          # the targets' checks, while they are concrete (the rest jits)
     deltas = _reference_deltas(net, loss, params, x, targets, key, train, seen)
@@ -386,28 +401,69 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
 
     ``init(key, input_shape)`` makes the params (cast to ``dtype``); the input is standard normal
     of shape ``(batch, *input_shape)`` unless given as ``x`` (stochastic pooling wants
-    non-negative inputs), and the residual of the output is a random normal cotangent.
+    non-negative inputs), and the residual of the output is a random normal cotangent.  A merge
+    takes a tuple of shapes (and of arrays as ``x``), a branch point gives a tuple of outputs.
     The layer's ``init`` output shape is checked against its forward.
     """
-    if jnp.dtype(dtype) == jnp.float64 or finite_differences:
-        _require_x64(f"check_layer({layer.name}, dtype=float64)")
-    batch = positive_int(f"check_layer({layer.name})", "batch", batch)
-    rng = np.random.default_rng(seed)
+    what = _layer_what(layer)
+    if finite_differences:
+        _require_x64(f"{what} with finite_differences=True")
+    elif jnp.dtype(dtype) == jnp.float64:
+        _require_x64(f"{what} with dtype=float64")
+    batch = positive_int(what, "batch", batch)
+    shapes = _shapes(what, input_shape)
+    rng = _rng(what, seed)
     init_key, key_default = jax.random.split(jax.random.key(seed))
-    params, out_shape = layer.init(init_key, tuple(input_shape))
+    params, out_shape = layer.init(init_key, shapes)
     params = jax.tree.map(lambda v: jnp.asarray(v, dtype), params)
+    many = bool(shapes) and isinstance(shapes[0], tuple)
     if x is None:
-        x = rng.normal(size=(batch, *input_shape))
-    x = jnp.asarray(x, dtype)
-    _check_point(f"check_layer({layer.name})", params, x)
+        x = tuple(rng.normal(size=(batch, *s)) for s in shapes) if many else \
+            rng.normal(size=(batch, *shapes))
+    if many and (not isinstance(x, (tuple, list)) or len(x) != len(shapes)):
+        raise ValueError(f"{what}: x must be a tuple of {len(shapes)} arrays, one per input "
+                         f"shape, got {type(x).__name__}")
+    x = tuple(jnp.asarray(v, dtype) for v in x) if many else jnp.asarray(x, dtype)
+    _check_point(what, params, x)
+    given = tuple(tuple(v.shape[1:]) for v in x) if many else tuple(x.shape[1:])
+    if given != shapes:
+        raise ValueError(f"{what}: x has the per-example shape {given}, input_shape says "
+                         f"{shapes} (batch axis excluded)")
     key = key_default if key is None else key
     y, cache = layer.forward(params, x, key=key, train=train)
-    if tuple(y.shape[1:]) != tuple(out_shape):
-        raise ValueError(f"{layer.name}: init says the output shape is {tuple(out_shape)} but "
-                         f"forward gives {tuple(y.shape[1:])} (batch axis excluded)")
-    delta = jnp.asarray(rng.normal(size=y.shape), y.dtype)
+    got = tuple(tuple(v.shape[1:]) for v in y) if isinstance(y, tuple) else tuple(y.shape[1:])
+    want = tuple(tuple(s) for s in out_shape) if isinstance(y, tuple) else tuple(out_shape)
+    if got != want:
+        raise ValueError(f"{layer.name}: init says the output shape is {want} but forward "
+                         f"gives {got} (batch axis excluded)")
+    delta = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), y)
     rows = _layer_rows(0, layer, params, x, delta, cache, key, train, finite_differences, rng)
     return GradReport(tuple(rows), _dtype_of(x))
+
+
+def _layer_what(layer) -> str:
+    """``check_layer(name)`` for messages; a ``TypeError`` unless ``layer`` has the protocol."""
+    fns = ("init", "forward", "backward", "apply")
+    if not all(callable(getattr(layer, f, None)) for f in fns) or not hasattr(layer, "name"):
+        raise TypeError(f"check_layer: expected a layer (init, forward, backward, apply and "
+                        f"name; jc.Conv2D(...), jc.serial(...)), got {type(layer).__name__}")
+    return f"check_layer({layer.name})"
+
+
+def _shapes(what: str, input_shape):
+    """``input_shape`` as a tuple of ints, or a tuple of such tuples (a merge's inputs)."""
+    def one(shape):
+        if not isinstance(shape, (tuple, list)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape):
+            raise TypeError(f"{what}: input_shape must be a tuple of ints (one example's "
+                            f"shape), or a tuple of such tuples for a merge, got "
+                            f"{input_shape!r}")
+        return tuple(int(d) for d in shape)
+
+    if isinstance(input_shape, (tuple, list)) and input_shape \
+            and all(isinstance(s, (tuple, list)) for s in input_shape):
+        return tuple(one(s) for s in input_shape)
+    return one(input_shape)
 
 
 # --- end to end: the whole hand-written chain against jax.grad -------------------------------

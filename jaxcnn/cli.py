@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES
+from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES, _data_dir_fault, _mirror_fault
 from jaxcnn.precision import LOSS_SCALES, PRECISIONS
 from jaxcnn.show import add_show_command
 from jaxcnn.train import GRADS, OPTIMIZERS
@@ -63,6 +63,18 @@ _positive_int = _parsed(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _parsed(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _parsed(float, lambda v: 0 < v < float("inf"), "a positive number")
 _seed = _parsed(int, lambda v: -2 ** 63 <= v < 2 ** 63, "an integer of 64 bits")
+
+
+def _checked_by(fault: Callable[[str], str | None]) -> Callable[[str], str]:
+    """An argparse ``type`` that keeps the text unless ``fault(text)`` names what is wrong."""
+
+    def parse(text: str) -> str:
+        problem = fault(text)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return parse
 
 
 def _devices(text: str):
@@ -360,7 +372,7 @@ def _run_check(args) -> int:
     net = make(shape, 10)
     params, _ = train.init_params(net, shape, args.seed)
     params = jax.tree_util.tree_map(lambda p: p.astype(args.dtype), params)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed % 2 ** 64)          # --seed may be negative
     x = jnp.asarray(rng.normal(size=(args.batch_size, *shape)), args.dtype)
     labels = jnp.asarray(rng.integers(0, 10, size=args.batch_size), jnp.int32)
     print(f"{args.arch} on a random batch of {args.batch_size} x {shape}, {args.dtype}"
@@ -388,10 +400,10 @@ def _add_data(subparsers) -> None:
                     "right MD5 are kept. Exit code 1 when a file cannot be downloaded or "
                     "does not verify (nothing is left in its place), 2 for bad options.")
     d.add_argument("dataset", choices=tuple(SOURCES))
-    d.add_argument("--data-dir", metavar="DIR",
+    d.add_argument("--data-dir", type=_checked_by(_data_dir_fault), metavar="DIR",
                    help="where to put the files (default: data/<dataset>, where jaxcnn train "
                         "looks)")
-    d.add_argument("--mirror", metavar="URL",
+    d.add_argument("--mirror", type=_checked_by(_mirror_fault), metavar="URL",
                    help="fetch URL/<file>.gz instead (default: the published locations, in "
                         "order, listed in jaxcnn.data.SOURCES)")
     d.add_argument("--timeout", type=_positive_float, default=DOWNLOAD_TIMEOUT,
@@ -406,10 +418,10 @@ def _run_data_download(args) -> int:
     try:
         paths = data.download(args.dataset, args.data_dir, mirror=args.mirror,
                               timeout=args.timeout, log=print)
-    except ValueError as err:       # a --mirror that is not an http(s) URL
-        return _error("data download", err, 2)
-    except OSError as err:          # DownloadError, or a --data-dir that cannot be made
+    except data.DownloadError as err:
         return _error("data download", err, 1)
+    except (ValueError, OSError) as err:    # a --data-dir that cannot be made (or checked)
+        return _error("data download", err, 2)
     except KeyboardInterrupt:
         return _error("data download", "interrupted; no partial file was left", 130)
     where = os.path.dirname(paths["x_train"])

@@ -339,6 +339,17 @@ def in_layer(where: str) -> Iterator[None]:
         raise layer_error(where, err) from err
 
 
+def check_seed(where: str, seed) -> int:
+    """``seed`` as an ``int`` if it is an integer of 64 bits, signed (``jax.random.key``'s
+    range; ``jaxcnn train --seed`` takes the same)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
+    if not -2 ** 63 <= seed < 2 ** 63:
+        raise ValueError(f"{where}: seed must be an int of 64 bits, in [-2**63, 2**63), got "
+                         f"{seed}")
+    return int(seed)
+
+
 def check_key(layer: str, key) -> Array:
     """``key`` is one JAX random key: ``jax.random.key(seed)``, or the raw ``uint32`` vector of
     ``jax.random.PRNGKey`` (two words for threefry, four for rbg)."""

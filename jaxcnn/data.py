@@ -322,8 +322,10 @@ def _idx_split(paths: dict[str, str], split: str, name: str, num_classes: int):
         raise ValueError(f"{px}: expected images of rank 3 (N, rows, cols), got shape {x.shape}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{px}: expected images of unsigned bytes (IDX type 08, scaled by "
-                         f"1/255) or floats (kept as they are), got {x.dtype}; convert them, "
-                         f"e.g. to float32 in [0, 1] (jaxcnn.data.write_idx)")
+                         f"1/255) or floats in [0, 1] (kept as they are), got {x.dtype}; "
+                         f"convert them, e.g. to float32 in [0, 1] (jaxcnn.data.write_idx)")
+    if x.dtype != np.uint8:
+        _check_float_images(px, x)
     y = read_idx(py)
     if y.ndim != 1:
         raise ValueError(f"{py}: expected labels of rank 1 (N,), got shape {y.shape}")
@@ -339,14 +341,28 @@ def _idx_split(paths: dict[str, str], split: str, name: str, num_classes: int):
     return images, labels
 
 
+def _check_float_images(path: str, x: np.ndarray) -> None:
+    """Float IDX images are kept as they are, so they must already be finite and in [0, 1]."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))[0])
+        raise ValueError(f"{path}: float images must be finite, image {bad} holds NaN or "
+                         f"infinite values")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{path}: float images must lie in [0, 1] (they are kept as they are), "
+                         f"got values in [{float(x.min()):g}, {float(x.max()):g}]; scale them "
+                         f"first (pixels of 0..255: divide by 255), or store unsigned bytes "
+                         f"(IDX type 08, scaled by 1/255)")
+
+
 def load_idx_dataset(data_dir, name: str = "mnist", num_classes: int = 10) -> Dataset:
     """An MNIST-style data set from its four IDX files in ``data_dir`` (see ``IDX_FILES``).
 
     Image files must be ``(N, rows, cols)`` unsigned bytes (scaled by 1/255 to ``[0, 1]``) or
-    floats (kept as they are); other integer images (int8, int16, int32) are refused, not
-    guessed at.  Label files must be ``(N,)`` integers in ``[0, num_classes)``.  Each file is
-    read with ``read_idx``.  When files are missing and ``name`` is in ``SOURCES`` the error
-    names the command that downloads them.
+    floats (kept as they are, so refused unless finite and in ``[0, 1]``); other integer images
+    (int8, int16, int32) are refused, not guessed at.  Label files must be ``(N,)`` integers
+    in ``[0, num_classes)``.  Each file is read with ``read_idx``.  When files are missing and
+    ``name`` is in ``SOURCES`` the error names the command that downloads them.
     """
     data_dir = os.fspath(data_dir)
     try:
@@ -503,11 +519,44 @@ def _download_file(urls, target: str, md5: str, timeout: float, log) -> None:
                         f"written")
 
 
-def _mirror_urls(mirror: str) -> tuple[str, ...]:
-    scheme = urllib.parse.urlsplit(mirror).scheme
-    if scheme not in ("http", "https"):
-        raise ValueError(f"mirror: expected an http:// or https:// URL, got {mirror!r}")
-    return (mirror.rstrip("/") + "/",)
+def _mirror_fault(mirror) -> str | None:
+    """What is wrong with a mirror URL, or ``None``: it must parse, be http(s) and name a
+    host (a port, if any, a number)."""
+    expected = f"expected an http:// or https:// URL, got {mirror!r}"
+    if not isinstance(mirror, str):
+        return expected
+    try:
+        parts = urllib.parse.urlsplit(mirror)
+        parts.port                              # a port that is not a number raises here
+    except ValueError as err:                   # e.g. "Invalid IPv6 URL" for http://[::1
+        return f"{expected} ({err})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return expected
+    return None
+
+
+def _data_dir_fault(data_dir: str) -> str | None:
+    """What is wrong with a download directory, or ``None``: it must be a directory or not
+    exist yet (it is created)."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        mode = os.stat(data_dir).st_mode
+        kind = next((what for test, what in _FILE_KINDS if test(mode)), "a file")
+        return (f"{data_dir!r} is {kind}, not a directory; expected a directory for the IDX "
+                f"files (created if missing)")
+    return None
+
+
+def _make_data_dir(data_dir: str) -> None:
+    """Create ``data_dir``, or raise ``ValueError`` (it is not a directory) or ``OSError``
+    naming it."""
+    fault = _data_dir_fault(data_dir)
+    if fault is not None:
+        raise ValueError(f"the data directory {fault}")
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the data directory {data_dir!r} "
+                      f"({err.strerror or err})") from err
 
 
 def download(name: str, data_dir=None, *, mirror: str | None = None,
@@ -520,7 +569,9 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
     ``<mirror>/<file>.gz`` alone), is written to a temporary file in ``data_dir``, checked
     against its published MD5, and only then moved into place (``os.replace``): a failed,
     truncated or corrupt download leaves nothing behind and raises ``DownloadError`` naming the
-    file, each URL's fault and, for a mismatch, the expected and the got MD5.  A ``.gz`` already
+    file, each URL's fault and, for a mismatch, the expected and the got MD5.  A ``mirror``
+    that is not an http(s) URL, or a ``data_dir`` that is a file, raises ``ValueError`` before
+    anything is written (a ``data_dir`` that cannot be created: ``OSError``).  A ``.gz`` already
     there with the right MD5 is kept; one with another MD5 is replaced once a download
     verifies; an uncompressed copy already there is kept as it is (it cannot be checked).
     ``timeout`` (seconds) bounds every request; ``log`` (e.g. ``print``) receives a line per
@@ -530,9 +581,12 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
         raise ValueError(f"no download for the data set {name!r}; expected one of "
                          f"{', '.join(SOURCES)} (the digits ship with scikit-learn)")
     source, log = SOURCES[name], log or (lambda line: None)
-    urls = source.urls if mirror is None else _mirror_urls(mirror)
+    fault = None if mirror is None else _mirror_fault(mirror)
+    if fault is not None:
+        raise ValueError(f"mirror: {fault}")
+    urls = source.urls if mirror is None else (mirror.rstrip("/") + "/",)
     data_dir = os.path.join("data", name) if data_dir is None else os.fspath(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
+    _make_data_dir(data_dir)
     paths = {}
     for role, stem in IDX_FILES.items():
         raw, target = os.path.join(data_dir, stem), os.path.join(data_dir, stem + ".gz")

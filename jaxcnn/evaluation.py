@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import backend
-from jaxcnn._checks import positive_int
+from jaxcnn._checks import check_data, positive_int
 from jaxcnn.core import Layer, Params, State
-from jaxcnn.losses import Loss
+from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.state import with_state
 from jaxcnn.step import memoise
 
@@ -71,5 +71,14 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
     """Mean loss and accuracy (``None`` unless targets are class indices) of ``net.apply`` in
     test mode over ``(x, targets)``, in batches of ``batch_size``; a net with state (BatchNorm)
     evaluates with ``state`` (``jaxcnn.state``: ``fit``'s ``FitResult.state``)."""
-    return evaluator(net, loss, positive_int("batch_size", batch_size))(
-        params, np.asarray(x), np.asarray(targets), state)
+    batch_size = positive_int("batch_size", batch_size)
+    check_net_and_loss("evaluate", net, loss)
+    x, targets = np.asarray(x), np.asarray(targets)
+    if x.ndim and len(x) == 0:
+        raise ValueError(f"evaluate: no examples (x of shape {x.shape}); a mean over none "
+                         f"is not defined")
+    check_data(net, params, x, targets, "evaluate")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ValueError(f"evaluate: x must be finite, {int((~np.isfinite(x)).sum())} of its "
+                         f"{x.size} entries are NaN or infinite")
+    return evaluator(net, loss, batch_size)(params, x, targets, state)

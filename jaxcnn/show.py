@@ -50,8 +50,9 @@ import numpy as np
 from jaxcnn.activations import ReLU
 from jaxcnn.conv import Conv2D
 from jaxcnn.conv_transpose import ConvTranspose2D
-from jaxcnn.core import Layer, leaves, map_leaves
+from jaxcnn.core import Layer, check_seed, leaves, map_leaves
 from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
+from jaxcnn.state import init_state, with_state
 from jaxcnn.summary import summary
 
 __all__ = [
@@ -83,6 +84,9 @@ CLASSIC_KERNELS: dict[str, np.ndarray] = {
 _FACE = (230, 255)      # (row, column) of Grace Hopper's face in grace_hopper.jpg (600 x 512)
 _FACE_HEIGHT = 312      # rows of the photograph a face crop spans, before shrinking
 _DPI = 80
+_FEATURES_FACTOR = 4    # features: the photograph shrunk by 4 for the classic kernels,
+_LEARNED_FACTOR = 6     # by 6 for a checkpoint's
+_POOLING_SIZE = 16      # pooling: a 16x16 feature map, from an 18x18 crop (3x3 Sobel)
 _LARGE = 150_000        # bytes: a larger PNG is written with a palette of 256 colours
 
 
@@ -435,7 +439,7 @@ def plot_feature_maps(image: np.ndarray, w: np.ndarray, path, *, b: np.ndarray |
 
 # --- pooling -----------------------------------------------------------------------------------
 
-def _pooling_input(path=None, size: int = 16) -> np.ndarray:
+def _pooling_input(path=None, size: int = _POOLING_SIZE) -> np.ndarray:
     """A non-negative feature map ``(size, size)``: ReLU of vertical Sobel edges on the photo."""
     img = photo((size + 2, size + 2), path=path)
     sobel = CLASSIC_KERNELS["vertical edges (Sobel)"].reshape(3, 3, 1, 1)
@@ -827,9 +831,9 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
     layer's centre unit -- its size from ``jc.summary``, its place from each window's padding
     and stride (a field may reach into the padding, past the image); the heat map is
     ``|dJ/dx|`` for ``delta = 1`` at that unit (all channels), from the hand-written backward of
-    the layers up to it, with initial (untrained) parameters drawn with ``seed``: the pixels
-    that unit actually depends on, always inside its field (after a ReLU or a max pooling, only
-    some of them).
+    the layers up to it, with initial (untrained) parameters drawn with ``seed`` (in evaluation
+    mode: BatchNorm with its initial running statistics): the pixels that unit actually depends
+    on, always inside its field (after a ReLU or a max pooling, only some of them).
 
     ``data["layers"]``: one dict per drawn layer with ``index``, ``name``, ``unit`` (row,
     column), ``field`` (top, left, height, width in input pixels) and ``grad`` ``(H, W)``.
@@ -840,7 +844,11 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
     from jaxcnn import zoo
 
     shape = tuple(input_shape) if input_shape is not None else _native_shape(arch)
+    # evaluation mode, BatchNorm (resnet-bn) bound to its initial running statistics: a
+    # per-channel affine map, so a unit's gradient stays inside its field; training mode's batch
+    # statistics would mix every pixel, and every copy of the batch, into every unit
     net = zoo.get(arch, shape)
+    net = with_state(net, init_state(net, shape))
     img = photo(shape[:2], path=image, channels=shape[2])
     layers = [leaf for _, leaf in leaves(net)]
     table = summary(net, shape)
@@ -870,6 +878,22 @@ def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image
 
 # --- the command -------------------------------------------------------------------------------
 
+def _image_needs(figures, arch: str | None, learned) -> dict[str, tuple[int, int]]:
+    """The smallest photograph ``(rows, cols)`` each of ``figures`` that reads one can use."""
+    needs = {}
+    if "features" in figures:       # a 3x3 kernel (or the checkpoint's) on the shrunk photo
+        h = w = 3 * _FEATURES_FACTOR
+        if learned is not None:
+            h = max(h, learned[0].shape[0] * _LEARNED_FACTOR)
+            w = max(w, learned[0].shape[1] * _LEARNED_FACTOR)
+        needs["features"] = (h, w)
+    if "pooling" in figures:
+        needs["pooling"] = (_POOLING_SIZE + 2, _POOLING_SIZE + 2)
+    if "receptive-field" in figures:
+        needs["receptive-field"] = _native_shape(arch or "deepid")[:2]
+    return needs
+
+
 def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = None,
            seed: int = 0) -> list[Shown]:
     """Draw ``figure`` (one of ``FIGURES`` or ``"all"``) into the directory ``out``.
@@ -877,7 +901,9 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
     ``checkpoint`` (kernels, features): a training run's output directory, whose first-layer
     kernels are drawn too.  ``image`` (features, pooling, receptive-field): a photograph in
     place of Grace Hopper.  ``arch`` (receptive-field): a ``jaxcnn.zoo`` net, default
-    ``"deepid"``.  ``seed``: stochastic pooling's draws, the receptive-field net's parameters.
+    ``"deepid"``.  ``seed``: stochastic pooling's draws, the receptive-field net's parameters
+    (an integer of 64 bits).  An ``image`` smaller than a figure needs is refused before
+    anything is drawn.
     """
     if figure not in FIGURES + ("all",):
         raise ValueError(f"unknown figure {figure!r}; expected one of "
@@ -888,10 +914,16 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
                                  ("--arch", arch, ("receptive-field",))):
         if value is not None and figure != "all" and figure not in takes:
             raise ValueError(f"{option} applies to {' and '.join(takes)}, not {figure}")
+    seed = check_seed("render", seed)
     if image is not None:
-        read_image(image)                          # fail before drawing anything
+        rows, cols = read_image(image).shape[:2]   # fail before drawing anything
     out = os.fspath(out)
     learned = first_conv_kernel(checkpoint) if checkpoint is not None else None
+    if image is not None:
+        for name, (h, w) in _image_needs(figures, arch, learned).items():
+            if rows < h or cols < w:
+                raise ValueError(f"--image {image}: the image ({rows}x{cols}) is smaller than "
+                                 f"the {h}x{w} that {name} needs")
     shown: list[Shown] = []
     for name in figures:
         if name == "kernels":
@@ -902,7 +934,7 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
                 shown.append(plot_kernels(w, os.path.join(out, "kernels_learned.png"),
                                           title=f"First-layer kernels of {label}"))
         elif name == "features":
-            img = photo(path=image, factor=4)
+            img = photo(path=image, factor=_FEATURES_FACTOR)
             w = np.stack(list(CLASSIC_KERNELS.values()), axis=-1)[:, :, None, :]
             shown.append(plot_feature_maps(img, w, os.path.join(out, "features_classic.png"),
                                            names=list(CLASSIC_KERNELS)))
@@ -911,7 +943,7 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
                 if w.shape[2] not in (1, 3):
                     raise ValueError(f"the checkpoint's first kernel reads {w.shape[2]} "
                                      f"channels; a photograph has 1 (grey) or 3 (RGB)")
-                img = photo(path=image, channels=w.shape[2], factor=6)
+                img = photo(path=image, channels=w.shape[2], factor=_LEARNED_FACTOR)
                 shown.append(plot_feature_maps(
                     img, w, os.path.join(out, "features_learned.png"), b=b, inset_kernels=True,
                     title=f"The first layer of {label}, on a photograph\npre-activations "
@@ -946,6 +978,15 @@ def _run_show(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """``--seed``: an integer of 64 bits, as ``jaxcnn train`` and ``jaxcnn check`` take it."""
+    try:
+        return check_seed("--seed", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of 64 bits, got {text!r}") \
+            from None
+
+
 def add_show_command(subparsers) -> None:
     """Add ``jaxcnn show FIGURE --out DIR`` to a ``jaxcnn`` argument parser's subparsers."""
     from jaxcnn.zoo import ARCHS
@@ -970,7 +1011,7 @@ def add_show_command(subparsers) -> None:
     p.add_argument("--arch", choices=tuple(ARCHS), default=None,
                    help="receptive-field: the zoo network (default: deepid, the source's "
                         "face-recognition net)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="stochastic pooling draws; initial parameters of the receptive-field "
                         "net (default: 0)")
     p.set_defaults(run=_run_show)

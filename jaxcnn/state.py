@@ -67,6 +67,10 @@ def update_state(net: Layer, state: State, cache: Cache) -> State:
         if not isinstance(state, tuple) or len(state) != len(net.layers):
             raise ValueError(f"{net.name}: expected a state of {len(net.layers)} entries, one per "
                              f"layer, got {_describe(state)} -- a state from another network?")
+        if not isinstance(cache, tuple) or len(cache) != len(net.layers):
+            raise ValueError(f"{net.name}: expected the cache of this network's training "
+                             f"forward, {len(net.layers)} entries, one per layer, got "
+                             f"{_describe(cache)} -- a cache from another network?")
         return tuple(update_state(sub, s, c) for sub, s, c in zip(net.layers, state, cache))
     return net.state.update(state, cache) if net.state is not None else state
 
@@ -77,6 +81,10 @@ def with_state(net: Layer, state: State) -> Layer:
     unchanged.  Built inside a jitted function from a traced ``state``, it costs nothing."""
     if not has_state(net):
         return net
+    if isinstance(state, tuple) and not state:
+        raise ValueError(f"{net.name}: this network keeps a state (such as BatchNorm's "
+                         f"running statistics) to evaluate with, and none was given -- pass fit's "
+                         f"FitResult.state, or jc.init_state(net, input_shape)")
     if net.layers:
         if not isinstance(state, tuple) or len(state) != len(net.layers):
             raise ValueError(f"{net.name}: expected a state of {len(net.layers)} entries, one per "

@@ -32,7 +32,7 @@ import jax
 
 from jaxcnn import _geometry as geo
 from jaxcnn.conv_transpose import adjoint_window
-from jaxcnn.core import Layer
+from jaxcnn.core import Layer, check_input_shape
 
 __all__ = ["Summary", "SummaryRow", "summary"]
 
@@ -234,6 +234,10 @@ def summary(net: Layer, input_shape) -> Summary:
     branch 0 of layer 2); a layer with several outputs shows their shapes as a tuple, and a
     merge's units see the widest of its inputs' fields.
     """
+    if not isinstance(net, Layer):
+        raise TypeError(f"summary: net must be a jaxcnn Layer, got {type(net).__name__}")
+    rank = len(input_shape) if isinstance(input_shape, (tuple, list)) else 1
+    check_input_shape("summary", input_shape, rank, "")    # one example's shape, e.g. (H, W, C)
     input_shape = tuple(int(d) for d in input_shape)
     rows: list[SummaryRow] = []
     whole = input_shape[:2]

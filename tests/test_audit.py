@@ -167,7 +167,8 @@ def test_check_layer_catches_a_wrong_init_shape():
 def test_finite_differences_need_float64():
     jax.config.update("jax_enable_x64", False)
     try:
-        with pytest.raises(ValueError, match="enable it first with jax.config.update"):
+        with pytest.raises(ValueError, match=r"^check_layer\(Sigmoid\) with finite_differences=True "
+                                             r"runs in float64: enable it first with jax.config"):
             jc.check_layer(jc.Sigmoid(), (3,), dtype=jnp.float32, finite_differences=True)
     finally:
         jax.config.update("jax_enable_x64", True)
@@ -188,6 +189,9 @@ def test_jaxcnn_check_command(capsys, monkeypatch):
         layers[1] = mutate(layers[1], lambda layer, p, cache, x, delta: ((), delta))  # ReLU' = 1
         return jc.serial(*layers)
 
+    assert cli.main(["check", "--arch", "small", "--seed", "-1"]) == 0    # numpy's rng: % 2**64
+    assert cli.main(["check", "--arch", "small", "--dtype", "bfloat16",
+                     "--finite-differences"]) == 0                        # its own tolerance
     monkeypatch.setitem(zoo.ARCHS, "small", broken)
     assert cli.main(["check"]) == 1
     assert "FAILED: first wrong layer is 1 (ReLU)" in capsys.readouterr().out
@@ -236,6 +240,69 @@ def test_check_layer_in_16_bits(dtype):
     x = np.abs(np.random.default_rng(0).normal(size=(2, 6, 6, 2)))
     drawn = jc.check_layer(jc.StochasticPool2D(2, 1), (6, 6, 2), dtype=dtype, x=x)
     assert drawn.ok and drawn.rows[0].reference == "jax.vjp", str(drawn)   # the dtype's draws
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_finite_differences_of_a_16_bit_layer_use_its_tolerance(dtype):
+    """The float64 differences are exact to 1e-5, the 16-bit gradient they meet is not: its
+    rows take the dtype's tolerance (they failed correct layers at 1e-5), and still catch a
+    wrong derivative."""
+    name = jnp.dtype(dtype).name
+    for layer, shape in [(jc.Dense(4), (8,)), (jc.Conv2D(3, 3, method="lax"), (6, 6, 2))]:
+        report = jc.check_layer(layer, shape, dtype=dtype, finite_differences=True)
+        fd = [row for row in report.rows if row.reference == "finite differences"]
+        assert len(fd) == 3 and {row.tolerance for row in fd} == {audit.TOLERANCES[name]}
+        assert report.ok, str(report)
+    bad = jc.check_layer(leaky_relu(derivative=lambda a: jnp.ones_like(a)), (4, 5, 3),
+                         dtype=dtype, finite_differences=True)
+    assert not [row for row in bad.rows if row.reference == "finite differences" and row.ok
+                and not row.kink], str(bad)
+    f64 = jc.check_layer(jc.Dense(4), (8,), finite_differences=True)
+    assert {row.tolerance for row in f64.rows if row.reference == "finite differences"} == \
+        {audit.TOLERANCES["finite differences"]}
+
+
+def test_check_layer_audits_branch_points_and_merges():
+    """A merge takes a tuple of input shapes (and of arrays as ``x``), a branch point gives a
+    tuple of outputs; finite differences included."""
+    for layer, shape in [(jc.FanOut(3), (4, 4, 2)), (jc.FanInSum(), ((4, 4, 2), (4, 4, 2))),
+                         (jc.FanInConcat(), ((4, 4, 2), (4, 4, 3)))]:
+        report = jc.check_layer(layer, shape, finite_differences=True)
+        assert report.ok and len(report.rows) == 2 * (len(shape) if layer.name != "FanOut"
+                                                      else 1), str(report)
+    x = (np.ones((2, 4, 4, 2)), np.ones((2, 4, 4, 2)))
+    assert jc.check_layer(jc.FanInSum(), ((4, 4, 2), (4, 4, 2)), x=x).ok
+    with pytest.raises(ValueError, match=r"^check_layer\(FanInSum\): x must be a tuple of 2 "
+                                         r"arrays, one per input shape, got ndarray"):
+        jc.check_layer(jc.FanInSum(), ((4, 4, 2), (4, 4, 2)), x=x[0])
+
+
+def test_check_layer_and_check_grads_name_what_is_wrong_with_their_arguments():
+    """Not the layer's fault: an ``x`` of another shape than ``input_shape``; arguments that
+    are not a layer, a loss, a shape or a seed; a scalar ``x``."""
+    with pytest.raises(ValueError, match=r"^check_layer\(ReLU\): x has the per-example shape "
+                                         r"\(7,\), input_shape says \(3,\)"):
+        jc.check_layer(jc.ReLU(), (3,), x=np.ones((2, 7)))
+    with pytest.raises(TypeError, match=r"^check_layer\(ReLU\): input_shape must be a tuple of "
+                                        r"ints .* got 5"):
+        jc.check_layer(jc.ReLU(), 5)
+    with pytest.raises(TypeError, match=r"^check_layer: expected a layer .* got function"):
+        jc.check_layer(lambda x: x, (3,))
+    with pytest.raises(TypeError, match=r"^check_layer\(ReLU\): seed must be an int, got 'a'"):
+        jc.check_layer(jc.ReLU(), (3,), seed="a")
+    with pytest.raises(ValueError, match=r"^check_layer\(ReLU\): seed must be an int of 64 "
+                                         r"bits, in \[-2\*\*63, 2\*\*63\), got 9223372036854775808"):
+        jc.check_layer(jc.ReLU(), (3,), seed=2 ** 63)
+    assert jc.check_layer(jc.ReLU(), (3,), seed=-1, finite_differences=True).ok
+    net, params, x, labels = setup(jnp.float32)
+    assert jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels, seed=-1,
+                          finite_differences=True).ok
+    with pytest.raises(TypeError, match=r"^check_grads: loss must be a jaxcnn Loss"):
+        jc.check_grads(net, lambda out, t: 0.0, params, x, labels)
+    with pytest.raises(TypeError, match=r"^check_grads: net must be a jaxcnn Layer"):
+        jc.check_grads(lambda p, x: x, jc.softmax_cross_entropy, params, x, labels)
+    with pytest.raises(ValueError, match=r"^check_grads: x needs a batch axis, got a scalar"):
+        jc.check_grads(net, jc.softmax_cross_entropy, params, x[0, 0, 0, 0], labels[:1])
 
 
 def test_gradient_check_in_16_bits_compares_in_float32():

@@ -103,13 +103,14 @@ def test_default_out_dir(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "runs" / "fashion-mnist-small" / "summary.json").exists()
 
 
-def test_non_finite_loss_exits_1_naming_the_step(tmp_path, capsys):
-    # float images are read as they are: one finite but huge image overflows the forward
+def test_non_finite_loss_exits_1_naming_the_step(tmp_path, capsys, monkeypatch):
+    # one finite but huge image overflows the forward (the IDX loader refuses floats outside
+    # [0, 1], so it is put in after loading)
     directory = tiny_idx(tmp_path / "d")
-    images = np.random.default_rng(1).uniform(size=(40, 8, 8)).astype(np.float32)
-    images[train.epoch_order(jax.random.key(0), 0, 40)[3 * 10]] = 3e38    # in step 3's batch
-    os.remove(os.path.join(directory, "train-images-idx3-ubyte.gz"))
-    data.write_idx(os.path.join(directory, "train-images-idx3-ubyte"), images)
+    ds = data.load("mnist", directory)
+    x_train = np.random.default_rng(1).uniform(size=ds.x_train.shape).astype(np.float32)
+    x_train[train.epoch_order(jax.random.key(0), 0, 40)[3 * 10]] = 3e38    # in step 3's batch
+    monkeypatch.setattr(data, "load", lambda name, data_dir: ds._replace(x_train=x_train))
     code, _, err = run(capsys, "--dataset", "mnist", "--data-dir", directory, "--batch-size", 10,
                        "--checkpoint-every", 2, "--out", tmp_path / "o", "--quiet")
     assert code == 1
@@ -131,6 +132,9 @@ def _bad(directory, kind):
         tiny_idx(directory, size=2)
     elif kind == "header":
         Path(directory, "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    elif kind == "float":           # pixels of 0..255 stored as floats: not scaled, refused
+        data.write_idx(os.path.join(directory, "t10k-images-idx3-ubyte"),
+                       np.full((20, 8, 8), 255, np.float64))
     elif kind == "empty":
         for name in os.listdir(directory):
             os.remove(os.path.join(directory, name))
@@ -144,6 +148,8 @@ def _bad(directory, kind):
              r"\(20, 64\)"),
     ("size", r"--arch small does not fit the mnist images \(2x2x1\): serial\[7\] MaxPool2D"),
     ("header", r"t10k-labels-idx1-ubyte: corrupt IDX header: the file has 3 bytes"),
+    ("float", r"t10k-images-idx3-ubyte: float images must lie in \[0, 1\] \(they are kept as "
+              r"they are\), got values in \[255, 255\]; scale them first"),
     ("empty", r"the data directory '.*' is empty; an MNIST-style data set needs the four IDX "
               r"files train-images-idx3-ubyte\[\.gz\], "),
     ("missing", r"cannot read the data directory '.*nowhere'"),

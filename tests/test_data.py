@@ -320,7 +320,38 @@ def test_integer_images_other_than_bytes_are_refused(tmp_path, dtype):
     data.write_idx(tmp_path / "train-images-idx3-ubyte", images)
     with pytest.raises(ValueError, match=f"train-images-idx3-ubyte: expected images of unsigned "
                                          f"bytes \\(IDX type 08, scaled by 1/255\\) or floats "
-                                         f"\\(kept as they are\\), got {np.dtype(dtype).name}"):
+                                         f"in \\[0, 1\\] \\(kept as they are\\), got "
+                                         f"{np.dtype(dtype).name}"):
+        data.load("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_images_in_0_1_are_kept_as_they_are(tmp_path, dtype):
+    write_mnist_like(tmp_path)
+    images = np.random.default_rng(0).uniform(size=(10, 8, 8)).astype(dtype)
+    images[0, 0, :2] = [0, 1]
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    ds = data.load("mnist", tmp_path)
+    np.testing.assert_array_equal(ds.x_test[..., 0], images.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fill, message", [
+    (lambda x: x * 255, r"float images must lie in \[0, 1\] \(they are kept as they are\), "
+                        r"got values in \[0\.07\d+, 254\.8\d+\]; scale them first \(pixels of "
+                        r"0\.\.255: divide by 255\)"),
+    (lambda x: x - 0.5, r"float images must lie in \[0, 1\] .*got values in \[-0\.4\d+, 0\.4\d+\]"),
+    (lambda x: np.where(np.arange(len(x))[:, None, None] == 3, np.nan, x),
+     r"float images must be finite, image 3 holds NaN or infinite values"),
+    (lambda x: np.where(np.arange(len(x))[:, None, None] == 2, np.inf, x),
+     r"float images must be finite, image 2 holds NaN or infinite values"),
+])
+def test_float_images_outside_0_1_are_refused(tmp_path, dtype, fill, message):
+    """Float images are not scaled: pixels of 0..255 stored as floats would train to nothing."""
+    write_mnist_like(tmp_path)
+    images = fill(np.random.default_rng(0).uniform(size=(10, 8, 8))).astype(dtype)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    with pytest.raises(ValueError, match=f"t10k-images-idx3-ubyte: {message}"):
         data.load("mnist", tmp_path)
 
 

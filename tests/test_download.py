@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import socket
 import threading
 
@@ -180,7 +181,24 @@ def test_bad_names_and_mirrors(tmp_path):
     with pytest.raises(ValueError, match=r"mirror: expected an http:// or https:// URL, got "
                                          r"'file:///srv/mnist'"):
         data.download("mnist", tmp_path / "d", mirror="file:///srv/mnist")
+    for mirror, fault in (("http://[::1", r" \(Invalid IPv6 URL\)"),
+                          ("http://x:abc/", r" \(Port could not be cast to integer value"),
+                          ("http:///mnist", "$")):
+        with pytest.raises(ValueError, match=f"^mirror: expected an http:// or https:// URL, "
+                                             f"got {re.escape(repr(mirror))}{fault}"):
+            data.download("mnist", tmp_path / "d", mirror=mirror)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    afile = re.escape(repr(str(tmp_path / "afile")))
+    with pytest.raises(ValueError, match=f"^the data directory {afile} is a file, not a "
+                                         f"directory; expected a directory for the IDX files"):
+        data.download("mnist", tmp_path / "afile")
+    with pytest.raises(OSError, match=r"^cannot create the data directory '.*afile/sub' \(Not "
+                                      r"a directory\)"):
+        data.download("mnist", tmp_path / "afile" / "sub")
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -202,6 +220,26 @@ def test_data_download_command(tmp_path, published, capsys):
     assert cli.main(["data", "download", "mnist", "--mirror", "ftp://x"]) == 2
     assert cli.main(["data", "download", "cifar"]) == 2
     assert "invalid choice: 'cifar'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mirror", "http://[::1"], "argument --mirror: expected an http:// or https:// URL, got "
+                                  "'http://[::1' (Invalid IPv6 URL)"),
+    (["--mirror", "ftp://x"], "argument --mirror: expected an http:// or https:// URL, got "
+                              "'ftp://x'"),
+    (["--data-dir", "{tmp}/afile"], "argument --data-dir: '{tmp}/afile' is a file, not a "
+                                    "directory"),
+    (["--data-dir", "{tmp}/afile/sub", "--mirror", "http://127.0.0.1:9"],
+     "cannot create the data directory '{tmp}/afile/sub' (Not a directory)"),
+])
+def test_data_download_bad_options_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "afile").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert cli.main(["data", "download", "mnist", *args]) == 2
+    err = capsys.readouterr().err
+    assert "jaxcnn data download: error: " in err
+    assert message.replace("{tmp}", str(tmp_path)) in err, err
+    assert os.listdir(tmp_path) == ["afile"]
 
 
 def test_train_download_then_trains(tmp_path, published, site, capsys, monkeypatch):

@@ -169,6 +169,20 @@ def test_receptive_field_placement_is_exact_without_sparsity(tmp_path):
     assert c5["name"] == "Conv2D" and c5["field"] == (-2, -2, 32, 32)
 
 
+def test_receptive_fields_of_a_net_with_batch_norm(tmp_path):
+    """resnet-bn evaluates with its initial running statistics (a per-channel affine map): each
+    unit's gradient stays inside its field, as without BatchNorm."""
+    shown = show.plot_receptive_fields(tmp_path / "rf.png", "resnet-bn")
+    assert_picture(shown.path)
+    layers = shown.data["layers"]
+    assert len(layers) == 10 and layers[-1]["field"] == (0, 0, 32, 32)
+    for x in layers:
+        top, left, h, w = x["field"]
+        inside = np.zeros(x["grad"].shape, bool)
+        inside[max(top, 0):top + h, max(left, 0):left + w] = True
+        assert x["grad"].max() > 0 and not np.any(x["grad"][~inside]), x["index"]
+
+
 # --- the command line ------------------------------------------------------------------------
 
 def run_show(capsys, *args):
@@ -210,6 +224,15 @@ def test_command_with_another_photograph(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
+    (("features", "--image", "{tmp}/tiny.png"),
+     "--image {tmp}/tiny.png: the image (2x2) is smaller than the 12x12 that features needs"),
+    (("features", "--image", "{tmp}/small.png", "--checkpoint", "{run}"),
+     "--image {tmp}/small.png: the image (12x12) is smaller than the 18x18 that features needs"),
+    (("pooling", "--image", "{tmp}/small.png"),
+     "--image {tmp}/small.png: the image (12x12) is smaller than the 18x18 that pooling needs"),
+    (("receptive-field", "--image", "{tmp}/small.png", "--arch", "lenet5"),
+     "the image (12x12) is smaller than the 28x28 that receptive-field needs"),
+    (("all", "--image", "{tmp}/small.png"), "smaller than the 18x18 that pooling needs"),
     (("pooling", "--checkpoint", "x"), "--checkpoint applies to kernels and features, not pooling"),
     (("kernels", "--arch", "deepid"), "--arch applies to receptive-field, not kernels"),
     (("kernels", "--image", "x.png"), "--image applies to features and pooling and "
@@ -220,13 +243,46 @@ def test_command_with_another_photograph(tmp_path, capsys):
     (("features", "--image", "{tmp}/notes.txt"), "cannot read the image"),
     (("features", "--checkpoint", "{tmp}"), "no checkpoints in"),
 ])
-def test_command_errors(tmp_path, capsys, args, message):
+def test_command_errors(tmp_path, capsys, checkpoint, args, message):
     (tmp_path / "notes.txt").write_text("not a picture")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    matplotlib.image.imsave(tmp_path / "tiny.png", np.eye(2))
+    matplotlib.image.imsave(tmp_path / "small.png", np.eye(12))
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(checkpoint[0]))
+            for a in args]
+    message = message.replace("{tmp}", str(tmp_path))
     code, out, err = run_show(capsys, *args, "--out", tmp_path / "figs")
     assert code == 2
     assert err.startswith("jaxcnn show: error: ") and message in err, err
     assert not (tmp_path / "figs").exists()
+
+
+def test_images_of_the_smallest_size_each_figure_needs_are_drawn(tmp_path, capsys):
+    for figure, size in (("features", 12), ("pooling", 18)):
+        picture = tmp_path / f"{size}.png"
+        matplotlib.image.imsave(picture, np.random.default_rng(0).uniform(size=(size, size)))
+        code, out, err = run_show(capsys, figure, "--out", tmp_path, "--image", picture)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("seed", [str(2 ** 63), str(-2 ** 63 - 1), "99999999999999999999",
+                                  "1.5"])
+def test_seed_out_of_64_bits_is_refused_at_parse_time(tmp_path, capsys, seed):
+    assert show.main(["pooling", "--seed", seed, "--out", str(tmp_path / "figs")]) == 2
+    assert (f"jaxcnn show: error: argument --seed: must be an integer of 64 bits, got "
+            f"'{seed}'") in capsys.readouterr().err
+    assert not (tmp_path / "figs").exists()
+
+
+def test_every_seed_of_64_bits_draws(tmp_path, capsys):
+    for figure, seed in (("pooling", -2 ** 63), ("receptive-field", 2 ** 63 - 1)):
+        code, out, err = run_show(capsys, figure, "--out", tmp_path, "--seed", seed,
+                                  *(("--arch", "lenet5") if figure == "receptive-field" else ()))
+        assert code == 0, err
+    with pytest.raises(ValueError, match=r"^render: seed must be an int of 64 bits, in "
+                                         r"\[-2\*\*63, 2\*\*63\), got 18446744073709551615"):
+        show.render("pooling", tmp_path, seed=2 ** 64 - 1)
+    with pytest.raises(TypeError, match="^render: seed must be an int, got '1'"):
+        show.render("pooling", tmp_path, seed="1")
 
 
 def test_out_is_required_and_module_entry_point(capsys):

@@ -84,6 +84,12 @@ def test_the_state_follows_the_tree_of_the_net():
     with pytest.raises(ValueError, match=r"expected a state of 8 entries, one per layer, got "
                                          r"2 entries -- a state from another network\?"):
         jc.update_state(net, ((), ()), cache)
+    for short in (cache[:1], list(cache), None):        # every running statistic kept or none
+        with pytest.raises(ValueError, match=r"expected the cache of this network's training "
+                                             r"forward, 8 entries, one per layer, got "):
+            jc.update_state(net, state, short)
+    with pytest.raises(ValueError, match=r"parallel\(.*\): expected the cache .* 2 entries"):
+        jc.update_state(net, state, (*cache[:4], cache[4][:1], *cache[5:]))
 
 
 def test_chunks_average_their_updated_states():

@@ -86,3 +86,16 @@ def test_ceil_mode_and_dilated_pools_by_hand():
     assert [r.flops for r in s.rows] == [4 * 3 * 9, 2 * 2 * 4]
     assert [r.receptive_field for r in s.rows] == [(5, 5), (7, 7)]
     assert [r.jump for r in s.rows] == [(2, 2), (4, 4)]
+
+
+def test_summary_names_what_is_wrong_with_its_arguments():
+    """One example's shape, a tuple of positive ints, and a Layer: a TypeError or ValueError
+    naming summary, not a raw int() or iteration error."""
+    for shape in (5, ((4, 4, 1), (4, 4, 1)), [4.0, 4, 1]):
+        with pytest.raises(TypeError, match=r"^summary: input_shape must be a tuple of ints"):
+            jc.summary(jc.zoo.small(), shape)
+    with pytest.raises(ValueError, match=r"^summary: input_shape entries must be >= 1, got "
+                                         r"\(8, 0, 1\)"):
+        jc.summary(jc.zoo.small(), (8, 0, 1))
+    with pytest.raises(TypeError, match=r"^summary: net must be a jaxcnn Layer, got function"):
+        jc.summary(lambda x: x, (8, 8, 1))

@@ -169,6 +169,33 @@ def test_fit_autodiff_and_evaluate(digits):
     assert acc == result.summary["test_accuracy"]
 
 
+def test_evaluate_refuses_what_it_cannot_score(digits):
+    """Labels out of range, non-finite images, an empty set, one label too few, a net with a
+    state given none: a ValueError naming ``evaluate`` or the state -- never a loss of NaN
+    reported with an accuracy, nor a raw ZeroDivisionError or vmap error."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    _, _, xt, yt = subset(digits)
+    xent = jc.softmax_cross_entropy
+    nan = xt.copy()
+    nan[3, 2, 2, 0] = np.nan
+    for x, y, match in [(xt, yt - 1, r"^evaluate: labels must lie in \[0, 10\), got values in "
+                                     r"\[-1, 8\]"),
+                        (nan, yt, r"^evaluate: images must be finite, image 3 holds NaN"),
+                        (xt[:0], yt[:0], r"^evaluate: no examples \(x of shape \(0, 8, 8, 1\)\)"),
+                        (xt, yt[:5], r"^evaluate: expected one label per image, shape \(100,\), "
+                                     r"got labels of shape \(5,\)")]:
+        with pytest.raises(ValueError, match=match):
+            train.evaluate(NET, xent, params, x, y)
+    with pytest.raises(TypeError, match=r"^evaluate: loss must be a jaxcnn Loss"):
+        train.evaluate(NET, lambda o, t: 0.0, params, xt, yt)
+    bn = jc.serial(jc.Conv2D(2, 3), jc.BatchNorm(), jc.Flatten(), jc.Dense(10))
+    bn_params, _ = bn.init(jax.random.key(0), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"keeps a state \(such as BatchNorm's running "
+                                         r"statistics\) to evaluate with, and none was given"):
+        train.evaluate(bn, xent, bn_params, xt, yt)
+    assert train.evaluate(bn, xent, bn_params, xt, yt, state=jc.init_state(bn, (8, 8, 1)))[1] >= 0
+
+
 @pytest.mark.parametrize("grad", train.GRADS)
 def test_fit_in_microbatches_makes_the_whole_batch_updates(digits, grad):
     """``microbatch=5`` runs each batch of 20 as four chunks, averaged: the same training run
