@@ -136,7 +136,9 @@ def _add_train(subparsers) -> None:
                         "averaged: the same update, a chunk's activations in memory "
                         "(default: the whole batch at once)")
     p.add_argument("--lr", type=_positive_float, metavar="X",
-                   help="learning rate (default: the --arch's: " + _recipes("lr") + ")")
+                   help="learning rate (default: the --arch's: " + _recipes("lr") + "); "
+                        "with --resume, given, it may differ from the checkpoint's: the run "
+                        "trains on with it and its summary records the change")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help="momentum is SGD with momentum 0.9")
     p.add_argument("--seed", type=_seed, default=d["seed"],
@@ -276,6 +278,7 @@ def _train(args, out: str) -> int:
 
     devices = args.devices or ("all" if jax.process_count() > 1 else None)
     recipe = zoo.RECIPES[args.arch]
+    lr_given = args.lr is not None          # a --resume may change it (recorded); the default not
     args.lr = recipe.lr if args.lr is None else args.lr
     args.epochs = recipe.epochs if args.epochs is None else args.epochs
     try:
@@ -319,7 +322,8 @@ def _train(args, out: str) -> int:
                       precision=args.precision, devices=devices,
                       check_grads=args.check_grads, out=out,
                       resume=args.resume, overwrite=args.overwrite,
-                      checkpoint_every=args.checkpoint_every, info=info, verbose=True,
+                      checkpoint_every=args.checkpoint_every, info=info,
+                      resume_may_change=("lr",) if lr_given else (), verbose=True,
                       progress=not args.quiet)
     except train.TrainingError as err:
         return _error("train", err, 1)
@@ -328,6 +332,8 @@ def _train(args, out: str) -> int:
     except (ValueError, TypeError, OSError) as err:
         hint = ("; pass --resume to continue it, --overwrite to start again, or --out DIR"
                 if "already holds a run" in str(err) else
+                "; repeat its --lr, or give another --lr to change it from here (recorded)"
+                if "cannot resume" in str(err) and " was made with lr=" in str(err) else
                 "; pass --overwrite to start again, or --out DIR"
                 if "already holds the outputs of a run" in str(err) else "")
         return _error("train", f"{err}{hint}", 2)

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +120,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         devices: str | int | list | None = None, check_grads: int = 0,
         grad_tol: float | None = None,
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-        checkpoint_every: int = 0, info: dict | None = None, verbose: bool = True,
+        checkpoint_every: int = 0, info: dict | None = None,
+        resume_may_change: Sequence[str] = (), verbose: bool = True,
         progress: bool | None = None, print_fn: Callable[[str], None] = print) -> FitResult:
     """Train ``net`` from ``params`` on ``(x_train, y_train)`` with mini-batch steps under jit.
 
@@ -167,6 +168,11 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         already has nothing to do: its outputs are completed and it returns at once.
       checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
       info: JSON-able facts recorded in the summary and checked on resume (dataset, arch, ...).
+      resume_may_change: names of ``info`` entries a resume may change (``jaxcnn train --resume
+        --lr X``: a smaller learning rate after a divergence): the run trains on with the new
+        value, and each change (``step``, ``setting``, ``from``, ``to``) is recorded in every
+        later checkpoint and in the summary's ``changes``.  Such a run is no longer the run of
+        one setting that an uninterrupted run would repeat; its summary says where it changed.
       verbose: print (with ``print_fn``) the gradient check, a resume and the result.
       progress: show a tqdm progress bar on stderr (default: ``verbose``).
 
@@ -183,7 +189,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
                    grad=grad, microbatch=microbatch, precision=precision, devices=devices,
                    check_grads=check_grads,
                    grad_tol=grad_tol, out=out, checkpoint_every=checkpoint_every, info=info,
-                   verbose=verbose, progress=progress, print_fn=print_fn)
+                   resume_may_change=resume_may_change, verbose=verbose, progress=progress,
+                   print_fn=print_fn)
     state = _fresh_state(run, params)
     with _opened(run, resume=resume, overwrite=overwrite) as run:
         state = _resume(run, state) if resume else state
@@ -219,6 +226,7 @@ class _Run(NamedTuple):
     steps_per_epoch: int
     config: dict                       # recorded in every checkpoint, checked on resume
     info: dict
+    may_change: tuple[str, ...]        # info entries a resume may change (recorded)
     out: str | None
     show_progress: bool
     log: Callable[[str], None]
@@ -248,13 +256,14 @@ class _State(NamedTuple):
     seconds_before: float              # spent by the runs this one resumes
     check_worst: float | None = None   # the gradient check before training (of this run)
     net_state: State = ()              # the net's state (jaxcnn.state): BatchNorm's statistics
+    changes: tuple[dict, ...] = ()     # settings a resume changed: step, setting, from, to
 
 
 # --- validate the arguments ----------------------------------------------------------------
 
 def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, epochs,
              batch_size, seed, grad, microbatch, precision, devices, check_grads, grad_tol, out,
-             checkpoint_every, info, verbose, progress, print_fn) -> _Run:
+             checkpoint_every, info, resume_may_change, verbose, progress, print_fn) -> _Run:
     """``fit``'s arguments checked and completed: ``ValueError``/``TypeError`` naming the
     argument, before anything is trained or written."""
     t_start = time.perf_counter()                         # the run's clock starts here
@@ -286,6 +295,7 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
                      batch_size=batch_size, seed=seed, grad=grad, microbatch=microbatch,
                      precision=precision, info=info)
+    may_change = _checked_may_change(resume_may_change, info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
         x_test=x_test, y_test=y_test, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -293,6 +303,7 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
         grad_tol=grad_tol,
         checkpoint_every=checkpoint_every, plan=plan, main=main,
         steps_per_epoch=len(x_train) // batch_size, config=config, info=info or {},
+        may_change=may_change,
         out=None if out is None else os.fspath(out),
         show_progress=(verbose if progress is None else progress) and main,
         log=print_fn if verbose and main else (lambda _: None), t_start=t_start)
@@ -308,6 +319,18 @@ def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:
         x_test, y_test = np.asarray(x_test), np.asarray(y_test)
         check_data(net, params, x_test, y_test, "test set")
     return x_train, y_train, x_test, y_test
+
+
+def _checked_may_change(names, info) -> tuple[str, ...]:
+    """``resume_may_change``: names of ``info``'s entries (the settings ``fit`` itself checks,
+    batch size, seed, ..., never change within a run)."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"resume_may_change must be a sequence of info's keys, got {names!r}")
+    unknown = sorted(set(names) - set(info or {}))
+    if unknown:
+        raise ValueError(f"resume_may_change names {unknown}, which are not entries of info "
+                         f"({sorted(info or {})}); only info's settings may change on resume")
+    return tuple(names)
 
 
 def _checked_numbers(params, grad_tol) -> float:
@@ -479,10 +502,23 @@ def _resume(run: _Run, state: _State) -> _State:
                                                              (params, opt_state, net_state))
     run.log(f"resuming from the checkpoint at step {step} (epoch "
             f"{step // run.steps_per_epoch} of {run.epochs}) in {run.ckpt.directory}")
+    changes = _changes(run, step, meta)
     _write_metrics(run, meta["history"])
     return _State(params, opt_state, jax.random.wrap_key_data(jnp.asarray(restored["key"])),
                   np.asarray(restored["order"]), step, meta["history"], meta["epoch_losses"],
-                  meta["seconds"], meta.get("gradient_check"), net_state)
+                  meta["seconds"], meta.get("gradient_check"), net_state, changes)
+
+
+def _changes(run: _Run, step: int, meta: dict) -> tuple[dict, ...]:
+    """The checkpoint's record of changed settings, and this resume's (``may_change``)."""
+    saved = meta["config"]
+    new = tuple({"step": step, "setting": name, "from": saved.get(name),
+                 "to": run.config.get(name)}
+                for name in run.may_change if saved.get(name) != run.config.get(name))
+    for change in new:
+        run.log(f"changing {change['setting']} from {change['from']!r} to {change['to']!r} "
+                f"at step {step}: the summary records it under changes")
+    return (*meta.get("changes", ()), *new)
 
 
 _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
@@ -498,7 +534,7 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
     saved = {**_ADDED_SETTINGS, **meta["config"]}
     names = sorted(set(saved) | set(run.config), key=lambda n: (n in _UNRECORDED, n))
     for name in names:                  # the data's digest last: a size or shape says more
-        if name in _UNRECORDED and name not in saved:
+        if name in _UNRECORDED and name not in saved or name in run.may_change:
             continue
         if saved.get(name) != run.config.get(name):
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
@@ -708,7 +744,7 @@ def _checkpoint(run: _Run, state: _State) -> None:
             "step": state.step, "epoch": state.step // run.steps_per_epoch,
             "history": state.history, "epoch_losses": state.epoch_losses, "config": run.config,
             "seconds": state.seconds_before + time.perf_counter() - run.t_start,
-            "gradient_check": state.check_worst})
+            "gradient_check": state.check_worst, "changes": list(state.changes)})
     except Exception as err:        # orbax and tensorstore raise many kinds, none for the user
         raise TrainingError(f"could not write the checkpoint at step {state.step} in "
                             f"{run.ckpt.directory}: {err}" + _kept(run)) from err
@@ -756,6 +792,13 @@ def _nothing_to_do(run: _Run, state: _State) -> FitResult:
             f"{run.ckpt.directory} is inside epoch {state.step // run.steps_per_epoch + 1}, "
             f"past the {run.epochs * run.steps_per_epoch} steps of {run.epochs} epochs; pass "
             f"epochs >= {state.step // run.steps_per_epoch + 1} to finish it")
+    now = [c for c in state.changes if c["step"] == state.step]
+    if now:
+        raise ValueError(
+            f"cannot resume with {now[0]['setting']}={now[0]['to']!r}: the checkpoint at step "
+            f"{state.step} in {run.ckpt.directory} has done its {len(state.history)} epochs, so "
+            f"the change would apply to no step; pass epochs > {len(state.history)} to train "
+            f"on with it")
     run.log(f"nothing to do: the checkpoint at step {state.step} in {run.ckpt.directory} has "
             f"done {len(state.history)} of epochs={run.epochs}; pass more epochs to train "
             f"further")
@@ -775,6 +818,7 @@ def _summarise(run: _Run, state: _State, seconds: float) -> dict:
         "loss_scale": run.precision.loss_scale,
         "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,
         "gradient_check_worst_relative_error": state.check_worst,
+        "changes": list(state.changes),
         "n_train": run.n_train, "n_test": None if run.x_test is None else len(run.x_test),
         "parameters": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(state.params))),
         "jax_version": jax.__version__, "jaxcnn_version": _version(),

@@ -79,6 +79,24 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
+def test_resume_changes_the_learning_rate_only_when_given(tmp_path, capsys):
+    """``--resume --lr X`` may change the rate (after a divergence, say), recorded in the
+    summary; ``--resume`` without ``--lr`` still has to match the checkpoint's."""
+    a = tmp_path / "a"
+    assert run(capsys, "--epochs", 1, "--lr", "0.01", "--out", a, "--quiet")[0] == 0
+    code, _, err = run(capsys, "--epochs", 2, "--out", a, "--resume", "--quiet")
+    assert code == 2 and err.endswith(
+        "was made with lr=0.01, this run has lr=0.001; repeat its --lr, or give another --lr to "
+        "change it from here (recorded)\n")
+    code, out, err = run(capsys, "--epochs", 2, "--lr", "0.002", "--out", a, "--resume",
+                         "--quiet")
+    assert code == 0, err
+    assert "changing lr from 0.01 to 0.002 at step 44: the summary records it" in out
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["lr"] == 0.002 and summary["epochs"] == 2
+    assert summary["changes"] == [{"step": 44, "setting": "lr", "from": 0.01, "to": 0.002}]
+
+
 def test_mnist_style_files_autodiff_and_periodic_checks(tmp_path, capsys):
     code, out, err = run(capsys, "--dataset", "mnist", "--data-dir", tiny_idx(tmp_path / "d"),
                          "--arch", "ufldl", "--epochs", 2, "--batch-size", 10, "--microbatch", 5,

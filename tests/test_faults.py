@@ -309,6 +309,44 @@ def test_a_diverged_run_stops_and_saves_nothing_non_finite(tmp_path):
         run_fit(optimizer=EXPLODING, batch_size=N_TRAIN)
 
 
+def test_a_diverged_run_resumes_with_a_smaller_learning_rate_and_says_so(tmp_path):
+    """The run's progress is not lost to a divergence: a resume that may change ``lr``
+    (``jaxcnn train --resume --lr X``) trains on from the last finite checkpoint with the new
+    optimizer; the change (step, from, to) is in every later checkpoint and in the summary,
+    and a later resume compares with the new value.  Without ``resume_may_change`` the old
+    refusal stands; a change that would apply to no step is refused."""
+    out = tmp_path / "run"
+    sgd = lambda lr: optax.chain(optax.sgd(lr), optax.scale(1e10 if lr > 1 else 1.0))  # noqa
+    with pytest.raises(train.TrainingError, match=r"the last good checkpoint \(step 0\)"):
+        run_fit(out, optimizer=sgd(3e38), every=5, info={**INFO, "lr": 3e38})
+    assert steps_in(out) == ["0"]
+    with pytest.raises(ValueError, match=r"was made with lr=3e\+38, this run has lr=0.01"):
+        run_fit(out, optimizer=sgd(1e-2), resume=True, info={**INFO, "lr": 1e-2})
+    result = run_fit(out, optimizer=sgd(1e-2), every=5, resume=True, info={**INFO, "lr": 1e-2},
+                     resume_may_change=("lr",))
+    change = {"step": 0, "setting": "lr", "from": 3e38, "to": 1e-2}
+    assert result.summary["changes"] == [change] and result.summary["lr"] == 1e-2
+    assert json.loads((out / "summary.json").read_text())["changes"] == [change]
+    assert all(np.isfinite(a).all() for a in leaves(result.params))
+    assert train.load_checkpoint(out)[1]["changes"] == [change]
+    fresh = run_fit(tmp_path / "fresh", optimizer=sgd(1e-2), info={**INFO, "lr": 1e-2})
+    assert bitwise(result.params, fresh.params)       # from step 0: the same steps
+    assert fresh.summary["changes"] == []
+    again = run_fit(out, optimizer=sgd(1e-2), epochs=3, resume=True, info={**INFO, "lr": 1e-2})
+    assert again.summary["changes"] == [change]                   # kept; no new one
+    with pytest.raises(ValueError, match=r"^cannot resume with lr=0.001: the checkpoint at step "
+                                         r"15 .* has done its 3 epochs, so the change would "
+                                         r"apply to no step; pass epochs > 3"):
+        run_fit(out, optimizer=sgd(1e-3), epochs=3, resume=True, info={**INFO, "lr": 1e-3},
+                resume_may_change=("lr",))
+    assert json.loads((out / "summary.json").read_text())["changes"] == [change]
+    for names, error, match in [(("seed",), ValueError, r"resume_may_change names \['seed'\], "
+                                                       r"which are not entries of info"),
+                                ("lr", TypeError, r"must be a sequence of info's keys")]:
+        with pytest.raises(error, match=match):
+            run_fit(info={**INFO, "lr": 1e-2}, resume_may_change=names)
+
+
 def test_non_finite_numbers_are_written_as_strict_json(tmp_path):
     x, y, xt, yt = sets()
     xt = xt.copy()
