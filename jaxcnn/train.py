@@ -135,21 +135,17 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
       epochs: the total number of epochs (a resumed run continues up to it); batch_size: the
         mini-batch size, at most ``len(x_train)``; seed: data order and per-step keys.
       grad: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
-      microbatch: compute each step's gradient on chunks of this many examples (per device),
-        one after another, and average them (``jaxcnn.microbatch.microbatched``): the same
-        update up to float rounding, with a chunk's activations in memory instead of the
-        batch's.  The (per-device) batch must be a multiple of it or at most it (then it is
-        ignored).  The gradient checks then use the batch's first ``microbatch`` rows.
-        ``None``: the whole batch at once.
+      microbatch: each step's gradient as the mean over chunks of this many examples (per
+        device; ``jaxcnn.microbatch``): the same update up to rounding, a chunk's activations
+        in memory.  The batch must be a multiple of it or at most it (then it is ignored); the
+        gradient checks use the first chunk.  ``None``: the whole batch at once.
       precision: ``"bfloat16"`` or ``"float16"``: each step computes on 16-bit copies of the
         params and batch, the params, optimizer state, loss and evaluation staying float32
         (``jaxcnn.precision``); the gradient checks compare in float32.  ``None``: no casts.
-      devices: ``None``: one device, as above.  ``"all"``, a number or a list of devices:
-        data-parallel over a mesh of them (``jaxcnn.distributed``; docs/scaling.md) -- each
-        step shards the batch (``batch_size`` must divide by the device count), replicates
-        params and optimizer state, and averages the hand-written gradients across devices.
-        Needed, and the same on every process, in a ``jax.distributed`` run; there only
-        process 0 prints and writes files.
+      devices: ``None``: one device.  ``"all"``, a number or a list of devices: data-parallel
+        over a mesh of them (``jaxcnn.distributed``; docs/scaling.md): the batch sharded (it
+        must divide by the device count), the gradients averaged.  Needed, and the same on
+        every process, in a ``jax.distributed`` run, where only process 0 prints and writes.
       check_grads: every ``check_grads`` steps (0: never) compare the hand-written gradients
         with ``jax.grad`` on the step's batch; beyond ``grad_tol`` (default
         ``default_tolerance(params)``) raise ``GradientMismatchError``.  The comparison is also
@@ -168,11 +164,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
         already has nothing to do: its outputs are completed and it returns at once.
       checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
       info: JSON-able facts recorded in the summary and checked on resume (dataset, arch, ...).
-      resume_may_change: names of ``info`` entries a resume may change (``jaxcnn train --resume
-        --lr X``: a smaller learning rate after a divergence): the run trains on with the new
-        value, and each change (``step``, ``setting``, ``from``, ``to``) is recorded in every
-        later checkpoint and in the summary's ``changes``.  Such a run is no longer the run of
-        one setting that an uninterrupted run would repeat; its summary says where it changed.
+      resume_may_change: ``info`` entries a resume may change (``jaxcnn train --resume --lr``);
+        each change (step, setting, from, to) goes into later checkpoints and summary's changes.
       verbose: print (with ``print_fn``) the gradient check, a resume and the result.
       progress: show a tqdm progress bar on stderr (default: ``verbose``).
 
@@ -187,8 +180,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
     run = _checked(net, params, x_train, y_train, x_test, y_test, loss=loss,
                    optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
                    grad=grad, microbatch=microbatch, precision=precision, devices=devices,
-                   check_grads=check_grads,
-                   grad_tol=grad_tol, out=out, checkpoint_every=checkpoint_every, info=info,
+                   check_grads=check_grads, grad_tol=grad_tol, out=out,
+                   checkpoint_every=checkpoint_every, info=info,
                    resume_may_change=resume_may_change, verbose=verbose, progress=progress,
                    print_fn=print_fn)
     state = _fresh_state(run, params)
