@@ -353,6 +353,11 @@ class Checkpoints:
             state = self.manager.restore(step, args=args.Composite(
                 state=args.StandardRestore(template)))["state"]
         except Exception as err:
+            if "tree structures do not match" in str(err):   # orbax: the arrays fit, the tree not
+                raise ValueError(f"the checkpoint at step {step} in {self.path(step)} holds the "
+                                 f"arrays this run has, in another tree (another optimizer, "
+                                 f"such as adamw for adam, or another net of the same shapes)"
+                                 ) from None
             raise _Corrupt(f"its arrays cannot be read ({_first_line(err)})") from None
         got, want = array_checksums(state), meta["arrays"]
         for name in sorted(set(got) | set(want)):
@@ -473,11 +478,12 @@ def load_checkpoint(out, template: dict | None = None, step: int | None = None
                     ) -> tuple[dict, dict]:
     """The latest (or ``step``'s) checkpoint that ``fit`` left in ``out``: ``(state, meta)``.
 
-    ``state`` has ``params``, ``opt_state``, ``key`` (the seed's key data) and ``order`` (the data
-    order of the epoch holding the next step); ``meta`` has ``step``, ``epoch``, ``history``,
-    ``config`` and ``seconds`` (and the checksums it was verified with).  Without a
-    ``template`` (a state of the same structure) the arrays come back as orbax stores them:
-    tuples and named tuples as lists and dicts.  The checkpoint is verified (module
+    ``state`` has ``params``, ``opt_state``, ``net_state`` (``jaxcnn.state``), ``key`` (the
+    seed's key data) and ``order`` (the data order of the epoch holding the next step); ``meta``
+    has ``step``, ``epoch``, ``history``, ``config``, ``changes`` and ``seconds`` (and the
+    checksums it was verified with).  Without a ``template`` (a state of the same structure)
+    the arrays come back as orbax stores them: tuples and named tuples as lists and dicts --
+    but ``net_state`` as the tuples ``jc.with_state`` takes.  The checkpoint is verified (module
     docstring): a corrupt latest one is passed over for the one before with a
     ``CheckpointWarning``; ``CheckpointError`` if none (or the ``step`` asked for) verifies,
     ``FileNotFoundError`` if there is none.  Reading never changes ``out``.
@@ -488,12 +494,27 @@ def load_checkpoint(out, template: dict | None = None, step: int | None = None
     ckpt = Checkpoints(ckpt_dir, writer=False, primary=False)
     try:
         if step is not None:
-            return ckpt.restore(step, template)
-        step, state, meta, passed = ckpt.find_good(template)
-        warn_passed(passed, step, aside=False)
-        return state, meta
+            if step not in ckpt.steps():
+                raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; it holds "
+                                        f"steps {sorted(ckpt.steps())}")
+            state, meta = ckpt.restore(step, template)
+        else:
+            step, state, meta, passed = ckpt.find_good(template)
+            warn_passed(passed, step, aside=False)
     finally:
         ckpt.close()
+    if template is None and "net_state" in state:   # a net's state is tuples (jaxcnn.state)
+        state = {**state, "net_state": _tuples(state["net_state"])}
+    return state, meta
+
+
+def _tuples(tree):
+    """``tree`` with orbax's lists read back as the tuples they were saved as."""
+    if isinstance(tree, (list, tuple)):
+        return tuple(_tuples(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _tuples(v) for k, v in tree.items()}
+    return tree
 
 
 # --- the output directory -----------------------------------------------------------------

@@ -119,6 +119,14 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
             or not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"{where}: the loss scale must be a positive finite number (a power "
                          f"of two divides out exactly), got {scale!r}")
+    if precision.compute == "float32" and scale != 1:
+        raise ValueError(f"{where}: a float32 policy casts nothing and scales nothing, so its "
+                         f"loss scale must be 1, got {scale!r}")
+    info = jnp.finfo(precision.compute)
+    if not float(info.tiny) <= scale <= float(info.max):
+        raise ValueError(f"{where}: the loss scale multiplies the output residual in "
+                         f"{precision.compute}, so it must be a normal {precision.compute} "
+                         f"number, in [{float(info.tiny):g}, {float(info.max):g}], got {scale!r}")
     return Policy(precision.compute, float(scale))
 
 

@@ -187,7 +187,12 @@ def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
                grad: str = "manual", microbatch: int | None = None,
                precision: str | Policy | None = None) -> Callable:
     """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``;
-    under a 16-bit ``precision`` the optimizer still updates the float32 params."""
+    under a 16-bit ``precision`` the optimizer still updates the float32 params.  A net with a
+    state (BatchNorm) is refused: this step has none to update; ``state_step`` has."""
+    if isinstance(net, Layer) and has_state(net):
+        raise ValueError(f"train_step: {net.name} keeps a state (such as BatchNorm's running "
+                         f"statistics), which this step would leave at its initial value; use "
+                         f"state_step(loss_grad_and_state(net, loss, ...), optimizer), or fit")
     return update_step(loss_and_grad(net, loss, grad, microbatch, precision), optimizer)
 
 

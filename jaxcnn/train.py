@@ -41,9 +41,9 @@ from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, C
                                 Checkpoints, check_path, load_checkpoint, lock_out, named_arrays,
                                 prepare_out, replace_atomic, strict_json, warn_passed,
                                 write_atomic)
-from jaxcnn.core import Layer, Params, State
+from jaxcnn.core import Layer, Params, State, describe
 from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
-from jaxcnn.losses import Loss, softmax_cross_entropy
+from jaxcnn.losses import Loss, check_net_and_loss, softmax_cross_entropy
 from jaxcnn.precision import Policy, policy
 from jaxcnn.report import plot_curves
 from jaxcnn.state import init_state
@@ -260,6 +260,9 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     """``fit``'s arguments checked and completed: ``ValueError``/``TypeError`` naming the
     argument, before anything is trained or written."""
     t_start = time.perf_counter()                         # the run's clock starts here
+    check_net_and_loss("fit", net, loss)
+    _check_kinds(optimizer=optimizer, out=out, info=info, print_fn=print_fn,
+                 check_grads=check_grads, checkpoint_every=checkpoint_every, grad_tol=grad_tol)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -286,8 +289,8 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
-                     batch_size=batch_size, seed=seed, grad=grad, microbatch=microbatch,
-                     precision=precision, info=info)
+                     net=net.name, batch_size=batch_size, seed=seed, grad=grad,
+                     microbatch=microbatch, precision=precision, info=info)
     may_change = _checked_may_change(resume_may_change, info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
@@ -312,6 +315,34 @@ def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:
         x_test, y_test = np.asarray(x_test), np.asarray(y_test)
         check_data(net, params, x_test, y_test, "test set")
     return x_train, y_train, x_test, y_test
+
+
+def _check_kinds(*, optimizer, out, info, print_fn, check_grads, checkpoint_every, grad_tol):
+    """The types of ``fit``'s arguments that its later checks take for granted: a
+    ``TypeError`` naming the argument, before anything runs."""
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, e.g. "
+                        f"optax.adam(1e-3) (called), got {describe(optimizer)}")
+    if out is not None:
+        path = os.fspath(out) if isinstance(out, (str, os.PathLike)) else None
+        if not isinstance(path, str):
+            raise TypeError(f"out must be a directory path (str or pathlib.Path), got "
+                            f"{describe(out)}")
+        if not path:
+            raise ValueError("out must name a directory, got an empty path")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"out must be a directory, {path!r} is a file")
+    if info is not None and not isinstance(info, dict):
+        raise TypeError(f"info must be a dict of JSON values, got {describe(info)}")
+    if not callable(print_fn):
+        raise TypeError(f"print_fn must be callable (print, a logger's info), got "
+                        f"{describe(print_fn)}")
+    for name, value in (("check_grads", check_grads), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int (0: never), got {value!r}")
+    if grad_tol is not None and (isinstance(grad_tol, (bool, np.bool_)) or not isinstance(
+            grad_tol, (int, float, np.integer, np.floating))):
+        raise TypeError(f"grad_tol must be a number, got {grad_tol!r}")
 
 
 def _checked_may_change(names, info) -> tuple[str, ...]:
@@ -343,19 +374,25 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(x_train, data, *, batch_size, seed, grad, microbatch, precision, info) -> dict:
+def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision, info
+            ) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
     size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
     images and targets; ``None`` without checkpoints, which alone use it), the batch, seed,
-    gradient, microbatch, precision and loss scale, and ``info`` (``jaxcnn train``: the data
-    set, net, optimizer and learning rate) -- as JSON reads it back, so that a saved config
-    compares equal."""
+    gradient, microbatch, precision and loss scale, the net's name (its layers), and ``info``
+    (``jaxcnn train``: the data set, net, optimizer and learning rate), which may not redefine
+    the others -- as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
               "dtype": str(x_train.dtype),
-              "data_sha256": None if data is None else _data_digest(data),
+              "data_sha256": None if data is None else _data_digest(data), "net": net,
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
-              "loss_scale": precision.loss_scale, **(info or {})}
+              "loss_scale": precision.loss_scale}
+    clash = sorted(set(info or {}) & set(config))
+    if clash:
+        raise ValueError(f"info may not hold {clash}: fit records those settings itself (and "
+                         f"compares them on resume); pass them as fit's arguments")
+    config.update(info or {})
     try:
         return json.loads(strict_json(config))
     except TypeError as err:
@@ -375,6 +412,24 @@ def _data_digest(arrays) -> str:
         digest.update(f"{a.shape};{a.dtype};".encode())
         digest.update(a.reshape(-1).view(np.uint8))       # any dtype, bfloat16's included
     return digest.hexdigest()
+
+
+def _check_opt_state(opt_state) -> None:
+    """The optimizer's initial state holds numbers, all finite: ``fit`` checks every state for
+    a divergence and checkpoints it as arrays of numbers."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            raise TypeError(f"optimizer: its state holds a PRNG key (opt_state"
+                            f"{jax.tree_util.keystr(path)}), which fit cannot check for "
+                            f"divergence or checkpoint; optimizers that draw noise (optax."
+                            f"noisy_sgd, add_noise) are not supported")
+    bad = _non_finite(opt_state)
+    if bad:
+        raise ValueError(f"optimizer: its initial state holds non-finite values in "
+                         f"{_listed(['opt_state/' + n for n in bad])}, which fit would take for "
+                         f"a divergence; optimizers that start from inf and need the loss "
+                         f"value in update (optax.lbfgs, contrib.reduce_on_plateau) are not "
+                         f"supported")
 
 
 def _non_finite(tree) -> list[str]:
@@ -422,6 +477,7 @@ def _fresh_state(run: _Run, params: Params) -> _State:
     mesh: orbax saves global arrays), epoch 0's order."""
     key = jax.random.key(run.seed)
     opt_state = run.optimizer.init(params)
+    _check_opt_state(opt_state)
     net_state = init_state(run.net, run.x_train.shape[1:])
     if run.plan is not None:
         params, opt_state, net_state = distributed.replicate(run.plan,
@@ -517,7 +573,7 @@ def _changes(run: _Run, step: int, meta: dict) -> tuple[dict, ...]:
 _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
 """Settings newer than some checkpoints: one that lacks them was made with these values."""
 
-_UNRECORDED = ("data_sha256",)
+_UNRECORDED = ("data_sha256", "net")
 """Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
 
 

@@ -46,7 +46,10 @@ _he = jax.nn.initializers.he_normal()          # for ReLU: keeps the activations
 _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope away from 0
 
 
-def _shape(name: str, input_shape) -> Shape:
+def _shape(name: str, input_shape, num_classes: int | None = None) -> Shape:
+    """``input_shape`` checked, and ``num_classes`` (the last Dense's width) where given."""
+    if num_classes is not None:
+        positive_int(name, "num_classes", num_classes)
     return check_input_shape(name, input_shape, 3, "(H, W, C)")
 
 
@@ -77,7 +80,7 @@ def small(input_shape=(8, 8, 1), num_classes: int = 10) -> Layer:
     epochs) it reaches 98.3-99.4% test accuracy on the digits over seeds 0-9
     (docs/training.md).
     """
-    _shape("small", input_shape)
+    _shape("small", input_shape, num_classes)
     return serial(
         Conv2D(32, 3, padding="SAME", w_init=_he), ReLU(),
         Conv2D(64, 3, padding="SAME", w_init=_he), ReLU(),
@@ -99,7 +102,7 @@ def lenet5(input_shape=(28, 28, 1), num_classes: int = 10) -> Layer:
     bias (so no sigmoid of their own), and C3 reads all six S2 maps (the paper's sparse
     connection table is omitted).  Glorot initialisation.
     """
-    _shape("lenet5", input_shape)
+    _shape("lenet5", input_shape, num_classes)
     front = (
         Conv2D(6, 5, padding="SAME", w_init=_glorot), Sigmoid(),                  # C1
         AvgPool2D(2),                                                             # S2
@@ -121,7 +124,7 @@ def ufldl(input_shape=(28, 28, 1), num_classes: int = 10) -> Layer:
     The conv pads ``"SAME"`` on inputs smaller than 28x28 (on 8x8 digits: 8x8x20, pooled to
     4x4x20).  Outputs logits: train with ``softmax_cross_entropy``.  Glorot initialisation.
     """
-    _shape("ufldl", input_shape)
+    _shape("ufldl", input_shape, num_classes)
     return serial(
         Conv2D(20, 9, padding=_padding(input_shape, (28, 28)), w_init=_glorot), Sigmoid(),
         AvgPool2D(2),
@@ -140,7 +143,7 @@ def deepid(input_shape=(39, 31, 1), num_classes: int = 10) -> Layer:
     (eq. 6.5).  All ReLU, then ``num_classes`` logits.  Convolutions are ``"VALID"`` on the
     paper's 39x31 patches or larger and ``"SAME"`` below.  He init.
     """
-    padding = _padding(_shape("deepid", input_shape), (39, 31))
+    padding = _padding(_shape("deepid", input_shape, num_classes), (39, 31))
     return serial(
         Conv2D(20, 4, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
         Conv2D(40, 3, padding=padding, w_init=_he), ReLU(), MaxPool2D(2),
@@ -185,7 +188,7 @@ def resnet(input_shape=(32, 32, 3), num_classes: int = 10, blocks: int = 1,
     ResNet-20 for 3).  All ``"SAME"``; any input of at least 4x4 works (8x8 digits: 8, 4, 2).
     He init.  ``batch_norm``: BatchNorm after every convolution, as He et al. (``resnet_bn``).
     """
-    _shape("resnet", input_shape)
+    _shape("resnet", input_shape, num_classes)
     blocks = positive_int("resnet", "blocks", blocks)
     batch_norm = flag("resnet", "batch_norm", batch_norm)
     stages = []

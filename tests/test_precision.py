@@ -79,7 +79,7 @@ def test_policies_by_name():
      r"value_and_grad: precision must be one of float32, bfloat16, float16, got 'fp8'"),
     (lambda: train.loss_and_grad(NET, XENT, "autodiff", None, "float64"),
      r"value_and_grad: precision must be one of float32, bfloat16, float16, got 'float64'"),
-    (lambda: train.make_step(NET, XENT, ADAM, precision="half"),
+    (lambda: train.make_step(jc.serial(jc.Flatten(), jc.Dense(3)), XENT, ADAM, precision="half"),
      r"precision must be one of float32, bfloat16, float16, got 'half'"),
     (lambda: jc.value_grad_and_state(NET, XENT, precision=Policy("float8")),
      r"precision must be one of float32, bfloat16, float16, got 'float8'"),
@@ -87,6 +87,14 @@ def test_policies_by_name():
      r"the loss scale must be a positive finite number .*got 0.0"),
     (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float16", float("inf"))),
      r"the loss scale must be a positive finite number .*got inf"),
+    (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float16", 1e-8)),   # all would be 0
+     r"the loss scale .* must be a normal float16 number, in \[6.10352e-05, 65504\], got 1e-08"),
+    (lambda: jc.value_and_grad(NET, XENT, precision=Policy("bfloat16", 1e39)),
+     r"must be a normal bfloat16 number, in \[1.17549e-38, 3.38953e\+38\], got 1e\+39"),
+    (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float32", 1024)),   # never applied
+     r"a float32 policy casts nothing and scales nothing, so its loss scale must be 1"),
+    (lambda: train.make_step(NET, XENT, ADAM),                     # the BatchNorm's state lost
+     r"^train_step: .* keeps a state .* use state_step\(loss_grad_and_state"),
 ])
 def test_an_unknown_precision_is_refused(make, message):
     with pytest.raises(ValueError, match=message):
@@ -202,8 +210,8 @@ def test_the_step_convolves_and_multiplies_in_the_compute_dtype(batch, grad, pre
     takes operands in the compute dtype; the params and optimizer state it returns are
     float32."""
     params, state, x, y = batch
-    update = train.make_step(NET, XENT, ADAM, grad, precision=precision)
-    closed = jax.make_jaxpr(update)(params, ADAM.init(params), x, y, None)
+    update = train.state_step(train.loss_grad_and_state(NET, XENT, grad, None, precision), ADAM)
+    closed = jax.make_jaxpr(update)(params, ADAM.init(params), state, x, y, None)
     products = [eqn for eqn in equations(closed.jaxpr)
                 if eqn.primitive.name in ("conv_general_dilated", "dot_general")]
     assert len(products) >= 6                     # 3 layers x (forward, kernel, residual)
@@ -262,7 +270,8 @@ def test_a_checkpoint_from_before_precision_resumes_as_float32():
     """A checkpoint whose config predates ``precision`` and ``loss_scale`` was made in float32:
     it resumes a float32 run and is refused by a bfloat16 one."""
     older = {"config": {"grad": "manual"}}
-    run = type("Run", (), {"ckpt": type("Ckpt", (), {"path": staticmethod(str)})})
+    run = type("Run", (), {"ckpt": type("Ckpt", (), {"path": staticmethod(str)}),
+                           "may_change": ()})
     run.config = {"grad": "manual", "precision": "float32", "loss_scale": 1.0}
     train._check_config(run, 44, older)
     run.config = {**run.config, "precision": "bfloat16"}

@@ -372,6 +372,22 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     (dict(microbatch=6), ValueError,
      r"batch_size \(20\) must be a multiple of microbatch \(6\) or at most it"),
     (dict(microbatch=0), ValueError, "microbatch must be a positive integer, got 0"),
+    (dict(optimizer=optax.adam), TypeError,
+     r"optimizer must be an optax GradientTransformation, e.g. optax.adam\(1e-3\) \(called\), "
+     r"got function"),
+    (dict(optimizer="adam"), TypeError, r"optimizer must be an optax .* got str 'adam'"),
+    (dict(info=[("a", 1)]), TypeError, r"info must be a dict of JSON values, got a list"),
+    (dict(info={"seed": 1, "batch_size": 8}), ValueError,
+     r"info may not hold \['batch_size', 'seed'\]: fit records those settings itself"),
+    (dict(print_fn=None), TypeError, r"print_fn must be callable"),
+    (dict(check_grads=1.5), TypeError, r"check_grads must be an int \(0: never\), got 1.5"),
+    (dict(check_grads=True), TypeError, r"check_grads must be an int \(0: never\), got True"),
+    (dict(checkpoint_every="3"), TypeError, r"checkpoint_every must be an int .* got '3'"),
+    (dict(grad_tol="1e-3"), TypeError, r"grad_tol must be a number, got '1e-3'"),
+    (dict(optimizer=optax.noisy_sgd(1e-2, key=jax.random.key(0))), TypeError,
+     r"optimizer: its state holds a PRNG key .* optimizers that draw noise .* not supported"),
+    (dict(optimizer=optax.lbfgs()), ValueError,
+     r"optimizer: its initial state holds non-finite values in opt_state/.*optax.lbfgs"),
 ])
 def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, message):
     net = NET
@@ -382,6 +398,56 @@ def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, mes
         train.fit(net, params, args.pop("x"), args.pop("y"), out=tmp_path, verbose=False,
                   **args)
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_what_fit_cannot_take_for_net_out_or_a_resume(digits, tmp_path):
+    """Not a net; an ``out`` that is bytes, empty or a file; a resume with another net of the
+    same shapes (its name differs) or another optimizer of the same arrays (its tree differs):
+    errors naming them, not a raw AttributeError, nor a checkpoint called corrupt."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    x, y, _, _ = subset(digits)
+    kw = dict(optimizer=ADAM, epochs=1, batch_size=BATCH, verbose=False)
+    with pytest.raises(TypeError, match=r"^fit: net must be a jaxcnn Layer"):
+        train.fit("small", params, x, y, **kw)
+    (tmp_path / "file").write_text("")
+    for out, exc, match in [(b"run", TypeError, r"out must be a directory path .* got bytes"),
+                            ("", ValueError, r"out must name a directory, got an empty path"),
+                            (tmp_path / "file", ValueError, r"out must be a directory, .* is a "
+                                                            r"file")]:
+        with pytest.raises(exc, match=match):
+            train.fit(NET, params, x, y, out=out, **kw)
+    out = tmp_path / "run"
+    train.fit(NET, params, x, y, out=out, **kw)
+    other = jc.serial(*NET.layers[:1], jc.Tanh(), *NET.layers[2:])
+    assert other.name != NET.name
+    with pytest.raises(ValueError, match=r"cannot resume: the checkpoint at step 10 .* was made "
+                                         r"with net='serial\(Conv2D, ReLU, "):
+        train.fit(other, params, x, y, out=out, resume=True, **{**kw, "epochs": 2})
+    with pytest.raises(ValueError, match=r"holds the arrays this run has, in another tree "
+                                         r"\(another optimizer"):
+        train.fit(NET, params, x, y, out=out, resume=True,
+                  **{**kw, "epochs": 2, "optimizer": optax.adamw(1e-2)})
+    assert (out / "checkpoints" / "10").is_dir()          # nothing set aside as corrupt
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 in .*; it holds steps "
+                                                r"\[0, 10\]"):
+        train.load_checkpoint(out, step=3)
+    with pytest.raises(ValueError, match=r"^small: num_classes must be >= 1, got 0"):
+        zoo.get("small", (8, 8, 1), 0)
+
+
+def test_a_loaded_checkpoint_evaluates_a_net_with_state(digits, tmp_path):
+    """``load_checkpoint`` without a template gives ``net_state`` as the tuples
+    ``jc.with_state`` takes (orbax reads tuples back as lists)."""
+    net = jc.serial(jc.Conv2D(2, 3), jc.BatchNorm(), jc.ReLU(), jc.Flatten(), jc.Dense(10))
+    params, _ = train.init_params(net, (8, 8, 1))
+    x, y, xt, _ = subset(digits)
+    result = train.fit(net, params, x, y, optimizer=ADAM, epochs=1, batch_size=BATCH,
+                       verbose=False, out=tmp_path)
+    state, meta = train.load_checkpoint(tmp_path)
+    bound = jc.with_state(net, state["net_state"]).apply(state["params"], xt, train=False)
+    want = jc.with_state(net, result.state).apply(result.params, xt, train=False)
+    np.testing.assert_array_equal(bound, want)
+    assert meta["changes"] == []
 
 
 def test_make_optimizer_rejects_unknown_names_and_rates():
