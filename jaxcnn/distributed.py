@@ -180,6 +180,21 @@ def _select(devices) -> list:
                     f"devices, got {devices!r}")
 
 
+def _check_plan(where: str, plan) -> None:
+    if not isinstance(plan, DataParallel):
+        raise TypeError(f"{where}: plan must be a DataParallel (jaxcnn.distributed."
+                        f"data_parallel(devices)), got {type(plan).__name__}")
+
+
+def _check_global_batch(where: str, plan: DataParallel, x) -> None:
+    """The batch handed to a sharded step divides over the devices (``check_batch_size``)."""
+    shape = getattr(x, "shape", None)
+    if not shape:
+        raise ValueError(f"{where}: x must be an array with a batch axis, got "
+                         f"{type(x).__name__ if shape is None else 'shape ()'}")
+    check_batch_size(plan, shape[0])
+
+
 def check_batch_size(plan: DataParallel, batch_size: int) -> None:
     """Each device gets the same number of rows: ``batch_size`` must divide by D."""
     if batch_size % plan.size:
@@ -219,6 +234,12 @@ def local_rows(plan: DataParallel, batch_size: int) -> np.ndarray:
 def shard_batch(plan: DataParallel, array: np.ndarray, index: np.ndarray) -> Array:
     """The global batch ``array[index]`` sharded over the mesh; this process reads, and sends
     to its devices, only its own rows of it (``index`` is the same on every process)."""
+    _check_plan("shard_batch", plan)
+    index = np.asarray(index)
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise TypeError(f"shard_batch: index must be a 1-D array of row numbers, got "
+                        f"{index.dtype} of shape {index.shape}")
+    check_batch_size(plan, len(index))
     mine = index[local_rows(plan, len(index))]
     return jax.make_array_from_process_local_data(plan.batch, np.asarray(array[mine]),
                                                   (len(index), *array.shape[1:]))
@@ -252,6 +273,7 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     ``precision``: each device computes under this policy (``jaxcnn.precision``); the device
     mean is taken of the float32 gradients.
     """
+    _check_plan("loss_and_grad", plan)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
     pol = policy(precision, "value_and_grad: precision")
@@ -276,6 +298,7 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     local = manual if grad == "manual" else automatic
 
     def f(params, x, targets, *, key=None, train=True):
+        _check_global_batch("loss_and_grad", plan, x)
         mapped = jax.shard_map(
             lambda p, xs, ts, k: local(p, xs, ts, key=k, train=train), mesh=plan.mesh,
             in_specs=(P(), P(BATCH), P(BATCH), P()), out_specs=(P(), P()))
@@ -312,6 +335,7 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss, as ``loss_and_grad``.
     ``precision``: as ``loss_and_grad``'s.
     """
+    _check_plan("loss_grad_and_state", plan)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
     pol = policy(precision, "value_and_grad: precision")
@@ -330,6 +354,7 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
             return value, grads, state
 
     def f(params, state, x, targets, *, key=None):
+        _check_global_batch("loss_grad_and_state", plan, x)
         mapped = jax.shard_map(local, mesh=plan.mesh,
                                in_specs=(P(), P(), P(BATCH), P(BATCH), P()),
                                out_specs=(P(), P(), P()))

@@ -170,7 +170,15 @@ def check_fit(out: str) -> None:
          odd_microbatch=error_of(lambda: train.fit(NET, params, x, y, **{**kw, "batch_size": 48},
                                                    devices=8, microbatch=4)),
          repeated=error_of(lambda: dist.data_parallel([0, 0])),
-         unknown=error_of(lambda: dist.data_parallel([99])))
+         unknown=error_of(lambda: dist.data_parallel([99])),
+         odd_step_batch=error_of(lambda: dist.loss_and_grad(NET, LOSS, dist.data_parallel())(
+             params, x[:5], y[:5])),
+         odd_state_batch=error_of(lambda: dist.loss_grad_and_state(
+             NET, LOSS, dist.data_parallel())(params, jc.init_state(NET, x.shape[1:]), x[:5],
+                                              y[:5])),
+         odd_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x, np.arange(5))),
+         list_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x, [[0, 1]])),
+         no_plan=error_of(lambda: dist.loss_and_grad(NET, LOSS, "all")))
 
 
 BN_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME", use_bias=False), jc.BatchNorm(), jc.ReLU(),

@@ -203,6 +203,13 @@ def test_device_and_batch_errors_name_the_numbers(worker):
     assert r["repeated"] == "ValueError: devices: each device may appear once, got [0, 0]"
     assert r["unknown"] == ("ValueError: devices: no device with id 99; the ids are "
                             "[0, 1, 2, 3, 4, 5, 6, 7]")
+    odd = ("ValueError: batch_size (5) must divide by the number of devices (8): each device "
+           "takes batch_size / 8 rows; try 8")
+    assert r["odd_step_batch"] == r["odd_state_batch"] == r["odd_index"] == odd
+    assert r["list_index"] == ("TypeError: shard_batch: index must be a 1-D array of row "
+                               "numbers, got int64 of shape (1, 2)")
+    assert r["no_plan"] == ("TypeError: loss_and_grad: plan must be a DataParallel (jaxcnn."
+                            "distributed.data_parallel(devices)), got str")
 
 
 # --- in this process: one device -----------------------------------------------------------
