@@ -32,8 +32,10 @@ def run(name, net, ds, optimizer, loss=jc.softmax_cross_entropy, targets=None, e
                     optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
                     verbose=False)
     seconds = time.perf_counter() - t
-    # the accuracy by hand: fit reports one only for integer labels
-    predicted = np.argmax(net.apply(result.params, ds.x_test, train=False), axis=1)
+    # the accuracy by hand (fit reports one only for integer labels), in test mode: a net with
+    # BatchNorm normalises with the running statistics fit returns in result.state
+    trained = jc.with_state(net, result.state)      # the net itself for a net without state
+    predicted = np.argmax(np.asarray(trained.apply(result.params, ds.x_test, train=False)), axis=1)
     accuracy = float(np.mean(predicted == ds.y_test))
     print(f"{name:<44} test accuracy {100 * accuracy:6.2f}%  {result.summary['epochs']} epochs  "
           f"{seconds:5.1f} s  grad check "

@@ -57,3 +57,21 @@ def test_train_digits_reaches_98_percent():
         accuracy = float(line.split("test accuracy")[1].split("%")[0])
         assert accuracy >= 98.0, line
         assert float(line.rsplit("grad check", 1)[1]) < 1e-4, line
+
+
+def test_train_digits_evaluates_a_net_with_batchnorm(capsys):
+    """``--zoo`` reaches resnet-bn: its evaluation uses the running statistics ``fit`` returns
+    (one epoch on 64 training and 64 test digits: what is checked is that it evaluates)."""
+    import importlib.util
+
+    from jaxcnn import data, train, zoo
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "examples" / "train_digits.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    ds = data.load_digits()
+    ds = ds._replace(x_train=ds.x_train[:64], y_train=ds.y_train[:64], x_test=ds.x_test[:64],
+                     y_test=ds.y_test[:64])
+    accuracy = example.run("resnet-bn", zoo.get("resnet-bn", ds.image_shape), ds,
+                           train.make_optimizer("adam", 1e-3), epochs=1)
+    assert 0.0 <= accuracy <= 1.0
+    assert "resnet-bn" in capsys.readouterr().out
