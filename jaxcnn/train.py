@@ -41,7 +41,7 @@ from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, C
                                 Checkpoints, check_path, load_checkpoint, lock_out, named_arrays,
                                 prepare_out, replace_atomic, strict_json, warn_passed,
                                 write_atomic)
-from jaxcnn.core import Layer, Params, State, describe
+from jaxcnn.core import Layer, Params, State, check_seed, describe
 from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
 from jaxcnn.losses import Loss, check_net_and_loss, softmax_cross_entropy
 from jaxcnn.precision import Policy, policy
@@ -265,11 +265,8 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
                  check_grads=check_grads, checkpoint_every=checkpoint_every, grad_tol=grad_tol)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    if not -2 ** 63 <= seed < 2 ** 63:
-        raise ValueError(f"seed must fit in 64 bits, [-2**63, 2**63), got {seed}")
-    seed, checkpoint_every, check_grads = int(seed), int(checkpoint_every), int(check_grads)
+    seed = check_seed("fit", seed)
+    checkpoint_every, check_grads = int(checkpoint_every), int(check_grads)
     if check_grads < 0 or checkpoint_every < 0:
         raise ValueError(f"check_grads and checkpoint_every must be >= 0, got {check_grads} "
                          f"and {checkpoint_every}")
