@@ -43,6 +43,11 @@ def contenders(name: str, batch: int, precisions):
     x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
     opt = optax.sgd(1e-3, momentum=0.9)
+    if jc.has_state(net):           # BatchNorm: the step that updates its running statistics
+        args = (params, opt.init(params), jc.init_state(net, shape), x, y, jax.random.key(0))
+        return {(grad, p): (jax.jit(train.state_step(train.loss_grad_and_state(
+                    net, jc.softmax_cross_entropy, grad, None, p), opt)), args)
+                for grad in train.GRADS for p in precisions}
     args = (params, opt.init(params), x, y, jax.random.key(0))
     return {(grad, p): (train.make_step(net, jc.softmax_cross_entropy, opt, grad,
                                         precision=p), args)

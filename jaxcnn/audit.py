@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Layer, Params, check_array, check_seed, is_concrete, leaves, map_leaves,
-                         path_name, positive_int)
+from jaxcnn.core import (Layer, Params, as_jax, check_array, check_seed, is_concrete, leaves,
+                         map_leaves, path_name, positive_int)
 from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.step import loss_and_grad, memoise
 
@@ -303,6 +303,7 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
       hand-written chain.
     """
     check_net_and_loss("check_grads", net, loss)
+    params, x, targets = as_jax((params, x, targets))   # as the layers take NumPy arrays
     if finite_differences:
         _require_x64("check_grads(finite_differences=True)")
     _check_point("check_grads", params, x, targets)
@@ -460,6 +461,8 @@ def _shapes(what: str, input_shape):
                             f"{input_shape!r}")
         return tuple(int(d) for d in shape)
 
+    if isinstance(input_shape, np.ndarray) and input_shape.ndim == 1:
+        input_shape = tuple(input_shape.tolist())           # np.array([8, 8, 1]) too
     if isinstance(input_shape, (tuple, list)) and input_shape \
             and all(isinstance(s, (tuple, list)) for s in input_shape):
         return tuple(one(s) for s in input_shape)

@@ -494,6 +494,8 @@ def load_checkpoint(out, template: dict | None = None, step: int | None = None
     ckpt = Checkpoints(ckpt_dir, writer=False, primary=False)
     try:
         if step is not None:
+            if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+                raise TypeError(f"step must be an int, got {step!r}")
             if step not in ckpt.steps():
                 raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt_dir}; it holds "
                                         f"steps {sorted(ckpt.steps())}")

@@ -132,7 +132,7 @@ def apply_from_forward(forward: ForwardFn) -> ApplyFn:
     return apply
 
 
-def _as_jax(tree):
+def as_jax(tree):
     """NumPy arrays in ``tree`` as JAX arrays (``jnp.asarray``), the rest as given."""
     return jax.tree_util.tree_map(
         lambda a: jax.numpy.asarray(a) if isinstance(a, np.ndarray) else a, tree)
@@ -144,13 +144,13 @@ def numpy_as_jax(layer: Layer) -> Layer:
     eagerly as under ``jit``, where it never reaches the layer as float64."""
 
     def forward(params, x, **kw):
-        return layer.forward(params, _as_jax(x), **kw)
+        return layer.forward(params, as_jax(x), **kw)
 
     def apply(params, x, **kw):
-        return layer.apply(params, _as_jax(x), **kw)
+        return layer.apply(params, as_jax(x), **kw)
 
     def backward(params, cache, delta):
-        return layer.backward(params, cache, _as_jax(delta))
+        return layer.backward(params, cache, as_jax(delta))
 
     return layer._replace(forward=forward, backward=backward, apply=apply)
 

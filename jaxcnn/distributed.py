@@ -315,6 +315,10 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     replicated (``replicate``).  ``key`` is the step's key; shard d draws from
     ``fold_in(key, d)``.
     """
+    if has_state(net):
+        raise ValueError(f"make_step: {net.name} keeps a state (such as BatchNorm's running "
+                         f"statistics), which this step would leave at its initial value; use "
+                         f"fit_step, or fit with devices=")
     step = update_step(loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
     rep = plan.replicated
     return jax.jit(step, out_shardings=(rep, rep, rep))

@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from jaxcnn import _geometry as geo
 from jaxcnn.conv_transpose import adjoint_window
@@ -236,6 +237,8 @@ def summary(net: Layer, input_shape) -> Summary:
     """
     if not isinstance(net, Layer):
         raise TypeError(f"summary: net must be a jaxcnn Layer, got {type(net).__name__}")
+    if isinstance(input_shape, np.ndarray) and input_shape.ndim == 1:
+        input_shape = tuple(input_shape.tolist())           # np.array([8, 8, 1]) too
     rank = len(input_shape) if isinstance(input_shape, (tuple, list)) else 1
     check_input_shape("summary", input_shape, rank, "")    # one example's shape, e.g. (H, W, C)
     input_shape = tuple(int(d) for d in input_shape)

@@ -317,9 +317,10 @@ def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:
 def _check_kinds(*, optimizer, out, info, print_fn, check_grads, checkpoint_every, grad_tol):
     """The types of ``fit``'s arguments that its later checks take for granted: a
     ``TypeError`` naming the argument, before anything runs."""
-    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax GradientTransformation, e.g. "
-                        f"optax.adam(1e-3) (called), got {describe(optimizer)}")
+    if optimizer is not None and not all(callable(getattr(optimizer, f, None))
+                                         for f in ("init", "update")):
+        raise TypeError(f"optimizer must be an optax GradientTransformation (init and update), "
+                        f"e.g. optax.adam(1e-3) (called), got {describe(optimizer)}")
     if out is not None:
         path = os.fspath(out) if isinstance(out, (str, os.PathLike)) else None
         if not isinstance(path, str):
@@ -345,7 +346,8 @@ def _check_kinds(*, optimizer, out, info, print_fn, check_grads, checkpoint_ever
 def _checked_may_change(names, info) -> tuple[str, ...]:
     """``resume_may_change``: names of ``info``'s entries (the settings ``fit`` itself checks,
     batch size, seed, ..., never change within a run)."""
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+    if isinstance(names, str) or not isinstance(names, (tuple, list, set, frozenset)) \
+            or not all(isinstance(n, str) for n in names):
         raise TypeError(f"resume_may_change must be a sequence of info's keys, got {names!r}")
     unknown = sorted(set(names) - set(info or {}))
     if unknown:
@@ -381,14 +383,14 @@ def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision
     the others -- as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
               "dtype": str(x_train.dtype),
-              "data_sha256": None if data is None else _data_digest(data), "net": net,
+              "data_sha256": None if data is None else _data_digest(data), "net_layers": net,
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale}
-    clash = sorted(set(info or {}) & set(config))
+    clash = sorted(set(info or {}) & (set(config) | _SUMMARY_OWN))
     if clash:
-        raise ValueError(f"info may not hold {clash}: fit records those settings itself (and "
-                         f"compares them on resume); pass them as fit's arguments")
+        raise ValueError(f"info may not hold {clash}: fit records those itself, in the "
+                         f"summary and its checkpoints; give your facts other names")
     config.update(info or {})
     try:
         return json.loads(strict_json(config))
@@ -561,16 +563,13 @@ def _changes(run: _Run, step: int, meta: dict) -> tuple[dict, ...]:
     new = tuple({"step": step, "setting": name, "from": saved.get(name),
                  "to": run.config.get(name)}
                 for name in run.may_change if saved.get(name) != run.config.get(name))
-    for change in new:
-        run.log(f"changing {change['setting']} from {change['from']!r} to {change['to']!r} "
-                f"at step {step}: the summary records it under changes")
     return (*meta.get("changes", ()), *new)
 
 
 _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
 """Settings newer than some checkpoints: one that lacks them was made with these values."""
 
-_UNRECORDED = ("data_sha256", "net")
+_UNRECORDED = ("data_sha256", "net_layers")
 """Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
 
 
@@ -673,6 +672,9 @@ def _train(run: _Run, state: _State) -> _State:
     steps, its evaluation and its checkpoint.  A resumed run's old summary is retracted first."""
     if state.step:
         _retract_summary(run)
+    for change in (c for c in state.changes if c["step"] == state.step):    # this resume's
+        run.log(f"changing {change['setting']} from {change['from']!r} to {change['to']!r} "
+                f"at step {state.step}: the summary records it under changes")
     run_step, start = _build_step(run, state), state.step
     state = state._replace(check_worst=_check_before_training(run, state).worst)
     bar = report.progress_bar(run.show_progress, run.epochs * run.steps_per_epoch, start)
@@ -849,6 +851,12 @@ def _nothing_to_do(run: _Run, state: _State) -> FitResult:
             f"done {len(state.history)} of epochs={run.epochs}; pass more epochs to train "
             f"further")
     return _finish(run, state, state.seconds_before)
+
+
+_SUMMARY_OWN = {"test_accuracy", "test_loss", "train_accuracy", "train_loss", "epochs", "steps",
+                "seconds", "gradient_check_worst_relative_error", "changes", "n_test",
+                "parameters", "jax_version", "jaxcnn_version", "device", "devices", "processes"}
+"""The summary's entries that ``_summarise`` writes besides the run's config."""
 
 
 def _summarise(run: _Run, state: _State, seconds: float) -> dict:

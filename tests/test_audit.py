@@ -305,6 +305,20 @@ def test_check_layer_and_check_grads_name_what_is_wrong_with_their_arguments():
         jc.check_grads(net, jc.softmax_cross_entropy, params, x[0, 0, 0, 0], labels[:1])
 
 
+def test_check_grads_takes_a_numpy_float64_batch_as_the_layers_do():
+    """With 64-bit types off the layers run a NumPy float64 batch in float32 (as under jit);
+    the audit compares in that dtype, not in the batch's, which failed a correct layer."""
+    net = jc.serial(jc.Conv2D(4, 3, padding="SAME"), jc.ReLU(), jc.Flatten(), jc.Dense(10))
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(8, 8, 8, 1)), rng.integers(0, 10, 8)
+    with jax.enable_x64(False):
+        params, _ = net.init(jax.random.key(0), (8, 8, 1))
+        report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert report.ok and report.dtype == "float32", str(report)
+    assert jc.summary(net, np.array([8, 8, 1])).rows[0].output_shape == (8, 8, 4)
+    assert jc.check_layer(jc.ReLU(), np.array([3])).ok
+
+
 def test_gradient_check_in_16_bits_compares_in_float32():
     net, params, x, labels = setup(jnp.bfloat16)
     check = audit.gradient_check(net, jc.softmax_cross_entropy, params, x, labels)

@@ -95,6 +95,10 @@ def test_resume_changes_the_learning_rate_only_when_given(tmp_path, capsys):
     summary = json.loads((a / "summary.json").read_text())
     assert summary["lr"] == 0.002 and summary["epochs"] == 2
     assert summary["changes"] == [{"step": 44, "setting": "lr", "from": 0.01, "to": 0.002}]
+    code, out, err = run(capsys, "--epochs", 2, "--lr", "0.001", "--out", a, "--resume",
+                         "--quiet")               # nothing to train: refused, not announced
+    assert code == 2 and "the change would apply to no step" in err
+    assert "changing lr" not in out
 
 
 def test_mnist_style_files_autodiff_and_periodic_checks(tmp_path, capsys):

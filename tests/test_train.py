@@ -373,12 +373,14 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
      r"batch_size \(20\) must be a multiple of microbatch \(6\) or at most it"),
     (dict(microbatch=0), ValueError, "microbatch must be a positive integer, got 0"),
     (dict(optimizer=optax.adam), TypeError,
-     r"optimizer must be an optax GradientTransformation, e.g. optax.adam\(1e-3\) \(called\), "
-     r"got function"),
+     r"optimizer must be an optax GradientTransformation \(init and update\), e.g. "
+     r"optax.adam\(1e-3\) \(called\), got function"),
     (dict(optimizer="adam"), TypeError, r"optimizer must be an optax .* got str 'adam'"),
     (dict(info=[("a", 1)]), TypeError, r"info must be a dict of JSON values, got a list"),
-    (dict(info={"seed": 1, "batch_size": 8}), ValueError,
-     r"info may not hold \['batch_size', 'seed'\]: fit records those settings itself"),
+    (dict(info={"seed": 1, "batch_size": 8, "epochs": 3}), ValueError,
+     r"info may not hold \['batch_size', 'epochs', 'seed'\]: fit records those itself"),
+    (dict(optimizer=optax.MultiSteps(optax.adam(1e-2), 2), epochs=1), None, None),
+    (dict(info={"net": "mine"}), None, None),                       # not fit's own entry
     (dict(print_fn=None), TypeError, r"print_fn must be callable"),
     (dict(check_grads=1.5), TypeError, r"check_grads must be an int \(0: never\), got 1.5"),
     (dict(check_grads=True), TypeError, r"check_grads must be an int \(0: never\), got True"),
@@ -394,6 +396,10 @@ def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, mes
     params, _ = train.init_params(net, (8, 8, 1))
     args = dict(x=digits.x_train[:200], y=digits.y_train[:200], epochs=1, batch_size=BATCH)
     args.update(change)
+    if exc is None:                                    # accepted: trains
+        train.fit(net, params, args.pop("x"), args.pop("y"), out=tmp_path, verbose=False,
+                  **args)
+        return
     with pytest.raises(exc, match=message):
         train.fit(net, params, args.pop("x"), args.pop("y"), out=tmp_path, verbose=False,
                   **args)
@@ -421,7 +427,7 @@ def test_what_fit_cannot_take_for_net_out_or_a_resume(digits, tmp_path):
     other = jc.serial(*NET.layers[:1], jc.Tanh(), *NET.layers[2:])
     assert other.name != NET.name
     with pytest.raises(ValueError, match=r"cannot resume: the checkpoint at step 10 .* was made "
-                                         r"with net='serial\(Conv2D, ReLU, "):
+                                         r"with net_layers='serial\(Conv2D, ReLU, "):
         train.fit(other, params, x, y, out=out, resume=True, **{**kw, "epochs": 2})
     with pytest.raises(ValueError, match=r"holds the arrays this run has, in another tree "
                                          r"\(another optimizer"):
