@@ -158,7 +158,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
         check_delta(name, delta, (cache.x.shape[0], *g.out_hw, s.features), cache.x.dtype)
         grads = {"w": dispatch.kernel_grad(cache.x, delta, g, s.groups, plan, precision)}  # 4.4
         if s.use_bias:
-            grads["b"] = ref.backward_bias(delta)                                  # eq. 4.3
+            grads["b"] = dispatch.bias_grad(delta)                                 # eq. 4.3
         return grads, dispatch.input_residual(delta, w, g, s.groups, plan, precision)  # 4.5
 
     return numpy_as_jax(Layer(init, forward, backward, apply, name, config=config(

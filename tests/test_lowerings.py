@@ -747,3 +747,19 @@ def test_xla_passes_read_canonical_layouts_inside_a_scan(strides, monkeypatch):
     whole = jax.jit(jc.value_and_grad(net, jc.softmax_cross_entropy))(params, x, y)
     for a, b in zip(jax.tree.leaves(chunked(params, x, y)), jax.tree.leaves(whole)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 6, 3), (4, 6, 5, 7), (3, 4, 4, 8), (2, 3, 5, 16),
+                                   (0, 4, 4, 6)])
+def test_bias_gradient_rows_first_is_eq_4_3(shape):
+    """``dispatch.bias_grad``: eq. 4.3 with the rows summed first where the features are fewer
+    than ``NARROW_FEATURES`` (on the CPU), the reference's one sum otherwise -- equal to it to
+    float rounding, jitted, in both forms, an empty batch included."""
+    delta = jnp.asarray(np.random.default_rng(0).normal(size=shape))
+    got = jax.jit(dispatch.bias_grad)(delta)
+    assert got.shape == (shape[-1],) and got.dtype == delta.dtype
+    np.testing.assert_allclose(got, ref.backward_bias(delta), rtol=1e-12, atol=1e-12)
+    if jax.default_backend() == "cpu":
+        text = jax.jit(dispatch.bias_grad).lower(delta).as_text()
+        rows_first = f"tensor<{shape[0] * shape[1]}x{shape[2] * shape[3]}x" in text
+        assert rows_first == (shape[-1] < dispatch.NARROW_FEATURES)

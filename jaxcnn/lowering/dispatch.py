@@ -80,6 +80,21 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, groups: int, plan: ConvPl
     return _planned(KERNEL_GRAD, plan.kernel, x, delta, g, groups, plan, precision)
 
 
+NARROW_FEATURES = 8
+"""Fewer features than this (one AVX vector of float32) make the bias gradient's rows first."""
+
+
+def bias_grad(delta: Array) -> Array:
+    """Eq. 4.3, ``db_o = sum_{n,i,j} delta[n,i,j,o]``, ``(N, H_out, W_out, F)`` -> ``(F,)``: on
+    the CPU the rows ``(W_out F)`` summed first, then the ``W_out`` columns -- the same sum in
+    another order, for XLA's CPU reduces a last axis of a few features slowly
+    (``docs/performance.md#why-bias-gradient``).  Elsewhere the reference's one sum."""
+    n, h, w, f = delta.shape
+    if jax.default_backend() != "cpu" or f >= NARROW_FEATURES:
+        return ref.backward_bias(delta)
+    return jnp.sum(jnp.sum(delta.reshape(n * h, w * f), axis=0).reshape(w, f), axis=0)
+
+
 def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,
                    precision=None) -> Array:
     """Eq. 4.5 in ``plan.input``'s form: ``delta``, ``w`` -> ``dx (N, H, W, C_in)``."""
