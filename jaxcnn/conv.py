@@ -23,7 +23,6 @@ from jaxcnn.core import (Array, Layer, check_cache, check_delta, check_input, ch
                          numpy_as_jax, pair, positive_int, split_key)
 from jaxcnn.lowering import dispatch
 from jaxcnn.lowering.plan import check_method, conv_plan
-from jaxcnn.reference import conv as ref
 
 
 class ConvCache(NamedTuple):
