@@ -19,7 +19,7 @@ import jax
 
 from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES, _data_dir_fault, _mirror_fault
 from jaxcnn.precision import LOSS_SCALES, PRECISIONS
-from jaxcnn.show import add_show_command
+from jaxcnn.show import add_show_command, _seed_arg
 from jaxcnn.train import GRADS, OPTIMIZERS
 from jaxcnn.zoo import ARCHS, RECIPES
 
@@ -62,7 +62,6 @@ def _parsed(convert: Callable, valid: Callable, what: str) -> Callable[[str], ob
 _positive_int = _parsed(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _parsed(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _parsed(float, lambda v: 0 < v < float("inf"), "a positive number")
-_seed = _parsed(int, lambda v: -2 ** 63 <= v < 2 ** 63, "an integer of 64 bits")
 
 
 def _checked_by(fault: Callable[[str], str | None]) -> Callable[[str], str]:
@@ -141,7 +140,7 @@ def _add_train(subparsers) -> None:
                         "trains on with it and its summary records the change")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help="momentum is SGD with momentum 0.9")
-    p.add_argument("--seed", type=_seed, default=d["seed"],
+    p.add_argument("--seed", type=_seed_arg, default=d["seed"],
                    help="initialisation, data order and stochastic layers")
     p.add_argument("--out", metavar="DIR",
                    help="output directory: checkpoints, metrics.jsonl, summary.json, curves.png "
@@ -359,7 +358,7 @@ def _add_check(subparsers) -> None:
                    help="also compare with float64 central differences")
     p.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                    help="images in the random batch")
-    p.add_argument("--seed", type=_seed, default=0, help="params, batch and directions")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="params, batch and directions")
     p.set_defaults(run=_run_check)
 
 

@@ -77,8 +77,9 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
     if x.ndim and len(x) == 0:
         raise ValueError(f"evaluate: no examples (x of shape {x.shape}); a mean over none "
                          f"is not defined")
-    check_data(net, params, x, targets, "evaluate")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    check_data(net, params, x, targets, "evaluate")     # integer labels: images finite too
+    if not np.issubdtype(targets.dtype, np.integer) and np.issubdtype(x.dtype, np.floating) \
+            and not np.isfinite(x).all():
         raise ValueError(f"evaluate: x must be finite, {int((~np.isfinite(x)).sum())} of its "
                          f"{x.size} entries are NaN or infinite")
     return evaluator(net, loss, batch_size)(params, x, targets, state)

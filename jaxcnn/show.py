@@ -978,7 +978,7 @@ def _run_show(args) -> int:
     return 0
 
 
-def _seed(text: str) -> int:
+def _seed_arg(text: str) -> int:
     """``--seed``: an integer of 64 bits, as ``jaxcnn train`` and ``jaxcnn check`` take it."""
     try:
         return check_seed("--seed", int(text))
@@ -1011,7 +1011,7 @@ def add_show_command(subparsers) -> None:
     p.add_argument("--arch", choices=tuple(ARCHS), default=None,
                    help="receptive-field: the zoo network (default: deepid, the source's "
                         "face-recognition net)")
-    p.add_argument("--seed", type=_seed, default=0,
+    p.add_argument("--seed", type=_seed_arg, default=0,
                    help="stochastic pooling draws; initial parameters of the receptive-field "
                         "net (default: 0)")
     p.set_defaults(run=_run_show)
