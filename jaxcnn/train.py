@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
@@ -166,7 +167,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
       info: JSON-able facts recorded in the summary and checked on resume (dataset, arch, ...).
       resume_may_change: ``info`` entries a resume may change (``jaxcnn train --resume --lr``);
         each change (step, setting, from, to) goes into later checkpoints and summary's changes.
-      verbose: print (with ``print_fn``) the gradient check, a resume and the result.
+      verbose: print (with ``print_fn``) the gradient check, a resume and the result; a
+        ``print_fn`` that raises becomes a ``RuntimeWarning``, and training goes on silently.
       progress: show a tqdm progress bar on stderr (default: ``verbose``).
 
     Raises ``ValueError``/``TypeError`` before any training for bad inputs -- a non-finite
@@ -299,7 +301,25 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
         may_change=may_change,
         out=None if out is None else os.fspath(out),
         show_progress=(verbose if progress is None else progress) and main,
-        log=print_fn if verbose and main else (lambda _: None), t_start=t_start)
+        log=_logger(print_fn) if verbose and main else (lambda _: None), t_start=t_start)
+
+
+def _logger(print_fn: Callable[[str], None]) -> Callable[[str], None]:
+    """``print_fn``, except that its failure costs the run nothing: the first exception it
+    raises is turned into a warning and the lines after it are dropped (as ``logging`` does
+    with a failing handler), so a broken log never loses a trained result."""
+    broken = []
+
+    def log(line: str) -> None:
+        if broken:
+            return
+        try:
+            print_fn(line)
+        except Exception as err:            # the user's callable: any kind
+            broken.append(err)
+            warnings.warn(f"fit: print_fn raised {type(err).__name__}: {err}; training goes "
+                          f"on without its lines", RuntimeWarning, stacklevel=2)
+    return log
 
 
 def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:

@@ -641,6 +641,27 @@ def test_outputs_that_cannot_be_written_stop_the_run_naming_the_file(tmp_path, m
     assert meta["step"] == 10
 
 
+@pytest.mark.parametrize("fails_at", [0, 1])       # the first line, or every line after it
+def test_a_print_fn_that_raises_costs_the_run_nothing(fails_at):
+    lines = []
+
+    def broken_log(line):
+        if len(lines) >= fails_at:
+            raise BrokenPipeError(32, "Broken pipe")
+        lines.append(line)
+    quiet = run_fit()
+    with pytest.warns(RuntimeWarning, match=r"^fit: print_fn raised BrokenPipeError: .*Broken "
+                                            r"pipe; training goes on without its lines$") as got:
+        loud = run_fit(verbose=True, progress=False, print_fn=broken_log)
+    assert len([w for w in got if w.category is RuntimeWarning]) == 1
+    assert len(lines) == fails_at
+    def timeless(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    assert bitwise(loud.params, quiet.params)
+    assert timeless(loud.history) == timeless(quiet.history)
+    assert loud.summary["test_accuracy"] == quiet.summary["test_accuracy"]
+
+
 def test_a_checkpoint_write_that_fails_prints_no_orbax_log(tmp_path, capfd, monkeypatch):
     import orbax.checkpoint as ocp
     real = ocp.CheckpointManager.save
