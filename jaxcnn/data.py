@@ -458,6 +458,15 @@ def _md5(path: str) -> str:
     return digest.hexdigest()
 
 
+def _has_md5(path: str, md5: str) -> bool:
+    """Whether the file at ``path`` reads back with MD5 ``md5``; one that cannot be read is
+    not verified (and so downloaded again)."""
+    try:
+        return _md5(path) == md5
+    except OSError:
+        return False
+
+
 def _fetch(url: str, out, timeout: float) -> tuple[str, int]:
     """Stream ``url`` into the open file ``out``; its MD5 and length.  Raises ``_Failed`` for an
     HTTP error, a body shorter than its ``Content-Length`` or longer than ``MAX_IDX_BYTES``."""
@@ -595,7 +604,7 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
             log(f"{stem}: already in {data_dir}, uncompressed (kept, not verified)")
             paths[role] = raw
             continue
-        if os.path.isfile(target) and _md5(target) == md5:
+        if os.path.isfile(target) and _has_md5(target, md5):
             log(f"{stem}.gz: already in {data_dir}, MD5 {md5} verified")
         else:
             _download_file([base + stem + ".gz" for base in urls], target, md5, timeout, log)

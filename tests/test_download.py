@@ -144,6 +144,22 @@ def test_a_file_with_the_wrong_md5_is_replaced_only_by_a_verified_one(tmp_path, 
     assert hashlib.md5((tmp_path / FILES[3]).read_bytes()).hexdigest() == md5[FILES[3]]
 
 
+def test_a_file_that_cannot_be_read_is_downloaded_again(tmp_path, published, monkeypatch):
+    base, md5 = published
+    (tmp_path / FILES[2]).write_bytes(b"unreadable")
+    real = data._md5
+
+    def md5_of(path):                       # root reads a mode-000 file: refuse it by hand
+        if os.path.basename(path) == FILES[2]:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+    monkeypatch.setattr(data, "_md5", md5_of)
+    lines = []
+    data.download("mnist", tmp_path, mirror=f"{base}/good", log=lines.append)
+    assert lines[2].startswith(f"{FILES[2]}: downloaded from {base}/good/{FILES[2]} (")
+    assert hashlib.md5((tmp_path / FILES[2]).read_bytes()).hexdigest() == md5[FILES[2]]
+
+
 def test_an_uncompressed_copy_is_kept(tmp_path, published):
     base, _ = published
     data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(40, np.uint8))
