@@ -70,6 +70,9 @@ def kernel_and_bias(name: str, s, params, x) -> tuple[Array, Array | None]:
     """The kernel ``(kh, kw, C_in // G, F)`` and the bias (or ``None``) of ``params``, checked
     against input ``x`` and the settings ``s`` (``Conv2D``'s or ``ConvTranspose2D``'s)."""
     check_input(name, x, 4, "(N, H, W, C)")
+    if 0 in x.shape[1:3]:
+        raise ValueError(f"{name}: the input's height and width must be >= 1, got "
+                         f"{tuple(x.shape[1:3])} (input shape {tuple(x.shape)})")
     c_in = x.shape[3]
     check_channels(name, s, c_in)
     check_param_keys(name, params, ("w", "b") if s.use_bias else ("w",),

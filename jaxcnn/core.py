@@ -229,6 +229,24 @@ def describe(value) -> str:
     return type(value).__name__
 
 
+def static_number(layer: str, arg: str, value, expected: str = "a number") -> float:
+    """A layer's hyperparameter (a rate, a momentum) as a Python float: an int, a float, a
+    NumPy number or a concrete 0-d real array.  It is fixed when the layer is built, so a
+    traced value (inside ``jit``/``grad``) is refused, as are bools and everything else."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{layer}: {arg} must be {expected} fixed when the layer is built, got "
+                        f"a traced value (inside jit or grad); build the layer outside the "
+                        f"transformation, or pass {arg} as a static argument")
+    if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) == 0 and \
+            (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        shape = f" of shape {tuple(value.shape)} and dtype {value.dtype}" \
+            if hasattr(value, "shape") and hasattr(value, "dtype") else ""
+        raise TypeError(f"{layer}: {arg} must be {expected}, got {describe(value)}{shape}")
+    return float(value)
+
+
 def check_array(layer: str, arg: str, x, what: str = "") -> None:
     """``x`` is an array (a ``jax.Array``, a tracer or a NumPy array): anything with a shape
     and a dtype.  Lists, tuples, scalars and ``None`` are refused with a ``TypeError``: a list

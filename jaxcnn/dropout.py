@@ -11,11 +11,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
                          check_delta, check_input_shape, check_key, check_no_params, check_train,
-                         config, describe, numpy_as_jax)
+                         config, numpy_as_jax, static_number)
 
 
 class DropoutCache(NamedTuple):
@@ -38,9 +37,7 @@ def Dropout(rate: float) -> Layer:
     no key needed.  ``rate`` must be in ``[0, 1)``.
     """
     name = "Dropout"
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: rate must be a number in [0, 1), got {describe(rate)}")
-    rate = float(rate)
+    rate = static_number(name, "rate", rate, "a number in [0, 1)")
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"{name}: rate must be in [0, 1), the probability of dropping an "
                          f"entry, got {rate}")
@@ -62,6 +59,11 @@ def Dropout(rate: float) -> Layer:
             raise ValueError(f"{name}: training mode with rate {rate} draws a keep-mask and "
                              f"needs a key: forward(params, x, key=jax.random.key(...)); pass "
                              f"train=False to evaluate (the identity)")
+        if 1.0 / keep > float(jnp.finfo(x.dtype).max):
+            raise ValueError(f"{name}: rate {rate} scales the kept entries by 1 / (1 - rate) = "
+                             f"{1.0 / keep:.6g}, more than {x.dtype}'s largest value "
+                             f"{float(jnp.finfo(x.dtype).max):.6g}; use a lower rate or a wider "
+                             f"dtype")
         mask = jax.random.bernoulli(check_key(name, key), keep, x.shape)          # eq. 7.15
         return x * mask.astype(x.dtype) / keep, DropoutCache(static, mask)
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Array, Layer, Shape, Static, check_cache, check_no_params, config,
+from jaxcnn.core import (Layer, Shape, Static, check_cache, check_no_params, config,
                          in_layer, layer_keys, numpy_as_jax, positive_int, split_key)
 from jaxcnn.network import serial
 
@@ -56,21 +56,47 @@ def check_shapes(name: str, shapes, n: int | None = None) -> tuple[Shape, ...]:
     return tuple(tuple(int(d) for d in s) for s in shapes)
 
 
-def check_arrays(name: str, xs, n: int | None = None, what: str = "inputs") -> tuple:
-    """A tuple of arrays, one per branch (``n`` of them if given)."""
-    if hasattr(xs, "shape") or not isinstance(xs, (tuple, list)) \
-            or not all(hasattr(x, "shape") for x in xs):
+def check_arrays(name: str, xs, n: int | None = None, what: str = "inputs",
+                 nested: bool = False) -> tuple:
+    """A tuple of arrays, one per branch (``n`` of them if given); with ``nested``, a branch's
+    entry may itself be a tuple of arrays (the outputs of a branch that branches again)."""
+    def entry(x) -> bool:
+        return hasattr(x, "shape") or nested and isinstance(x, (tuple, list)) and all(
+            entry(e) for e in x)
+    if hasattr(xs, "shape") or not isinstance(xs, (tuple, list)) or not all(map(entry, xs)):
         got = f"an array of shape {tuple(xs.shape)}" if hasattr(xs, "shape") else \
+            f"a {type(xs).__name__} of {_described(xs)}" if isinstance(xs, (tuple, list)) else \
             type(xs).__name__
         raise TypeError(f"{name}: expected a tuple of arrays (one per branch) as {what}, got "
                         f"{got} -- put FanOut(n) or parallel(...) before it")
     if n is not None and len(xs) != n:
         raise ValueError(f"{name}: expected {n} {what}, one per branch, got {len(xs)} of "
-                         f"shapes {tuple(tuple(x.shape) for x in xs)}")
+                         f"shapes {_described(xs)}")
     if not xs:
         raise ValueError(f"{name}: expected at least one of the {what}, got an empty "
                          f"{type(xs).__name__}")
     return tuple(xs)
+
+
+def _described(xs) -> str:
+    """The shapes of a (nested) tuple of arrays, ``((2, 3), ((2, 3), (2, 3)))``; anything
+    else by its type's name."""
+    def one(x):
+        if hasattr(x, "shape"):
+            return tuple(x.shape)
+        if isinstance(x, (tuple, list)):
+            return tuple(one(e) for e in x)
+        return type(x).__name__
+    return str(one(xs))
+
+
+def check_floating(name: str, xs) -> None:
+    """Every array of ``xs`` (one, or a tuple of them) is floating point: the residuals of a
+    merge or a branch are real numbers (a sum of bools would be their logical or)."""
+    for x in jax.tree.leaves(xs):
+        if hasattr(x, "dtype") and not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name}: expected floating-point inputs, got dtype {x.dtype} -- "
+                            f"convert it with x.astype(jnp.float32)")
 
 
 def _static(xs) -> Static:
@@ -110,6 +136,7 @@ def FanOut(n: int) -> Layer:
         if not hasattr(x, "shape"):
             raise TypeError(f"{name}: expected one array, got {type(x).__name__} -- merge "
                             f"branches with FanInSum or FanInConcat")
+        check_floating(name, x)
         return (x,) * n, MergeCache(_static((x,)))
 
     def backward(params, cache, delta):
@@ -159,7 +186,7 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(params), tuple(outs)
 
     def forward(params, xs, *, key=None, train=True):
-        xs = check_arrays("parallel", xs, n)
+        xs = check_arrays("parallel", xs, n, nested=True)
         ys, caches = [], []
         for i, (layer, p, x, k) in enumerate(zip(layers, checked(params), xs,
                                                  layer_keys(key, n, "parallel"))):
@@ -171,7 +198,7 @@ def parallel(*layers: Layer) -> Layer:
 
     def backward(params, cache, deltas):
         params = checked(params)
-        deltas = check_arrays("parallel", deltas, n, "deltas")
+        deltas = check_arrays("parallel", deltas, n, "deltas", nested=True)
         if not isinstance(cache, tuple) or len(cache) != n:
             got = len(cache) if isinstance(cache, tuple) else type(cache).__name__
             raise ValueError(f"parallel: expected a cache of {n} entries from this "
@@ -185,7 +212,7 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(grads), tuple(dxs)
 
     def apply(params, xs, *, key=None, train=True):
-        xs = check_arrays("parallel", xs, n)
+        xs = check_arrays("parallel", xs, n, nested=True)
         ys = []
         for i, (layer, p, x, k) in enumerate(zip(layers, checked(params), xs,
                                                  layer_keys(key, n, "parallel"))):
@@ -213,6 +240,7 @@ def FanInSum() -> Layer:
     def forward(params, xs, *, key=None, train=True):
         check_no_params(name, params)
         xs = check_arrays(name, xs)
+        check_floating(name, xs)
         if len({(tuple(x.shape), x.dtype) for x in xs}) > 1:
             raise ValueError(f"{name}: the inputs must have one shape and dtype to be added, "
                              f"got {', '.join(f'{tuple(x.shape)} {x.dtype}' for x in xs)}")
@@ -272,6 +300,7 @@ def FanInConcat(axis: int = -1) -> Layer:
     def forward(params, xs, *, key=None, train=True):
         check_no_params(name, params)
         xs = check_arrays(name, xs)
+        check_floating(name, xs)
         merged([tuple(x.shape[1:]) for x in xs])
         if len({x.shape[0] for x in xs}) > 1:
             raise ValueError(f"{name}: the inputs must have one batch size, got "
@@ -322,12 +351,15 @@ def Identity() -> Layer:
 
     def forward(params, x, *, key=None, train=True):
         check_no_params(name, params)
+        check_floating(name, x)
         return x, IdentityCache(Static(jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)))
 
     def backward(params, cache, delta):
         check_no_params(name, params)
         check_cache(name, cache, IdentityCache)
+        if isinstance(delta, list):             # a branch's residuals, as FanOut takes them
+            delta = tuple(delta)
         want = jax.tree.map(lambda s: tuple(s.shape), cache.input.value)
         got = jax.tree.map(lambda d: tuple(getattr(d, "shape", ())), delta)
         if got != want:

@@ -31,12 +31,11 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
-                         check_param_keys, check_train, config, describe, flag, numpy_as_jax,
-                         positive_int)
+                         check_param_keys, check_train, config, flag, numpy_as_jax, positive_int,
+                         static_number)
 
 
 class NormCache(NamedTuple):
@@ -140,9 +139,7 @@ def _input_shape(name: str, input_shape) -> Shape:
 def _check_number(name: str, arg: str, value, low: float, high: float, closed: str) -> float:
     """``value`` a real number in the interval from ``low`` to ``high``; ``closed`` says which
     ends belong to it (``"[]"``, ``"[)"``, ``"()"``...)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: {arg} must be a number, got {describe(value)}")
-    value = float(value)
+    value = static_number(name, arg, value)
     above = value >= low if closed[0] == "[" else value > low
     below = value <= high if closed[1] == "]" else value < high
     if not (above and below):
@@ -152,11 +149,16 @@ def _check_number(name: str, arg: str, value, low: float, high: float, closed: s
 
 
 def _check_set_size(name: str, m: int, shape: Shape, has_running: bool) -> None:
-    """The sets normalised over hold two entries or more: none (an empty batch) has no
-    statistics, and one gives ``x_hat = 0`` whatever the input."""
+    """The sets normalised over hold two entries or more: none has no statistics (an empty
+    input: an empty output, except for a layer with running statistics, which would update
+    them from nothing), and one gives ``x_hat = 0`` whatever the input."""
     if m == 0:
-        raise ValueError(f"{name}: an empty batch (input shape {tuple(shape)}) has no "
-                         f"statistics to normalise with in training")
+        if not has_running:
+            return
+        what = "an empty batch (input shape {}) has" if shape[0] == 0 else \
+            "the sets it normalises over are empty (input shape {}): they have"
+        raise ValueError(f"{name}: {what.format(tuple(shape))} no statistics to normalise "
+                         f"with in training")
     if m == 1:
         raise ValueError(
             f"{name}: every set it normalises holds one entry (input shape {tuple(shape)}), so "

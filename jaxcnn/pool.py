@@ -272,6 +272,10 @@ def GlobalAvgPool2D() -> Layer:
     def forward(params, x, *, key=None, train=True):
         check_no_params(name, params)
         check_input(name, x, 4, "(N, H, W, C)")
+        if 0 in x.shape[1:3]:
+            raise ValueError(f"{name}: the input's height and width must be >= 1 (a mean over "
+                             f"no positions is not defined), got {tuple(x.shape[1:3])} (input "
+                             f"shape {tuple(x.shape)})")
         return jnp.mean(x, axis=(1, 2)), PoolCache(_static(x))                 # eq. 5.10
 
     def backward(params, cache, delta):

@@ -429,3 +429,24 @@ def test_a_wrong_normalisation_or_dropout_is_pinned_on_its_layer(index, mistake)
     assert report.first_bad_layer == index, str(report)
     assert all(row.ok for row in report.rows if row.layer is not None and row.layer != index)
     assert f"FAILED: first wrong layer is {index} ({layers[index].name})" in str(report)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_gradient_that_cancels_to_rounding_passes_in_float32_and_a_wrong_one_fails(seed):
+    """Normalising sets of two entries makes ``x_hat = +-1`` whatever they are, so ``dx``
+    cancels to rounding noise in float32 on both sides: the row passes against ``jax.vjp`` in
+    float64, the hand-written error no more than ``ROUNDING_FACTOR`` times float32 autodiff's.
+    BatchNorm's backward without the terms through its statistics is still pinned."""
+    import mutants
+
+    f32 = jnp.float32
+    for layer, shape, batch in [(jc.LayerNorm(), (2,), 4), (jc.BatchNorm(), (4,), 2),
+                                (jc.GroupNorm(2), (2, 2), 2),
+                                (jc.LayerNorm(use_scale=False, use_bias=False), (2,), 3)]:
+        report = jc.check_layer(layer, shape, batch=batch, dtype=f32, seed=seed)
+        assert report.ok, str(report)
+        assert {row.reference for row in report.rows} <= {"jax.vjp", "jax.vjp float64"}
+    bad = mutate(jc.BatchNorm(), mutants.batchnorm_without_statistics_terms)
+    report = jc.check_layer(bad, (4,), batch=2, dtype=f32, seed=seed)
+    assert not report.ok and [row.quantity for row in report.rows if not row.ok] == ["dx"]
+    assert jax.config.jax_enable_x64                     # the context's own setting restored

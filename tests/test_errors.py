@@ -255,6 +255,17 @@ def test_an_empty_batch_gives_an_empty_output(layer, shape, kw):
                for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params)))
 
 
+@pytest.mark.parametrize("layer", [
+    jc.Conv2D(2, 3), jc.ConvTranspose2D(2, 3, 2), jc.GlobalAvgPool2D(), jc.MaxPool2D(2)],
+    ids=lambda layer: layer.name)
+def test_a_map_of_height_zero_is_refused_naming_the_input(layer):
+    """A batch may be empty, a map may not: no window fits in it (Conv2D, the pools), the
+    transposed convolution scatters nothing, and a global mean over no positions is NaN."""
+    params, _ = layer.init(KEY, (4, 4, 2))
+    with pytest.raises(ValueError, match=rf"^{layer.name}: .*\(0, 4\)"):
+        jax.jit(layer.apply)(params, jnp.ones((1, 0, 4, 2), jnp.float32))
+
+
 def test_an_empty_batch_through_a_network():
     """``serial`` passes an empty batch through; ``value_and_grad`` (jitted or not, chunked or
     not) stops at the loss, a mean over no examples, with a ``ValueError`` naming it; the

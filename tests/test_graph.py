@@ -222,10 +222,34 @@ def test_bad_wiring_is_refused_at_init_and_forward(net, shape, message):
      r"parallel: expected 2 inputs, one per branch, got 3 of shapes \(\(2, 4\), \(2, 4\), "
      r"\(2, 4\)\)"),
     (jc.FanOut(2), (jnp.ones((2, 4)), jnp.ones((2, 4))), r"FanOut: expected one array"),
+    (jc.FanInSum(), (jnp.ones((2, 4), bool),) * 2,
+     r"^FanInSum: expected floating-point inputs, got dtype bool"),
+    (jc.FanInConcat(), (jnp.ones((2, 4), jnp.int32),) * 2,
+     r"^FanInConcat: expected floating-point inputs, got dtype int32"),
+    (jc.Identity(), jnp.ones((2, 4), jnp.int32), r"^Identity: expected floating-point inputs"),
+    (jc.FanOut(2), jnp.ones((2, 4), jnp.int32), r"^FanOut: expected floating-point inputs"),
 ])
 def test_bad_wiring_is_refused_under_jit(layer, xs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         jax.jit(lambda xs: layer.apply((), xs))(xs)
+
+
+def test_a_branch_that_branches_again_inside_parallel():
+    """``parallel`` takes and returns a branch's tuple as that branch's entry: its backward
+    hands each branch its own (nested) residuals, equal to ``jax.vjp``; and a list of
+    residuals is taken as the tuple it stands for."""
+    net = jc.serial(jc.FanOut(2), jc.parallel(jc.FanOut(2), jc.serial(jc.Dense(3), jc.Tanh())))
+    params, out = init64(net, (4,))
+    assert out == (((4,), (4,)), (3,))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4)))
+    check_layer_vjp(net, params, x)
+    identity = jc.Identity()
+    _, cache = identity.forward((), (x, x))
+    _, dx = identity.backward((), cache, [x, 2 * x])
+    assert isinstance(dx, tuple) and len(dx) == 2
+    with pytest.raises(TypeError, match=r"^parallel: expected a tuple of arrays \(one per "
+                                        r"branch\) as inputs, got a list of \(\(2, 4\), 'int'\)"):
+        jc.parallel(jc.Identity(), jc.Identity()).apply(((), ()), [x, 3])
 
 
 def test_residual_is_the_composition_it_names():

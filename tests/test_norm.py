@@ -445,10 +445,45 @@ def test_summary_counts_the_elementwise_kinds():
     (lambda: jc.Dropout("0.5"), TypeError, r"^Dropout: rate must be a number in \[0, 1\), "
                                            r"got str"),
     (lambda: jc.Dropout(True), TypeError, r"^Dropout: rate must be a number"),
+    (lambda: jc.Dropout(jnp.ones(2) / 4), TypeError, r"^Dropout: rate must be a number in "
+                                                      r"\[0, 1\), got ArrayImpl of shape \(2,\) "
+                                                      r"and dtype float"),
+    (lambda: jc.Dropout(np.asarray(True)), TypeError, r"^Dropout: rate must be a number.*bool"),
+    (lambda: jax.jit(jc.Dropout)(0.5), TypeError, r"^Dropout: rate must be a number in \[0, "
+                                                   r"1\) fixed when the layer is built, got a "
+                                                   r"traced value"),
+    (lambda: jc.BatchNorm(momentum=jnp.asarray(1.5)), ValueError, r"^BatchNorm: momentum must "
+                                                                   r"be in \[0, 1\], got 1.5"),
 ])
 def test_bad_settings(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+def test_settings_given_as_concrete_arrays_are_numbers():
+    """A rate or momentum given as a 0-d array (``jnp.float32(0.3)``, ``np.asarray(0.9)``) is
+    the number it holds, as ``np.float32(0.3)`` is."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    for rate in (jnp.float32(0.3), np.asarray(0.3, np.float32), jnp.asarray(0.3)):
+        y = jc.Dropout(rate).apply((), x, key=KEY)
+        np.testing.assert_array_equal(y, jc.Dropout(np.float32(0.3)).apply((), x, key=KEY))
+    assert jc.BatchNorm(momentum=jnp.asarray(0.5)).config == jc.BatchNorm(momentum=0.5).config
+
+
+@pytest.mark.parametrize("dtype, rate, ok", [
+    (jnp.float16, 0.99999, False), (jnp.float16, 0.9999, True), (jnp.bfloat16, 0.99999, True)])
+def test_a_rate_whose_scale_overflows_the_dtype_is_refused(dtype, rate, ok):
+    """Training scales the kept entries by ``1 / (1 - rate)``: beyond the dtype's largest value
+    every kept entry would be inf and every dropped one NaN (0 times inf)."""
+    layer, x = jc.Dropout(rate), jnp.ones((2, 50000), dtype)
+    if ok:
+        assert bool(jnp.all(jnp.isfinite(layer.apply((), x, key=KEY))))
+        return
+    with pytest.raises(ValueError, match=r"^Dropout: rate 0.99999 scales the kept entries by "
+                                         r"1 / \(1 - rate\) = 100000, more than float16's "
+                                         r"largest value 65504; use a lower rate"):
+        jax.jit(lambda x: layer.apply((), x, key=KEY))(x)
+    assert bool(jnp.all(jnp.isfinite(layer.apply((), x, key=KEY, train=False))))
 
 
 def test_bad_inputs_name_the_layer():
@@ -504,3 +539,19 @@ def test_an_empty_batch():
         assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
     y, cache = jc.Dropout(0.5).forward((), x, key=KEY)
     assert y.shape == x.shape and jc.Dropout(0.5).backward((), cache, y)[1].shape == x.shape
+
+
+def test_an_input_without_positions():
+    """A map of height 0 (``(N, 0, W, C)``): LayerNorm and GroupNorm give an empty output, dx
+    empty and parameter gradients 0; BatchNorm in training refuses it, naming the empty sets."""
+    x = jnp.ones((2, 0, 3, 4), jnp.float32)
+    for layer in (jc.LayerNorm(), jc.GroupNorm(2)):
+        params, _ = layer.init(KEY, (1, 3, 4))
+        y, cache = jax.jit(layer.forward)(params, x)
+        grads, dx = jax.jit(layer.backward)(params, cache, y)
+        assert y.shape == dx.shape == x.shape
+        assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match=r"^BatchNorm: the sets it normalises over are empty "
+                                         r"\(input shape \(2, 0, 3, 4\)\): they have no "
+                                         r"statistics to normalise with in training"):
+        jc.BatchNorm().apply({"scale": jnp.ones(4, x.dtype), "bias": jnp.zeros(4, x.dtype)}, x)

@@ -92,6 +92,29 @@ def test_the_state_follows_the_tree_of_the_net():
         jc.update_state(net, state, (*cache[:4], cache[4][:1], *cache[5:]))
 
 
+@pytest.mark.parametrize("call, where", [
+    (lambda net: jc.has_state(jc.Dense), "has_state"),
+    (lambda net: jc.init_state("net", (8, 8, 1)), "init_state"),
+    (lambda net: jc.update_state(None, (), ()), "update_state"),
+    (lambda net: jc.with_state(jc.BatchNorm, ()), "with_state"),
+    (lambda net: jc.value_grad_and_state(jc.Dense, jc.softmax_cross_entropy),
+     "value_grad_and_state"),
+])
+def test_the_state_functions_refuse_what_is_not_a_net(call, where):
+    with pytest.raises(TypeError, match=rf"^{where}: net must be a jaxcnn Layer "
+                                        rf"\(jc.serial\(\.\.\.\), a zoo net\), got "):
+        call(net_with_centres())
+
+
+def test_the_state_functions_refuse_a_bad_loss_or_shape_when_built():
+    net = net_with_centres()
+    with pytest.raises(TypeError, match=r"^value_grad_and_state: loss must be a jaxcnn Loss"):
+        jc.value_grad_and_state(net, lambda y, t: y.mean())
+    with pytest.raises(TypeError, match=r"^init_state: input_shape must be a tuple, the "
+                                        r"per-example shape such as \(28, 28, 1\), got None"):
+        jc.init_state(net, None)
+
+
 def test_chunks_average_their_updated_states():
     """``microbatch``: each chunk centres on its own statistics and the new state is the mean
     of the chunks' updated states, as devices do (``jaxcnn.distributed``)."""
