@@ -18,7 +18,7 @@ from jaxcnn import data, show, train, zoo
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures"
 EXAMPLES = ("train_zoo.py", "per_example_gradients.py", "bridge_in_plain_jax.py",
-            "batchnorm_backward.py", "autoencoder.py")
+            "batchnorm_backward.py", "autoencoder.py", "audit_a_new_layer.py")
 PER_FILE, TOTAL = 200_000, 2_000_000
 
 

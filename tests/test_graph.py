@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxcnn as jc
-from harness import TOL, rel_err
+from harness import rel_err
 
 LOSS = jc.softmax_cross_entropy
 
