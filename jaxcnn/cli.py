@@ -5,12 +5,14 @@
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
 1 a fault during training (non-finite loss, diverging gradients) or a failed download, 130
-interrupted.  Errors go to stderr as ``jaxcnn <command>: error: <message>``.
+interrupted (Ctrl-C), 143 stopped by SIGTERM (``jaxcnn train``).  Errors go to stderr as ``jaxcnn <command>: error: <message>``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -243,30 +245,55 @@ def _check_batch_flags(args, devices, n_train: int, dataset: str) -> None:
                          f"{args.microbatch}, or at most it")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, ``kill``) as an interrupt: the same unwinding."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While it holds, SIGTERM raises ``_Terminated`` in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``: the run stops between two Python steps, its files as they were
+    (each written whole), and the previous handler comes back after."""
+    def stop(signum, frame):
+        raise _Terminated
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:                  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_train(args) -> int:
-    """``jaxcnn train``; an interrupt (Ctrl-C) at any moment ends it with exit 130, saying
-    whether a checkpoint is there to resume."""
+    """``jaxcnn train``; an interrupt (Ctrl-C, exit 130) or a SIGTERM (exit 143) at any moment
+    ends it, saying whether a checkpoint is there to resume."""
     out, lock = args.out, None
     try:
-        from jaxcnn import distributed
+        with _sigterm_as_interrupt():
+            from jaxcnn import distributed
 
-        try:                            # before anything touches a device
-            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        except (ValueError, RuntimeError) as err:
-            return _error("train", f"jax.distributed: {err}", 2)
-        if out is None:
-            try:
-                out, lock = _default_out(args)
-            except OSError as err:
-                return _error("train", err, 2)
-        return _train(args, out)
-    except KeyboardInterrupt:
+            try:                            # before anything touches a device
+                distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+            except (ValueError, RuntimeError) as err:
+                return _error("train", f"jax.distributed: {err}", 2)
+            if out is None:
+                try:
+                    out, lock = _default_out(args)
+                except OSError as err:
+                    return _error("train", err, 2)
+            return _train(args, out)
+    except KeyboardInterrupt as err:
         from jaxcnn.checkpoints import has_checkpoint
 
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(err, _Terminated) else \
+            ("interrupted", 130)
         kept = out is not None and has_checkpoint(out)
-        return _error("train", f"interrupted; the last checkpoint in {out} is intact, continue "
+        return _error("train", f"{how}; the last checkpoint in {out} is intact, continue "
                                f"with --resume" if kept else
-                               "interrupted before the first checkpoint: nothing to resume", 130)
+                               f"{how} before the first checkpoint: nothing to resume", code)
     finally:
         if lock is not None:
             lock.release()

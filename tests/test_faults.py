@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -714,6 +715,56 @@ def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monk
     assert capsys.readouterr().err == (f"jaxcnn train: error: interrupted; the last checkpoint "
                                        f"in {tmp_path / 'done'} is intact, continue with "
                                        f"--resume\n")
+
+
+def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """SIGTERM (a scheduler's stop) during ``jaxcnn train`` unwinds as Ctrl-C: exit 143, the
+    directory let go, the previous handler back."""
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(args, out):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):               # the handler runs at the next bytecode
+            pass
+        raise AssertionError("SIGTERM did not stop the run")
+    monkeypatch.setattr(cli, "_train", terminated)
+    assert cli.main(["train", "--quiet"]) == 143
+    assert capsys.readouterr().err == ("jaxcnn train: error: terminated (SIGTERM) before the "
+                                       "first checkpoint: nothing to resume\n")
+    assert not checkpoints.is_locked(tmp_path / "runs" / "digits-small")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_real_sigterm_mid_run_leaves_a_run_that_resumes(tmp_path):
+    """``jaxcnn train`` in its own process, SIGTERM once its first epoch's checkpoint is there:
+    exit 143 naming it, and ``--resume`` finishes the run."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxcnn.cli", "train", "--quiet", "--epochs", "40",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        ckpts = out / "checkpoints"
+        for _ in range(1200):                           # up to 2 minutes
+            if proc.poll() is not None or (ckpts.is_dir() and any(
+                    n.isdigit() and int(n) > 0 for n in os.listdir(ckpts))):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.endswith(f"jaxcnn train: error: terminated (SIGTERM); the last checkpoint in "
+                        f"{out} is intact, continue with --resume\n"), err[-2000:]
+    assert not checkpoints.is_locked(out)
+    epochs = train.load_checkpoint(out)[1]["epoch"] + 1         # one more than it kept
+    done = subprocess.run([*cmd, "--resume", "--epochs", str(epochs)], capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"after {epochs} epochs ({44 * epochs} steps)" in done.stdout, done.stdout[-2000:]
 
 
 def finished_run_dir(tmp_path) -> Path:
