@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -288,6 +289,9 @@ def _run_train(args) -> int:
     except KeyboardInterrupt as err:
         from jaxcnn.checkpoints import has_checkpoint
 
+        # a checkpoint write it cut short is left to orbax's temporary directory (removed by
+        # the next run); orbax's threads would log that write's traceback as the process ends
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
         how, code = ("terminated (SIGTERM)", 143) if isinstance(err, _Terminated) else \
             ("interrupted", 130)
         kept = out is not None and has_checkpoint(out)
