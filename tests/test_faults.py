@@ -737,8 +737,10 @@ def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch)
 
 
 def test_a_real_sigterm_mid_run_leaves_a_run_that_resumes(tmp_path):
-    """``jaxcnn train`` in its own process, SIGTERM once its first epoch's checkpoint is there:
-    exit 143 naming it, and ``--resume`` finishes the run."""
+    """``jaxcnn train`` in its own process, SIGTERM once its first epoch's checkpoint is there
+    and sealed: exit 143 naming it, and ``--resume`` finishes the run.  (A SIGTERM between
+    orbax's rename and the seal leaves a partial step, passed over with a warning on resume:
+    ``test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before`` and the kills above.)"""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jaxcnn.cli", "train", "--quiet", "--epochs", "40",
            "--out", str(out)]
@@ -747,8 +749,9 @@ def test_a_real_sigterm_mid_run_leaves_a_run_that_resumes(tmp_path):
     try:
         ckpts = out / "checkpoints"
         for _ in range(1200):                           # up to 2 minutes
-            if proc.poll() is not None or (ckpts.is_dir() and any(
-                    n.isdigit() and int(n) > 0 for n in os.listdir(ckpts))):
+            if proc.poll() is not None or (ckpts.is_dir() and any(     # saved and sealed
+                    n.isdigit() and int(n) > 0 and (ckpts / n / checkpoints.FILES).exists()
+                    for n in os.listdir(ckpts))):
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
