@@ -651,7 +651,11 @@ def lock_out(out: str) -> OutLock:
     which then records this process's PID, host and start time.  ``ValueError`` naming the
     holder at once if another process holds it.  Advisory, and only as good as ``flock`` on
     the file system: a local disk, not every network file system."""
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:              # a parent that is missing and cannot be made, a file
+        raise OSError(f"cannot create the output directory {out}: "
+                      f"{err.strerror or err} ({err.filename or out})") from err
     path = os.path.join(out, LOCK_FILE)
     key = os.path.realpath(path)
     if key in _CLAIMED:                 # chosen for this run by claim_fresh_out: take it over

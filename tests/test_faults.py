@@ -717,6 +717,18 @@ def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monk
                                        f"--resume\n")
 
 
+def test_an_out_that_cannot_be_created_is_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a directory")
+    out = tmp_path / "afile" / "run"
+    name = re.escape(str(out))
+    with pytest.raises(OSError, match=rf"^cannot create the output directory {name}: Not a "
+                                      rf"directory \({name}\)$"):
+        run_fit(out)
+    assert cli.main(["train", "--quiet", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"jaxcnn train: error: cannot create the output directory "
+                                       f"{out}: Not a directory ({out})\n")
+
+
 def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
     """SIGTERM (a scheduler's stop) during ``jaxcnn train`` unwinds as Ctrl-C: exit 143, the
     directory let go, the previous handler back."""
