@@ -25,6 +25,7 @@ import functools
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 NHWC = ("N", "H", "W", "C")
@@ -227,6 +228,12 @@ def describe(value) -> str:
         n = len(value)
         return f"a {type(value).__name__} of {n} entr{'y' if n == 1 else 'ies'}"
     return type(value).__name__
+
+
+def wide(dtype) -> jnp.dtype:
+    """The dtype sums of ``dtype`` accumulate in: float32 for a 16-bit float, else ``dtype``
+    itself (XLA's own reductions do the same; a 16-bit running sum overflows or rounds away)."""
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 def static_number(layer: str, arg: str, value, expected: str = "a number") -> float:

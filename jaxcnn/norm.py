@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
                          check_param_keys, check_train, config, flag, numpy_as_jax, positive_int,
-                         static_number)
+                         static_number, wide)
 
 
 class NormCache(NamedTuple):
@@ -60,11 +60,6 @@ class NormCache(NamedTuple):
 Plan = Callable[[Shape], tuple[Shape, tuple[int, ...]]]
 """``plan(input shape) -> (view shape, axes)``: the input reshaped so that each set ``S`` is
 the entries of ``axes`` (the other axes indexing the sets)."""
-
-
-def _wide(dtype) -> jnp.dtype:
-    """The dtype the statistics are computed in: float32 for a 16-bit input, else its own."""
-    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 def _normalise(v: Array, axes: tuple[int, ...], epsilon: float):
@@ -200,21 +195,21 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         _check_input(name, x)
         scale, bias = _channel_params(name, params, x.shape[-1], x.dtype, use_scale, use_bias)
         view, axes = plan(x.shape)
-        wide = _wide(x.dtype)
-        v = x.astype(wide).reshape(view)
+        acc = wide(x.dtype)
+        v = x.astype(acc).reshape(view)
         if fixed is None or check_train(name, train):
             _check_set_size(name, math.prod(view[a] for a in axes), x.shape, fixed is not None)
             x_hat, inv_std, mean, var = _normalise(v, axes, epsilon)       # eqs. 7.1-7.3
         else:
-            mean_run, var_run = fixed(x.shape[-1], wide)
+            mean_run, var_run = fixed(x.shape[-1], acc)
             inv_std = jax.lax.rsqrt(_per_channel(var_run, x.ndim) + epsilon)     # eq. 7.13
             x_hat, mean, var = (v - _per_channel(mean_run, x.ndim)) * inv_std, None, None
         x_hat = x_hat.reshape(x.shape)
         y = x_hat
         if use_scale:
-            y = y * _per_channel(scale.astype(wide), x.ndim)                         # eq. 7.4
+            y = y * _per_channel(scale.astype(acc), x.ndim)                         # eq. 7.4
         if use_bias:
-            y = y + _per_channel(bias.astype(wide), x.ndim)
+            y = y + _per_channel(bias.astype(acc), x.ndim)
         cache = NormCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)), x_hat, inv_std,
                           mean, var)
         return y.astype(x.dtype), cache

@@ -20,7 +20,7 @@ import numpy as np
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_cache, check_delta, check_input,
                          check_input_shape, check_key, check_no_params, check_train, config, flag,
-                         is_concrete, numpy_as_jax, pair)
+                         is_concrete, numpy_as_jax, pair, wide)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -158,8 +158,10 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
     count_include_pad = flag(name, "count_include_pad", count_include_pad)
 
     def forward(x, g, key, train):
-        size = ref.window_size(g, count_include_pad, x.dtype)                    # eq. 5.12
-        return fast.window_sums(x, g) / size, PoolCache(_static(x))               # eq. 5.1
+        acc = wide(x.dtype)                                   # 16-bit windows: float32
+        size = ref.window_size(g, count_include_pad, acc)                         # eq. 5.12
+        y = fast.window_sums(x.astype(acc), g) / size                             # eq. 5.1
+        return y.astype(x.dtype), PoolCache(_static(x))
 
     def backward(cache, delta, g):
         return fast.spread(delta / ref.window_size(g, count_include_pad, delta.dtype), g)  # 5.2

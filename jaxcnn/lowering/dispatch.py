@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import Array
+from jaxcnn.core import Array, wide
 from jaxcnn.lowering import pairs, phases, pointwise, toeplitz, winograd, xla
 from jaxcnn.lowering.plan import ConvPlan, bias_in_product
 from jaxcnn.reference import conv as ref
@@ -92,7 +92,8 @@ def bias_grad(delta: Array) -> Array:
     n, h, w, f = delta.shape
     if jax.default_backend() != "cpu" or f >= NARROW_FEATURES:
         return ref.backward_bias(delta)
-    return jnp.sum(jnp.sum(delta.reshape(n * h, w * f), axis=0).reshape(w, f), axis=0)
+    rows = jnp.sum(delta.reshape(n * h, w * f), axis=0, dtype=wide(delta.dtype))
+    return jnp.sum(rows.reshape(w, f), axis=0).astype(delta.dtype)
 
 
 def input_residual(delta: Array, w: Array, g: geo.Window, groups: int, plan: ConvPlan,

@@ -16,16 +16,20 @@ output's transform by ``A`` (4.15), then ``dU = V^T dM`` and ``G^T dU G`` (4.16)
 
 Every transform multiplies by a constant matrix along one spatial axis at a time (``_mix``),
 written as sums of the arrays it combines, which XLA fuses into the loops around them.  Shapes:
-``x (N, H, W, C)``, ``w (3, 3, C, F)``, ``delta (N, H_out, W_out, F)``.
+``x (N, H, W, C)``, ``w (3, 3, C, F)``, ``delta (N, H_out, W_out, F)``.  16-bit operands are
+transformed in float32 and the result rounded back (``_in_float32``): ``B^T d B`` adds up to
+four entries, which in float16 overflows at a quarter of its range.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from jax import lax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import Array
+from jaxcnn.core import Array, wide
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 """The input tile's transform, ``V = B^T d B`` (4x4 -> 4x4)."""
@@ -120,6 +124,18 @@ def kernel_tiles(w: Array) -> Array:
     return jnp.stack([u for row in _sandwich(G, [list(w[p]) for p in range(3)]) for u in row])
 
 
+def _in_float32(pass_):
+    """The pass computed in float32 where its operands are 16-bit, its result in their dtype."""
+    @functools.wraps(pass_)
+    def run(a: Array, b: Array, g: geo.Window, *, precision=None) -> Array:
+        acc = wide(a.dtype)
+        if acc == a.dtype:
+            return pass_(a, b, g, precision=precision)
+        return pass_(a.astype(acc), b.astype(acc), g, precision=precision).astype(a.dtype)
+    return run
+
+
+@_in_float32
 def forward(x: Array, w: Array, g: geo.Window, *, precision=None) -> Array:
     """Eq. 4.14, the forward (4.2): ``M = V U`` per transformed entry, then ``Y = A^T M A``.
     ``x (N, H, W, C)``, ``w (3, 3, C, F)`` -> ``(N, H_out, W_out, F)``."""
@@ -139,6 +155,7 @@ def output_residual(delta: Array, g: geo.Window) -> Array:
     return _stack(_sandwich(A_T.T, [_phases(r, 2) for r in _phases(d, 1)]))
 
 
+@_in_float32
 def kernel_grad(x: Array, delta: Array, g: geo.Window, *, precision=None) -> Array:
     """Eq. 4.16, the kernel gradient (4.4): ``dU = V^T dM`` per transformed entry, summed over
     every tile of the batch, then ``dg = G^T dU G``.  ``x (N, H, W, C)``, ``delta (N, H_out,
@@ -150,6 +167,7 @@ def kernel_grad(x: Array, delta: Array, g: geo.Window, *, precision=None) -> Arr
     return jnp.stack([jnp.stack(row) for row in dw])
 
 
+@_in_float32
 def input_residual(delta: Array, w: Array, g: geo.Window, *, precision=None) -> Array:
     """Eq. 4.17, the input residual (4.5): ``dV = dM U^T`` per transformed entry, ``dd = B dV
     B^T`` per tile, and each tile's 16 entries added back where ``input_tiles`` read them;

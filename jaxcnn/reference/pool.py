@@ -12,11 +12,13 @@ padding is dropped.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import Array
+from jaxcnn.core import Array, wide
 
 
 def window_size(g: geo.Window, count_include_pad: bool, dtype) -> Array:
@@ -92,13 +94,15 @@ def stochastic_sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, Array
     ``u ~ U[0, 1)``, one per window, ``k`` is the first position with ``c_k > u S``,
     ``S = c_{K-1}``, so ``P(k) = a_k / S``.  Counting the positions passed,
     ``sum_k [c_k <= u S and c_k < S]``, never passes the last positive entry, even where
-    ``u S`` rounds up to ``S``; a window with ``S = 0`` takes position 0.  One uniform number
-    per window and ``K`` compares on the ``K`` window slices
+    ``u S`` rounds up to ``S``; a window with ``S = 0`` takes position 0.  The entries are
+    divided by the window's largest first (``_scaled``): the same ``p_k``, and no running sum
+    overflows.  One uniform number per window and ``K`` compares on the ``K`` window slices
     (``docs/performance.md#why-stochastic-sampler``).  Unpadded windows."""
     slices = list(geo.window_slices(x, g))
-    cum = [jnp.maximum(slices[0], 0)]
-    for a in slices[1:]:
-        cum.append(cum[-1] + jnp.maximum(a, 0))
+    positive = _scaled([jnp.maximum(a, 0) for a in slices])
+    cum = [positive[0]]
+    for a in positive[1:]:
+        cum.append(cum[-1] + a)
     total = cum[-1]
     threshold = jax.random.uniform(key, total.shape, total.dtype) * total
     index = sum((((c <= threshold) & (c < total)).astype(jnp.int32) for c in cum[:-1]),
@@ -109,20 +113,46 @@ def stochastic_sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, Array
     return y, index
 
 
+def _scaled(parts: list) -> list:
+    """The arrays divided by their elementwise largest magnitude (1 where that is 0): every
+    entry in ``[-1, 1]``, so that sums of them cannot overflow."""
+    top = functools.reduce(jnp.maximum, [jnp.abs(a) for a in parts])
+    top = jnp.where(top > 0, top, 1)
+    return [a / top for a in parts]
+
+
 def stochastic_expectation(x: Array, g: geo.Window) -> Array:
     """Eq. 5.7, test time: ``y = sum(a^2) / S`` per window, ``S = sum(a)``; 0 where ``S = 0``
-    (the inner ``where`` keeps the untaken branch finite, so autodiff agrees with 5.8)."""
-    windows = geo.windows(x, g)
-    s = jnp.sum(windows, axis=3)
-    return jnp.where(s > 0, jnp.sum(windows * windows, axis=3) / jnp.where(s > 0, s, 1), 0)
+    (the inner ``where`` keeps the untaken branch finite, so autodiff agrees with 5.8).
+    Computed as ``m sum(r^2) / sum(r)`` with ``r = a / m``, ``m`` the window's largest
+    ``|a|`` -- the same number, no square overflowing or underflowing -- in float32 for a
+    16-bit input."""
+    y, *_ = _expectation(x, g)
+    return y.astype(x.dtype)
+
+
+def _expectation(x: Array, g: geo.Window) -> tuple[Array, Array, Array, Array]:
+    """Eq. 5.7's ``y``, the windows ``r (..., K, C)`` divided by their largest ``|a|``, ``m``,
+    ``sum(r)`` and ``m``; float32 for a 16-bit ``x``."""
+    windows = geo.windows(x.astype(wide(x.dtype)), g)
+    top = jnp.max(jnp.abs(windows), axis=3)
+    # y does not depend on m (it scales with the window), so autodiff holds m constant: its
+    # two paths through m would cancel exactly, and in floating point overflow (1 / m^2)
+    top = jax.lax.stop_gradient(jnp.where(top > 0, top, 1))
+    # slice by slice: XLA's CPU divides by a broadcast through its reciprocal, which is
+    # flushed to zero for a divisor above 2^126
+    r = jnp.stack([windows[:, :, :, k, :] / top for k in range(windows.shape[3])], axis=3)
+    s = jnp.sum(r, axis=3)
+    safe = jnp.where(s > 0, s, 1)
+    return jnp.where(s > 0, top * (jnp.sum(r * r, axis=3) / safe), 0), r, s, top
 
 
 def stochastic_expectation_backward(x: Array, delta: Array, g: geo.Window) -> Array:
-    """Eq. 5.8: ``dy/da_k = (2 a_k - y) / S`` (0 where ``S = 0``), scattered as in 3.4."""
-    windows = geo.windows(x, g)
-    s = jnp.sum(windows, axis=3)
+    """Eq. 5.8: ``dy/da_k = (2 a_k - y) / S`` (0 where ``S = 0``), scattered as in 3.4; as
+    eq. 5.7, on the windows divided by their largest ``|a|``: ``(2 r_k - y / m) / sum(r)``."""
+    y, r, s, top = _expectation(x, g)
     safe = jnp.where(s > 0, s, 1)
-    y = jnp.where(s > 0, jnp.sum(windows * windows, axis=3) / safe, 0)
     slope = jnp.where((s > 0)[:, :, :, None, :],
-                      (2 * windows - y[:, :, :, None, :]) / safe[:, :, :, None, :], 0)
-    return geo.unpad(geo.scatter_windows(slope * delta[:, :, :, None, :], g), g)
+                      (2 * r - (y / top)[:, :, :, None, :]) / safe[:, :, :, None, :], 0)
+    shares = slope * delta.astype(slope.dtype)[:, :, :, None, :]
+    return geo.unpad(geo.scatter_windows(shares.astype(delta.dtype), g), g)
