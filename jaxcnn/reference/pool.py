@@ -13,6 +13,7 @@ padding is dropped.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -95,11 +96,12 @@ def stochastic_sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, Array
     ``S = c_{K-1}``, so ``P(k) = a_k / S``.  Counting the positions passed,
     ``sum_k [c_k <= u S and c_k < S]``, never passes the last positive entry, even where
     ``u S`` rounds up to ``S``; a window with ``S = 0`` takes position 0.  The entries are
-    divided by the window's largest first (``_scaled``): the same ``p_k``, and no running sum
-    overflows.  One uniform number per window and ``K`` compares on the ``K`` window slices
-    (``docs/performance.md#why-stochastic-sampler``).  Unpadded windows."""
+    scaled by ``2^-ceil(log2 K)`` first: exactly (a power of two), the same ``p_k``, and a sum
+    of ``K`` of them cannot overflow.  One uniform number per window and ``K`` compares on the
+    ``K`` window slices (``docs/performance.md#why-stochastic-sampler``).  Unpadded windows."""
     slices = list(geo.window_slices(x, g))
-    positive = _scaled([jnp.maximum(a, 0) for a in slices])
+    scale = 2.0 ** -math.ceil(math.log2(len(slices)))
+    positive = [jnp.maximum(a, 0) * scale for a in slices]
     cum = [positive[0]]
     for a in positive[1:]:
         cum.append(cum[-1] + a)
@@ -113,14 +115,6 @@ def stochastic_sample(x: Array, g: geo.Window, key: Array) -> tuple[Array, Array
     return y, index
 
 
-def _scaled(parts: list) -> list:
-    """The arrays divided by their elementwise largest magnitude (1 where that is 0): every
-    entry in ``[-1, 1]``, so that sums of them cannot overflow."""
-    top = functools.reduce(jnp.maximum, [jnp.abs(a) for a in parts])
-    top = jnp.where(top > 0, top, 1)
-    return [a / top for a in parts]
-
-
 def stochastic_expectation(x: Array, g: geo.Window) -> Array:
     """Eq. 5.7, test time: ``y = sum(a^2) / S`` per window, ``S = sum(a)``; 0 where ``S = 0``
     (the inner ``where`` keeps the untaken branch finite, so autodiff agrees with 5.8).
@@ -131,28 +125,33 @@ def stochastic_expectation(x: Array, g: geo.Window) -> Array:
     return y.astype(x.dtype)
 
 
-def _expectation(x: Array, g: geo.Window) -> tuple[Array, Array, Array, Array]:
-    """Eq. 5.7's ``y``, the windows ``r (..., K, C)`` divided by their largest ``|a|``, ``m``,
-    ``sum(r)`` and ``m``; float32 for a 16-bit ``x``."""
-    windows = geo.windows(x.astype(wide(x.dtype)), g)
-    top = jnp.max(jnp.abs(windows), axis=3)
+def _expectation(x: Array, g: geo.Window) -> tuple[Array, list, Array, Array]:
+    """Eq. 5.7's ``y``, the window slices ``r_k`` divided by their largest ``|a|``, ``m``,
+    ``sum(r)`` and ``m``; float32 for a 16-bit ``x``.  Slice by slice, one loop (and a true
+    division: XLA's CPU divides by a broadcast through its reciprocal, which is flushed to zero
+    for a divisor above 2^126)."""
+    slices = list(geo.window_slices(x.astype(wide(x.dtype)), g))
+    top = functools.reduce(jnp.maximum, [jnp.abs(a) for a in slices])
     # y does not depend on m (it scales with the window), so autodiff holds m constant: its
     # two paths through m would cancel exactly, and in floating point overflow (1 / m^2)
     top = jax.lax.stop_gradient(jnp.where(top > 0, top, 1))
-    # slice by slice: XLA's CPU divides by a broadcast through its reciprocal, which is
-    # flushed to zero for a divisor above 2^126
-    r = jnp.stack([windows[:, :, :, k, :] / top for k in range(windows.shape[3])], axis=3)
-    s = jnp.sum(r, axis=3)
-    safe = jnp.where(s > 0, s, 1)
-    return jnp.where(s > 0, top * (jnp.sum(r * r, axis=3) / safe), 0), r, s, top
+    r = [a / top for a in slices]
+    s = sum(r[1:], r[0])
+    squares = sum((v * v for v in r[1:]), r[0] * r[0])
+    return jnp.where(s > 0, top * (squares / jnp.where(s > 0, s, 1)), 0), r, s, top
+
+
+def _kept(v: Array) -> Array:
+    """``v`` unchanged, as the output of a reduction (``_stored``'s device): computed once, not
+    again inside each of the ``K`` slopes that read it."""
+    return jnp.max(jnp.stack([v, v]), axis=0)
 
 
 def stochastic_expectation_backward(x: Array, delta: Array, g: geo.Window) -> Array:
     """Eq. 5.8: ``dy/da_k = (2 a_k - y) / S`` (0 where ``S = 0``), scattered as in 3.4; as
     eq. 5.7, on the windows divided by their largest ``|a|``: ``(2 r_k - y / m) / sum(r)``."""
     y, r, s, top = _expectation(x, g)
-    safe = jnp.where(s > 0, s, 1)
-    slope = jnp.where((s > 0)[:, :, :, None, :],
-                      (2 * r - (y / top)[:, :, :, None, :]) / safe[:, :, :, None, :], 0)
-    shares = slope * delta.astype(slope.dtype)[:, :, :, None, :]
+    share = jnp.where(s > 0, delta.astype(y.dtype) / jnp.where(s > 0, s, 1), 0)
+    level, share = _kept(y / top), _kept(share)
+    shares = jnp.stack([(2 * v - level) * share for v in r], axis=3)
     return geo.unpad(geo.scatter_windows(shares.astype(delta.dtype), g), g)
