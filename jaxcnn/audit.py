@@ -234,7 +234,8 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     try:
         with jax.enable_x64(True):
             p64, a64, d64 = wide((p, a, delta))
-            exact = [np.asarray(e) for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
+            exact = [np.asarray(e)
+                     for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
             _, cache = jax.jit(lambda p, a: layer.forward(p, a, key=key, train=train))(p64, a64)
             hand64 = jax.tree.leaves(jax.jit(layer.backward)(p64, cache, d64))
             own = [0.0] * len(exact)

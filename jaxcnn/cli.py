@@ -5,7 +5,8 @@
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
 1 a fault during training (non-finite loss, diverging gradients) or a failed download, 130
-interrupted (Ctrl-C), 143 stopped by SIGTERM (``jaxcnn train``).  Errors go to stderr as ``jaxcnn <command>: error: <message>``.
+interrupted (Ctrl-C), 143 stopped by SIGTERM (``jaxcnn train``).  Errors go to stderr as
+``jaxcnn <command>: error: <message>``.
 """
 from __future__ import annotations
 
