@@ -228,12 +228,12 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     "jax.vjp float64") when the hand-written backward run in float64 agrees with ``jax.vjp``
     there (the derivation) and its error in the row's dtype is at most ``ROUNDING_FACTOR`` times
     the reference's own (the rounding).  A wrong derivation fails the first."""
-    def wide(tree):
+    def to64(tree):
         return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
                             jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
     try:
         with jax.enable_x64(True):
-            p64, a64, d64 = wide((p, a, delta))
+            p64, a64, d64 = to64((p, a, delta))
             exact = [np.asarray(e)
                      for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
             _, cache = jax.jit(lambda p, a: layer.forward(p, a, key=key, train=train))(p64, a64)

@@ -22,12 +22,17 @@ class Loss(NamedTuple):
     name: str
 
 
-def check_net_and_loss(where: str, net, loss) -> None:
-    """``net`` is a ``Layer`` and ``loss`` a ``Loss`` (``value`` and its ``delta``): a plain
-    function has no output residual for the hand-written backward to start from."""
+def check_net(where: str, net) -> None:
+    """``net`` is a ``Layer`` (a class such as ``jc.Dense`` is not: it builds one)."""
     if not isinstance(net, Layer):
         raise TypeError(f"{where}: net must be a jaxcnn Layer (jc.serial(...), a zoo net), got "
                         f"{describe(net)}")
+
+
+def check_net_and_loss(where: str, net, loss) -> None:
+    """``net`` is a ``Layer`` and ``loss`` a ``Loss`` (``value`` and its ``delta``): a plain
+    function has no output residual for the hand-written backward to start from."""
+    check_net(where, net)
     if not isinstance(loss, Loss):
         raise TypeError(f"{where}: loss must be a jaxcnn Loss (jc.softmax_cross_entropy, "
                         f"jc.squared_error, or Loss(value, delta, name)), got {describe(loss)}")

@@ -23,7 +23,7 @@ from typing import Callable
 import jax
 
 from jaxcnn.core import Array, Cache, Layer, Params, State, describe, map_leaves
-from jaxcnn.losses import Loss, check_net_and_loss
+from jaxcnn.losses import Loss, check_net, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import _hand_written
 from jaxcnn.precision import Policy, policy
@@ -33,7 +33,7 @@ __all__ = ["has_state", "init_state", "update_state", "with_state", "value_grad_
 
 def has_state(net: Layer) -> bool:
     """Whether any layer of ``net`` keeps a state (``Layer.state``)."""
-    _check_net("has_state", net)
+    check_net("has_state", net)
     return net.state is not None or any(has_state(sub) for sub in net.layers)
 
 
@@ -41,7 +41,7 @@ def init_state(net: Layer, input_shape) -> State:
     """The initial state of ``net`` for a per-example ``input_shape``: each stateful layer's
     ``state.init`` of its own input shape (found by tracing ``net.init``, no parameter drawn),
     ``()`` for the others, nested as the net is."""
-    _check_net("init_state", net)
+    check_net("init_state", net)
     if not isinstance(input_shape, (tuple, list)):
         raise TypeError(f"init_state: input_shape must be a tuple, the per-example shape such "
                         f"as (28, 28, 1), got {describe(input_shape)}")
@@ -68,7 +68,7 @@ def init_state(net: Layer, input_shape) -> State:
 def update_state(net: Layer, state: State, cache: Cache) -> State:
     """The state after a training forward whose ``cache`` is given: each stateful layer's
     ``state.update`` of its own state and cache; the others' ``()`` unchanged."""
-    _check_net("update_state", net)
+    check_net("update_state", net)
     if net.layers:
         if not isinstance(state, tuple) or len(state) != len(net.layers):
             raise ValueError(f"{net.name}: expected a state of {len(net.layers)} entries, one per "
@@ -85,7 +85,7 @@ def with_state(net: Layer, state: State) -> Layer:
     """``net`` whose stateful layers evaluate (``train=False``) with ``state``: each one's
     ``state.bind(state)``; rebuilt through the combinators (``Layer.build``).  Training mode is
     unchanged.  Built inside a jitted function from a traced ``state``, it costs nothing."""
-    _check_net("with_state", net)
+    check_net("with_state", net)
     if not has_state(net):
         return net
     if isinstance(state, tuple) and not state:
@@ -98,12 +98,6 @@ def with_state(net: Layer, state: State) -> Layer:
                              f"layer, got {_describe(state)} -- a state from another network?")
         return net.build(*(with_state(sub, s) for sub, s in zip(net.layers, state)))
     return net.state.bind(state) if net.state is not None else net
-
-
-def _check_net(where: str, net) -> None:
-    if not isinstance(net, Layer):
-        raise TypeError(f"{where}: net must be a jaxcnn Layer (jc.serial(...), a zoo net), got "
-                        f"{describe(net)}")
 
 
 def _describe(state) -> str:
