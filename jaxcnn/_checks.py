@@ -21,10 +21,11 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
-def check_data(net: Layer, params: Params, x, targets, what: str) -> None:
+def check_data(net: Layer, params: Params, x, targets, what: str, loss=None) -> None:
     """Images fit the net (rank, size, channels, dtype), and targets fit its output: class
     indices (checked by ``data.check_arrays``) for ``(N, classes)`` outputs, or real targets
-    of the output's shape.  ``what`` names the set in messages ("training set")."""
+    of the output's shape -- and, given a ``loss``, the kind of targets it takes (class
+    indices or real arrays).  ``what`` names the set in messages ("training set")."""
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) < 2:
         raise ValueError(f"{what}: images must be an array with a batch axis, e.g. "
@@ -44,3 +45,11 @@ def check_data(net: Layer, params: Params, x, targets, what: str) -> None:
     elif getattr(targets, "shape", None) != (shape[0], *out.shape[1:]):
         raise ValueError(f"{what}: targets must have shape {(shape[0], *out.shape[1:])} (one "
                          f"network output per image), got {getattr(targets, 'shape', None)}")
+    if loss is not None:
+        n = max(shape[0], 1)
+        try:            # shapes and dtypes only: the loss's own checks, on the whole set's
+            jax.eval_shape(loss.value, jax.ShapeDtypeStruct((n, *out.shape[1:]), out.dtype),
+                           jax.ShapeDtypeStruct((n, *targets.shape[1:]), targets.dtype))
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{what}: its targets ({targets.dtype}, shape {targets.shape}) "
+                            f"do not suit the loss: {err}") from err

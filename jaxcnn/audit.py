@@ -129,7 +129,11 @@ class GradReport:
         widths = [max(len(x) for x in col) for col in zip(head, *body)]
         lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        if self.ok:
+        kinks = sum(r.kink for r in self.rows)
+        if self.ok and kinks:
+            verdict = f"{len(self.rows) - kinks} gradients agree, {kinks} not compared at a " \
+                      f"kink ({self.dtype}; worst relative error {self.worst:.1e})"
+        elif self.ok:
             verdict = f"all {len(self.rows)} gradients agree ({self.dtype}; worst relative " \
                       f"error {self.worst:.1e})"
         else:

@@ -4,9 +4,10 @@
 
 Each subcommand is one function that adds its parser and sets ``run`` (``args -> exit code``),
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
-1 a fault during training (non-finite loss, diverging gradients) or a failed download, 130
-interrupted (Ctrl-C), 143 stopped by SIGTERM (``jaxcnn train``).  Errors go to stderr as
-``jaxcnn <command>: error: <message>``.
+1 a fault during training (non-finite loss, diverging gradients), a failed gradient check
+or a failed download, 130 interrupted (Ctrl-C, any command), 143 stopped by SIGTERM
+(``jaxcnn train``); running out of memory is bad input (2).  Errors and checkpoint warnings
+go to stderr as one line, ``jaxcnn <command>: error: <message>`` (or ``warning:``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -66,6 +68,8 @@ def _parsed(convert: Callable, valid: Callable, what: str) -> Callable[[str], ob
 _positive_int = _parsed(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _parsed(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _parsed(float, lambda v: 0 < v < float("inf"), "a positive number")
+_timeout = _parsed(float, lambda v: 0 < v <= 86400, "a number of seconds, above 0 and at most "
+                                                    "86400 (a day)")
 
 
 def _checked_by(fault: Callable[[str], str | None]) -> Callable[[str], str]:
@@ -343,32 +347,48 @@ def _train(args, out: str) -> int:
               f"{f' in {args.precision}' if args.precision != 'float32' else ''}; "
               f"outputs in {out}")
     info = {"dataset": ds.name, "arch": args.arch, "optimizer": args.optimizer, "lr": args.lr}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", train.CheckpointWarning)
-            warnings.showwarning = _show_warning_lines("train")
-            train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                      optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                      seed=args.seed, grad=args.grad, microbatch=args.microbatch,
-                      precision=args.precision, devices=devices,
-                      check_grads=args.check_grads, out=out,
-                      resume=args.resume, overwrite=args.overwrite,
-                      checkpoint_every=args.checkpoint_every, info=info,
-                      resume_may_change=("lr",) if lr_given else (), verbose=True,
-                      progress=not args.quiet)
+    try:                                # (main prints a CheckpointWarning as one line)
+        train.fit(net, params, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                  optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                  seed=args.seed, grad=args.grad, microbatch=args.microbatch,
+                  precision=args.precision, devices=devices,
+                  check_grads=args.check_grads, out=out,
+                  resume=args.resume, overwrite=args.overwrite,
+                  checkpoint_every=args.checkpoint_every, info=info,
+                  resume_may_change=("lr",) if lr_given else (), verbose=True,
+                  progress=not args.quiet)
     except train.TrainingError as err:
         return _error("train", err, 1)
     except train.CheckpointError as err:
         return _error("train", f"{err}; pass --overwrite to start again, or --out DIR", 2)
     except (ValueError, TypeError, OSError) as err:
-        hint = ("; pass --resume to continue it, --overwrite to start again, or --out DIR"
-                if "already holds a run" in str(err) else
-                "; repeat its --lr, or give another --lr to change it from here (recorded)"
-                if "cannot resume" in str(err) and " was made with lr=" in str(err) else
-                "; pass --overwrite to start again, or --out DIR"
-                if "already holds the outputs of a run" in str(err) else "")
-        return _error("train", f"{err}{hint}", 2)
+        return _error("train", f"{err}{_train_hint(str(err))}", 2)
     return 0
+
+
+_RESUME_FLAGS = {"dataset": "--dataset", "arch": "--arch", "batch_size": "--batch-size",
+                 "microbatch": "--microbatch", "optimizer": "--optimizer", "seed": "--seed",
+                 "grad": "--grad", "precision": "--precision"}
+"""The run settings (``fit``'s config) that one ``jaxcnn train`` option sets."""
+
+
+def _train_hint(message: str) -> str:
+    """What to do next about ``fit``'s error ``message``: the option to repeat on a resume
+    whose setting differs, or the flag that starts again."""
+    if "already holds a run" in message:
+        return "; pass --resume to continue it, --overwrite to start again, or --out DIR"
+    if "already holds the outputs of a run" in message:
+        return "; pass --overwrite to start again, or --out DIR"
+    if "cannot resume" not in message:
+        return ""
+    if " was made with lr=" in message:
+        return "; repeat its --lr, or give another --lr to change it from here (recorded)"
+    if " was made with batch_statistics_rows=" in message:
+        return "; give --microbatch with that number of rows, or --overwrite to start again"
+    for name, flag in _RESUME_FLAGS.items():
+        if f" was made with {name}=" in message:
+            return f"; repeat its {flag}, or --overwrite to start again"
+    return ""
 
 
 # --- jaxcnn check --------------------------------------------------------------------------
@@ -443,7 +463,7 @@ def _add_data(subparsers) -> None:
     d.add_argument("--mirror", type=_checked_by(_mirror_fault), metavar="URL",
                    help="fetch URL/<file>.gz instead (default: the published locations, in "
                         "order, listed in jaxcnn.data.SOURCES)")
-    d.add_argument("--timeout", type=_positive_float, default=DOWNLOAD_TIMEOUT,
+    d.add_argument("--timeout", type=_timeout, default=DOWNLOAD_TIMEOUT,
                    metavar="SECONDS",
                    help="the longest any one request may wait (default: %(default)s)")
     d.set_defaults(run=_run_data_download)
@@ -462,8 +482,9 @@ def _run_data_download(args) -> int:
     except KeyboardInterrupt:
         return _error("data download", "interrupted; no partial file was left", 130)
     where = os.path.dirname(paths["x_train"])
+    flag = f" --data-dir {shlex.quote(where)}" if args.data_dir is not None else ""
     print(f"{args.dataset}: the four files are in {where}; train with: jaxcnn train --dataset "
-          f"{args.dataset}{f' --data-dir {where}' if args.data_dir is not None else ''}")
+          f"{args.dataset}{flag}")
     return 0
 
 
@@ -495,7 +516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:     # --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        return args.run(args)
+        with warnings.catch_warnings():     # a checkpoint's warning as one line, in every command
+            from jaxcnn.checkpoints import CheckpointWarning
+            warnings.simplefilter("always", CheckpointWarning)
+            warnings.showwarning = _show_warning_lines(args.command)
+            return args.run(args)
+    except KeyboardInterrupt:                # train handles its own; check, show, data here
+        return _error(args.command, "interrupted", 130)
+    except MemoryError:
+        return _error(args.command, "out of memory: the batch or image is too large for this "
+                                    "machine; ask for a smaller one", 2)
     except ImportError as err:               # an optional dependency: name its extra
         missing = (err.name or getattr(err.__cause__, "name", None) or "").partition(".")[0]
         for extra, modules in EXTRAS.items():

@@ -541,6 +541,10 @@ def _mirror_fault(mirror) -> str | None:
         return f"{expected} ({err})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return expected
+    try:                                        # the host name as a request would encode it
+        parts.hostname.encode("idna")
+    except UnicodeError as err:                 # e.g. an empty label: http://a..b
+        return f"{expected} (its host name: {err})"
     return None
 
 
@@ -601,6 +605,10 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
         raw, target = os.path.join(data_dir, stem), os.path.join(data_dir, stem + ".gz")
         md5 = source.md5[stem + ".gz"]
         if os.path.lexists(raw) and not os.path.lexists(target):
+            fault = _not_regular(raw, os.stat(raw).st_mode) if os.path.exists(raw) else \
+                ValueError(f"{raw}: is a link to {os.path.realpath(raw)}, which does not exist")
+            if fault is not None:       # a dangling link or a directory is no copy to keep
+                raise ValueError(f"{fault}; move it away to download {stem}.gz")
             log(f"{stem}: already in {data_dir}, uncompressed (kept, not verified)")
             paths[role] = raw
             continue

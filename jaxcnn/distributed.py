@@ -41,8 +41,11 @@ deterministic nets agree across device counts to float rounding.
 ``jax.grad`` inside ``shard_map`` needs care: with ``check_vma=True`` the gradient with respect
 to a replicated input is already summed over devices (the transpose of its implicit broadcast),
 while the hand-written backward returns each device's own gradient.  So ``grad="autodiff"``
-differentiates the mean loss ``pmean(J_d)`` -- whose gradient is the device mean -- rather
-than ``J_d``, whose summed gradient would be D times too large.
+first marks the params device-varying (``lax.pcast(..., to="varying")``, a no-op on the
+values), takes ``jax.grad`` of ``J_d`` -- device d's own gradient, as the shard step's -- and
+then the same device mean: one all-reduce of the float32 gradients after every chunk, under a
+16-bit policy too (differentiating ``pmean(J_d)`` instead would sum the 16-bit gradients inside
+the backward, once per chunk).
 
 Several processes (hosts): ``initialize`` starts ``jax.distributed`` before JAX touches a
 device; the mesh then spans every process's devices, each process feeds only its own rows of
@@ -62,7 +65,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn import backend
 from jaxcnn.core import Array, Layer, Params, State
-from jaxcnn.losses import Loss
+from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
@@ -186,17 +189,30 @@ def _check_plan(where: str, plan) -> None:
                         f"data_parallel(devices)), got {type(plan).__name__}")
 
 
-def _check_global_batch(where: str, plan: DataParallel, x) -> None:
-    """The batch handed to a sharded step divides over the devices (``check_batch_size``)."""
+def _check_global_batch(where: str, plan: DataParallel, x, targets) -> None:
+    """The batch handed to a sharded step divides over the devices (``check_batch_size``),
+    and ``targets`` hold one row per row of ``x`` -- checked on the global shapes, before
+    ``shard_map`` would report per-device ones."""
     shape = getattr(x, "shape", None)
     if not shape:
         raise ValueError(f"{where}: x must be an array with a batch axis, got "
                          f"{type(x).__name__ if shape is None else 'shape ()'}")
+    tshape = getattr(targets, "shape", None)
+    if tshape is None or not tshape or tshape[0] != shape[0]:
+        got = f"shape {tuple(tshape)}" if tshape is not None else type(targets).__name__
+        raise ValueError(f"{where}: targets must have x's global batch of {shape[0]} rows "
+                         f"along their first axis, got {got}")
     check_batch_size(plan, shape[0])
 
 
 def check_batch_size(plan: DataParallel, batch_size: int) -> None:
     """Each device gets the same number of rows: ``batch_size`` must divide by D."""
+    _check_plan("check_batch_size", plan)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"check_batch_size: batch_size must be an int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"check_batch_size: batch_size must be a positive integer, got "
+                         f"{batch_size}")
     if batch_size % plan.size:
         lower = batch_size - batch_size % plan.size
         raise ValueError(
@@ -212,6 +228,8 @@ def replicate(plan: DataParallel, tree: Any) -> Any:
 
     Each process passes the same values (params from the same seed, or one checkpoint).
     """
+    _check_plan("replicate", plan)
+
     def put(a):
         if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
             return jax.random.wrap_key_data(put(jax.random.key_data(a)),
@@ -240,6 +258,10 @@ def shard_batch(plan: DataParallel, array: np.ndarray, index: np.ndarray) -> Arr
         raise TypeError(f"shard_batch: index must be a 1-D array of row numbers, got "
                         f"{index.dtype} of shape {index.shape}")
     check_batch_size(plan, len(index))
+    rows = len(array) if hasattr(array, "__len__") else 0
+    if index.min() < 0 or index.max() >= rows:
+        raise ValueError(f"shard_batch: index must hold row numbers in [0, {rows}) of the "
+                         f"array, got values in [{index.min()}, {index.max()}]")
     mine = index[local_rows(plan, len(index))]
     return jax.make_array_from_process_local_data(plan.batch, np.asarray(array[mine]),
                                                   (len(index), *array.shape[1:]))
@@ -247,8 +269,16 @@ def shard_batch(plan: DataParallel, array: np.ndarray, index: np.ndarray) -> Arr
 
 def host_copy(tree: Any) -> Any:
     """This process's copy of replicated arrays, as NumPy arrays (for evaluation and checks
-    on one device, and for saving)."""
-    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)
+    on one device, and for saving).  A sharded array (a batch) is refused: its first device's
+    rows are not the array."""
+    def copy(a):
+        if not a.sharding.is_fully_replicated:
+            raise ValueError(f"host_copy: expected replicated arrays (params, optimizer "
+                             f"state), got an array of shape {a.shape} sharded as "
+                             f"{a.sharding}; a device holds only its share of it")
+        return np.asarray(a.addressable_data(0))
+
+    return jax.tree_util.tree_map(copy, tree)
 
 
 # --- the step ----------------------------------------------------------------------------------
@@ -268,12 +298,13 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     ``key`` replicated; ``J`` and ``grads`` come back replicated.  ``grad="manual"``: each
     device's hand-written ``value_and_grad`` (eq. 6.2 on its rows), then ``pmean`` -- the
     shard step and the device mean of the module docstring.
-    ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss ``pmean(J_d)``.
+    ``grad="autodiff"``: each device's ``jax.grad`` of its own ``J_d``, then the same ``pmean``.
     ``microbatch``: each device runs its rows in chunks of this many (``microbatched``).
     ``precision``: each device computes under this policy (``jaxcnn.precision``); the device
     mean is taken of the float32 gradients.
     """
     _check_plan("loss_and_grad", plan)
+    check_net_and_loss("distributed.loss_and_grad", net, loss)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
     pol = policy(precision, "value_and_grad: precision")
@@ -283,22 +314,16 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
         value, grads = vg(params, x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
-    def by_autodiff(params, x, targets, key, train):    # key: this shard's already
-        # already the mean over devices: transposing the broadcast of the replicated params
-        # sums the per-device gradients of pmean(J_d), each (1/D) g_d
-        vg = autodiff(pol, _mean_loss(loss),
-                      lambda p, xc: (net.apply(p, xc, key=key, train=train), ()))
-        return vg(params, x, targets)[:2]
-
-    chunked = microbatched(by_autodiff, microbatch, "value_and_grad")
+    chunked = microbatched(_autodiff_local(net, loss, pol), microbatch, "value_and_grad")
 
     def automatic(params, x, targets, *, key, train):   # chunks split the shard's key, as manual
-        return chunked(params, x, targets, key=shard_key(key), train=train)
+        value, (grads, _) = chunked((params, ()), x, targets, key=shard_key(key), train=train)
+        return lax.pmean((value, grads), BATCH)
 
     local = manual if grad == "manual" else automatic
 
     def f(params, x, targets, *, key=None, train=True):
-        _check_global_batch("loss_and_grad", plan, x)
+        _check_global_batch("loss_and_grad", plan, x, targets)
         mapped = jax.shard_map(
             lambda p, xs, ts, k: local(p, xs, ts, key=k, train=train), mesh=plan.mesh,
             in_specs=(P(), P(BATCH), P(BATCH), P()), out_specs=(P(), P()))
@@ -336,10 +361,12 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     step is therefore the single-device step with ``microbatch`` = the per-device batch, whose
     chunks play the devices (``tests/test_distributed.py`` proves it).
     ``grad="manual"``: each device's ``step.loss_grad_and_state``, then ``pmean``.
-    ``grad="autodiff"``: ``jax.grad`` of the device-averaged loss, as ``loss_and_grad``.
+    ``grad="autodiff"``: each device's ``jax.grad`` of its ``J_d``, then ``pmean``, as
+    ``loss_and_grad``.
     ``precision``: as ``loss_and_grad``'s.
     """
     _check_plan("loss_grad_and_state", plan)
+    check_net_and_loss("distributed.loss_grad_and_state", net, loss)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
     pol = policy(precision, "value_and_grad: precision")
@@ -349,16 +376,15 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
         def local(params, state, x, targets, key):
             return lax.pmean(vgs(params, state, x, targets, key=shard_key(key)), BATCH)
     else:
-        chunked = microbatched(_autodiff_with_state(net, loss, pol), microbatch,
-                               "value_and_grad")
+        chunked = microbatched(_autodiff_local(net, loss, pol), microbatch, "value_and_grad")
 
         def local(params, state, x, targets, key):   # chunks split the shard's key, as manual
             value, (grads, state) = chunked((params, state), x, targets, key=shard_key(key),
                                             train=True)
-            return value, grads, state
+            return lax.pmean((value, grads, state), BATCH)
 
     def f(params, state, x, targets, *, key=None):
-        _check_global_batch("loss_grad_and_state", plan, x)
+        _check_global_batch("loss_grad_and_state", plan, x, targets)
         mapped = jax.shard_map(local, mesh=plan.mesh,
                                in_specs=(P(), P(), P(BATCH), P(BATCH), P()),
                                out_specs=(P(), P(), P()))
@@ -367,17 +393,12 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     return f
 
 
-def _mean_loss(loss: Loss) -> Callable:
-    """``(y, targets) -> pmean_d J_d``: the device-averaged loss, inside ``shard_map``."""
-    return lambda y, targets: lax.pmean(loss.value(y, targets), BATCH)
-
-
-def _autodiff_with_state(net: Layer, loss: Loss, pol: Policy) -> Callable:
-    """One device's ``((params, state), x, targets, key, train) -> (J, (grads, state))`` by
-    ``jax.grad`` of the device-averaged loss (see ``loss_and_grad``) under the policy ``pol``:
-    through ``net.apply`` for a net without state (the state ``()`` passed through), through
-    ``net.forward`` -- whose cache holds the batch statistics -- for one with, the updated
-    states averaged."""
+def _autodiff_local(net: Layer, loss: Loss, pol: Policy) -> Callable:
+    """One device's ``((params, state), x, targets, key, train) -> (J_d, (grads_d, state_d))``
+    by ``jax.grad`` of its own loss under the policy ``pol``, the params marked device-varying
+    first so that the gradient is this device's (the module docstring): through ``net.apply``
+    for a net without state (the state ``()`` passed through), through ``net.forward`` --
+    whose cache holds the batch statistics -- for one with, its state updated from them."""
     stateful = has_state(net)
 
     def whole(params_and_state, x, targets, key, train):
@@ -388,9 +409,10 @@ def _autodiff_with_state(net: Layer, loss: Loss, pol: Policy) -> Callable:
                 return net.apply(p, xc, key=key, train=train), ()
             return net.forward(p, xc, key=key, train=train)
 
-        value, grads, cache = autodiff(pol, _mean_loss(loss), run)(params, x, targets)
+        own = lax.pcast(params, BATCH, to="varying")
+        value, grads, cache = autodiff(pol, loss.value, run)(own, x, targets)
         if stateful:
-            state = lax.pmean(update_state(net, state, cache), BATCH)
+            state = update_state(net, state, cache)
         return value, (grads, state)
 
     return whole
@@ -442,6 +464,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                          f"(host:port of process 0), the number of processes and this "
                          f"process's id; missing {', '.join(missing)} (flags or {', '.join(ENV)}"
                          f"; or coordinator 'auto' on a TPU pod, Slurm or Open MPI)")
+    if not isinstance(coordinator, str):
+        raise TypeError(f"the coordinator address must be a string host:port, got "
+                        f"{type(coordinator).__name__} {coordinator!r}")
+    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"the coordinator address must be host:port with a port in 1..65535, "

@@ -19,7 +19,7 @@ from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.state import with_state
 from jaxcnn.step import memoise
 
-__all__ = ["EVAL_BATCH", "evaluate", "evaluator"]
+__all__ = ["EVAL_BATCH", "evaluate"]
 
 EVAL_BATCH = 1000
 """The evaluation chunk: one compiled shape for every set, and ``evaluate``'s default."""
@@ -36,7 +36,10 @@ def _chunk_sums(net: Layer, loss: Loss) -> Callable:
         per_example = jax.vmap(lambda o, t: loss.value(o[None], t[None]))(out, targets)
         total = jnp.sum(jnp.where(mask, per_example, jnp.zeros((), per_example.dtype)))
         if jnp.issubdtype(targets.dtype, jnp.integer) and out.ndim == 2:
-            hit = jnp.argmax(out, axis=1).astype(targets.dtype) == targets
+            # compared in int32: class 300 cast to uint8 labels' dtype would wrap to 44; a
+            # row with a NaN or infinite output predicts nothing (argmax would say class 0)
+            hit = jnp.argmax(out, axis=1).astype(jnp.int32) == targets.astype(jnp.int32)
+            hit = hit & jnp.all(jnp.isfinite(out), axis=1)
             return total, jnp.sum(hit & mask)
         return total, jnp.zeros((), jnp.int32)
 
@@ -46,7 +49,8 @@ def _chunk_sums(net: Layer, loss: Loss) -> Callable:
 def evaluator(net: Layer, loss: Loss, chunk: int = EVAL_BATCH) -> Callable:
     """``(params, x, targets, state=()) -> (mean loss, accuracy or None)`` over NumPy arrays,
     in padded chunks of ``chunk`` examples: ``evaluate`` with the net and loss fixed, as
-    ``fit`` uses it after every epoch."""
+    ``fit`` uses it after every epoch, on sets it has checked (``evaluate`` checks them; this
+    does not, and so is not public)."""
     chunk_sums = _chunk_sums(net, loss)
 
     def evaluate(params, x, targets, state=()):
@@ -77,7 +81,7 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
     if x.ndim and len(x) == 0:
         raise ValueError(f"evaluate: no examples (x of shape {x.shape}); a mean over none "
                          f"is not defined")
-    check_data(net, params, x, targets, "evaluate")     # integer labels: images finite too
+    check_data(net, params, x, targets, "evaluate", loss)   # integer labels: images finite too
     if not np.issubdtype(targets.dtype, np.integer) and np.issubdtype(x.dtype, np.floating) \
             and not np.isfinite(x).all():
         raise ValueError(f"evaluate: x must be finite, {int((~np.isfinite(x)).sum())} of its "

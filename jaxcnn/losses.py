@@ -78,7 +78,7 @@ def _class_indices(logits, labels) -> tuple[Array, Array]:
     each lies in ``[0, classes)``, ``(N, 1)``.  The range is tested in the labels' own dtype,
     and the number of classes only where that dtype holds it: int8 labels against 200
     classes must not wrap 200 to -56."""
-    classes = logits.shape[1]
+    classes, labels = logits.shape[1], jnp.asarray(labels)    # NumPy int64 labels: JAX's int
     in_range = labels >= 0
     if classes <= jnp.iinfo(labels.dtype).max:
         in_range = in_range & (labels < jnp.asarray(classes, labels.dtype))

@@ -33,15 +33,12 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         microbatch = positive_int(name, "microbatch", microbatch)
 
     def f(params, x, targets, *, key=None, train=True):
-        check_array(name, "x", x, "with a batch axis")
+        n = _batch(name, x)
         check_array(name, "targets", targets, "with a batch axis")
-        if x.ndim < 1:
-            raise ValueError(f"{name}: x must have a batch axis, got shape ()")
-        n = x.shape[0]
         if targets.ndim < 1 or targets.shape[0] != n:
             raise ValueError(f"{name}: targets must have x's batch of {n} examples along their "
                              f"first axis, got shape {tuple(targets.shape)} for x of shape "
-                             f"{tuple(x.shape)}")
+                             f"{_shapes(x)}")
         if microbatch is None or microbatch >= n:
             return vg(params, x, targets, key, train)
         if n % microbatch:
@@ -62,3 +59,22 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         return jax.tree.map(lambda a: jnp.mean(a, axis=0), parts)
 
     return f
+
+
+def _batch(name: str, x) -> int:
+    """The batch size of ``x``: an array, or a (nested) tuple of arrays -- the inputs of a net
+    with several (``jaxcnn.graph``) -- each with the same batch axis."""
+    parts = jax.tree.leaves(x) if isinstance(x, tuple) and x else [x]
+    for part in parts:
+        check_array(name, "x", part, "with a batch axis")
+        if part.ndim < 1:
+            raise ValueError(f"{name}: x must have a batch axis, got shape ()")
+    sizes = {part.shape[0] for part in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: the inputs in x must share one batch size, got shapes "
+                         f"{_shapes(x)}")
+    return parts[0].shape[0]
+
+
+def _shapes(x) -> object:
+    return jax.tree.map(lambda a: tuple(a.shape), x)

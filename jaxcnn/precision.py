@@ -21,8 +21,9 @@ backward in 16 bits and returns float32.
 layer it is handed down, so unscaled deltas and kernel gradients underflow to subnormals and
 zero.  Multiplying the output residual by ``S`` (default ``2**10`` for float16) lifts them into
 range, and dividing the float32 gradients by it undoes it exactly (a power of two).  A scale
-too large overflows to ``inf`` instead: the run then stops (``fit``'s
-``NonFiniteStateError``), and a smaller ``Policy("float16", loss_scale=...)`` is the remedy.
+too large overflows to ``inf`` instead: the run then stops (``fit``'s ``NonFiniteLossError``
+or ``NonFiniteStateError``, naming the scale), and a smaller ``Policy("float16",
+loss_scale=...)`` is the remedy.
 bfloat16 keeps float32's 8 exponent bits and needs no scale (``S = 1``).
 
 ``"float32"`` (and ``None``) is no policy: no casts at all, every array in the params' own
@@ -35,9 +36,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxcnn.core import Array, Params
+from jaxcnn.core import Array, Params, static_number
 
 __all__ = ["PRECISIONS", "LOSS_SCALES", "Policy", "policy", "autodiff"]
 
@@ -51,11 +51,17 @@ LOSS_SCALES = {"float32": 1.0, "bfloat16": 1.0, "float16": 2.0 ** 10}
 class Policy(NamedTuple):
     """What a step computes in: ``compute``, one of ``PRECISIONS``, and the static loss scale
     ``loss_scale`` (``S``) that the output residual is multiplied by before the backward and
-    the float32 gradients divided by after it.  Hashable, so compiled steps are cached per
-    policy.  ``policy(...)`` makes a checked one."""
+    the float32 gradients divided by after it; ``None`` (the default) is ``LOSS_SCALES
+    [compute]``, so ``Policy("float16")`` scales by ``2**10`` as ``"float16"`` does.
+    Hashable, so compiled steps are cached per policy.  ``policy(...)`` makes a checked one."""
 
     compute: str = "float32"
-    loss_scale: float = 1.0
+    loss_scale: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """``S``: ``loss_scale``, or the compute dtype's default where it is ``None``."""
+        return LOSS_SCALES.get(self.compute, 1.0) if self.loss_scale is None else self.loss_scale
 
     @property
     def active(self) -> bool:
@@ -79,14 +85,14 @@ class Policy(NamedTuple):
         ``delta`` handed to ``net.backward``."""
         if not self.active:
             return delta
-        return _scaled(delta, self.loss_scale).astype(self.compute)
+        return _scaled(delta, self.scale).astype(self.compute)
 
     def grads(self, grads: Params, params: Params) -> Params:
         """The 16-bit gradients back in the dtype of the master ``params`` (float32), divided
         by ``S``: what the optimizer is given."""
         if not self.active:
             return grads
-        return jax.tree.map(lambda g, p: _scaled(g.astype(p.dtype), 1 / self.loss_scale),
+        return jax.tree.map(lambda g, p: _scaled(g.astype(p.dtype), 1 / self.scale),
                             grads, params)
 
 
@@ -104,7 +110,7 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
     ``"bfloat16"``, ``"float16"`` (loss scale ``LOSS_SCALES``), or a ``Policy`` with a loss
     scale of one's own.  ``ValueError`` naming ``where`` and the choices otherwise."""
     if precision is None:
-        return Policy()
+        return Policy("float32", 1.0)
     if isinstance(precision, str):
         if precision not in PRECISIONS:
             raise ValueError(f"{where} must be one of {', '.join(PRECISIONS)}, got "
@@ -114,9 +120,8 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
         raise TypeError(f"{where} must be one of {', '.join(PRECISIONS)} or a "
                         f"jaxcnn.precision.Policy, got {type(precision).__name__}")
     policy(precision.compute, where)
-    scale = precision.loss_scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(scale) and scale > 0):
+    scale = static_number(where, "the loss scale", precision.scale, "a positive finite number")
+    if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"{where}: the loss scale must be a positive finite number (a power "
                          f"of two divides out exactly), got {scale!r}")
     if precision.compute == "float32" and scale != 1:
@@ -142,7 +147,7 @@ def autodiff(pol: Policy, objective: Callable, run: Callable) -> Callable:
     def scaled(params, x, targets):
         y, aux = run(pol.cast(params), pol.cast(x))
         value = objective(pol.output(y), targets)
-        return _scaled(value, pol.loss_scale if pol.active else 1.0), (value, aux)
+        return _scaled(value, pol.scale if pol.active else 1.0), (value, aux)
 
     def f(params, x, targets):
         (_, (value, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params, x, targets)

@@ -50,7 +50,8 @@ import numpy as np
 from jaxcnn.activations import ReLU
 from jaxcnn.conv import Conv2D
 from jaxcnn.conv_transpose import ConvTranspose2D
-from jaxcnn.core import Layer, check_seed, leaves, map_leaves
+from jaxcnn.core import Layer, check_seed, leaves, map_leaves, positive_int
+from jaxcnn.data import _not_regular
 from jaxcnn.pool import AvgPool2D, MaxPool2D, StochasticPool2D
 from jaxcnn.state import init_state, with_state
 from jaxcnn.summary import summary
@@ -88,6 +89,7 @@ _FEATURES_FACTOR = 4    # features: the photograph shrunk by 4 for the classic k
 _LEARNED_FACTOR = 6     # by 6 for a checkpoint's
 _POOLING_SIZE = 16      # pooling: a 16x16 feature map, from an 18x18 crop (3x3 Sobel)
 _LARGE = 150_000        # bytes: a larger PNG is written with a palette of 256 colours
+_MAX_PIXELS = 40_000_000  # an input image larger than this is refused before it is decoded
 
 
 class Shown(NamedTuple):
@@ -103,17 +105,33 @@ def read_image(path=None) -> np.ndarray:
     """An image file as float32 ``(H, W, C)`` in ``[0, 1]`` (alpha dropped).
 
     ``path`` ``None`` reads matplotlib's sample photograph of Grace Hopper.  Raises
-    ``ValueError`` for a file that is missing or not an image matplotlib (Pillow) can read.
+    ``ValueError`` for a file that is missing, not a regular file (a FIFO would block), not an
+    image matplotlib (Pillow) can read, larger than 40 megapixels, or of 32-bit float or
+    integer pixels (Pillow's modes ``F`` and ``I``: matplotlib would read them as 8-bit
+    colours, silently, and their scale is unknown).
     """
     import matplotlib.cbook
     import matplotlib.image
+    from PIL import Image
 
     if path is None:
         path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     path = os.fspath(path)
     try:
+        fault = _not_regular(path, os.stat(path).st_mode)
+        if fault is not None:
+            raise fault
+        with Image.open(path) as probe:
+            mode, (w, h) = probe.mode, probe.size
+        if w * h > _MAX_PIXELS:
+            raise ValueError(f"it is {w}x{h} pixels, more than {_MAX_PIXELS:,}; shrink it first")
+        if mode in ("F", "I"):
+            raise ValueError(f"its pixels are 32-bit {'floats' if mode == 'F' else 'integers'} "
+                             f"(mode {mode!r}) of no known scale; save it with 8- or 16-bit "
+                             f"pixels (PNG, JPEG)")
         a = np.asarray(matplotlib.image.imread(path))
-    except (OSError, ValueError, SyntaxError) as err:    # Pillow reports bad files all three ways
+    except (OSError, ValueError, SyntaxError,            # Pillow reports bad files all three
+            Image.DecompressionBombError) as err:         # ways, and a huge one a fourth
         raise ValueError(f"cannot read the image {path!r}: {err}") from err
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / np.float32(255)
@@ -155,10 +173,12 @@ def photo(size=None, *, path=None, channels: int = 1, factor: int = 3) -> np.nda
     Hopper's face (about 312 rows of the photograph) for the default picture, around the centre
     and as large as fits for the image at ``path``.
     """
+    factor = positive_int("photo", "factor", factor)
+    if size is not None:
+        h, w = (positive_int("photo", "size", v) for v in size)
     a = _channels(read_image(path), channels)
     if size is None:
         return _shrink(a, factor)
-    h, w = (int(v) for v in size)
     rows, cols = a.shape[:2]
     fit = min(rows // h, cols // w)
     if fit < 1:
@@ -193,6 +213,15 @@ def first_conv_kernel(checkpoint) -> tuple[np.ndarray, np.ndarray | None, str]:
     """
     from jaxcnn.train import load_checkpoint
 
+    where = os.fspath(checkpoint)
+    if not os.path.isdir(where):
+        raise ValueError(f"checkpoint: {where!r} is not a directory; expected a training run's "
+                         f"output directory (the --out of jaxcnn train, which holds "
+                         f"checkpoints/)")
+    if os.path.basename(os.path.normpath(where)) == "checkpoints" and \
+            not os.path.isdir(os.path.join(where, "checkpoints")):
+        raise ValueError(f"checkpoint: {where!r} is the checkpoints/ folder itself; pass the "
+                         f"run's output directory that holds it, {os.path.dirname(where)!r}")
     state, meta = load_checkpoint(checkpoint)
 
     def first(tree):
@@ -214,9 +243,13 @@ def first_conv_kernel(checkpoint) -> tuple[np.ndarray, np.ndarray | None, str]:
     config = meta.get("config", {})
     trained_on = f" trained on {config['dataset']}" if "dataset" in config else ""
     label = f"{config.get('arch', 'the net')}{trained_on}, step {meta.get('step', '?')}"
-    b = conv.get("b")
-    return (np.asarray(conv["w"], np.float32), None if b is None else np.asarray(b, np.float32),
-            label)
+    w, b = np.asarray(conv["w"], np.float32), conv.get("b")
+    b = None if b is None else np.asarray(b, np.float32)
+    if not np.isfinite(w).all() or (b is not None and not np.isfinite(b).all()):
+        raise ValueError(f"the first convolution in {os.fspath(checkpoint)!r} ({label}) holds "
+                         f"NaN or infinite parameters: nothing to draw (fit never saves such "
+                         f"a checkpoint)")
+    return w, b, label
 
 
 # --- drawing helpers ---------------------------------------------------------------------------
@@ -568,7 +601,15 @@ def plot_pooling(path, feature_map: np.ndarray | None = None, *, window: int = 4
     ``data`` holds every output (``y_*``) and input residual (``dx_*``), ``p`` and the drawn
     positions ``index_sample`` ``(samples, H/k, W/k)``.
     """
+    window = positive_int("plot_pooling", "window", window)
+    samples = positive_int("plot_pooling", "samples", samples)
+    draws = positive_int("plot_pooling", "draws", draws)
+    if samples > draws:
+        raise ValueError(f"plot_pooling: samples ({samples}) are drawn among the draws, so at "
+                         f"most draws ({draws})")
     a = _pooling_input(image) if feature_map is None else np.asarray(feature_map, np.float32)
+    if a.ndim == 2 and not np.isfinite(a).all():
+        raise ValueError("plot_pooling: the feature map holds NaN or infinite values")
     if a.ndim != 2 or a.shape[0] % window or a.shape[1] % window:
         raise ValueError(f"plot_pooling: expected a 2-D feature map with sides divisible by "
                          f"the window {window}, got shape {a.shape}")
@@ -740,7 +781,8 @@ def _native_shape(arch: str) -> tuple[int, ...]:
 def _fields(layers: list[Layer], table, shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """The leaves ``plot_receptive_fields`` draws -- every convolution and pooling, and the
     first dense layer -- each with its centre ``unit`` and that unit's ``field`` (top, left,
-    height, width in input pixels), from ``summary``'s rows (one per leaf, in order)."""
+    height, width in input pixels), from ``summary``'s rows (one per leaf, in order); ``row``
+    is the row's ``#``, which the panel's title shows."""
     drawn, dense_seen = [], False
     for l, (layer, row) in enumerate(zip(layers, table.rows)):
         kind = dict(layer.config).get("kind")
@@ -752,7 +794,8 @@ def _fields(layers: list[Layer], table, shape: tuple[int, ...]) -> list[dict[str
             dense_seen, unit, field = True, None, (0, 0, shape[0], shape[1])
         else:
             continue
-        drawn.append({"index": l, "name": layer.name, "unit": unit, "field": field,
+        drawn.append({"index": l, "row": row.index, "name": layer.name, "unit": unit,
+                      "field": field,
                       "output_shape": row.output_shape,
                       "size": dict(layer.config).get("size")})
     return drawn
@@ -818,7 +861,7 @@ def _draw_field(ax, d: dict[str, Any], img: np.ndarray) -> None:
     out = "x".join(str(v) for v in d["output_shape"])
     where = (f"unit ({d['unit'][0]}, {d['unit'][1]})" if d["unit"] is not None
              else "every unit")
-    ax.set_title(f"[{d['index']}] {what} -> {out}\n{where}: field {fh}x{fw}", fontsize=9)
+    ax.set_title(f"[{d['row']}] {what} -> {out}\n{where}: field {fh}x{fw}", fontsize=9)
 
 
 def plot_receptive_fields(path, arch: str = "deepid", *, input_shape=None, image=None,
@@ -917,13 +960,13 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
     seed = check_seed("render", seed)
     if image is not None:
         rows, cols = read_image(image).shape[:2]   # fail before drawing anything
-    out = os.fspath(out)
     learned = first_conv_kernel(checkpoint) if checkpoint is not None else None
     if image is not None:
         for name, (h, w) in _image_needs(figures, arch, learned).items():
             if rows < h or cols < w:
                 raise ValueError(f"--image {image}: the image ({rows}x{cols}) is smaller than "
                                  f"the {h}x{w} that {name} needs")
+    out = _checked_out(out)             # made only once everything else is known to be right
     shown: list[Shown] = []
     for name in figures:
         if name == "kernels":
@@ -958,6 +1001,21 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
             shown.append(plot_receptive_fields(os.path.join(out, "receptive_field.png"),
                                                arch or "deepid", image=image, seed=seed))
     return shown
+
+
+def _checked_out(out) -> str:
+    """``out`` made (with its parents) if missing: a directory for the figures, named in the
+    error if it is not one or cannot be made -- before anything is drawn."""
+    out = os.fspath(out)
+    if not out:
+        raise ValueError("out: expected a directory for the figures, got an empty path")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        what = "is not a directory" if os.path.exists(out) else "cannot be made"
+        raise ValueError(f"out: {out!r} {what} ({err.strerror}); expected a directory for the "
+                         f"figures") from err
+    return out
 
 
 def _error(message, code: int = 2) -> int:

@@ -67,8 +67,11 @@ def init_state(net: Layer, input_shape) -> State:
 
 def update_state(net: Layer, state: State, cache: Cache) -> State:
     """The state after a training forward whose ``cache`` is given: each stateful layer's
-    ``state.update`` of its own state and cache; the others' ``()`` unchanged."""
+    ``state.update`` of its own state and cache; the others' ``()`` unchanged (``()`` stands for
+    the whole state of a net that keeps none)."""
     check_net("update_state", net)
+    if isinstance(state, tuple) and not state and not has_state(net):
+        return state                    # (): the state of a net that keeps none, as elsewhere
     if net.layers:
         if not isinstance(state, tuple) or len(state) != len(net.layers):
             raise ValueError(f"{net.name}: expected a state of {len(net.layers)} entries, one per "

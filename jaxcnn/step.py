@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from jaxcnn import backend
-from jaxcnn.core import Array, Layer, Params, State
+from jaxcnn.core import Array, Layer, Params, State, describe
 from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.network import value_and_grad
@@ -162,10 +162,20 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
     return chunked_with_state(net, value_grad_cache, microbatch)
 
 
+def check_optimizer(where: str, optimizer) -> None:
+    """``optimizer`` is an optax ``GradientTransformation`` (``init`` and ``update``): a
+    ``TypeError`` naming ``where`` when the step is built, not an ``AttributeError`` in it."""
+    if not all(callable(getattr(optimizer, f, None)) for f in ("init", "update")):
+        raise TypeError(f"{where}: optimizer must be an optax GradientTransformation (init and "
+                        f"update), e.g. optax.adam(1e-3) (called), got {describe(optimizer)}")
+
+
 def state_step(vgs: Callable, optimizer: optax.GradientTransformation) -> Callable:
     """``(params, opt_state, state, x, targets, key) -> (params, opt_state, state, J)`` for any
     ``vgs(params, state, x, targets, *, key) -> (J, grads, state)`` (``loss_grad_and_state``,
     or its data-parallel twin): the gradients and the new state, then the optax update."""
+    check_optimizer("state_step", optimizer)
+
     def step(params, opt_state, state, x, targets, key):
         value, grads, state = vgs(params, state, x, targets, key=key)
         params, opt_state = _apply(optimizer, grads, opt_state, params)
@@ -199,6 +209,7 @@ def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
 def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
     """``train_step`` for any ``vg(params, x, targets, *, key, train) -> (J, grads)``: the
     gradients, then the optax update.  (``jaxcnn.distributed`` passes its sharded ``vg``.)"""
+    check_optimizer("train_step", optimizer)
 
     def step(params, opt_state, x, targets, key):
         value, grads = vg(params, x, targets, key=key, train=True)

@@ -47,10 +47,10 @@ from jaxcnn.evaluation import EVAL_BATCH, evaluate, evaluator
 from jaxcnn.losses import Loss, check_net_and_loss, softmax_cross_entropy
 from jaxcnn.precision import Policy, policy
 from jaxcnn.report import plot_curves
-from jaxcnn.state import init_state
-from jaxcnn.step import (GRADS, OPTIMIZERS, epoch_order, fit_step, init_params, loss_and_grad,
-                         loss_grad_and_state, make_optimizer, make_step, state_step, step_keys,
-                         train_step, update_step)
+from jaxcnn.state import has_state, init_state
+from jaxcnn.step import (GRADS, OPTIMIZERS, check_optimizer, epoch_order, fit_step, init_params,
+                         loss_and_grad, loss_grad_and_state, make_optimizer, make_step, state_step,
+                         step_keys, train_step, update_step)
 
 __all__ = [
     "GRADS", "OPTIMIZERS", "CHECKPOINT_DIR", "EVAL_BATCH", "OUTPUT_FILES",
@@ -277,19 +277,22 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     if out is not None:                 # before the directory is made
         check_path(os.path.join(os.fspath(out), CHECKPOINT_DIR))
     precision = policy(precision, "precision")
-    x_train, y_train, x_test, y_test = _checked_sets(net, params, x_train, y_train, x_test,
-                                                     y_test)
+    x_train, y_train, x_test, y_test = _checked_sets(net, loss, precision, params, x_train,
+                                                     y_train, x_test, y_test)
     if batch_size > len(x_train):
         raise ValueError(f"batch_size ({batch_size}) exceeds the number of training examples "
                          f"({len(x_train)})")
     optimizer = make_optimizer("adam", 1e-3) if optimizer is None else optimizer
     grad_tol = _checked_numbers(params, grad_tol)
     plan = _plan(devices, batch_size)
-    microbatch = _checked_microbatch(microbatch, batch_size, plan)
+    given = None if microbatch is None else positive_int("microbatch", microbatch)
+    microbatch = _checked_microbatch(given, batch_size, plan)
     main = plan is None or distributed.is_main()
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
                      net=net.name, batch_size=batch_size, seed=seed, grad=grad,
-                     microbatch=microbatch, precision=precision, info=info)
+                     microbatch=None if given is None or given >= batch_size else given,
+                     precision=precision, info=info,
+                     statistics=_statistics_rows(net, given, batch_size, plan))
     may_change = _checked_may_change(resume_may_change, info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
@@ -322,25 +325,38 @@ def _logger(print_fn: Callable[[str], None]) -> Callable[[str], None]:
     return log
 
 
-def _checked_sets(net, params, x_train, y_train, x_test, y_test) -> tuple:
-    """The training and test sets as NumPy arrays that fit the net (``check_data``)."""
+def _checked_sets(net, loss, precision, params, x_train, y_train, x_test, y_test) -> tuple:
+    """The training and test sets as NumPy arrays that fit the net and the loss
+    (``check_data``), and whose images the step's ``precision`` can hold."""
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
-    check_data(net, params, x_train, y_train, "training set")
+    check_data(net, params, x_train, y_train, "training set", loss)
+    _check_range(precision, x_train, "training set")
     if x_test is not None:
         x_test, y_test = np.asarray(x_test), np.asarray(y_test)
-        check_data(net, params, x_test, y_test, "test set")
+        check_data(net, params, x_test, y_test, "test set", loss)
     return x_train, y_train, x_test, y_test
+
+
+def _check_range(precision, x, what: str) -> None:
+    """Finite images that the step's cast to ``precision.compute`` would make infinite (a
+    float16 step holds at most 65504): a ``ValueError`` now, not a NaN loss at step 0."""
+    if not precision.active or not np.issubdtype(x.dtype, np.floating) or not x.size:
+        return
+    top, largest = float(jnp.finfo(precision.compute).max), float(np.max(np.abs(x)))
+    if largest > top:
+        raise ValueError(f"{what}: images reach {largest:g}, beyond {precision.compute}'s "
+                         f"largest number {top:g}, which precision={precision.compute!r} casts "
+                         f"them to; rescale them, or train with precision='bfloat16' or "
+                         f"'float32'")
 
 
 def _check_kinds(*, optimizer, out, info, print_fn, check_grads, checkpoint_every, grad_tol):
     """The types of ``fit``'s arguments that its later checks take for granted: a
     ``TypeError`` naming the argument, before anything runs."""
-    if optimizer is not None and not all(callable(getattr(optimizer, f, None))
-                                         for f in ("init", "update")):
-        raise TypeError(f"optimizer must be an optax GradientTransformation (init and update), "
-                        f"e.g. optax.adam(1e-3) (called), got {describe(optimizer)}")
+    if optimizer is not None:
+        check_optimizer("fit", optimizer)
     if out is not None:
         path = os.fspath(out) if isinstance(out, (str, os.PathLike)) else None
         if not isinstance(path, str):
@@ -393,12 +409,14 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision, info
-            ) -> dict:
+def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision, info,
+            statistics=None) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
     size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
     images and targets; ``None`` without checkpoints, which alone use it), the batch, seed,
-    gradient, microbatch, precision and loss scale, the net's name (its layers), and ``info``
+    gradient, microbatch (of the whole batch: ``None`` at or above it), for a net with state
+    the rows its batch statistics span (``_statistics_rows``), precision and loss scale, the
+    net's name (its layers), and ``info``
     (``jaxcnn train``: the data set, net, optimizer and learning rate), which may not redefine
     the others -- as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
@@ -407,6 +425,8 @@ def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale}
+    if statistics is not None:
+        config[_STATISTICS_ROWS] = statistics
     clash = sorted(set(info or {}) & (set(config) | _SUMMARY_OWN))
     if clash:
         raise ValueError(f"info may not hold {clash}: fit records those itself, in the "
@@ -474,12 +494,11 @@ def _plan(devices, batch_size: int) -> distributed.DataParallel | None:
     return None
 
 
-def _checked_microbatch(microbatch, batch_size: int, plan) -> int | None:
-    """``microbatch``, checked against the (per-device) batch; ``None`` where one chunk would
-    hold it all -- the plain step, and the same run on resume."""
+def _checked_microbatch(microbatch: int | None, batch_size: int, plan) -> int | None:
+    """The step's ``microbatch``, checked against the (per-device) batch; ``None`` where one
+    chunk would hold it all -- the plain step."""
     if microbatch is None:
         return None
-    microbatch = positive_int("microbatch", microbatch)
     rows = batch_size // (1 if plan is None else plan.size)
     if rows > microbatch and rows % microbatch:
         what = (f"batch_size ({rows})" if plan is None
@@ -487,6 +506,16 @@ def _checked_microbatch(microbatch, batch_size: int, plan) -> int | None:
         raise ValueError(f"{what} must be a multiple of microbatch ({microbatch}) or at "
                          f"most it")
     return None if microbatch >= rows else microbatch
+
+
+def _statistics_rows(net: Layer, microbatch: int | None, batch_size: int, plan) -> int | None:
+    """How many rows a net with state (BatchNorm) normalises each training batch over: each
+    device's share of the batch, or each chunk of it (``None`` for a net without state).  A
+    resumed run must keep it -- on any device count, by its ``microbatch``."""
+    if not has_state(net):
+        return None
+    rows = batch_size // (1 if plan is None else plan.size)
+    return rows if microbatch is None else min(rows, microbatch)
 
 
 # --- open or resume the output directory ---------------------------------------------------
@@ -589,7 +618,10 @@ def _changes(run: _Run, step: int, meta: dict) -> tuple[dict, ...]:
 _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
 """Settings newer than some checkpoints: one that lacks them was made with these values."""
 
-_UNRECORDED = ("data_sha256", "net_layers")
+_STATISTICS_ROWS = "batch_statistics_rows"
+"""The config's entry for the rows a BatchNorm's batch statistics span (``_statistics_rows``)."""
+
+_UNRECORDED = ("data_sha256", "net_layers", _STATISTICS_ROWS)
 """Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
 
 
@@ -597,15 +629,21 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
     """``ValueError`` naming the first setting (``run.config``) the checkpoint at ``step`` was
     made with that differs from this run's."""
     saved = {**_ADDED_SETTINGS, **meta["config"]}
-    names = sorted(set(saved) | set(run.config), key=lambda n: (n in _UNRECORDED, n))
+    names = sorted(set(saved) | set(run.config),    # the loss scale after the precision that
+                   key=lambda n: (n in _UNRECORDED, n == "loss_scale", n))    # sets it, and
     for name in names:                  # the data's digest last: a size or shape says more
         if name in _UNRECORDED and name not in saved or name in run.may_change:
             continue
+        if name == "microbatch" and _STATISTICS_ROWS in saved:
+            continue                    # a net with state: its statistics' rows are what counts
         if saved.get(name) != run.config.get(name):
+            why = (f" (the rows each BatchNorm normalises a batch over: the per-device batch, "
+                   f"or microbatch where smaller; microbatch={saved[name]} keeps them on any "
+                   f"number of devices)" if name == _STATISTICS_ROWS else "")
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
                              f"{run.ckpt.path(step)} was made with {name}="
                              f"{saved.get(name)!r}, this run has {name}="
-                             f"{run.config.get(name)!r}")
+                             f"{run.config.get(name)!r}{why}")
 
 
 # --- build the step; check the gradients ---------------------------------------------------
@@ -731,7 +769,7 @@ def _run_epoch(run: _Run, state: _State, epoch: int, run_step: Callable, bar,
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"non-finite loss ({value}) at step {step} (epoch {epoch + 1}, batch {b + 1} of "
-                f"{per_epoch}); training stopped" + _kept(run), step)
+                f"{per_epoch}); training stopped" + _kept(run) + _scale_hint(run), step)
         params, opt_state, net_state = new[:3]
         losses.append(value)
         step += 1
@@ -804,7 +842,7 @@ def _checkpoint(run: _Run, state: _State) -> None:
         raise NonFiniteStateError(
             f"the run diverged: non-finite values after step {state.step - 1} (epoch {epoch} "
             f"of {run.epochs}) in {_listed([_state_name(n) for n in bad])}; nothing of it "
-            f"was saved; training stopped" + _kept(run), state.step)
+            f"was saved; training stopped" + _kept(run) + _scale_hint(run), state.step)
     if run.ckpt is None or run.ckpt.latest() == state.step:
         return
     try:
@@ -827,6 +865,17 @@ def _state_name(name: str) -> str:
 def _kept(run: _Run) -> str:
     """The end of a fault's message: the checkpoint that survives it."""
     return " (no checkpoints: out=None)" if run.ckpt is None else run.ckpt.kept()
+
+
+def _scale_hint(run: _Run) -> str:
+    """The end of a divergence's message under a loss scale: the scaled backward may have
+    overflowed the 16-bit dtype, a cause to rule out before the learning rate."""
+    pol = run.precision
+    if not pol.active or pol.scale == 1:
+        return ""
+    return (f"; under precision={pol.compute!r} the loss scale {pol.scale:g} multiplies every "
+            f"delta and may have overflowed {pol.compute}: try a smaller "
+            f"precision.Policy({pol.compute!r}, loss_scale=...), or precision='bfloat16'")
 
 
 # --- summarise -----------------------------------------------------------------------------
@@ -890,6 +939,7 @@ def _summarise(run: _Run, state: _State, seconds: float) -> dict:
         "epochs": len(state.history), "steps": state.step, "batch_size": run.batch_size,
         "microbatch": run.microbatch, "precision": run.precision.compute,
         "loss_scale": run.precision.loss_scale,
+        **{k: run.config[k] for k in (_STATISTICS_ROWS,) if k in run.config},
         "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,
         "gradient_check_worst_relative_error": state.check_worst,
         "changes": list(state.changes),

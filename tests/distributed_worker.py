@@ -9,6 +9,7 @@ check writes its arrays and messages to ``OUT/<check>.npz``; the tests assert on
 failure shows up as a named pytest failure, not a crashed subprocess.
 """
 import os
+import re
 import sys
 import warnings
 
@@ -178,7 +179,13 @@ def check_fit(out: str) -> None:
                                               y[:5])),
          odd_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x, np.arange(5))),
          list_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x, [[0, 1]])),
-         no_plan=error_of(lambda: dist.loss_and_grad(NET, LOSS, "all")))
+         no_plan=error_of(lambda: dist.loss_and_grad(NET, LOSS, "all")),
+         odd_targets=error_of(lambda: dist.loss_and_grad(NET, LOSS, dist.data_parallel())(
+             params, x[:16], y[:12])),
+         sharded_copy=error_of(lambda: dist.host_copy(dist.shard_batch(dist.data_parallel(), x,
+                                                                        np.arange(16)))),
+         negative_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x,
+                                                          -np.arange(1, 9))))
 
 
 BN_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME", use_bias=False), jc.BatchNorm(), jc.ReLU(),
@@ -207,13 +214,55 @@ def check_state(out: str) -> None:
     kw = dict(optimizer=ADAM, epochs=2, batch_size=32, verbose=False)
     single = train.fit(BN_NET, params, xv, yv, microbatch=4, **kw)
     sharded = train.fit(BN_NET, params, xv, yv, devices="all", **kw)
+    # its first epoch, saved, for the test process to resume on one device
+    train.fit(BN_NET, params, xv, yv, **{**kw, "epochs": 1}, devices="all",
+              out=os.path.join(out, "runbn8"))
     save(out, "state", **results, whole=leaves(whole),
          fit_single=leaves((single.params, single.state)),
          fit_sharded=leaves((sharded.params, sharded.state)))
 
 
+def reduced_dtypes(jaxpr_text: str) -> str:
+    """The dtypes of what every ``psum`` of a jaxpr (``pmean`` is one) sums, sorted."""
+    types = set()
+    for line in jaxpr_text.splitlines():
+        if re.search(r"= psum\w*\[", line):
+            types.update(re.findall(r":(bf16|f16|f32|f64)\[", line.split("= psum")[0]))
+    return ",".join(sorted(types))
+
+
+def check_precision(out: str) -> None:
+    """Under bfloat16, both gradient modes on 8 devices (with and without microbatches of 2,
+    with and without BatchNorm): the single-device step in microbatches of the per-device
+    batch, whose chunks' float32 gradients are averaged -- so the device mean sums float32
+    gradients only (the jaxpr's ``psum``), never 16-bit ones."""
+    plan = dist.data_parallel("all")
+    x, y, index = DIGITS.x_train[:32], DIGITS.y_train[:32], np.arange(32)
+    xs, ys = dist.shard_batch(plan, DIGITS.x_train, index), dist.shard_batch(plan, DIGITS.y_train,
+                                                                             index)
+    results = {}
+    for g in train.GRADS:
+        for mb in (None, 2):
+            params, _ = train.init_params(NET, (8, 8, 1))
+            f = jax.jit(dist.loss_and_grad(NET, LOSS, plan, g, mb, "bfloat16"))
+            rparams = dist.replicate(plan, params)
+            results[f"{g}_{mb}"] = leaves(f(rparams, xs, ys))
+            results[f"{g}_{mb}_single"] = leaves(jax.jit(train.loss_and_grad(
+                NET, LOSS, g, mb or 4, "bfloat16"))(params, x, y))
+            results[f"{g}_{mb}_reduced"] = reduced_dtypes(str(jax.make_jaxpr(f)(rparams, xs,
+                                                                                ys)))
+        params, _ = train.init_params(BN_NET, (8, 8, 1))
+        state = jc.init_state(BN_NET, (8, 8, 1))
+        rparams, rstate = dist.replicate(plan, (params, state))
+        results[f"{g}_state"] = leaves(jax.jit(dist.loss_grad_and_state(
+            BN_NET, LOSS, plan, g, None, "bfloat16"))(rparams, rstate, xs, ys))
+        results[f"{g}_state_single"] = leaves(jax.jit(train.loss_grad_and_state(
+            BN_NET, LOSS, g, 4, "bfloat16"))(params, state, x, y))
+    save(out, "precision", **results)
+
+
 CHECKS = {"step": check_step, "stochastic": check_stochastic, "fit": check_fit,
-          "state": check_state}
+          "state": check_state, "precision": check_precision}
 
 if __name__ == "__main__":
     out_dir = sys.argv[1]

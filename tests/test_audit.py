@@ -450,3 +450,17 @@ def test_a_gradient_that_cancels_to_rounding_passes_in_float32_and_a_wrong_one_f
     report = jc.check_layer(bad, (4,), batch=2, dtype=f32, seed=seed)
     assert not report.ok and [row.quantity for row in report.rows if not row.ok] == ["dx"]
     assert jax.config.jax_enable_x64                     # the context's own setting restored
+
+
+def test_the_verdict_counts_a_kink_apart():
+    """ReLU at exactly 0: its finite-difference row is a kink, not compared -- the verdict says
+    so instead of counting it among the gradients that agree."""
+    net = jc.serial(jc.ReLU(), jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(jax.random.key(0), (2, 2, 1))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params,
+                            jnp.zeros((2, 2, 2, 1), jnp.float64), jnp.array([0, 1], jnp.int32),
+                            finite_differences=True)
+    assert report.ok and sum(row.kink for row in report.rows) == 1
+    assert str(report).endswith(f"{len(report.rows) - 1} gradients agree, 1 not compared at a "
+                                f"kink (float64; worst relative error {report.worst:.1e})")

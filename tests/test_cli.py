@@ -281,3 +281,37 @@ def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it(optimized_xla):
                        optimizer=train.make_optimizer("adam", zoo.RECIPES["lenet5"].lr),
                        epochs=20, verbose=False)
     assert result.summary["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("fault, code, message", [
+    (KeyboardInterrupt, 130, "jaxcnn check: error: interrupted\n"),
+    (MemoryError, 2, "jaxcnn check: error: out of memory: the batch or image is too large for "
+                     "this machine; ask for a smaller one\n"),
+])
+def test_an_interrupt_or_exhausted_memory_is_one_line(monkeypatch, capsys, fault, code, message):
+    """Ctrl-C in check (or show) exits 130 and a batch too large for the machine exits 2 --
+    one line each, never a traceback, and never 1, which says a gradient check failed."""
+    from jaxcnn import audit
+
+    def fail(*args, **kwargs):
+        raise fault()
+
+    monkeypatch.setattr(audit, "check_grads", fail)
+    assert cli.main(["check", "--arch", "small"]) == code
+    assert capsys.readouterr().err == message
+
+
+def test_show_prints_a_checkpoint_warning_as_one_line(monkeypatch, capsys, tmp_path):
+    import warnings
+
+    from jaxcnn import show
+    from jaxcnn.checkpoints import CheckpointWarning
+
+    def render(*args, **kwargs):
+        warnings.warn("the checkpoint at step 44 is corrupt; using step 0", CheckpointWarning)
+        return []
+
+    monkeypatch.setattr(show, "render", render)
+    assert cli.main(["show", "kernels", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ("jaxcnn show: warning: the checkpoint at step 44 is "
+                                       "corrupt; using step 0\n")

@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300            # seconds for any one subprocess; the whole file takes well under 60 s
 F32 = dict(rtol=1e-5, atol=1e-7)     # one step, float32
 RUN_F32 = dict(rtol=1e-4, atol=1e-6)  # a few epochs of steps, float32
-# the worker's net and optimizer (tests/distributed_worker.py), for runs continued here
+# the worker's nets and optimizer (tests/distributed_worker.py), for runs continued here
 NET = jc.serial(jc.Conv2D(6, 3, padding="SAME"), jc.ReLU(), jc.MaxPool2D(2), jc.Flatten(),
                 jc.Dense(10))
+BN_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME", use_bias=False), jc.BatchNorm(), jc.ReLU(),
+                   jc.MaxPool2D(2), jc.Flatten(), jc.Dense(10))
 ADAM = optax.adam(1e-2)
 
 
@@ -65,8 +67,8 @@ def worker(tmp_path_factory):
         return {k: [v[i] for i in sorted(v)] if isinstance(v, dict) else v
                 for k, v in arrays.items()}
 
-    results = {name: load(name) for name in ("step", "stochastic", "fit", "state")}
-    results["run8"] = out / "run8"
+    results = {name: load(name) for name in ("step", "stochastic", "fit", "state", "precision")}
+    results["run8"], results["runbn8"] = out / "run8", out / "runbn8"
     return results
 
 
@@ -165,6 +167,45 @@ def test_a_sharded_batchnorm_run_ends_where_the_microbatched_run_does(worker):
     assert_trees_close(r["fit_sharded"], r["fit_single"], RUN_F32)
 
 
+def test_a_batchnorm_run_resumes_on_one_device_with_the_per_device_rows(worker, tmp_path):
+    """Its first epoch on 8 devices (statistics over 4 rows each), then the second here on one
+    device: with microbatch=4 it ends where the single-device microbatched run does; without,
+    the statistics would span all 32 rows, and the resume is refused naming them."""
+    params, _ = train.init_params(BN_NET, (8, 8, 1))
+    digits = data.load_digits()
+    x, y = digits.x_train[:160], digits.y_train[:160]
+    kw = dict(optimizer=ADAM, epochs=2, batch_size=32, verbose=False, out=tmp_path / "run",
+              resume=True)
+    shutil.copytree(worker["runbn8"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"was made with batch_statistics_rows=4, this run has "
+                                         r"batch_statistics_rows=32 \(the rows each BatchNorm"):
+        train.fit(BN_NET, params, x, y, **kw)
+    resumed = train.fit(BN_NET, params, x, y, microbatch=4, **kw)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.summary["batch_statistics_rows"] == 4
+    assert_trees_close(leaves((resumed.params, resumed.state)), worker["state"]["fit_single"],
+                       RUN_F32)
+
+
+# --- mixed precision -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grad", train.GRADS)
+@pytest.mark.parametrize("microbatch", [None, 2])
+def test_a_16_bit_device_mean_is_taken_of_float32_gradients(worker, grad, microbatch):
+    """bfloat16 on 8 devices, either gradient mode: each device's float32 gradients averaged,
+    every psum of float32 -- the single-device step whose chunks are the devices' rows, to
+    float32 rounding (a sum of bfloat16 gradients inside the backward differs by about 4e-3)."""
+    r = worker["precision"]
+    assert_trees_close(r[f"{grad}_{microbatch}"], r[f"{grad}_{microbatch}_single"], F32)
+    assert str(r[f"{grad}_{microbatch}_reduced"]) == "f32"
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_a_16_bit_batchnorm_step_on_devices_is_the_microbatched_one(worker, grad):
+    r = worker["precision"]
+    assert_trees_close(r[f"{grad}_state"], r[f"{grad}_state_single"], F32)
+
+
 # --- fit -----------------------------------------------------------------------------------
 
 def test_a_short_sharded_run_ends_where_the_single_device_run_does(worker):
@@ -210,9 +251,54 @@ def test_device_and_batch_errors_name_the_numbers(worker):
                                "numbers, got int64 of shape (1, 2)")
     assert r["no_plan"] == ("TypeError: loss_and_grad: plan must be a DataParallel (jaxcnn."
                             "distributed.data_parallel(devices)), got str")
+    assert r["odd_targets"] == ("ValueError: loss_and_grad: targets must have x's global "
+                                "batch of 16 rows along their first axis, got shape (12,)")
+    assert r["sharded_copy"].startswith("ValueError: host_copy: expected replicated arrays "
+                                        "(params, optimizer state), got an array of shape "
+                                        "(16, 8, 8, 1) sharded as NamedSharding(")
+    assert r["negative_index"] == ("ValueError: shard_batch: index must hold row numbers in "
+                                   "[0, 160) of the array, got values in [-8, -1]")
 
 
 # --- in this process: one device -----------------------------------------------------------
+
+def test_the_step_builders_check_their_arguments_when_built():
+    """A missing loss or optimizer, a plan that is not one, a batch size that is not a count:
+    a TypeError/ValueError naming the function -- never an AttributeError at the first call."""
+    plan = dist.data_parallel(1)
+    bn = jc.serial(jc.Conv2D(2, 3), jc.BatchNorm(), jc.Flatten(), jc.Dense(10))
+    for build, exc, message in [
+            (lambda: dist.loss_grad_and_state(bn, None, plan, "autodiff"), TypeError,
+             r"^distributed.loss_grad_and_state: loss must be a jaxcnn Loss"),
+            (lambda: dist.loss_and_grad(NET, None, plan), TypeError,
+             r"^distributed.loss_and_grad: loss must be a jaxcnn Loss"),
+            (lambda: dist.make_step(NET, jc.softmax_cross_entropy, None, plan), TypeError,
+             r"^train_step: optimizer must be an optax GradientTransformation .* got None"),
+            (lambda: train.make_step(NET, jc.softmax_cross_entropy, optax.adam), TypeError,
+             r"^train_step: optimizer must be an optax GradientTransformation"),
+            (lambda: dist.replicate(None, {}), TypeError,
+             r"^replicate: plan must be a DataParallel"),
+            (lambda: dist.check_batch_size(plan, -1), ValueError,
+             r"^check_batch_size: batch_size must be a positive integer, got -1"),
+            (lambda: dist.check_batch_size(plan, 2.5), TypeError,
+             r"^check_batch_size: batch_size must be an int, got 2.5"),
+            (lambda: dist.check_batch_size(plan, None), TypeError,
+             r"^check_batch_size: batch_size must be an int, got None")]:
+        with pytest.raises(exc, match=message):
+            build()
+
+
+@pytest.mark.parametrize("args, message", [
+    ((1234, 2, 0), r"the coordinator address must be a string host:port, got int 1234"),
+    (("127.0.0.1:1234", 2.5, 0), r"num_processes must be an int, got float 2.5"),
+    (("127.0.0.1:1234", 2, True), r"process_id must be an int, got bool True"),
+    (("127.0.0.1:1234", 2, "0"), r"process_id must be an int, got str '0'"),
+])
+def test_initialize_refuses_arguments_of_the_wrong_type(no_distributed_env, args, message):
+    with pytest.raises(TypeError, match=message):
+        dist.initialize(*args)
+    assert not jax.distributed.is_initialized()
+
 
 @pytest.mark.parametrize("devices, exc, message", [
     (2, ValueError, r"devices=2, but 1 device is available \(cpu\); pass devices='all' or a "

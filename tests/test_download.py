@@ -172,6 +172,23 @@ def test_an_uncompressed_copy_is_kept(tmp_path, published):
     assert data.load("mnist", tmp_path).y_train.sum() == 0
 
 
+@pytest.mark.parametrize("make", ["dangling link", "directory"])
+def test_an_uncompressed_name_that_is_no_file_is_not_kept(tmp_path, published, make):
+    """A dangling link or a directory where an IDX file would be is no copy: refused, naming
+    it, where it used to be reported as kept and the download as done."""
+    base, _ = published
+    raw = tmp_path / "train-labels-idx1-ubyte"
+    if make == "directory":
+        raw.mkdir()
+    else:
+        raw.symlink_to(tmp_path / "nowhere")
+    what = "is a directory; expected a regular file" if make == "directory" else \
+        f"is a link to {tmp_path / 'nowhere'}, which does not exist"
+    with pytest.raises(ValueError, match=f"^{re.escape(str(raw))}: {what}.*; move it away to "
+                                         f"download train-labels-idx1-ubyte.gz"):
+        data.download("mnist", tmp_path, mirror=f"{base}/good")
+
+
 def test_every_request_has_a_timeout(tmp_path, published):
     with socket.create_server(("127.0.0.1", 0)) as silent:      # accepts, never answers
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
@@ -227,6 +244,10 @@ def test_data_download_command(tmp_path, published, capsys):
     assert len(out) == 5 and out[0].startswith(f"{FILES[0]}: downloaded from {base}/good/")
     assert out[4] == (f"mnist: the four files are in {tmp_path / 'd'}; train with: jaxcnn train "
                       f"--dataset mnist --data-dir {tmp_path / 'd'}")
+    assert cli.main(["data", "download", "mnist", "--data-dir", str(tmp_path / "my data"),
+                     "--mirror", f"{base}/good"]) == 0          # a path to paste, quoted
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"--data-dir '{tmp_path / 'my data'}'")
 
     assert cli.main(["data", "download", "mnist", "--data-dir", str(tmp_path / "e"),
                      "--mirror", f"{base}/corrupt"]) == 1
@@ -243,6 +264,11 @@ def test_data_download_command(tmp_path, published, capsys):
                                   "'http://[::1' (Invalid IPv6 URL)"),
     (["--mirror", "ftp://x"], "argument --mirror: expected an http:// or https:// URL, got "
                               "'ftp://x'"),
+    (["--mirror", "http://a..b"], "argument --mirror: expected an http:// or https:// URL, got "
+                                  "'http://a..b' (its host name: encoding with 'idna' codec "
+                                  "failed"),
+    (["--timeout", "1e12"], "argument --timeout: must be a number of seconds, above 0 and at "
+                            "most 86400 (a day), got '1e12'"),
     (["--data-dir", "{tmp}/afile"], "argument --data-dir: '{tmp}/afile' is a file, not a "
                                     "directory"),
     (["--data-dir", "{tmp}/afile/sub", "--mirror", "http://127.0.0.1:9"],

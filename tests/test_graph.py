@@ -260,3 +260,22 @@ def test_residual_is_the_composition_it_names():
     inner = jc.serial(jc.Conv2D(2, 3, padding="SAME"), jc.ReLU())
     np.testing.assert_allclose(block.apply(params, x), x + inner.apply(params[1][0], x),
                                rtol=1e-14)
+
+
+@pytest.mark.parametrize("microbatch", [None, 4])
+def test_a_net_with_two_inputs_takes_a_tuple_in_value_and_grad(microbatch):
+    """A net whose own input is a tuple (two inputs into ``parallel``): ``value_and_grad``, in
+    chunks too, equals ``jax.grad``; inputs of two batch sizes are refused, naming the shapes."""
+    net = jc.serial(jc.parallel(jc.Dense(3), jc.Dense(3)), jc.FanInSum())
+    params, _ = init_jitted(net, ((5,), (4,)))
+    rng = np.random.default_rng(0)
+    x = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+         jnp.asarray(rng.normal(size=(8, 4)), jnp.float32))
+    y = jnp.arange(8, dtype=jnp.int32) % 3
+    vg = jax.jit(jc.value_and_grad(net, LOSS, microbatch=microbatch))
+    value, grads = vg(params, x, y)
+    want = jax.grad(lambda p: LOSS.value(net.apply(p, x), y))(params)
+    assert_tree_close(grads, want, 1e-5)
+    with pytest.raises(ValueError, match=r"^value_and_grad: the inputs in x must share one batch "
+                                         r"size, got shapes \(\(8, 5\), \(4, 4\)\)"):
+        vg(params, (x[0], x[1][:4]), y)

@@ -260,8 +260,8 @@ def test_jaxcnn_train_precision_runs_and_resumes_only_with_it(tmp_path, capsys):
     assert summary["precision"] == "bfloat16" and summary["test_accuracy"] > 0.3
     assert cli.main(["train", "--arch", "ufldl", "--quiet", "--out", str(out), "--resume",
                      "--epochs", "2"]) == 2
-    assert ("was made with precision='bfloat16', this run has precision='float32'"
-            in capsys.readouterr().err)
+    assert ("was made with precision='bfloat16', this run has precision='float32'; repeat its "
+            "--precision, or --overwrite to start again" in capsys.readouterr().err)
     assert cli.main([*args, "--epochs", "2", "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
@@ -278,3 +278,63 @@ def test_a_checkpoint_from_before_precision_resumes_as_float32():
     with pytest.raises(ValueError, match=r"at step 44 in 44 was made with precision='float32', "
                                          r"this run has precision='bfloat16'"):
         train._check_config(run, 44, older)
+
+
+def test_a_resume_names_the_precision_before_the_loss_scale_it_sets():
+    """A float16 run (loss scale 1024) resumed in float32 (scale 1): the message names the
+    precision -- the setting one gives -- not the scale that follows from it."""
+    run = type("Run", (), {"ckpt": type("Ckpt", (), {"path": staticmethod(str)}),
+                           "may_change": ()})
+    run.config = {"grad": "manual", "precision": "float32", "loss_scale": 1.0}
+    saved = {"config": {"grad": "manual", "precision": "float16", "loss_scale": 1024.0}}
+    with pytest.raises(ValueError, match=r"was made with precision='float16', this run has "
+                                         r"precision='float32'$"):
+        train._check_config(run, 4, saved)
+    run.config = {**run.config, "precision": "float16", "loss_scale": 256.0}
+    with pytest.raises(ValueError, match=r"was made with loss_scale=1024.0, this run has "
+                                         r"loss_scale=256.0$"):
+        train._check_config(run, 4, saved)
+
+
+def test_a_policy_without_a_scale_takes_its_dtypes_default():
+    """``Policy("float16")`` scales as ``"float16"`` does (it used to scale by 1, silently
+    losing small gradients); a concrete 0-d array is a scale, a bool or a string is not."""
+    assert Policy("float16").scale == LOSS_SCALES["float16"] == 1024.0
+    assert policy(Policy("float16")) == policy("float16") == Policy("float16", 1024.0)
+    assert policy(Policy("bfloat16")) == Policy("bfloat16", 1.0)
+    tiny = jnp.full((2,), 1e-8, jnp.float32)
+    np.testing.assert_allclose(Policy("float16").delta(tiny).astype(jnp.float32), 1024e-8,
+                               rtol=1e-2)
+    assert policy(Policy("float16", jnp.float32(256.0))) == Policy("float16", 256.0)
+    for scale in (True, "256"):
+        with pytest.raises(TypeError, match=r"^precision: the loss scale must be a positive "
+                                            r"finite number, got"):
+            policy(Policy("float16", scale))
+
+
+def test_float16_refuses_images_beyond_its_range(digits):
+    """An image entry of 7e4 is finite in float32 and infinite once a float16 step casts it:
+    fit names the set and the number before training, instead of a NaN loss at step 0."""
+    net = jc.serial(jc.Flatten(), jc.Dense(10))
+    params, _ = train.init_params(net, (8, 8, 1))
+    x = digits.x_train[:8].copy()
+    x[3, 2, 2, 0] = 7e4
+    with pytest.raises(ValueError, match=r"^training set: images reach 70000, beyond float16's "
+                                         r"largest number 65504"):
+        train.fit(net, params, x, digits.y_train[:8], epochs=1, batch_size=4,
+                  precision="float16", verbose=False)
+    result = train.fit(net, params, x, digits.y_train[:8], epochs=1, batch_size=4,
+                       precision="bfloat16", verbose=False)        # bfloat16 holds 7e4
+    assert np.isfinite(result.summary["train_loss"])
+
+
+def test_an_overflowing_loss_scale_is_named_when_the_run_diverges():
+    net = jc.serial(jc.Flatten(), jc.Dense(32), jc.ReLU(), jc.Dense(10))
+    params, _ = train.init_params(net, (4, 4, 1))
+    x = np.random.default_rng(0).uniform(0, 4, (64, 4, 4, 1)).astype(np.float32)
+    y = np.arange(64, dtype=np.int32) % 10
+    with pytest.raises(train.TrainingError, match=r"under precision='float16' the loss scale "
+                                                  r"32768 multiplies every delta and may have "
+                                                  r"overflowed float16"):
+        train.fit(net, params, x, y, epochs=2, batch_size=4, verbose=False,
+                  precision=Policy("float16", 2.0 ** 15))

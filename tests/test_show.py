@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import PIL.Image
 import pytest
 
 import jaxcnn as jc
@@ -242,9 +243,19 @@ def test_command_with_another_photograph(tmp_path, capsys):
     (("features", "--image", "{tmp}/missing.png"), "cannot read the image"),
     (("features", "--image", "{tmp}/notes.txt"), "cannot read the image"),
     (("features", "--checkpoint", "{tmp}"), "no checkpoints in"),
+    (("features", "--checkpoint", "{tmp}/nowhere"), "checkpoint: '{tmp}/nowhere' is not a "
+                                                     "directory; expected a training run's"),
+    (("features", "--checkpoint", "{tmp}/checkpoints"), "checkpoint: '{tmp}/checkpoints' is "
+                                                         "the checkpoints/ folder itself"),
+    (("features", "--image", "{tmp}/float.tiff"), "its pixels are 32-bit floats (mode 'F') of "
+                                                  "no known scale"),
+    (("features", "--image", "{tmp}/fifo"), "is a FIFO (named pipe); expected a regular file"),
 ])
 def test_command_errors(tmp_path, capsys, checkpoint, args, message):
     (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / "checkpoints").mkdir()
+    os.mkfifo(tmp_path / "fifo")               # reading it would block: refused unopened
+    PIL.Image.fromarray(np.eye(20, dtype=np.float32)).save(tmp_path / "float.tiff")   # mode F
     matplotlib.image.imsave(tmp_path / "tiny.png", np.eye(2))
     matplotlib.image.imsave(tmp_path / "small.png", np.eye(12))
     args = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(checkpoint[0]))
@@ -305,3 +316,57 @@ def test_without_matplotlib_the_command_says_what_to_install(tmp_path, capsys, m
     code, _, err = run_show(capsys, "kernels", "--out", tmp_path)
     assert code == 2
     assert err.startswith("jaxcnn show: error: ") and "pip install 'jaxcnn[train]'" in err
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}/afile", "out: '{tmp}/afile' is not a directory (File exists); expected a directory "
+                    "for the figures"),
+    ("", "out: expected a directory for the figures, got an empty path"),
+])
+def test_an_out_that_is_no_directory_is_named(tmp_path, capsys, out, message):
+    (tmp_path / "afile").write_text("kept")
+    code, _, err = run_show(capsys, "transposed", "--out", out.replace("{tmp}", str(tmp_path)))
+    assert code == 2 and err == f"jaxcnn show: error: {message.replace('{tmp}', str(tmp_path))}\n"
+    assert (tmp_path / "afile").read_text() == "kept"
+
+
+def test_a_checkpoint_of_non_finite_kernels_is_refused(tmp_path, monkeypatch):
+    """fit never saves NaN parameters, but a checkpoint made another way may hold them: show
+    refuses to draw blank panels under a made-up colour scale."""
+    w = np.full((3, 3, 1, 4), np.nan, np.float32)
+    monkeypatch.setattr(train, "load_checkpoint",
+                        lambda path: ({"params": ({"w": w, "b": np.zeros(4, np.float32)},)},
+                                      {"step": 7, "config": {"arch": "small"}}))
+    with pytest.raises(ValueError, match=r"the first convolution in .* \(small, step 7\) holds "
+                                         r"NaN or infinite parameters"):
+        show.first_conv_kernel(tmp_path)
+
+
+def test_an_image_past_the_pixel_cap_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    matplotlib.image.imsave(tmp_path / "big.png", np.eye(30))
+    monkeypatch.setattr(show, "_MAX_PIXELS", 899)
+    with pytest.raises(ValueError, match=r"it is 30x30 pixels, more than 899; shrink it first"):
+        show.read_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(window=0), ValueError, r"^plot_pooling: window must be >= 1, got 0"),
+    (dict(window=2.0), TypeError, r"^plot_pooling: window must be an int, got 2.0"),
+    (dict(samples=5, draws=2), ValueError,
+     r"^plot_pooling: samples \(5\) are drawn among the draws, so at most draws \(2\)"),
+    (dict(feature_map=np.full((8, 8), np.nan)), ValueError,
+     r"^plot_pooling: the feature map holds NaN or infinite values"),
+])
+def test_plot_pooling_refuses_what_it_cannot_draw(tmp_path, kwargs, exc, message):
+    kwargs = {"feature_map": np.ones((8, 8)), **kwargs}
+    with pytest.raises(exc, match=message):
+        show.plot_pooling(tmp_path / "p.png", **kwargs)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_photo_refuses_sizes_that_are_not_counts():
+    for kwargs, message in [(dict(size=(0, 0)), r"^photo: size must be >= 1, got 0"),
+                            (dict(size=(-5, 5)), r"^photo: size must be >= 1, got -5"),
+                            (dict(factor=0), r"^photo: factor must be >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            show.photo(**kwargs)

@@ -138,6 +138,25 @@ def test_chunks_average_their_updated_states():
                  grads_whole, ref)
 
 
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_the_empty_state_stands_for_a_net_that_keeps_none(grad):
+    """``()`` as the whole state of a net without one, as ``with_state`` and ``evaluate``
+    take it: fit's step runs with it in either gradient mode and returns it."""
+    import optax
+    net = jc.serial(jc.Conv2D(2, 3), jc.ReLU(), jc.Flatten(), jc.Dense(10))
+    params, _ = net.init(jax.random.key(0), (6, 6, 1))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 6, 6, 1)), jnp.float32)
+    y = jnp.arange(8, dtype=jnp.int32) % 10
+    assert jc.update_state(net, (), None) == ()
+    opt = optax.sgd(0.1)
+    out = train.fit_step(net, jc.softmax_cross_entropy, opt, grad)(
+        params, opt.init(params), (), x, y, jnp.arange(8), jax.random.key(0), 0)
+    assert out[2] == () and np.isfinite(float(out[3]))
+    with pytest.raises(ValueError, match=r"expected a state of 4 entries, one per layer, got "
+                                         r"2 entries"):
+        jc.update_state(net, ((), ()), None)
+
+
 def net_with_batchnorm():
     return jc.serial(jc.Conv2D(3, 3, padding="SAME", use_bias=False), jc.BatchNorm(),
                      jc.ReLU(), jc.Flatten(), jc.Dense(10))

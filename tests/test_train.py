@@ -196,6 +196,38 @@ def test_evaluate_refuses_what_it_cannot_score(digits):
     assert train.evaluate(bn, xent, bn_params, xt, yt, state=jc.init_state(bn, (8, 8, 1)))[1] >= 0
 
 
+def test_evaluate_refuses_targets_the_loss_does_not_take(digits):
+    """Class indices for squared error, one-hot floats for cross-entropy: the loss's own
+    message on the whole set's shapes, named after ``evaluate`` (and the set, in ``fit``)."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    _, _, xt, yt = subset(digits)
+    with pytest.raises(ValueError, match=r"^evaluate: its targets \(int32, shape \(100,\)\) do "
+                                         r"not suit the loss: squared_error: targets must have the "
+                                         r"outputs' shape \(100, 10\), got \(100,\)"):
+        train.evaluate(NET, jc.squared_error, params, xt, yt.astype(np.int32))
+    one_hot = np.eye(10, dtype=np.float32)[yt]
+    with pytest.raises(TypeError, match=r"^training set: its targets \(float32, shape \(100, "
+                                        r"10\)\) do not suit the loss: softmax_cross_entropy: "
+                                        r"labels must be an integer array"):
+        train.fit(NET, params, xt, one_hot, epochs=1, batch_size=BATCH, verbose=False)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int8])
+def test_accuracy_compares_classes_past_the_labels_dtype(dtype):
+    """301 classes, every prediction class 300, every label 44: no hit in any label dtype
+    (class 300 cast to 8 bits would wrap to 44); a row whose output is NaN hits nothing."""
+    net = jc.serial(jc.Flatten(), jc.Dense(301))
+    params, _ = train.init_params(net, (2, 2, 1))
+    params = (params[0], {"w": jnp.zeros_like(params[1]["w"]),
+                          "b": jnp.zeros(301, jnp.float32).at[300].set(10.0)})
+    x = np.zeros((5, 2, 2, 1), np.float32)
+    assert train.evaluate(net, jc.softmax_cross_entropy, params, x, np.full(5, 44, dtype))[1] == 0
+    assert train.evaluate(net, jc.softmax_cross_entropy, params, x, np.full(5, 300))[1] == 1
+    nan = (params[0], {"w": params[1]["w"], "b": jnp.full(301, jnp.nan, jnp.float32)})
+    loss, accuracy = train.evaluate(net, jc.softmax_cross_entropy, nan, x, np.zeros(5, dtype))
+    assert math.isnan(loss) and accuracy == 0
+
+
 @pytest.mark.parametrize("grad", train.GRADS)
 def test_fit_in_microbatches_makes_the_whole_batch_updates(digits, grad):
     """``microbatch=5`` runs each batch of 20 as four chunks, averaged: the same training run
