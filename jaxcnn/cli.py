@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import jax
 
 from jaxcnn.data import DATASETS, DOWNLOAD_TIMEOUT, SOURCES, _data_dir_fault, _mirror_fault
+from jaxcnn.distributed import _nearest_sizes
 from jaxcnn.precision import LOSS_SCALES, PRECISIONS
 from jaxcnn.show import add_show_command, _seed_arg
 from jaxcnn.train import GRADS, OPTIMIZERS
@@ -237,7 +238,8 @@ def _check_device_flags(args, devices) -> None:
     count = len(available) if devices == "all" else devices
     if args.batch_size % count:
         raise ValueError(f"--batch-size {args.batch_size} must divide by the number of "
-                         f"devices ({count}): each takes an equal share of every batch")
+                         f"devices ({count}): each takes an equal share of every batch; try "
+                         f"{_nearest_sizes(args.batch_size, count)}")
 
 
 def _check_batch_flags(args, devices, n_train: int, dataset: str) -> None:

@@ -214,11 +214,16 @@ def check_batch_size(plan: DataParallel, batch_size: int) -> None:
         raise ValueError(f"check_batch_size: batch_size must be a positive integer, got "
                          f"{batch_size}")
     if batch_size % plan.size:
-        lower = batch_size - batch_size % plan.size
         raise ValueError(
             f"batch_size ({batch_size}) must divide by the number of devices ({plan.size}): "
             f"each device takes batch_size / {plan.size} rows; try "
-            f"{', '.join(str(b) for b in (lower, lower + plan.size) if b > 0)}")
+            f"{_nearest_sizes(batch_size, plan.size)}")
+
+
+def _nearest_sizes(batch_size: int, devices: int) -> str:
+    """The multiples of ``devices`` just below and above ``batch_size``, as ``"16, 24"``."""
+    lower = batch_size - batch_size % devices
+    return ", ".join(str(b) for b in (lower, lower + devices) if b > 0)
 
 
 # --- placing data ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ one device, so these checks run here, in a fresh process, under the test suite's
 check writes its arrays and messages to ``OUT/<check>.npz``; the tests assert on them, so a
 failure shows up as a named pytest failure, not a crashed subprocess.
 """
+import argparse
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import jaxcnn as jc  # noqa: E402
-from jaxcnn import data, distributed as dist, train  # noqa: E402
+from jaxcnn import cli, data, distributed as dist, train  # noqa: E402
 
 LOSS = jc.softmax_cross_entropy
 ADAM = optax.adam(1e-2)
@@ -185,7 +186,9 @@ def check_fit(out: str) -> None:
          sharded_copy=error_of(lambda: dist.host_copy(dist.shard_batch(dist.data_parallel(), x,
                                                                         np.arange(16)))),
          negative_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x,
-                                                          -np.arange(1, 9))))
+                                                          -np.arange(1, 9))),
+         cli_odd_batch=error_of(lambda: cli._check_device_flags(
+             argparse.Namespace(batch_size=20), "all")))
 
 
 BN_NET = jc.serial(jc.Conv2D(6, 3, padding="SAME", use_bias=False), jc.BatchNorm(), jc.ReLU(),

@@ -256,6 +256,9 @@ def test_device_and_batch_errors_name_the_numbers(worker):
     assert r["sharded_copy"].startswith("ValueError: host_copy: expected replicated arrays "
                                         "(params, optimizer state), got an array of shape "
                                         "(16, 8, 8, 1) sharded as NamedSharding(")
+    assert r["cli_odd_batch"] == ("ValueError: --batch-size 20 must divide by the number of "
+                                  "devices (8): each takes an equal share of every batch; try "
+                                  "16, 24")
     assert r["negative_index"] == ("ValueError: shard_batch: index must hold row numbers in "
                                    "[0, 160) of the array, got values in [-8, -1]")
 
