@@ -517,17 +517,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:     # --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
+    name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         with warnings.catch_warnings():     # a checkpoint's warning as one line, in every command
             from jaxcnn.checkpoints import CheckpointWarning
             warnings.simplefilter("always", CheckpointWarning)
-            warnings.showwarning = _show_warning_lines(args.command)
+            warnings.showwarning = _show_warning_lines(name)
             return args.run(args)
     except KeyboardInterrupt:                # train handles its own; check, show, data here
-        return _error(args.command, "interrupted", 130)
-    except MemoryError:
-        return _error(args.command, "out of memory: the batch or image is too large for this "
-                                    "machine; ask for a smaller one", 2)
+        return _error(name, "interrupted", 130)
+    except (MemoryError, jax.errors.JaxRuntimeError) as err:    # NumPy's, or XLA's allocator
+        if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        hint = "; --microbatch M computes each step in chunks" if args.command == "train" else ""
+        return _error(name, f"out of memory: the batch or image is too large for this machine; "
+                            f"ask for a smaller one{hint}", 2)
     except ImportError as err:               # an optional dependency: name its extra
         missing = (err.name or getattr(err.__cause__, "name", None) or "").partition(".")[0]
         for extra, modules in EXTRAS.items():

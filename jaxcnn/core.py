@@ -245,7 +245,7 @@ def static_number(layer: str, arg: str, value, expected: str = "a number") -> fl
                         f"a traced value (inside jit or grad); build the layer outside the "
                         f"transformation, or pass {arg} as a static argument")
     if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) == 0 and \
-            (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+            (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         shape = f" of shape {tuple(value.shape)} and dtype {value.dtype}" \

@@ -600,15 +600,18 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
     urls = source.urls if mirror is None else (mirror.rstrip("/") + "/",)
     data_dir = os.path.join("data", name) if data_dir is None else os.fspath(data_dir)
     _make_data_dir(data_dir)
+    for stem in IDX_FILES.values():     # every name checked before anything is downloaded
+        raw = os.path.join(data_dir, stem)
+        if os.path.lexists(raw) and not os.path.lexists(raw + ".gz"):
+            fault = _not_regular(raw, os.stat(raw).st_mode) if os.path.exists(raw) else \
+                ValueError(f"{raw}: is a link to {os.path.realpath(raw)}, which does not exist")
+            if fault is not None:       # a dangling link or a directory is no copy to keep
+                raise ValueError(f"{fault}; move it away to download {stem}.gz")
     paths = {}
     for role, stem in IDX_FILES.items():
         raw, target = os.path.join(data_dir, stem), os.path.join(data_dir, stem + ".gz")
         md5 = source.md5[stem + ".gz"]
         if os.path.lexists(raw) and not os.path.lexists(target):
-            fault = _not_regular(raw, os.stat(raw).st_mode) if os.path.exists(raw) else \
-                ValueError(f"{raw}: is a link to {os.path.realpath(raw)}, which does not exist")
-            if fault is not None:       # a dangling link or a directory is no copy to keep
-                raise ValueError(f"{fault}; move it away to download {stem}.gz")
             log(f"{stem}: already in {data_dir}, uncompressed (kept, not verified)")
             paths[role] = raw
             continue

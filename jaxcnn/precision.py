@@ -48,20 +48,25 @@ LOSS_SCALES = {"float32": 1.0, "bfloat16": 1.0, "float16": 2.0 ** 10}
 """The default static loss scale ``S`` per precision (see the module docstring)."""
 
 
-class Policy(NamedTuple):
-    """What a step computes in: ``compute``, one of ``PRECISIONS``, and the static loss scale
-    ``loss_scale`` (``S``) that the output residual is multiplied by before the backward and
-    the float32 gradients divided by after it; ``None`` (the default) is ``LOSS_SCALES
-    [compute]``, so ``Policy("float16")`` scales by ``2**10`` as ``"float16"`` does.
-    Hashable, so compiled steps are cached per policy.  ``policy(...)`` makes a checked one."""
-
+class _Fields(NamedTuple):
     compute: str = "float32"
     loss_scale: float | None = None
 
-    @property
-    def scale(self) -> float:
-        """``S``: ``loss_scale``, or the compute dtype's default where it is ``None``."""
-        return LOSS_SCALES.get(self.compute, 1.0) if self.loss_scale is None else self.loss_scale
+
+class Policy(_Fields):
+    """What a step computes in: ``compute``, one of ``PRECISIONS``, and the static loss scale
+    ``loss_scale`` (``S``) that the output residual is multiplied by before the backward and
+    the float32 gradients divided by after it; ``None`` (the default) is filled in with
+    ``LOSS_SCALES[compute]``, so ``Policy("float16")`` is ``Policy("float16", 1024.0)``, equal
+    and with one hash.  Hashable, so compiled steps are cached per policy.  ``policy(...)``
+    makes a checked one."""
+
+    __slots__ = ()
+
+    def __new__(cls, compute: str = "float32", loss_scale: float | None = None):
+        if loss_scale is None:
+            loss_scale = LOSS_SCALES.get(compute, 1.0) if isinstance(compute, str) else 1.0
+        return super().__new__(cls, compute, loss_scale)
 
     @property
     def active(self) -> bool:
@@ -85,14 +90,14 @@ class Policy(NamedTuple):
         ``delta`` handed to ``net.backward``."""
         if not self.active:
             return delta
-        return _scaled(delta, self.scale).astype(self.compute)
+        return _scaled(delta, self.loss_scale).astype(self.compute)
 
     def grads(self, grads: Params, params: Params) -> Params:
         """The 16-bit gradients back in the dtype of the master ``params`` (float32), divided
         by ``S``: what the optimizer is given."""
         if not self.active:
             return grads
-        return jax.tree.map(lambda g, p: _scaled(g.astype(p.dtype), 1 / self.scale),
+        return jax.tree.map(lambda g, p: _scaled(g.astype(p.dtype), 1 / self.loss_scale),
                             grads, params)
 
 
@@ -120,7 +125,11 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
         raise TypeError(f"{where} must be one of {', '.join(PRECISIONS)} or a "
                         f"jaxcnn.precision.Policy, got {type(precision).__name__}")
     policy(precision.compute, where)
-    scale = static_number(where, "the loss scale", precision.scale, "a positive finite number")
+    if isinstance(precision.loss_scale, jax.core.Tracer):
+        raise TypeError(f"{where}: the loss scale must be a number fixed when the step is built, "
+                        f"got a traced value (inside jit or grad)")
+    scale = static_number(where, "the loss scale", precision.loss_scale,
+                          "a positive finite number")
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"{where}: the loss scale must be a positive finite number (a power "
                          f"of two divides out exactly), got {scale!r}")
@@ -147,7 +156,7 @@ def autodiff(pol: Policy, objective: Callable, run: Callable) -> Callable:
     def scaled(params, x, targets):
         y, aux = run(pol.cast(params), pol.cast(x))
         value = objective(pol.output(y), targets)
-        return _scaled(value, pol.scale if pol.active else 1.0), (value, aux)
+        return _scaled(value, pol.loss_scale if pol.active else 1.0), (value, aux)
 
     def f(params, x, targets):
         (_, (value, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params, x, targets)

@@ -290,8 +290,7 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     main = plan is None or distributed.is_main()
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
                      net=net.name, batch_size=batch_size, seed=seed, grad=grad,
-                     microbatch=None if given is None or given >= batch_size else given,
-                     precision=precision, info=info,
+                     microbatch=microbatch, precision=precision, info=info,
                      statistics=_statistics_rows(net, given, batch_size, plan))
     may_change = _checked_may_change(resume_may_change, info)
     return _Run(
@@ -344,8 +343,10 @@ def _check_range(precision, x, what: str) -> None:
     float16 step holds at most 65504): a ``ValueError`` now, not a NaN loss at step 0."""
     if not precision.active or not np.issubdtype(x.dtype, np.floating) or not x.size:
         return
-    top, largest = float(jnp.finfo(precision.compute).max), float(np.max(np.abs(x)))
-    if largest > top:
+    largest = max(float(np.max(x)), -float(np.min(x)))      # no copy of a large set
+    info = jnp.finfo(precision.compute)
+    top = float(info.max)       # rounding to nearest, half an ulp above it is the first inf
+    if largest >= top + 2.0 ** (info.maxexp - 2 - info.nmant):
         raise ValueError(f"{what}: images reach {largest:g}, beyond {precision.compute}'s "
                          f"largest number {top:g}, which precision={precision.compute!r} casts "
                          f"them to; rescale them, or train with precision='bfloat16' or "
@@ -414,9 +415,9 @@ def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
     size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
     images and targets; ``None`` without checkpoints, which alone use it), the batch, seed,
-    gradient, microbatch (of the whole batch: ``None`` at or above it), for a net with state
-    the rows its batch statistics span (``_statistics_rows``), precision and loss scale, the
-    net's name (its layers), and ``info``
+    gradient, microbatch (the step's: ``None`` where one chunk holds a device's rows), for a
+    net with state the rows its batch statistics span (``_statistics_rows``), precision and
+    loss scale, the net's name (its layers), and ``info``
     (``jaxcnn train``: the data set, net, optimizer and learning rate), which may not redefine
     the others -- as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
@@ -639,7 +640,10 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
         if saved.get(name) != run.config.get(name):
             why = (f" (the rows each BatchNorm normalises a batch over: the per-device batch, "
                    f"or microbatch where smaller; microbatch={saved[name]} keeps them on any "
-                   f"number of devices)" if name == _STATISTICS_ROWS else "")
+                   f"number of devices)" if name == _STATISTICS_ROWS else
+                   f" (a Policy's loss_scale=None means its dtype's default; pass "
+                   f"Policy({saved.get('precision')!r}, loss_scale={saved[name]!r}) to go on "
+                   f"with the checkpoint's)" if name == "loss_scale" else "")
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
                              f"{run.ckpt.path(step)} was made with {name}="
                              f"{saved.get(name)!r}, this run has {name}="
@@ -871,9 +875,9 @@ def _scale_hint(run: _Run) -> str:
     """The end of a divergence's message under a loss scale: the scaled backward may have
     overflowed the 16-bit dtype, a cause to rule out before the learning rate."""
     pol = run.precision
-    if not pol.active or pol.scale == 1:
+    if not pol.active or pol.loss_scale == 1:
         return ""
-    return (f"; under precision={pol.compute!r} the loss scale {pol.scale:g} multiplies every "
+    return (f"; under precision={pol.compute!r} the loss scale {pol.loss_scale:g} multiplies every "
             f"delta and may have overflowed {pol.compute}: try a smaller "
             f"precision.Policy({pol.compute!r}, loss_scale=...), or precision='bfloat16'")
 

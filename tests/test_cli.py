@@ -287,6 +287,10 @@ def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it(optimized_xla):
     (KeyboardInterrupt, 130, "jaxcnn check: error: interrupted\n"),
     (MemoryError, 2, "jaxcnn check: error: out of memory: the batch or image is too large for "
                      "this machine; ask for a smaller one\n"),
+    (lambda: jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                        "allocate 4398046511104 bytes."), 2,
+     "jaxcnn check: error: out of memory: the batch or image is too large for this machine; "
+     "ask for a smaller one\n"),
 ])
 def test_an_interrupt_or_exhausted_memory_is_one_line(monkeypatch, capsys, fault, code, message):
     """Ctrl-C in check (or show) exits 130 and a batch too large for the machine exits 2 --
@@ -315,3 +319,23 @@ def test_show_prints_a_checkpoint_warning_as_one_line(monkeypatch, capsys, tmp_p
     assert cli.main(["show", "kernels", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ("jaxcnn show: warning: the checkpoint at step 44 is "
                                        "corrupt; using step 0\n")
+
+
+def test_another_xla_runtime_error_is_not_called_out_of_memory(monkeypatch):
+    from jaxcnn import audit
+
+    def fail(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(audit, "check_grads", fail)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
+        cli.main(["check", "--arch", "small"])
+
+
+def test_main_names_the_whole_command_data_download(monkeypatch, capsys, tmp_path):
+    def fail(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(data, "download", fail)
+    assert cli.main(["data", "download", "mnist", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("jaxcnn data download: error: out of memory")

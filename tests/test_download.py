@@ -187,6 +187,7 @@ def test_an_uncompressed_name_that_is_no_file_is_not_kept(tmp_path, published, m
     with pytest.raises(ValueError, match=f"^{re.escape(str(raw))}: {what}.*; move it away to "
                                          f"download train-labels-idx1-ubyte.gz"):
         data.download("mnist", tmp_path, mirror=f"{base}/good")
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".gz")]   # nothing fetched first
 
 
 def test_every_request_has_a_timeout(tmp_path, published):

@@ -292,20 +292,26 @@ def test_a_resume_names_the_precision_before_the_loss_scale_it_sets():
         train._check_config(run, 4, saved)
     run.config = {**run.config, "precision": "float16", "loss_scale": 256.0}
     with pytest.raises(ValueError, match=r"was made with loss_scale=1024.0, this run has "
-                                         r"loss_scale=256.0$"):
+                                         r"loss_scale=256.0 \(a Policy's loss_scale=None means "
+                                         r"its dtype's default; pass Policy\('float16', "
+                                         r"loss_scale=1024.0\) to go on with the checkpoint's\)$"):
         train._check_config(run, 4, saved)
 
 
 def test_a_policy_without_a_scale_takes_its_dtypes_default():
     """``Policy("float16")`` scales as ``"float16"`` does (it used to scale by 1, silently
     losing small gradients); a concrete 0-d array is a scale, a bool or a string is not."""
-    assert Policy("float16").scale == LOSS_SCALES["float16"] == 1024.0
-    assert policy(Policy("float16")) == policy("float16") == Policy("float16", 1024.0)
+    assert Policy("float16").loss_scale == LOSS_SCALES["float16"] == 1024.0
+    assert Policy("float16") == Policy("float16", 1024.0) == policy("float16")
+    assert hash(Policy("float16")) == hash(Policy("float16", 1024.0))    # one compiled step
+    assert Policy() == policy(None) == Policy("float32", 1.0)
     assert policy(Policy("bfloat16")) == Policy("bfloat16", 1.0)
+    assert Policy("float16")._replace(loss_scale=8.0) == Policy("float16", 8.0)
     tiny = jnp.full((2,), 1e-8, jnp.float32)
     np.testing.assert_allclose(Policy("float16").delta(tiny).astype(jnp.float32), 1024e-8,
                                rtol=1e-2)
     assert policy(Policy("float16", jnp.float32(256.0))) == Policy("float16", 256.0)
+    assert policy(Policy("float16", jnp.array(512.0, jnp.bfloat16))) == Policy("float16", 512.0)
     for scale in (True, "256"):
         with pytest.raises(TypeError, match=r"^precision: the loss scale must be a positive "
                                             r"finite number, got"):
