@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Layer, Params, as_jax, check_array, check_seed, is_concrete,
+from jaxcnn.core import (Layer, Params, as_jax, check_array, check_key, check_seed, is_concrete,
                          map_leaves, path_name, positive_int)
 from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.step import loss_and_grad, memoise
@@ -187,30 +187,92 @@ def _vjp(layer, p, a, delta, key, train):
     return jax.jit(vjp)(p, a, delta, key)
 
 
-def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rng, path=""):
+def _pair(layer, fn: str, value, names: str) -> tuple:
+    """``value`` as the 2-tuple the layer contract has ``fn`` return (``names``: what is in it);
+    a ``TypeError`` naming the layer and the function otherwise, rather than a failure to
+    unpack somewhere further on."""
+    if not (isinstance(value, tuple) and len(value) == 2):
+        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+        raise TypeError(f"{layer.name}: {fn} must return the pair {names}, got {got}")
+    return value
+
+
+def _backward(layer, p, cache, delta):
+    """``layer.backward`` jitted on the arrays of ``cache``; its other leaves (a shape kept as
+    Python ints) stay as they are, as in the layer's own unjitted use."""
+    leaves, tree = jax.tree.flatten(cache)
+    traced = [isinstance(v, (jax.Array, np.ndarray)) for v in leaves]
+
+    def run(p, arrays, delta):
+        it = iter(arrays)
+        full = [next(it) if t else v for v, t in zip(leaves, traced)]
+        return layer.backward(p, jax.tree.unflatten(tree, full), delta)
+
+    return _pair(layer, "backward", jax.jit(run)(p, [v for v, t in zip(leaves, traced) if t],
+                                                delta), "(dparams, dx)")
+
+
+def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rng, path="",
+                y=None):
     """Compare one layer's backward at its real input ``a`` and reference residual ``delta``
-    (either may be a tuple of arrays, for a branch or a merge)."""
+    (either may be a tuple of arrays, for a branch or a merge); and its forward's output
+    ``y``, where given, with its ``apply``'s -- a row only where they differ."""
     dtype = _dtype_of(a)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
-    got_p, got_x = jax.jit(layer.backward)(p, cache, delta)
+    got_p, got_x = _backward(layer, p, cache, delta)
     want_p, want_x = _vjp(layer, p, a, delta, key, train)
-    if jax.tree.structure(got_p) != jax.tree.structure(want_p):
-        raise ValueError(f"{layer.name}: backward returned dparams with structure "
-                         f"{jax.tree.structure(got_p)}, expected that of params "
-                         f"{jax.tree.structure(want_p)}")
+    for what, got_t, want_t, of in (("dparams", got_p, want_p, "params"),
+                                    ("dx", got_x, want_x, "the input")):
+        if jax.tree.structure(got_t) != jax.tree.structure(want_t):
+            raise ValueError(f"{layer.name}: backward returned {what} with structure "
+                             f"{jax.tree.structure(got_t)}, expected that of {of} "
+                             f"{jax.tree.structure(want_t)}")
     names = [*_leaf_names(want_p), *_leaf_names(want_x, "dx")]
     got = jax.tree.leaves((got_p, got_x))
     want, reference = jax.tree.leaves((want_p, want_x)), "jax.vjp"
+    misfits = {n: _misfit(g, w) for n, g, w in zip(names, got, want)}
     if dtype in LOW_PRECISION:          # the same derivative, without 16-bit sums on its side
         wide = jax.tree.leaves(_vjp(layer, *_widen((p, a, delta)), key, train))
         if _worst(got, wide) < _worst(got, want):
             want, reference = wide, "jax.vjp float32"
-    rows = [Row(i, layer.name, quantity, reference, *compare(g, w), tol, path=path)
+    rows = [Row(i, layer.name, quantity + misfits[quantity], reference,
+                *(compare(g, w) if not misfits[quantity] else (math.inf, math.inf, 0.0)), tol,
+                path=path)
             for quantity, g, w in zip(names, got, want)]
-    if not all(row.ok for row in rows) and dtype != "float64":
+    if not all(row.ok for row in rows) and dtype != "float64" and not any(misfits.values()):
         rows = _rounding_rows(rows, layer, p, a, delta, key, train, got)
     if finite_differences:
         rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path)
+    if y is not None:
+        rows += _forward_rows(i, layer, p, a, y, key, train, tol, path)
+    return rows
+
+
+def _misfit(got, want) -> str:
+    """``""`` where a hand-written gradient has its reference's shape and dtype; else what it
+    has instead, for the row's name (the row fails: an array of another shape or dtype is no
+    gradient of those params, whatever its values)."""
+    if got.shape == want.shape and got.dtype == want.dtype:
+        return ""
+    return (f" (shape {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} "
+            f"{want.dtype})")
+
+
+def _forward_rows(i, layer, p, a, y, key, train, tol, path) -> list[Row]:
+    """``forward``'s output against ``apply``'s at the same point: the backward is checked
+    against ``apply``'s derivative, so a forward that computes something else (and the cache
+    from it) would train on another function unseen.  A row only where they differ."""
+    want = jax.jit(lambda p, a, key: layer.apply(p, a, key=key, train=train))(p, a, key)
+    if jax.tree.structure(y) != jax.tree.structure(want):
+        raise ValueError(f"{layer.name}: forward returned an output of structure "
+                         f"{jax.tree.structure(y)}, apply one of {jax.tree.structure(want)}")
+    rows = []
+    for quantity, g, w in zip(_leaf_names(want, "y"), jax.tree.leaves(y), jax.tree.leaves(want)):
+        misfit = _misfit(g, w)
+        row = Row(i, layer.name, quantity + misfit, "apply",
+                  *(compare(g, w) if not misfit else (math.inf, math.inf, 0.0)), tol, path=path)
+        if not row.ok:
+            rows.append(row)
     return rows
 
 
@@ -240,8 +302,8 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
             p64, a64, d64 = to64((p, a, delta))
             exact = [np.asarray(e)
                      for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
-            _, cache = jax.jit(lambda p, a: layer.forward(p, a, key=key, train=train))(p64, a64)
-            hand64 = jax.tree.leaves(jax.jit(layer.backward)(p64, cache, d64))
+            _, cache = layer.forward(p64, a64, key=key, train=train)    # eager: a cache may
+            hand64 = jax.tree.leaves(_backward(layer, p64, cache, d64))   # hold Python ints
             own = [0.0] * len(exact)
             for c in ROUNDING_SAMPLES:
                 scaled = jax.tree.map(lambda d: (d * c).astype(d.dtype), delta)
@@ -366,10 +428,10 @@ def check_grads(net: Layer, loss: Loss, params, x, targets, *, key=None, train: 
     loss.value(y, targets)          # the targets' checks, while they are concrete (the rest jits)
     deltas = _reference_deltas(net, loss, params, x, targets, key, train, seen)
     rows = []
-    for path, (leaf, p, a, cache, k, _) in seen.items():
+    for path, (leaf, p, a, cache, k, y_leaf) in seen.items():
         rows += _layer_rows(path[0] if path else 0, leaf, p, a, deltas[path], cache, k, train,
                             finite_differences, rng,
-                            path_name(net, path) if len(path) > 1 else "")
+                            path_name(net, path) if len(path) > 1 else "", y=y_leaf)
     rows += _end_to_end_rows(net, loss, params, x, targets, key, train)
     return GradReport(tuple(rows), _dtype_of(x))
 
@@ -384,7 +446,8 @@ def _run_leaves(net: Layer, params, x, key, train) -> tuple[dict, object]:
 
     def record(path, leaf):
         def forward(p, a, *, key=None, train=True):
-            y, cache = leaf.forward(p, a, key=key, train=train)
+            y, cache = _pair(leaf, "forward", leaf.forward(p, a, key=key, train=train),
+                            "(y, cache)")
             seen[path] = (leaf, p, a, cache, key, y)
             return y, cache
 
@@ -424,9 +487,16 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
         params, x, targets, key, train=train)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
     floor = noise_floor(ref, tol)
-    return [Row(None, "network", quantity, reference, *compare(g, w, floor), tol)
-            for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads),
-                                      jax.tree.leaves(ref))]
+    if jax.tree.structure(grads) != jax.tree.structure(ref):
+        raise ValueError(f"check_grads: the hand-written gradients have the structure "
+                         f"{jax.tree.structure(grads)}, the params {jax.tree.structure(ref)}")
+    rows = []
+    for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        misfit = _misfit(g, w)
+        rows.append(Row(None, "network", quantity + misfit, reference,
+                        *(compare(g, w, floor) if not misfit else (math.inf, math.inf, 0.0)),
+                        tol))
+    return rows
 
 
 NOISE_ULPS = 100
@@ -451,14 +521,16 @@ def noise_floor(grads, tol: float) -> float:
 
 def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64, key=None,
                 train: bool = True, finite_differences: bool = False, seed: int = 0,
-                x=None) -> GradReport:
+                x=None, params=None) -> GradReport:
     """Audit one layer -- any object with the layer protocol -- on random params and inputs.
 
-    ``init(key, input_shape)`` makes the params (cast to ``dtype``); the input is standard normal
-    of shape ``(batch, *input_shape)`` unless given as ``x`` (stochastic pooling wants
-    non-negative inputs), and the residual of the output is a random normal cotangent.  A merge
-    takes a tuple of shapes (and of arrays as ``x``), a branch point gives a tuple of outputs.
-    The layer's ``init`` output shape is checked against its forward.
+    ``init(key, input_shape)`` makes the params (cast to ``dtype``) unless given as ``params``
+    (init's zeros -- a bias -- hide a forward that leaves them out: give other values to
+    see it); the input is standard normal of shape ``(batch, *input_shape)`` unless given as
+    ``x`` (stochastic pooling wants non-negative inputs), and the residual of the output is a
+    random normal cotangent.  A merge takes a tuple of shapes (and of arrays as ``x``), a
+    branch point gives a tuple of outputs.  The layer's ``init`` output shape is checked
+    against its forward, and its forward's output against its apply's.
     """
     what = _layer_what(layer)
     if finite_differences:
@@ -469,8 +541,12 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     shapes = _shapes(what, input_shape)
     rng = _rng(what, seed)
     init_key, key_default = jax.random.split(jax.random.key(seed))
-    params, out_shape = layer.init(init_key, shapes)
-    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), params)
+    made, out_shape = _pair(layer, "init", layer.init(init_key, shapes),
+                            "(params, output_shape)")
+    if params is not None and jax.tree.structure(params) != jax.tree.structure(made):
+        raise ValueError(f"{what}: params have the structure {jax.tree.structure(params)}, "
+                         f"the layer's init makes {jax.tree.structure(made)}")
+    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), made if params is None else params)
     many = bool(shapes) and isinstance(shapes[0], tuple)
     if x is None:
         x = tuple(rng.normal(size=(batch, *s)) for s in shapes) if many else \
@@ -484,15 +560,17 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     if given != shapes:
         raise ValueError(f"{what}: x has the per-example shape {given}, input_shape says "
                          f"{shapes} (batch axis excluded)")
-    key = key_default if key is None else key
-    y, cache = layer.forward(params, x, key=key, train=train)
+    key = key_default if key is None else check_key(what, key)
+    y, cache = _pair(layer, "forward", layer.forward(params, x, key=key, train=train),
+                    "(y, cache)")
     got = tuple(tuple(v.shape[1:]) for v in y) if isinstance(y, tuple) else tuple(y.shape[1:])
     want = tuple(tuple(s) for s in out_shape) if isinstance(y, tuple) else tuple(out_shape)
     if got != want:
         raise ValueError(f"{layer.name}: init says the output shape is {want} but forward "
                          f"gives {got} (batch axis excluded)")
     delta = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), y)
-    rows = _layer_rows(0, layer, params, x, delta, cache, key, train, finite_differences, rng)
+    rows = _layer_rows(0, layer, params, x, delta, cache, key, train, finite_differences, rng,
+                       y=y)
     return GradReport(tuple(rows), _dtype_of(x))
 
 

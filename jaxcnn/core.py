@@ -332,7 +332,11 @@ def check_param_keys(layer: str, params, names: tuple[str, ...], settings: str =
 
 def check_param(layer: str, params, name: str, shape: Shape, dtype) -> Array:
     """``params[name]`` is an array of the expected shape and the input's dtype; its key is
-    there (``check_param_keys`` first)."""
+    there (``check_param_keys`` first; a missing one is named here too)."""
+    if not isinstance(params, dict) or name not in params:
+        got = sorted(params, key=str) if isinstance(params, dict) else describe(params)
+        raise ValueError(f"{layer}: expected params with the key {name!r}, got {got} -- params "
+                         f"from another network?")
     p = params[name]
     check_array(layer, f"params[{name!r}]", p, f"of shape {tuple(shape)}")
     if tuple(p.shape) != tuple(shape):

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxcnn.core import (Layer, Shape, Static, check_cache, check_no_params, config,
                          in_layer, layer_keys, numpy_as_jax, positive_int, split_key)
-from jaxcnn.network import serial
+from jaxcnn.network import _like, serial
 
 __all__ = ["FanOut", "parallel", "FanInSum", "FanInConcat", "Identity", "residual"]
 
@@ -209,7 +209,7 @@ def parallel(*layers: Layer) -> Layer:
                 g, dx = layer.backward(p, c, d)
             grads.append(g)
             dxs.append(dx)
-        return tuple(grads), tuple(dxs)
+        return _like(params, grads), tuple(dxs)
 
     def apply(params, xs, *, key=None, train=True):
         xs = check_arrays("parallel", xs, n, nested=True)

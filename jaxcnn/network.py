@@ -6,8 +6,9 @@ from typing import Callable
 
 import jax
 
-from jaxcnn.core import Array, Cache, Layer, Params, config, in_layer, layer_keys, split_key
-from jaxcnn.losses import Loss, check_net_and_loss
+from jaxcnn.core import (Array, Cache, Layer, Params, check_key, check_train, config, in_layer,
+                         layer_keys, split_key)
+from jaxcnn.losses import Loss, check_net, check_net_and_loss
 from jaxcnn.microbatch import microbatched
 from jaxcnn.precision import Policy, policy
 
@@ -66,7 +67,7 @@ def serial(*layers: Layer) -> Layer:
             with in_layer(where):
                 g, delta = layer.backward(p, c, delta)
             grads.append(g)
-        return tuple(reversed(grads)), delta
+        return _like(params, reversed(grads)), delta
 
     def apply(params, x, *, key=None, train=True):
         for where, layer, p, k in each(params, key):
@@ -76,6 +77,12 @@ def serial(*layers: Layer) -> Layer:
 
     return Layer(init, forward, backward, apply, name, tuple(layers), config(kind="serial"),
                  build=serial)
+
+
+def _like(params, grads) -> tuple | list:
+    """The gradients in the params' own container: a list for params given as a list, so that
+    ``jax.tree.map(optimizer_step, params, grads)`` sees one structure (a tuple otherwise)."""
+    return list(grads) if isinstance(params, list) else tuple(grads)
 
 
 def value_and_grad(net: Layer, loss: Loss, *, microbatch: int | None = None,
@@ -135,8 +142,12 @@ def bridge(net: Layer, *, key=None, train: bool = True) -> Callable[[Params, Arr
     Use it to run the derivation inside any JAX program under ``jax.grad`` / ``jax.vjp``: the
     forward saves the layer caches, and the cotangent of ``f``'s output is the ``delta`` handed
     to ``net.backward``.  ``custom_vjp`` supports reverse mode only (``jax.jvp`` / ``jax.jacfwd``
-    raise); ``key`` and ``train`` are fixed when the bridge is made.
+    raise); ``key`` and ``train`` are fixed when the bridge is made, and checked then.
     """
+    check_net("bridge", net)
+    check_train("bridge", train)
+    if key is not None:
+        check_key("bridge", key)
 
     @jax.custom_vjp
     def f(params, x):

@@ -48,8 +48,9 @@ _glorot = jax.nn.initializers.glorot_normal()  # for sigmoid: keeps the slope aw
 
 def _shape(name: str, input_shape, num_classes: int | None = None) -> Shape:
     """``input_shape`` checked, and ``num_classes`` (the last Dense's width) where given."""
-    if num_classes is not None:
-        positive_int(name, "num_classes", num_classes)
+    if num_classes is not None and positive_int(name, "num_classes", num_classes) < 2:
+        raise ValueError(f"{name}: num_classes must be at least 2 (a softmax over one class is "
+                         f"1 whatever the input: nothing to learn), got {num_classes}")
     return check_input_shape(name, input_shape, 3, "(H, W, C)")
 
 
@@ -263,9 +264,11 @@ def get(name: str, input_shape, num_classes: int = 10) -> Layer:
     The same arguments give the same ``Layer`` object, so that ``fit`` reuses the steps it
     compiled for it (layers are pure functions: sharing one is safe).
     """
-    if name not in ARCHS:
+    if not isinstance(name, str) or name not in ARCHS:
         raise ValueError(f"unknown architecture {name!r}; expected one of {', '.join(ARCHS)}")
-    return _get(name, tuple(input_shape), num_classes)
+    # checked before the cache, which would otherwise hand 1.0 the net made for 1
+    shape = _shape(f"zoo.get({name!r})", input_shape, num_classes)
+    return _get(name, shape, int(num_classes))
 
 
 @functools.lru_cache(maxsize=32)

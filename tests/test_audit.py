@@ -464,3 +464,99 @@ def test_the_verdict_counts_a_kink_apart():
     assert report.ok and sum(row.kink for row in report.rows) == 1
     assert str(report).endswith(f"{len(report.rows) - 1} gradients agree, 1 not compared at a "
                                 f"kink (float64; worst relative error {report.worst:.1e})")
+
+
+# --- the layer contract, held to: what a new layer's author gets wrong ----------------------
+
+def test_a_gradient_of_the_wrong_shape_or_dtype_fails_its_row():
+    """dw with an extra axis (same size, same values) or in another dtype is no gradient of
+    the params: its row fails, naming both shapes, in check_layer and in check_grads' end to
+    end rows -- never 'all agree' while an optimizer would reshape the params."""
+    dense = jc.Dense(3)
+
+    def keepdims(p, c, d):
+        dp, dx = dense.backward(p, c, d)
+        return {**dp, "b": dp["b"][None]}, dx
+
+    def wide(p, c, d):
+        dp, dx = dense.backward(p, c, d)
+        return dp, dx.astype(jnp.float64)
+
+    report = jc.check_layer(dense._replace(backward=keepdims), (4,))
+    assert not report.ok and report.first_bad_layer == 0
+    assert "params['b'] (shape (1, 3) float64, expected (3,) float64)" in str(report)
+    report = jc.check_layer(dense._replace(backward=wide), (4,), dtype=jnp.float32)
+    assert not report.ok and "dx (shape (2, 4) float64, expected (2, 4) float32)" in str(report)
+    net = jc.serial(jc.Flatten(), dense._replace(backward=keepdims))
+    params, _ = net.init(jax.random.key(0), (2, 2, 1))
+    params = jax.tree.map(lambda v: v.astype(jnp.float64), params)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params,
+                            jnp.ones((2, 2, 2, 1), jnp.float64), jnp.array([0, 1], jnp.int32))
+    assert report.first_bad_layer == 1
+    assert [r.ok for r in report.rows if r.layer is None and "['b']" in r.quantity] == [False]
+
+
+def test_a_merge_returning_too_few_input_residuals_is_refused():
+    merge = jc.FanInSum()
+    with pytest.raises(ValueError, match=r"^FanInSum: backward returned dx with structure "
+                                         r"PyTreeDef\(\(\*,\)\), expected that of the input "
+                                         r"PyTreeDef\(\(\*, \*\)\)"):
+        jc.check_layer(merge._replace(backward=lambda p, c, d: ((), (d,))),
+                       ((3, 3, 2), (3, 3, 2)))
+
+
+def test_a_forward_that_is_not_apply_is_pinned_on_its_layer():
+    """A forward that leaves out the bias, apply and backward right: at init's zero bias the
+    two agree; at other params check_layer adds a failing 'y' row, and check_grads pins the
+    layer rather than only the end-to-end rows."""
+    dense = jc.Dense(3)
+
+    def forward(p, x, *, key=None, train=True):
+        y, cache = dense.forward(p, x, key=key, train=train)
+        return y - p["b"][None], cache
+
+    wrong = dense._replace(forward=forward)
+    assert jc.check_layer(wrong, (4,)).ok                              # b = 0: the same
+    params = {"w": jnp.ones((4, 3), jnp.float64), "b": jnp.arange(3.0)}
+    report = jc.check_layer(wrong, (4,), params=params)
+    assert not report.ok and [r.quantity for r in report.rows if not r.ok] == ["y"]
+    assert report.rows[-1].reference == "apply"
+    net = jc.serial(jc.Flatten(), wrong, jc.Dense(2))
+    p, _ = net.init(jax.random.key(0), (2, 2, 1))
+    p = jax.tree.map(lambda v: v.astype(jnp.float64), p)
+    p = (p[0], {"w": p[1]["w"], "b": jnp.arange(3.0)}, p[2])
+    report = jc.check_grads(net, jc.softmax_cross_entropy, p,
+                            jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 2, 1))),
+                            jnp.array([0, 1], jnp.int32))
+    assert report.first_bad_layer == 1
+
+
+@pytest.mark.parametrize("field, replace, message", [
+    ("init", lambda layer: lambda k, s: layer.init(k, s)[0],
+     r"^Dense: init must return the pair \(params, output_shape\), got dict"),
+    ("forward", lambda layer: lambda p, x, **kw: layer.forward(p, x, **kw)[0],
+     r"^Dense: forward must return the pair \(y, cache\), got ArrayImpl"),
+    ("backward", lambda layer: lambda p, c, d: layer.backward(p, c, d)[1],
+     r"^Dense: backward must return the pair \(dparams, dx\), got ArrayImpl"),
+])
+def test_a_layer_function_that_breaks_the_contract_is_named(field, replace, message):
+    dense = jc.Dense(3)
+    with pytest.raises(TypeError, match=message):
+        jc.check_layer(dense._replace(**{field: replace(dense)}), (4,))
+
+
+def test_check_layer_refuses_a_bad_key_and_takes_a_cache_of_python_ints():
+    with pytest.raises(TypeError, match=r"^check_layer\(Dense\): key must be one JAX random key"):
+        jc.check_layer(jc.Dense(3), (4,), key="garbage")
+    dense = jc.Dense(3)
+
+    def forward(p, x, *, key=None, train=True):       # a shape kept as Python ints
+        y, cache = dense.forward(p, x, key=key, train=train)
+        return y, (cache, tuple(x.shape))
+
+    def backward(p, cache, d):
+        inner, shape = cache
+        dp, dx = dense.backward(p, inner, d)
+        return dp, dx.reshape(shape)
+
+    assert jc.check_layer(dense._replace(forward=forward, backward=backward), (4,)).ok

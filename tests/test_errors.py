@@ -556,3 +556,46 @@ def test_merges_check_the_residual_dtype():
     _, cache = identity.forward((), x)
     with pytest.raises(TypeError, match=r"Identity: backward got delta of dtype float16, expected float32"):
         identity.backward((), cache, half)
+
+
+@pytest.mark.parametrize("args, exc, message", [
+    (("small", (8, 8, 1), True), TypeError, r"^zoo.get\('small'\): num_classes must be an int, "
+                                            r"got True"),
+    (("small", (8, 8, 1), 1), ValueError, r"^zoo.get\('small'\): num_classes must be at least 2"),
+    (("small", 8, 10), TypeError, r"^zoo.get\('small'\): input_shape must be a tuple of ints, "
+                                  r"got 8"),
+    (("small", (8.0, 8, 1), 10), TypeError, r"input_shape must be a tuple of ints"),
+    ((["small"], (8, 8, 1), 10), ValueError, r"^unknown architecture \['small'\]"),
+])
+def test_zoo_get_checks_before_its_cache(args, exc, message):
+    """Checked before the cache: a net made for 1 class (or shape (8, 8, 1)) is not handed
+    back for True (or (8.0, 8, 1)), and an unhashable name is a ValueError, not a raw error."""
+    jc.zoo.get("small", (8, 8, 1), 10)
+    with pytest.raises(exc, match=message):
+        jc.zoo.get(*args)
+    assert jc.zoo.get("small", [8, 8, 1], 10) is jc.zoo.get("small", (8, 8, 1), 10)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(net=jc.Dense), r"^bridge: net must be a jaxcnn Layer"),
+    (dict(net=jc.Dense(3), key=0), r"^bridge: key must be one JAX random key"),
+    (dict(net=jc.Dense(3), train="no"), r"^bridge: train must be True or False"),
+])
+def test_bridge_checks_what_it_is_built_with(kwargs, message):
+    net = kwargs.pop("net")
+    with pytest.raises(TypeError, match=message):
+        jc.bridge(net, **kwargs)
+
+
+def test_params_from_another_layer_are_named_and_lists_keep_their_type():
+    """A layer of the guide's kind (check_param without check_param_keys) given Dense's params
+    names the key; params given as a list come back as a list of gradients."""
+    from jaxcnn.core import check_param
+    with pytest.raises(ValueError, match=r"^Scale: expected params with the key 'gamma', got "
+                                         r"\['b', 'w'\] -- params from another network"):
+        check_param("Scale", {"w": 0, "b": 0}, "gamma", (3,), jnp.float32)
+    net = jc.serial(jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(jax.random.key(0), (2, 2, 1))
+    _, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(
+        list(params), jnp.ones((2, 2, 2, 1), jnp.float32), jnp.array([0, 1], jnp.int32))
+    assert isinstance(grads, list) and len(grads) == 2
