@@ -469,7 +469,7 @@ def test_what_fit_cannot_take_for_net_out_or_a_resume(digits, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 in .*; it holds steps "
                                                 r"\[0, 10\]"):
         train.load_checkpoint(out, step=3)
-    with pytest.raises(ValueError, match=r"^small: num_classes must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^zoo.get\('small'\): num_classes must be >= 1, got 0"):
         zoo.get("small", (8, 8, 1), 0)
 
 
