@@ -43,8 +43,8 @@ to a replicated input is already summed over devices (the transpose of its impli
 while the hand-written backward returns each device's own gradient.  So ``grad="autodiff"``
 first marks the params device-varying (``lax.pcast(..., to="varying")``, a no-op on the
 values), takes ``jax.grad`` of ``J_d`` -- device d's own gradient, as the shard step's -- and
-then the same device mean: one all-reduce of the float32 gradients after every chunk, under a
-16-bit policy too (differentiating ``pmean(J_d)`` instead would sum the 16-bit gradients inside
+then the same device mean: one all-reduce of the float32 gradients, after all the chunks, under
+a 16-bit policy too (differentiating ``pmean(J_d)`` instead would sum the 16-bit gradients inside
 the backward, once per chunk).
 
 Several processes (hosts): ``initialize`` starts ``jax.distributed`` before JAX touches a
