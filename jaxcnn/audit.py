@@ -236,8 +236,7 @@ def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rn
         if _worst(got, wide) < _worst(got, want):
             want, reference = wide, "jax.vjp float32"
     rows = [Row(i, layer.name, quantity + misfits[quantity], reference,
-                *(compare(g, w) if not misfits[quantity] else (math.inf, math.inf, 0.0)), tol,
-                path=path)
+                *_errors(misfits[quantity], g, w), tol, path=path)
             for quantity, g, w in zip(names, got, want)]
     if not all(row.ok for row in rows) and dtype != "float64" and not any(misfits.values()):
         rows = _rounding_rows(rows, layer, p, a, delta, key, train, got)
@@ -258,6 +257,11 @@ def _misfit(got, want) -> str:
             f"{want.dtype})")
 
 
+def _errors(misfit: str, got, want, floor: float = 0.0) -> tuple[float, float, float]:
+    """``compare``'s errors, or a failing row's where the gradient is a ``_misfit``."""
+    return compare(got, want, floor) if not misfit else (math.inf, math.inf, 0.0)
+
+
 def _forward_rows(i, layer, p, a, y, key, train, tol, path) -> list[Row]:
     """``forward``'s output against ``apply``'s at the same point: the backward is checked
     against ``apply``'s derivative, so a forward that computes something else (and the cache
@@ -269,8 +273,8 @@ def _forward_rows(i, layer, p, a, y, key, train, tol, path) -> list[Row]:
     rows = []
     for quantity, g, w in zip(_leaf_names(want, "y"), jax.tree.leaves(y), jax.tree.leaves(want)):
         misfit = _misfit(g, w)
-        row = Row(i, layer.name, quantity + misfit, "apply",
-                  *(compare(g, w) if not misfit else (math.inf, math.inf, 0.0)), tol, path=path)
+        row = Row(i, layer.name, quantity + misfit, "apply", *_errors(misfit, g, w), tol,
+                  path=path)
         if not row.ok:
             rows.append(row)
     return rows
@@ -494,8 +498,7 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
     for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads), jax.tree.leaves(ref)):
         misfit = _misfit(g, w)
         rows.append(Row(None, "network", quantity + misfit, reference,
-                        *(compare(g, w, floor) if not misfit else (math.inf, math.inf, 0.0)),
-                        tol))
+                        *_errors(misfit, g, w, floor), tol))
     return rows
 
 

@@ -236,13 +236,15 @@ def wide(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
-def static_number(layer: str, arg: str, value, expected: str = "a number") -> float:
-    """A layer's hyperparameter (a rate, a momentum) as a Python float: an int, a float, a
-    NumPy number or a concrete 0-d real array.  It is fixed when the layer is built, so a
-    traced value (inside ``jit``/``grad``) is refused, as are bools and everything else."""
+def static_number(layer: str, arg: str, value, expected: str = "a number",
+                  built: str = "the layer") -> float:
+    """A layer's hyperparameter (a rate, a momentum; a step's loss scale, ``built`` "the
+    step") as a Python float: an int, a float, a NumPy number or a concrete 0-d real array.  It
+    is fixed when ``built`` is built, so a traced value (inside ``jit``/``grad``) is refused, as
+    are bools and everything else."""
     if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"{layer}: {arg} must be {expected} fixed when the layer is built, got "
-                        f"a traced value (inside jit or grad); build the layer outside the "
+        raise TypeError(f"{layer}: {arg} must be {expected} fixed when {built} is built, got "
+                        f"a traced value (inside jit or grad); build {built} outside the "
                         f"transformation, or pass {arg} as a static argument")
     if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) == 0 and \
             (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):

@@ -115,7 +115,7 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
     ``"bfloat16"``, ``"float16"`` (loss scale ``LOSS_SCALES``), or a ``Policy`` with a loss
     scale of one's own.  ``ValueError`` naming ``where`` and the choices otherwise."""
     if precision is None:
-        return Policy("float32", 1.0)
+        return Policy()
     if isinstance(precision, str):
         if precision not in PRECISIONS:
             raise ValueError(f"{where} must be one of {', '.join(PRECISIONS)}, got "
@@ -125,11 +125,8 @@ def policy(precision: str | Policy | None = None, where: str = "precision") -> P
         raise TypeError(f"{where} must be one of {', '.join(PRECISIONS)} or a "
                         f"jaxcnn.precision.Policy, got {type(precision).__name__}")
     policy(precision.compute, where)
-    if isinstance(precision.loss_scale, jax.core.Tracer):
-        raise TypeError(f"{where}: the loss scale must be a number fixed when the step is built, "
-                        f"got a traced value (inside jit or grad)")
     scale = static_number(where, "the loss scale", precision.loss_scale,
-                          "a positive finite number")
+                          "a positive finite number", built="the step")
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"{where}: the loss scale must be a positive finite number (a power "
                          f"of two divides out exactly), got {scale!r}")

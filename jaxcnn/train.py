@@ -285,13 +285,12 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     optimizer = make_optimizer("adam", 1e-3) if optimizer is None else optimizer
     grad_tol = _checked_numbers(params, grad_tol)
     plan = _plan(devices, batch_size)
-    given = None if microbatch is None else positive_int("microbatch", microbatch)
-    microbatch = _checked_microbatch(given, batch_size, plan)
+    microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
                      net=net.name, batch_size=batch_size, seed=seed, grad=grad,
                      microbatch=microbatch, precision=precision, info=info,
-                     statistics=_statistics_rows(net, given, batch_size, plan))
+                     statistics=_statistics_rows(net, microbatch, batch_size, plan))
     may_change = _checked_may_change(resume_may_change, info)
     return _Run(
         net=net, loss=loss, optimizer=optimizer, x_train=x_train, y_train=y_train,
@@ -495,11 +494,12 @@ def _plan(devices, batch_size: int) -> distributed.DataParallel | None:
     return None
 
 
-def _checked_microbatch(microbatch: int | None, batch_size: int, plan) -> int | None:
+def _checked_microbatch(microbatch, batch_size: int, plan) -> int | None:
     """The step's ``microbatch``, checked against the (per-device) batch; ``None`` where one
     chunk would hold it all -- the plain step."""
     if microbatch is None:
         return None
+    microbatch = positive_int("microbatch", microbatch)
     rows = batch_size // (1 if plan is None else plan.size)
     if rows > microbatch and rows % microbatch:
         what = (f"batch_size ({rows})" if plan is None
@@ -511,12 +511,12 @@ def _checked_microbatch(microbatch: int | None, batch_size: int, plan) -> int | 
 
 def _statistics_rows(net: Layer, microbatch: int | None, batch_size: int, plan) -> int | None:
     """How many rows a net with state (BatchNorm) normalises each training batch over: each
-    device's share of the batch, or each chunk of it (``None`` for a net without state).  A
-    resumed run must keep it -- on any device count, by its ``microbatch``."""
+    chunk of the step's ``microbatch`` (``_checked_microbatch``), else each device's share of
+    the batch (``None`` for a net without state).  A resumed run must keep it -- on any device
+    count, by its ``microbatch``."""
     if not has_state(net):
         return None
-    rows = batch_size // (1 if plan is None else plan.size)
-    return rows if microbatch is None else min(rows, microbatch)
+    return microbatch or batch_size // (1 if plan is None else plan.size)
 
 
 # --- open or resume the output directory ---------------------------------------------------
@@ -638,16 +638,23 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
         if name == "microbatch" and _STATISTICS_ROWS in saved:
             continue                    # a net with state: its statistics' rows are what counts
         if saved.get(name) != run.config.get(name):
-            why = (f" (the rows each BatchNorm normalises a batch over: the per-device batch, "
-                   f"or microbatch where smaller; microbatch={saved[name]} keeps them on any "
-                   f"number of devices)" if name == _STATISTICS_ROWS else
-                   f" (a Policy's loss_scale=None means its dtype's default; pass "
-                   f"Policy({saved.get('precision')!r}, loss_scale={saved[name]!r}) to go on "
-                   f"with the checkpoint's)" if name == "loss_scale" else "")
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
                              f"{run.ckpt.path(step)} was made with {name}="
                              f"{saved.get(name)!r}, this run has {name}="
-                             f"{run.config.get(name)!r}{why}")
+                             f"{run.config.get(name)!r}{_why(name, saved)}")
+
+
+def _why(name: str, saved: dict) -> str:
+    """What a resume's differing setting ``name`` means, where its name does not say."""
+    if name == _STATISTICS_ROWS:
+        return (f" (the rows each BatchNorm normalises a batch over: the per-device batch, or "
+                f"microbatch where smaller; microbatch={saved[name]} keeps them on any number "
+                f"of devices)")
+    if name == "loss_scale":
+        return (f" (a Policy's loss_scale=None means its dtype's default; pass "
+                f"Policy({saved.get('precision')!r}, loss_scale={saved[name]!r}) to go on with "
+                f"the checkpoint's)")
+    return ""
 
 
 # --- build the step; check the gradients ---------------------------------------------------
