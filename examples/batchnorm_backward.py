@@ -1,4 +1,4 @@
-"""BatchNorm's backward, term by term, inside a net training on the digits.
+"""BatchNorm's backward, term by term, inside a residual net at initialisation, on the digits.
 
     python examples/batchnorm_backward.py [--out DIR]
 

@@ -24,7 +24,7 @@ writes, in DIR (default ``figures``):
 
 ``--fast`` (or the environment variable ``JAXCNN_FAST=1``): two epochs each on the first
 ``FAST_TRAIN`` training images, to see it run.
-The full run takes about half a minute on a laptop CPU.
+The full run takes about a minute on a CPU.
 """
 import argparse
 import os

@@ -41,7 +41,7 @@ def check_data(net: Layer, params: Params, x, targets, what: str, loss=None) -> 
         if len(out.shape) != 2:
             raise ValueError(f"{what}: integer labels need a network with outputs (N, classes), "
                              f"this one gives {out.shape[1:]} per example")
-        check_arrays(x, targets, out.shape[1], what)
+        check_arrays(x, targets, out.shape[1], what, any_rank=True)
     elif getattr(targets, "shape", None) != (shape[0], *out.shape[1:]):
         raise ValueError(f"{what}: targets must have shape {(shape[0], *out.shape[1:])} (one "
                          f"network output per image), got {getattr(targets, 'shape', None)}")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn.core import Array
+from jaxcnn.core import LARGEST, Array
 
 PADDINGS = ("VALID", "SAME")
 
@@ -76,8 +76,9 @@ def normalize_padding(layer: str, padding):
     except (TypeError, ValueError):
         raise ValueError(f"{layer}: unknown padding {padding!r}; expected one of {PADDINGS} "
                          f"or ((top, bottom), (left, right))") from None
-    if min(pads) < 0:
-        raise ValueError(f"{layer}: padding amounts must be >= 0, got {padding!r}")
+    if min(pads) < 0 or max(pads) > LARGEST:
+        raise ValueError(f"{layer}: padding amounts must be >= 0 and <= 2**31 - 1, got "
+                         f"{padding!r}")
     return ((pads[0], pads[1]), (pads[2], pads[3]))
 
 

@@ -70,7 +70,8 @@ FILES = "jaxcnn-files.json"
 
 _FORMAT = 1                            # meta["format"]: how a checkpoint verifies itself
 _SET_ASIDE = ".corrupt"                # a corrupt step passed over on resume: <step>.corrupt
-_OURS = re.compile(r"\d+(\.corrupt|\.orbax-checkpoint-tmp.*)?")    # in checkpoints/
+_STEP = r"(?:0|[1-9][0-9]*)"          # a step directory's name, as orbax writes it: ASCII only
+_OURS = re.compile(_STEP + r"(\.corrupt|\.orbax-checkpoint-tmp.*)?", re.ASCII)  # checkpoints/
 _TEMPORARY = re.compile(r"\.(summary\.json|metrics\.jsonl|curves\.png)\..*\.tmp")  # in out/
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -537,14 +538,17 @@ def check_path(ckpt_dir: str) -> None:
 
 def _run_steps(ckpt_dir: str) -> list[str]:
     try:
-        return [n for n in os.listdir(ckpt_dir) if n.isdigit()]
+        return [n for n in os.listdir(ckpt_dir) if re.fullmatch(_STEP, n, re.ASCII)]
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def has_checkpoint(out: str) -> bool:
-    """Whether ``out`` holds a checkpoint (verified or not): something to resume."""
-    return bool(_run_steps(os.path.join(out, CHECKPOINT_DIR)))
+def has_checkpoint(out: str, *, sealed: bool = False) -> bool:
+    """Whether ``out`` holds a checkpoint (verified or not): something to resume.  ``sealed``:
+    one whose save finished (its ``FILES`` written), not one a kill cut short."""
+    ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
+    return any(not sealed or os.path.isfile(os.path.join(ckpt_dir, step, FILES))
+               for step in _run_steps(ckpt_dir))
 
 
 def holds_run(out: str) -> bool:
@@ -561,9 +565,15 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
     the directory's lock; process 0 of a distributed run) it also removes what jaxcnn wrote
     and a killed run left: with ``overwrite``, the step directories, set-aside and temporary
     ones under ``checkpoints/`` and ``OUTPUT_FILES``; always, the temporaries of
-    ``OUTPUT_FILES``.  Files jaxcnn did not write are never touched.
+    ``OUTPUT_FILES``.  Files jaxcnn did not write are never touched.  A ``checkpoints/`` that
+    is a symbolic link is refused in every mode: ``out``'s lock does not cover where it points.
     """
     ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
+    if os.path.islink(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} is a symbolic link: this run's lock covers {out}, not "
+                         f"where the link points, so it could write next to another run's "
+                         f"checkpoints; pass the directory that holds them as out, or remove "
+                         f"the link")
     has_ckpt = bool(_run_steps(ckpt_dir))
     if resume and not has_ckpt:
         raise ValueError(f"nothing to resume: no checkpoint in {ckpt_dir}; run without "
@@ -577,9 +587,6 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
         raise ValueError(f"{out} already holds the outputs of a run ({', '.join(written)}) "
                          f"but no checkpoint to resume; choose another output directory, or "
                          f"overwrite it")
-    if overwrite and not resume and os.path.islink(ckpt_dir):
-        raise ValueError(f"{ckpt_dir} is a symbolic link: overwrite would write this run's "
-                         f"checkpoints where it points, next to another run's; remove the link")
     if clear:
         os.makedirs(out, exist_ok=True)
         _remove_ours(out, ckpt_dir, everything=overwrite and not resume)
@@ -634,6 +641,9 @@ def _open_lock(path: str, flags: int) -> int:
         if err.errno == errno.ELOOP:
             raise ValueError(f"{path} is a symbolic link; jaxcnn keeps its lock there as a "
                              f"plain file: remove the link") from None
+        if err.errno == errno.EISDIR:
+            raise ValueError(f"{path} is a directory; jaxcnn keeps its lock there as a plain "
+                             f"file: move it away") from None
         raise
 
 

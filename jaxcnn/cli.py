@@ -301,7 +301,7 @@ def _run_train(args) -> int:
         logging.getLogger("absl").setLevel(logging.CRITICAL)
         how, code = ("terminated (SIGTERM)", 143) if isinstance(err, _Terminated) else \
             ("interrupted", 130)
-        kept = out is not None and has_checkpoint(out)
+        kept = out is not None and has_checkpoint(out, sealed=True)
         return _error("train", f"{how}; the last checkpoint in {out} is intact, continue "
                                f"with --resume" if kept else
                                f"{how} before the first checkpoint: nothing to resume", code)

@@ -161,8 +161,14 @@ def numpy_as_jax(layer: Layer) -> Layer:
 # so they run once, at trace time, and cost nothing under jit.
 # ---------------------------------------------------------------------------------------------
 
+LARGEST = 2**31 - 1
+"""The largest window size, stride, dilation or padding a layer takes: sizes computed from
+them stay within XLA's 64-bit shapes (a stride of 2**62 would wrap a transposed output)."""
+
+
 def pair(layer: str, arg: str, value, *, minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or a pair of ints to a pair, each at least ``minimum``."""
+    """Normalise an int or a pair of ints to a pair, each at least ``minimum`` and at most
+    ``LARGEST``."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (not isinstance(value, (tuple, list)) or len(value) != 2
@@ -171,6 +177,8 @@ def pair(layer: str, arg: str, value, *, minimum: int = 1) -> tuple[int, int]:
     value = (int(value[0]), int(value[1]))
     if min(value) < minimum:
         raise ValueError(f"{layer}: {arg} must be >= {minimum}, got {value}")
+    if max(value) > LARGEST:
+        raise ValueError(f"{layer}: {arg} must be <= 2**31 - 1, got {value}")
     return value
 
 

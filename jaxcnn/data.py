@@ -80,14 +80,17 @@ class Dataset(NamedTuple):
                 f"{h}x{w}x{c}, {self.num_classes} classes")
 
 
-def check_arrays(images, labels, num_classes: int, what: str = "data") -> None:
+def check_arrays(images, labels, num_classes: int, what: str = "data", *,
+                 any_rank: bool = False) -> None:
     """Raise ``ValueError``/``TypeError`` unless ``images (N, H, W, C)`` (finite floats) and
-    ``labels (N,)`` (integers in ``[0, num_classes)``) go together.  Runs on concrete arrays,
-    not under ``jit``."""
+    ``labels (N,)`` (integers in ``[0, num_classes)``) go together.  ``any_rank``: images of
+    any rank from 2 (``(N, F)`` vectors for a dense net).  Runs on concrete arrays, not under
+    ``jit``."""
     shape = getattr(images, "shape", None)
-    if shape is None or len(shape) != 4:
+    if shape is None or (len(shape) < 2 if any_rank else len(shape) != 4):
         got = f"a {type(images).__name__}" if shape is None else f"shape {tuple(shape)}"
-        raise ValueError(f"{what}: images must have rank 4 (N, H, W, C), got {got}")
+        want = "a batch axis, (N, ...)" if any_rank else "rank 4 (N, H, W, C)"
+        raise ValueError(f"{what}: images must have {want}, got {got}")
     if not np.issubdtype(images.dtype, np.floating):
         raise TypeError(f"{what}: images must be floating point (cast with .astype(np.float32)), "
                         f"got dtype {images.dtype}")

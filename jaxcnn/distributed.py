@@ -312,7 +312,7 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
     check_net_and_loss("distributed.loss_and_grad", net, loss)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    pol = policy(precision, "value_and_grad: precision")
+    pol = policy(precision, "distributed.loss_and_grad: precision")
     vg = value_and_grad(net, loss, microbatch=microbatch, precision=pol)
 
     def manual(params, x, targets, *, key, train):
@@ -374,7 +374,7 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     check_net_and_loss("distributed.loss_grad_and_state", net, loss)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    pol = policy(precision, "value_and_grad: precision")
+    pol = policy(precision, "distributed.loss_grad_and_state: precision")
     if grad == "manual":
         vgs = local_loss_grad_and_state(net, loss, "manual", microbatch, pol)
 

@@ -52,6 +52,9 @@ def Dropout(rate: float) -> Layer:
         check_array(name, "the input", x, "(N, ...)")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype}")
+        if x.ndim < 1:
+            raise ValueError(f"{name}: expected an input of rank >= 1 (N, ...), the batch "
+                             f"axis first, got shape {tuple(x.shape)}")
         static = Static(jax.ShapeDtypeStruct(x.shape, x.dtype))
         if rate == 0.0 or not check_train(name, train):
             return x, DropoutCache(static)                          # the identity (eq. 7.16)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.core import (Layer, Shape, Static, check_cache, check_no_params, config,
+from jaxcnn.core import (Layer, Shape, Static, check_cache, check_no_params, config, describe,
                          in_layer, layer_keys, numpy_as_jax, positive_int, split_key)
 from jaxcnn.network import _like, serial
 
@@ -351,6 +351,13 @@ def Identity() -> Layer:
 
     def forward(params, x, *, key=None, train=True):
         check_no_params(name, params)
+        if isinstance(x, list):                 # as backward takes a list of residuals
+            x = tuple(x)
+        for a in x if isinstance(x, tuple) else (x,):
+            if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+                raise TypeError(f"{name}: expected the input to be an array or a tuple of "
+                                f"arrays, got {describe(a)} -- convert it with "
+                                f"jnp.asarray(..., dtype)")
         check_floating(name, x)
         return x, IdentityCache(Static(jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)))

@@ -45,9 +45,10 @@ def _pool_layer(name: str, window, strides, padding,
                 forward: Callable[[Array, geo.Window, Array | None, bool], tuple[Array, PoolCache]],
                 backward: Callable[[PoolCache, Array, geo.Window], Array],
                 apply: Callable[[Array, geo.Window, Array | None, bool], Array] | None = None,
-                dilation=1, ceil_mode: bool = False) -> Layer:
+                dilation=1, ceil_mode: bool = False, infinite: bool = False) -> Layer:
     """The layer protocol around one pair of pooling passes: ``forward(x, g, key, train) ->
-    (y, cache)``, ``backward(cache, delta, g) -> dx`` and optionally ``apply``."""
+    (y, cache)``, ``backward(cache, delta, g) -> dx`` and optionally ``apply``.  ``infinite``:
+    the passes pad with ``-inf``, so a dtype without one (``float8_e4m3fn``) is refused."""
     window = pair(name, "window", window)
     strides = window if strides is None else pair(name, "strides", strides)
     dilation = pair(name, "dilation", dilation)
@@ -58,8 +59,10 @@ def _pool_layer(name: str, window, strides, padding,
         g = geo.window(name, in_hw, window, strides, dilation, padding, ceil_mode)
         pads = g.requested_padding
         if any(p >= k for (lo, hi), k in zip(pads, window) for p in (lo, hi)):
-            raise ValueError(f"{name}: padding {pads} must be smaller than the window "
-                             f"{window} on each side, so every window holds an input position")
+            chosen = f'"{padding}" pads {pads}' if isinstance(padding, str) else f"padding {pads}"
+            raise ValueError(f"{name}: {chosen}, which must be smaller than the window "
+                             f"{window} on each side, so that every window holds an input "
+                             f"position")
         if dilation != (1, 1):
             _check_dilated_windows(name, g)
         return g
@@ -71,6 +74,13 @@ def _pool_layer(name: str, window, strides, padding,
     def checked(params, x):
         check_no_params(name, params)
         check_input(name, x, 4, "(N, H, W, C)")
+        if min(x.shape[1:3]) < 1:           # padding could make room for a window of nothing
+            raise ValueError(f"{name}: expected a map of height and width >= 1, got "
+                             f"{tuple(x.shape[1:3])} (input of shape {tuple(x.shape)})")
+        if infinite and not np.isinf(np.array(-np.inf, x.dtype)):
+            raise TypeError(f"{name}: dtype {x.dtype} has no infinity, which max pooling pads "
+                            f"and starts its max with; cast the input to a dtype with one "
+                            f"(float16, bfloat16, float32)")
         return geometry(x.shape[1:3])
 
     def forward_(params, x, *, key=None, train=True):
@@ -210,7 +220,8 @@ def MaxPool2D(window, strides=None, padding="VALID", dilation=1,
         return ref.route(cache.index, delta, g)                                   # eq. 5.4
 
     return _pool_layer(name, window, strides, padding, forward, backward,
-                       lambda x, g, key, train: fast.max_pool(x, g), dilation, ceil_mode)
+                       lambda x, g, key, train: fast.max_pool(x, g), dilation, ceil_mode,
+                       infinite=True)
 
 
 # --- stochastic pooling ----------------------------------------------------------------------

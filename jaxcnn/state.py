@@ -122,7 +122,7 @@ def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = Non
     computes the statistics of a 16-bit input in float32).
     """
     check_net_and_loss("value_grad_and_state", net, loss)
-    eq_6_2 = _hand_written(net, loss, policy(precision, "value_and_grad: precision"))
+    eq_6_2 = _hand_written(net, loss, policy(precision, "value_grad_and_state: precision"))
     return chunked_with_state(net, eq_6_2, microbatch)
 
 

@@ -113,8 +113,8 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
     (``jaxcnn.microbatch.microbatched``).  ``precision``: either one under the policy of
     ``jaxcnn.precision`` (``"bfloat16"``, ``"float16"``; ``None``: no casts).
     """
-    check_net_and_loss("value_and_grad", net, loss)
-    pol = policy(precision, "value_and_grad: precision")
+    check_net_and_loss("loss_and_grad", net, loss)
+    pol = policy(precision, "loss_and_grad: precision")
     if grad == "manual":
         return value_and_grad(net, loss, microbatch=microbatch, precision=pol)
     if grad != "autodiff":
@@ -143,8 +143,8 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}, got {grad!r}")
-    check_net_and_loss("value_and_grad", net, loss)
-    pol = policy(precision, "value_and_grad: precision")
+    check_net_and_loss("loss_grad_and_state", net, loss)
+    pol = policy(precision, "loss_grad_and_state: precision")
     if grad == "manual":
         return value_grad_and_state(net, loss, microbatch=microbatch, precision=pol)
     if not has_state(net):
@@ -199,8 +199,13 @@ def train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     """The un-jitted update ``(params, opt_state, x, targets, key) -> (params, opt_state, J)``;
     under a 16-bit ``precision`` the optimizer still updates the float32 params.  A net with a
     state (BatchNorm) is refused: this step has none to update; ``state_step`` has."""
+    return _train_step("train_step", net, loss, optimizer, grad, microbatch, precision)
+
+
+def _train_step(where: str, net, loss, optimizer, grad, microbatch, precision) -> Callable:
+    """``train_step``, its errors naming ``where`` (``make_step`` builds one too)."""
     if isinstance(net, Layer) and has_state(net):
-        raise ValueError(f"train_step: {net.name} keeps a state (such as BatchNorm's running "
+        raise ValueError(f"{where}: {net.name} keeps a state (such as BatchNorm's running "
                          f"statistics), which this step would leave at its initial value; use "
                          f"state_step(loss_grad_and_state(net, loss, ...), optimizer), or fit")
     return update_step(loss_and_grad(net, loss, grad, microbatch, precision), optimizer)
@@ -229,7 +234,7 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     >>> step = make_step(net, jc.softmax_cross_entropy, optax.adam(1e-3))
     >>> params, opt_state, J = step(params, opt_state, x, labels, key)
     """
-    return jax.jit(train_step(net, loss, optimizer, grad, microbatch, precision))
+    return jax.jit(_train_step("make_step", net, loss, optimizer, grad, microbatch, precision))
 
 
 @memoise

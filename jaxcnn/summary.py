@@ -9,8 +9,9 @@ Output shape, parameter count, forward FLOPs and receptive field of every layer 
   grows as ``r_out = r_in + (k_eff - 1) j_in`` and its step as ``j_out = j_in s`` through a
   sliding window (kernel ``k``, dilation ``d``, stride ``s``, ``k_eff = d (k - 1) + 1``); after a
   ``Flatten``, a global pooling or a normalisation over every position (``GroupNorm``) every
-  unit sees the whole input.  Padding moves a field but does not change its size (at the
-  border part of it lies in the padding).  Where branches merge, a unit sees the widest of
+  unit sees the whole input; ``BatchNorm`` counts as evaluated, a per-channel affine map.
+  Padding moves a field but does not change its size (at the border part of it lies in the
+  padding).  Where branches merge, a unit sees the widest of
   their fields.
 - A transposed convolution (``ConvTranspose2D``) counts, like the convolution it is the
   adjoint of, 2 per multiply-add of every input entry with every kernel tap (eq. 4.10, those

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -128,8 +129,9 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
 
     Args:
       net, params: a ``Layer`` and its initial params (e.g. ``init_params(net, shape, seed)``).
-      x_train, y_train: images ``(N, H, W, C)`` of the params' dtype, and integer labels ``(N,)``
-        (or real targets of the net's output shape, for e.g. ``squared_error``).
+      x_train, y_train: images ``(N, H, W, C)`` (or ``(N, F)`` for a dense net) of the params'
+        dtype, and integer labels ``(N,)`` (or real targets of the net's output shape, for
+        e.g. ``squared_error``).
       x_test, y_test: a held-out split, evaluated after every epoch (optional).
       loss: a ``jaxcnn`` ``Loss`` (default ``softmax_cross_entropy`` on logits).
       optimizer: an optax optimizer (default ``optax.adam(1e-3)``).
@@ -288,7 +290,7 @@ def _checked(net, params, x_train, y_train, x_test, y_test, *, loss, optimizer, 
     microbatch = _checked_microbatch(microbatch, batch_size, plan)
     main = plan is None or distributed.is_main()
     config = _config(x_train, (x_train, y_train, x_test, y_test) if out is not None else None,
-                     net=net.name, batch_size=batch_size, seed=seed, grad=grad,
+                     net=net, loss=loss, batch_size=batch_size, seed=seed, grad=grad,
                      microbatch=microbatch, precision=precision, info=info,
                      statistics=_statistics_rows(net, microbatch, batch_size, plan))
     may_change = _checked_may_change(resume_may_change, info)
@@ -409,25 +411,27 @@ def _checked_numbers(params, grad_tol) -> float:
     return value
 
 
-def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision, info,
+def _config(x_train, data, *, net, loss, batch_size, seed, grad, microbatch, precision, info,
             statistics=None) -> dict:
     """What defines a run, recorded in every checkpoint and compared on resume: the data set's
     size, image shape and dtype and a SHA-256 of its arrays (``data``: the training and test
     images and targets; ``None`` without checkpoints, which alone use it), the batch, seed,
     gradient, microbatch (the step's: ``None`` where one chunk holds a device's rows), for a
     net with state the rows its batch statistics span (``_statistics_rows``), precision and
-    loss scale, the net's name (its layers), and ``info``
+    loss scale, the net's name (its layers) and every layer's settings (``_net_settings``),
+    the loss's name, and ``info``
     (``jaxcnn train``: the data set, net, optimizer and learning rate), which may not redefine
     the others -- as JSON reads it back, so that a saved config compares equal."""
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
               "dtype": str(x_train.dtype),
-              "data_sha256": None if data is None else _data_digest(data), "net_layers": net,
+              "data_sha256": None if data is None else _data_digest(data),
+              "net_layers": net.name, _NET_SETTINGS: _net_settings(net), "loss": loss.name,
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale}
     if statistics is not None:
         config[_STATISTICS_ROWS] = statistics
-    clash = sorted(set(info or {}) & (set(config) | _SUMMARY_OWN))
+    clash = sorted(set(info or {}) & (set(config) | set(_UNRECORDED) | _SUMMARY_OWN))
     if clash:
         raise ValueError(f"info may not hold {clash}: fit records those itself, in the "
                          f"summary and its checkpoints; give your facts other names")
@@ -437,6 +441,19 @@ def _config(x_train, data, *, net, batch_size, seed, grad, microbatch, precision
     except TypeError as err:
         raise TypeError(f"info must hold JSON values (str, numbers, lists, dicts): {err}"
                         ) from None
+
+
+def _net_settings(net: Layer, path: str = "") -> list[str]:
+    """Every layer of ``net``, combinators first, as ``"[i][j] name key=value ..."`` from its
+    ``config``: two nets of one name (``serial(Conv2D, Dropout)``) whose padding, dilation or
+    rate differ are told apart on resume.  A convolution's ``method`` is left out: its
+    lowerings compute the same equations (``tests/test_lowerings.py``)."""
+    name = dict(net.config).get("kind", net.name) if net.layers else net.name
+    pairs = " ".join(f"{k}={v!r}" for k, v in net.config if k not in ("kind", "method"))
+    rows = [f"{path or '[]'} {name} {pairs}".rstrip()]
+    for i, layer in enumerate(net.layers):
+        rows += _net_settings(layer, f"{path}[{i}]")
+    return rows
 
 
 def _data_digest(arrays) -> str:
@@ -622,7 +639,10 @@ _ADDED_SETTINGS = {"precision": "float32", "loss_scale": 1.0}
 _STATISTICS_ROWS = "batch_statistics_rows"
 """The config's entry for the rows a BatchNorm's batch statistics span (``_statistics_rows``)."""
 
-_UNRECORDED = ("data_sha256", "net_layers", _STATISTICS_ROWS)
+_NET_SETTINGS = "net_settings"
+"""The config's entry for every layer's settings (``_net_settings``)."""
+
+_UNRECORDED = ("data_sha256", "net_layers", _NET_SETTINGS, "loss", _STATISTICS_ROWS)
 """Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
 
 
@@ -638,10 +658,20 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
         if name == "microbatch" and _STATISTICS_ROWS in saved:
             continue                    # a net with state: its statistics' rows are what counts
         if saved.get(name) != run.config.get(name):
+            was, now = saved.get(name), run.config.get(name)
+            if name == _NET_SETTINGS:          # the first layer that differs, not every one
+                was, now = _first_difference(was, now)
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
-                             f"{run.ckpt.path(step)} was made with {name}="
-                             f"{saved.get(name)!r}, this run has {name}="
-                             f"{run.config.get(name)!r}{_why(name, saved)}")
+                             f"{run.ckpt.path(step)} was made with {name}={was!r}, this run "
+                             f"has {name}={now!r}{_why(name, saved)}")
+
+
+def _first_difference(was: list, now: list) -> tuple:
+    """The first entries of two layer lists that differ (``None`` past the shorter's end)."""
+    for a, b in itertools.zip_longest(was, now):
+        if a != b:
+            return a, b
+    return None, None
 
 
 def _why(name: str, saved: dict) -> str:
@@ -738,9 +768,10 @@ def _check_before_training(run: _Run, state: _State) -> GradCheck:
 
 def _train(run: _Run, state: _State) -> _State:
     """The gradient check, then the epochs from ``state.step`` to ``run.epochs``: each one's
-    steps, its evaluation and its checkpoint.  A resumed run's old summary is retracted first."""
-    if state.step:
-        _retract_summary(run)
+    steps, its evaluation and its checkpoint.  A resumed run's old summary is retracted first,
+    also where it resumes at step 0 (its newer checkpoints corrupt): the old end is not this
+    run's."""
+    _retract_summary(run)
     for change in (c for c in state.changes if c["step"] == state.step):    # this resume's
         run.log(f"changing {change['setting']} from {change['from']!r} to {change['to']!r} "
                 f"at step {state.step}: the summary records it under changes")
@@ -948,7 +979,7 @@ def _summarise(run: _Run, state: _State, seconds: float) -> dict:
         "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
         "epochs": len(state.history), "steps": state.step, "batch_size": run.batch_size,
-        "microbatch": run.microbatch, "precision": run.precision.compute,
+        "loss": run.loss.name, "microbatch": run.microbatch, "precision": run.precision.compute,
         "loss_scale": run.precision.loss_scale,
         **{k: run.config[k] for k in (_STATISTICS_ROWS,) if k in run.config},
         "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,

@@ -21,6 +21,9 @@ pooling shrinks the maps.  The rule is stated per net.
 - ``resnet``: a small CIFAR-style residual net (He et al. 2016) -- a 3x3 conv stem, three
   stages of basic residual blocks (16, 32, 64 maps; the last two halve the maps, with a 1x1
   projection on the skip), global average pooling, softmax.
+- ``resnet_bn``: ``resnet`` with BatchNorm after every convolution and no convolution bias.
+- ``autoencoder``: two convolutions and max poolings down to a code, two stride-2 transposed
+  convolutions back up, a sigmoid (not a classifier: it takes ``features``, not classes).
 """
 from __future__ import annotations
 

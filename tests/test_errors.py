@@ -34,6 +34,11 @@ def x_of(*shape, dtype=jnp.float32):
      r"\(2, 2\), groups 2"),
     (lambda: jc.Conv2D(4, 3, padding="FULL"), r"Conv2D: unknown padding 'FULL'; expected one of \('VALID', 'SAME'\)"),
     (lambda: jc.Conv2D(4, 3, padding=((1, -1), (0, 0))), r"Conv2D: padding amounts must be >= 0"),
+    (lambda: jc.Conv2D(1, 3, padding=((2**63, 0), (0, 0))),      # an output size past int64
+     r"Conv2D: padding amounts must be >= 0 and <= 2\*\*31 - 1, got \(\(9223372036854775808"),
+    (lambda: jc.ConvTranspose2D(1, 3, strides=2**62),             # wrapped in int64 by lax
+     r"ConvTranspose2D: strides must be <= 2\*\*31 - 1, got \(4611686018427387904, "),
+    (lambda: jc.MaxPool2D((3, 2**40)), r"MaxPool2D: window must be <= 2\*\*31 - 1"),
     (lambda: jc.AvgPool2D(0), r"AvgPool2D: window must be >= 1, got \(0, 0\)"),
     (lambda: jc.MaxPool2D(2, strides=(1, 0)), r"MaxPool2D: strides must be >= 1, got \(1, 0\)"),
     (lambda: jc.MaxPool2D(2, padding="same-ish"), r"MaxPool2D: unknown padding"),
@@ -72,7 +77,7 @@ def test_bad_setting_types(make, match):
     (jc.Conv2D(4, 3, groups=2), (5, 5, 3), r"Conv2D: input channels \(=3\) must be divisible by groups \(=2\)"),
     (jc.MaxPool2D(4), (3, 8, 1), r"MaxPool2D: window \(4, 4\) .* larger than the padded input \(3, 8\)"),
     (jc.AvgPool2D(2, padding=((2, 0), (0, 0))), (4, 4, 1),
-     r"AvgPool2D: padding \(\(2, 0\), \(0, 0\)\) must be smaller than the window \(2, 2\)"),
+     r"AvgPool2D: padding \(\(2, 0\), \(0, 0\)\), which must be smaller than the window \(2, 2\)"),
     (jc.Conv2D(4, 3), (5, 5), r"Conv2D: expected a per-example input shape of rank 3 \(H, W, C\)"),
     (jc.Dense(3), (4, 4, 1), r"Dense: expected a per-example input shape of rank 1 .*Flatten"),
 ])
@@ -93,7 +98,8 @@ def test_bad_input_shape_at_init(layer, shape, match):
      r"^MaxPool2D: window \(0, 0\) of \(1, 1\) reads only padding: \(2, 2\) taps dilated by "
      r"\(2, 2\) over input \(1, 3\) padded by \(\(1, 1\), \(0, 0\)\); pad less or dilate less"),
     (jc.MaxPool2D(2, padding="SAME", dilation=3, ceil_mode=True), (5, 5, 1),
-     r"^MaxPool2D: padding \(\(1, 2\), \(1, 2\)\) must be smaller than the window \(2, 2\)"),
+     r"^MaxPool2D: \"SAME\" pads \(\(1, 2\), \(1, 2\)\), which must be smaller than the "
+     r"window \(2, 2\)"),                    # padding the user did not write: named as SAME's
 ])
 def test_ceil_mode_and_dilated_pools_refuse_a_window_that_cannot_read_the_input(layer, shape,
                                                                                 match):
@@ -256,11 +262,15 @@ def test_an_empty_batch_gives_an_empty_output(layer, shape, kw):
 
 
 @pytest.mark.parametrize("layer", [
-    jc.Conv2D(2, 3), jc.ConvTranspose2D(2, 3, 2), jc.GlobalAvgPool2D(), jc.MaxPool2D(2)],
-    ids=lambda layer: layer.name)
+    jc.Conv2D(2, 3), jc.ConvTranspose2D(2, 3, 2), jc.GlobalAvgPool2D(), jc.MaxPool2D(2),
+    jc.MaxPool2D(2, padding=((1, 1), (1, 1))), jc.AvgPool2D(2, padding=((1, 1), (0, 0))),
+    jc.AvgPool2D(2, padding=((1, 1), (0, 0)), count_include_pad=False),
+    jc.StochasticPool2D(2)], ids=lambda layer: f"{layer.name}-{dict(layer.config)['padding']}"
+    if "padding" in dict(layer.config) else layer.name)
 def test_a_map_of_height_zero_is_refused_naming_the_input(layer):
-    """A batch may be empty, a map may not: no window fits in it (Conv2D, the pools), the
-    transposed convolution scatters nothing, and a global mean over no positions is NaN."""
+    """A batch may be empty, a map may not: no window fits in it (Conv2D, the pools; with
+    padding a window of padding only would, giving -inf or NaN), the transposed convolution
+    scatters nothing, and a global mean over no positions is NaN."""
     params, _ = layer.init(KEY, (4, 4, 2))
     with pytest.raises(ValueError, match=rf"^{layer.name}: .*\(0, 4\)"):
         jax.jit(layer.apply)(params, jnp.ones((1, 0, 4, 2), jnp.float32))
@@ -513,6 +523,8 @@ def test_params_that_are_not_arrays_or_carry_extra_keys():
     (lambda: jc.Softmax().apply((), jnp.arange(4.0)), ValueError,
      r"Softmax: expected an input of rank >= 2 \(N, ..., classes\), the batch axis first, got shape \(4,\)"),
     (lambda: jc.Sigmoid().apply((), jnp.float32(1.0)), ValueError, r"Sigmoid: expected an input of rank >= 1"),
+    (lambda: jc.Dropout(0.5).apply((), jnp.float32(1.0), key=KEY), ValueError,
+     r"Dropout: expected an input of rank >= 1 \(N, ...\), the batch axis first, got shape \(\)"),
     (lambda: jc.FanInSum().apply((), ()), ValueError, r"FanInSum: expected at least one of the inputs, got an empty tuple"),
     (lambda: jc.FanInConcat().apply((), []), ValueError, r"FanInConcat: expected at least one of the inputs"),
     (lambda: jc.FanInConcat().init(KEY, []), ValueError, r"FanInConcat: expected a tuple of per-example input shapes"),
@@ -599,3 +611,21 @@ def test_params_from_another_layer_are_named_and_lists_keep_their_type():
     _, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(
         list(params), jnp.ones((2, 2, 2, 1), jnp.float32), jnp.array([0, 1], jnp.int32))
     assert isinstance(grads, list) and len(grads) == 2
+
+
+def test_max_pooling_refuses_a_dtype_without_infinity():
+    """float8_e4m3fn has no -inf: max pooling's start value and padding would be NaN, so
+    ``apply`` would give NaN where ``forward`` does not; float8_e5m2, which has one, pools."""
+    import ml_dtypes
+    x = jnp.arange(16.0, dtype=jnp.float32).reshape(1, 4, 4, 1)
+    for layer in (jc.MaxPool2D(2), jc.MaxPool2D(2, padding=((1, 0), (1, 0)))):
+        with pytest.raises(TypeError, match=r"^MaxPool2D: dtype float8_e4m3fn has no infinity"):
+            jax.jit(layer.apply)((), x.astype(ml_dtypes.float8_e4m3fn))
+        with pytest.raises(TypeError, match=r"^MaxPool2D: dtype float8_e4m3fn has no infinity"):
+            layer.forward((), x.astype(ml_dtypes.float8_e4m3fn))
+    e5m2 = x.astype(ml_dtypes.float8_e5m2)
+    y = jc.MaxPool2D(2).apply((), e5m2)
+    np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                  np.asarray(jc.MaxPool2D(2).forward((), e5m2)[0], np.float32))
+    np.testing.assert_array_equal(np.asarray(y, np.float32).ravel(),
+                                  np.asarray(e5m2, np.float32).ravel()[[5, 7, 13, 15]])

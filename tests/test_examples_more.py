@@ -1,5 +1,5 @@
-"""The training, autoencoder, per-example-gradient and bridge examples run in their fast mode, print what
-they promise, and write real figures."""
+"""The training, autoencoder, per-example-gradient and bridge examples run in their fast mode, the
+BatchNorm terms example as it is; each prints what it promises and writes real figures."""
 import os
 import re
 import subprocess
@@ -81,3 +81,18 @@ def test_bridge_in_plain_jax(tmp_path):
     assert len(losses) == 5 and losses[-1] < losses[0]
     assert "jax.jvp through the bridge: TypeError" in out
     assert_picture(tmp_path / "bridge_saliency.png")
+
+
+def test_batchnorm_backward_terms_sum_to_the_layers_backward(tmp_path):
+    out = run_example("batchnorm_backward.py", "--out", str(tmp_path))
+    assert "dy (64, 8, 8, 16), M = 4096 entries a channel" in out
+    assert number(r"sum of the three terms vs BatchNorm.backward: max relative difference "
+                  r"([0-9.e+-]+)", out) < 1e-5
+    assert number(r"BatchNorm.backward vs jax.vjp: max relative difference ([0-9.e+-]+)",
+                  out) < 1e-5
+    # the classic mistake, the statistics taken as constants, is far off
+    assert number(r"the direct term alone \(the statistics taken as constants\) vs jax.vjp: "
+                  r"max relative difference ([0-9.e+-]+)", out) > 1e-3
+    norms = [float(v) for v in re.findall(r"^  through [a-z_ ]+ norm ([0-9.e+-]+)$", out, re.M)]
+    assert len(norms) == 3 and all(v > 0 for v in norms)
+    assert_picture(tmp_path / "batchnorm_terms.png")

@@ -233,6 +233,12 @@ def _zero_order_checksum(step):
     _edit_meta(step, change)
 
 
+def _without_settings(meta):
+    """As a checkpoint made before the config held every layer's settings and the loss."""
+    del meta["config"]["net_settings"], meta["config"]["loss"]
+    meta["sha256"] = checkpoints._digest({k: v for k, v in meta.items() if k != "sha256"})
+
+
 CORRUPTIONS = {
     "a flipped byte": (_flip, r"the file state/.* does not match its SHA-256 \(altered\)"),
     "a truncated file": (lambda s: os.truncate(largest_file(s), 10),
@@ -436,7 +442,8 @@ def test_a_live_run_holds_its_directory(finished, tmp_path):
 def test_overwrite_removes_only_what_jaxcnn_wrote(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     foreign = [out / "notes.txt", out / "checkpoints" / "README", out / "checkpoints" / "mine" / "x",
-               out / "checkpoints" / "12abc"]
+               out / "checkpoints" / "12abc", *(out / "checkpoints" / name / "x" for name in
+                                                ("03", "\u0663", "007.corrupt"))]   # not steps
     for path in foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("mine")
@@ -446,7 +453,8 @@ def test_overwrite_removes_only_what_jaxcnn_wrote(finished, tmp_path):
     result = run_fit(out, epochs=1, overwrite=True)
     assert result.summary["epochs"] == 1
     assert all(path.read_text() == "mine" for path in foreign)
-    assert steps_in(out) == ["0", "5", "mine", "12abc", "README"]
+    assert set(steps_in(out)) == {"0", "5", "mine", "12abc", "README", "03", "\u0663",
+                                  "007.corrupt"}
     assert [h["epoch"] for h in metrics(out)] == [1]
     assert not (out / ".summary.json.x1y2.tmp").exists()
 
@@ -471,6 +479,13 @@ def test_writes_never_follow_a_planted_symbolic_link(tmp_path):
                                          r"lock there as a plain file: remove the link"):
         run_fit(other, epochs=1)
     assert victim.read_text() == "precious"
+    (tmp_path / "dir-lock" / "jaxcnn.lock").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"jaxcnn.lock is a directory; jaxcnn keeps its lock "
+                                         r"there as a plain file: move it away"):
+        run_fit(tmp_path / "dir-lock", epochs=1)
+    out, lock = checkpoints.claim_fresh_out(str(tmp_path / "dir-lock"))    # passed over
+    lock.release()
+    assert out == str(tmp_path / "dir-lock-2")
 
 
 # --- resumes that cannot, or need not, continue -------------------------------------------
@@ -487,13 +502,32 @@ def test_a_mismatched_resume_is_refused_before_any_array_is_read(finished, tmp_p
     with pytest.raises(ValueError, match=r"was made with image_shape=\[8, 8, 1\], this run has "
                                          r"image_shape=\[6, 6, 1\]"):
         run_fit(out, epochs=3, resume=True, sets_=small)
-    wider = jc.serial(jc.Conv2D(5, 3, padding="SAME"), jc.ReLU(), jc.StochasticPool2D(2),
-                      jc.Flatten(), jc.Dense(10))
-    with pytest.raises(ValueError, match=rf"^cannot resume: the checkpoint at step 10 in "
-                                         rf"{step10} holds shape \(4,\) and dtype float32 "
-                                         rf"for the array params/0/b, this run has shape "
-                                         rf"\(5,\) and dtype float32 \(another net"):
+    wider = jc.serial(jc.Conv2D(5, 3, padding="SAME"), *NET.layers[1:])
+    with pytest.raises(ValueError, match=r"was made with net_settings=\"\[0\] Conv2D "
+                                         r"dilation=\(1, 1\) features=4 .*\", this run has "
+                                         r"net_settings=\"\[0\] Conv2D dilation=\(1, 1\) "
+                                         r"features=5 "):     # the first layer that differs
         run_fit(out, epochs=3, resume=True, net=wider)
+    dilated = jc.serial(jc.Conv2D(4, 3, padding="SAME", dilation=2), *NET.layers[1:])
+    assert dilated.name == NET.name                    # the same layers and arrays, not the net
+    with pytest.raises(ValueError, match=r"was made with net_settings=\"\[0\] Conv2D "
+                                         r"dilation=\(1, 1\) .*\", this run has net_settings="
+                                         r"\"\[0\] Conv2D dilation=\(2, 2\) "):
+        run_fit(out, epochs=3, resume=True, net=dilated)
+    old = tmp_path / "old"                     # made before checkpoints recorded the settings
+    shutil.copytree(out, old)
+    for step in (5, 10):
+        _edit_meta(old / "checkpoints" / str(step), _without_settings)
+    with pytest.raises(ValueError, match=rf"^cannot resume: the checkpoint at step 10 in "
+                                         rf"{old}/checkpoints/10 holds shape \(4,\) and dtype "
+                                         rf"float32 for the array params/0/b, this run has shape "
+                                         rf"\(5,\) and dtype float32 \(another net"):
+        run_fit(old, epochs=3, resume=True, net=wider)
+    assert run_fit(old, epochs=3, resume=True).summary["epochs"] == 3      # old ones resume
+    renamed = jc.Loss(jc.softmax_cross_entropy.value, jc.softmax_cross_entropy.delta, "mine")
+    with pytest.raises(ValueError, match=r"was made with loss='softmax_cross_entropy', this run "
+                                         r"has loss='mine'$"):
+        run_fit(out, epochs=3, resume=True, loss=renamed)
     assert steps_in(out) == ["5", "10"]
 
 
@@ -579,6 +613,20 @@ def test_a_resume_that_trains_on_retracts_the_finished_summary(finished, tmp_pat
     assert steps_in(out)[-1] == "10"
 
 
+def test_a_resume_back_at_step_0_retracts_the_finished_summary(tmp_path):
+    """The newest checkpoint corrupt, a finished one-epoch run resumes from step 0 with a new
+    setting: its summary certified the old end, which this run may never reach."""
+    out = tmp_path / "run"
+    run_fit(out, epochs=1, info={**INFO, "lr": 0.01})
+    assert steps_in(out) == ["0", "5"] and (out / "summary.json").exists()
+    _flip(out / "checkpoints" / "5")
+    with pytest.warns(train.CheckpointWarning, match=r"step 5 .*using the one at step 0"), \
+            _stopped_at(1):
+        run_fit(out, epochs=1, resume=True, info={**INFO, "lr": 0.001},
+                resume_may_change=("lr",))
+    assert not (out / "summary.json").exists()
+
+
 def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
     outputs_only = copy_of(finished, tmp_path)
     shutil.rmtree(outputs_only / "checkpoints")
@@ -601,10 +649,12 @@ def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "checkpoints").symlink_to(finished[0] / "checkpoints")
-    with pytest.raises(ValueError, match=r"checkpoints is a symbolic link: overwrite would "
-                                         r"write this run's checkpoints where it points"):
-        run_fit(linked, epochs=1, overwrite=True)
-    assert steps_in(finished[0]) == ["5", "10"]
+    for kw in (dict(overwrite=True), dict(resume=True, epochs=3), {}):
+        # out's lock does not cover where the link points: two runs could write one directory
+        with pytest.raises(ValueError, match=r"checkpoints is a symbolic link: this run's lock "
+                                             r"covers .*linked, not where the link points"):
+            run_fit(linked, **{"epochs": 1, **kw})
+    assert steps_in(finished[0]) == ["5", "10"] and not (linked / "summary.json").exists()
 
 
 def test_data_of_any_dtype_and_one_example_tests_train_with_checkpoints(tmp_path):
@@ -750,6 +800,14 @@ def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch)
                                        "first checkpoint: nothing to resume\n")
     assert not checkpoints.is_locked(tmp_path / "runs" / "digits-small")
     assert signal.getsignal(signal.SIGTERM) is before
+    step0 = tmp_path / "runs" / "digits-small" / "checkpoints" / "0"   # a save cut short:
+    step0.mkdir(parents=True)                                         # no jaxcnn-files.json
+    assert cli.main(["train", "--quiet", "--out", "runs/digits-small"]) == 143
+    assert capsys.readouterr().err.endswith("before the first checkpoint: nothing to resume\n")
+    (step0 / checkpoints.FILES).write_text("{}")
+    assert cli.main(["train", "--quiet", "--out", "runs/digits-small", "--resume"]) == 143
+    assert "the last checkpoint in runs/digits-small is intact, continue with --resume" in \
+        capsys.readouterr().err
 
 
 def test_a_real_sigterm_mid_run_leaves_a_run_that_resumes(tmp_path):

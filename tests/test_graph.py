@@ -106,6 +106,25 @@ def test_parallel_and_identity_and_global_pooling():
     check_layer_vjp(gap, (), x)
 
 
+def test_identity_takes_arrays_and_a_list_of_them_both_ways():
+    """A Python number, a string or None is a ``TypeError`` naming Identity (inside ``serial``
+    too), never a raw AttributeError later; a list of arrays passes as a tuple, so that its
+    residuals, as a list or a tuple, match it."""
+    ident, x = jc.Identity(), jnp.ones((2, 3))
+    for bad, got in [(3.0, "float 3.0"), ("abc", "str 'abc'"), (None, "None"),
+                     ([x, 1.0], "float 1.0")]:
+        with pytest.raises(TypeError, match=rf"^Identity: expected the input to be an array or "
+                                            rf"a tuple of arrays, got {got} "):
+            ident.forward((), bad)
+    with pytest.raises(TypeError, match=r"^serial\[0\] Identity: expected the input"):
+        jc.serial(ident).apply(((),), 3.0)
+    y, cache = ident.forward((), [x, 2 * x])
+    assert isinstance(y, tuple)
+    for delta in ([x, x], (x, x)):
+        _, dx = ident.backward((), cache, delta)
+        assert isinstance(dx, tuple) and [d.shape for d in dx] == [(2, 3), (2, 3)]
+
+
 # --- whole nets against jax.grad ---------------------------------------------------------------
 
 def inception(c):

@@ -78,11 +78,13 @@ def test_policies_by_name():
     (lambda: jc.value_and_grad(NET, XENT, precision="fp8"),
      r"value_and_grad: precision must be one of float32, bfloat16, float16, got 'fp8'"),
     (lambda: train.loss_and_grad(NET, XENT, "autodiff", None, "float64"),
-     r"value_and_grad: precision must be one of float32, bfloat16, float16, got 'float64'"),
+     r"^loss_and_grad: precision must be one of float32, bfloat16, float16, got 'float64'"),
+    (lambda: train.loss_grad_and_state(NET, XENT, "manual", None, "fp16"),
+     r"^loss_grad_and_state: precision must be one of .* got 'fp16'"),
     (lambda: train.make_step(jc.serial(jc.Flatten(), jc.Dense(3)), XENT, ADAM, precision="half"),
      r"precision must be one of float32, bfloat16, float16, got 'half'"),
     (lambda: jc.value_grad_and_state(NET, XENT, precision=Policy("float8")),
-     r"precision must be one of float32, bfloat16, float16, got 'float8'"),
+     r"^value_grad_and_state: precision must be one of float32, bfloat16, float16, got 'float8'"),
     (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float16", 0.0)),
      r"the loss scale must be a positive finite number .*got 0.0"),
     (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float16", float("inf"))),
@@ -94,6 +96,8 @@ def test_policies_by_name():
     (lambda: jc.value_and_grad(NET, XENT, precision=Policy("float32", 1024)),   # never applied
      r"a float32 policy casts nothing and scales nothing, so its loss scale must be 1"),
     (lambda: train.make_step(NET, XENT, ADAM),                     # the BatchNorm's state lost
+     r"^make_step: .* keeps a state .* use state_step\(loss_grad_and_state"),
+    (lambda: train.train_step(NET, XENT, ADAM),
      r"^train_step: .* keeps a state .* use state_step\(loss_grad_and_state"),
 ])
 def test_an_unknown_precision_is_refused(make, message):

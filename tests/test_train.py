@@ -212,6 +212,27 @@ def test_evaluate_refuses_targets_the_loss_does_not_take(digits):
         train.fit(NET, params, xt, one_hot, epochs=1, batch_size=BATCH, verbose=False)
 
 
+def test_a_dense_net_trains_and_evaluates_on_vectors_with_class_labels():
+    """Inputs ``(N, F)`` with integer labels: the labels are checked as for images (in range,
+    one per row), not refused for the inputs' rank; the run scores as evaluate does."""
+    net = jc.serial(jc.Dense(16), jc.ReLU(), jc.Dense(3))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1)).astype(np.int32)
+    params, _ = train.init_params(net, (5,))
+    result = train.fit(net, params, x, y, x, y, optimizer=ADAM, epochs=2, batch_size=20,
+                       verbose=False)
+    loss, accuracy = train.evaluate(net, jc.softmax_cross_entropy, result.params, x, y)
+    assert math.isclose(loss, result.summary["test_loss"], rel_tol=1e-5)
+    assert accuracy == result.summary["test_accuracy"]
+    with pytest.raises(ValueError, match=r"^evaluate: labels must lie in \[0, 3\), got values "
+                                         r"in \[5, 7\]"):
+        train.evaluate(net, jc.softmax_cross_entropy, result.params, x, y + 5)
+    with pytest.raises(ValueError, match=r"^training set: images must be an array with a "
+                                         r"batch axis, e.g. \(N, H, W, C\), got \(5,\)"):
+        train.fit(net, params, x[0], y, epochs=1, batch_size=20, verbose=False)
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int8])
 def test_accuracy_compares_classes_past_the_labels_dtype(dtype):
     """301 classes, every prediction class 300, every label 44: no hit in any label dtype
@@ -411,6 +432,9 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     (dict(info=[("a", 1)]), TypeError, r"info must be a dict of JSON values, got a list"),
     (dict(info={"seed": 1, "batch_size": 8, "epochs": 3}), ValueError,
      r"info may not hold \['batch_size', 'epochs', 'seed'\]: fit records those itself"),
+    (dict(info={"batch_statistics_rows": 1, "loss": "l1", "net_settings": []}), ValueError,
+     r"info may not hold \['batch_statistics_rows', 'loss', 'net_settings'\]"),  # also without
+    #                       BatchNorm: else its resume would skip the microbatch check
     (dict(optimizer=optax.MultiSteps(optax.adam(1e-2), 2), epochs=1), None, None),
     (dict(info={"net": "mine"}), None, None),                       # not fit's own entry
     (dict(print_fn=None), TypeError, r"print_fn must be callable"),
