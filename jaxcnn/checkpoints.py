@@ -572,8 +572,9 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
     if os.path.islink(ckpt_dir):
         raise ValueError(f"{ckpt_dir} is a symbolic link: this run's lock covers {out}, not "
                          f"where the link points, so it could write next to another run's "
-                         f"checkpoints; pass the directory that holds them as out, or remove "
-                         f"the link")
+                         f"checkpoints; remove the link, or give as out a directory whose "
+                         f"checkpoints/ is a real directory (the one the link points into, "
+                         f"if its checkpoints are there)")
     has_ckpt = bool(_run_steps(ckpt_dir))
     if resume and not has_ckpt:
         raise ValueError(f"nothing to resume: no checkpoint in {ckpt_dir}; run without "

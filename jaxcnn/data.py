@@ -17,11 +17,13 @@ scikit-learn is imported only when the digits are loaded (it is in the ``train``
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import http.client
 import math
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -53,6 +55,7 @@ IDX_FILES = {
 # IDX type codes (the third byte of the magic number) and their big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_NDIM = 32                          # numpy's own limit is 64; images and labels need 3
 
 
 class Dataset(NamedTuple):
@@ -86,17 +89,22 @@ def check_arrays(images, labels, num_classes: int, what: str = "data", *,
     ``labels (N,)`` (integers in ``[0, num_classes)``) go together.  ``any_rank``: images of
     any rank from 2 (``(N, F)`` vectors for a dense net).  Runs on concrete arrays, not under
     ``jit``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise TypeError(f"{what}: num_classes must be a positive int, got {num_classes!r}")
     shape = getattr(images, "shape", None)
     if shape is None or (len(shape) < 2 if any_rank else len(shape) != 4):
         got = f"a {type(images).__name__}" if shape is None else f"shape {tuple(shape)}"
         want = "a batch axis, (N, ...)" if any_rank else "rank 4 (N, H, W, C)"
         raise ValueError(f"{what}: images must have {want}, got {got}")
-    if not np.issubdtype(images.dtype, np.floating):
+    if 0 in shape[1:]:
+        raise ValueError(f"{what}: images must have every size but the batch >= 1, got shape "
+                         f"{tuple(shape)}")
+    if not (np.issubdtype(images.dtype, np.floating) or images.dtype in _ml_floats()):
         raise TypeError(f"{what}: images must be floating point (cast with .astype(np.float32)), "
                         f"got dtype {images.dtype}")
-    finite = np.isfinite(images)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite.reshape(shape[0], -1).all(axis=1))[0])
+    bad = _first_non_finite(images)
+    if bad is not None:
         raise ValueError(f"{what}: images must be finite, image {bad} holds NaN or infinite "
                          f"values")
     lshape = getattr(labels, "shape", None)
@@ -113,6 +121,24 @@ def check_arrays(images, labels, num_classes: int, what: str = "data", *,
         bad = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes))
         raise ValueError(f"{what}: labels must lie in [0, {num_classes}), got values in "
                          f"[{lo}, {hi}] ({len(bad)} out of range, first at index {bad[0]})")
+
+
+@functools.lru_cache(maxsize=1)
+def _ml_floats() -> frozenset:
+    """ml_dtypes' float types (bfloat16, float8...), which NumPy does not count as floating."""
+    import ml_dtypes                    # installed with jax
+    return frozenset(np.dtype(getattr(ml_dtypes, n)) for n in dir(ml_dtypes)
+                     if n.startswith(("bfloat", "float")))
+
+
+def _first_non_finite(images, rows: int = 4096) -> int | None:
+    """The index of the first image holding a NaN or an infinity, or ``None``: checked
+    ``rows`` images at a time, so the check's masks stay small beside a large set."""
+    for start in range(0, len(images), rows):
+        finite = np.isfinite(np.asarray(images[start:start + rows]))
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))[0])
+    return None
 
 
 # --- the bundled digits --------------------------------------------------------------------
@@ -171,6 +197,8 @@ def _open_regular(path: str):
     Anything else (FIFO, device, directory, socket) is refused with ``ValueError`` before it is
     opened, and again after (the open is non-blocking, so a FIFO swapped in between cannot hang).
     """
+    if "\0" in path:
+        raise ValueError(f"{path!r}: a path with a NUL byte names no file")
     err = _not_regular(path, os.stat(path).st_mode)
     if err is not None:
         raise err
@@ -197,8 +225,9 @@ def _read_header(path: str, read) -> tuple[np.dtype, tuple[int, ...], int]:
         raise ValueError(f"{path}: corrupt IDX header: magic number {magic.hex(' ')}, "
                          f"expected 00 00 <type> <ndim> with type one of "
                          f"{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}")
-    if ndim == 0:
-        raise ValueError(f"{path}: corrupt IDX header: 0 dimensions")
+    if ndim == 0 or ndim > _MAX_NDIM:
+        raise ValueError(f"{path}: corrupt IDX header: {ndim} dimensions, expected 1 to "
+                         f"{_MAX_NDIM}")
     sizes = read(4 * ndim)
     if len(sizes) < 4 * ndim:
         raise ValueError(f"{path}: corrupt IDX header: {ndim} dimensions need a "
@@ -213,11 +242,16 @@ def _claims(dtype: np.dtype, shape: tuple[int, ...]) -> str:
 
 
 def _data_bytes(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> int:
-    """The bytes of data a header claims (a Python integer: no overflow), at most the cap."""
+    """The bytes of data a header claims (a Python integer: no overflow), at most the cap --
+    which the sizes other than 0 must also keep to, or the empty array could not be shaped."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_IDX_BYTES:
         raise ValueError(f"{path}: {_claims(dtype, shape)}, more than the {MAX_IDX_BYTES} a data "
                          f"file may hold (jaxcnn.data.MAX_IDX_BYTES)")
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: corrupt IDX header: shape {shape}, whose sizes other than 0 "
+                         f"would hold more than the {MAX_IDX_BYTES} bytes a data file may hold "
+                         f"(jaxcnn.data.MAX_IDX_BYTES)")
     return nbytes
 
 
@@ -321,8 +355,9 @@ def _idx_split(paths: dict[str, str], split: str, name: str, num_classes: int):
     """The images ``(N, rows, cols, 1)`` float32 and labels ``(N,)`` int32 of one split."""
     px, py = paths["x_" + split], paths["y_" + split]
     x = read_idx(px)
-    if x.ndim != 3:
-        raise ValueError(f"{px}: expected images of rank 3 (N, rows, cols), got shape {x.shape}")
+    if x.ndim != 3 or 0 in x.shape[1:]:
+        raise ValueError(f"{px}: expected images of rank 3 (N, rows, cols), rows and cols >= 1, "
+                         f"got shape {x.shape}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{px}: expected images of unsigned bytes (IDX type 08, scaled by "
                          f"1/255) or floats in [0, 1] (kept as they are), got {x.dtype}; "
@@ -480,7 +515,9 @@ def _fetch(url: str, out, timeout: float) -> tuple[str, int]:
         raise _Failed(f"HTTP {err.code} {err.reason}") from None
     with response:
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_IDX_BYTES:
+        if not re.fullmatch(r"[0-9]+", declared, re.ASCII):    # not "²", which int() refuses
+            declared = ""
+        if declared and int(declared) > MAX_IDX_BYTES:
             raise _Failed(f"{declared} bytes, more than jaxcnn.data.MAX_IDX_BYTES "
                           f"({MAX_IDX_BYTES})")
         digest, length = hashlib.md5(usedforsecurity=False), 0
@@ -490,7 +527,7 @@ def _fetch(url: str, out, timeout: float) -> tuple[str, int]:
                 raise _Failed(f"more than jaxcnn.data.MAX_IDX_BYTES ({MAX_IDX_BYTES}) bytes")
             digest.update(chunk)
             out.write(chunk)
-    if declared.isdigit() and length != int(declared):
+    if declared and length != int(declared):
         raise _Failed(f"truncated: got {length} of the {declared} bytes announced")
     return digest.hexdigest(), length
 

@@ -55,6 +55,7 @@ of the replicated state.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -476,7 +477,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not re.fullmatch(r"[0-9]+", port, re.ASCII) or not 0 < int(port) < 65536:
         raise ValueError(f"the coordinator address must be host:port with a port in 1..65535, "
                          f"got {coordinator!r}")
     if not 0 <= process_id < num_processes:

@@ -45,15 +45,17 @@ def _pool_layer(name: str, window, strides, padding,
                 forward: Callable[[Array, geo.Window, Array | None, bool], tuple[Array, PoolCache]],
                 backward: Callable[[PoolCache, Array, geo.Window], Array],
                 apply: Callable[[Array, geo.Window, Array | None, bool], Array] | None = None,
-                dilation=1, ceil_mode: bool = False, infinite: bool = False) -> Layer:
+                dilation=1, ceil_mode: bool = False, infinite: bool = False,
+                **settings) -> Layer:
     """The layer protocol around one pair of pooling passes: ``forward(x, g, key, train) ->
     (y, cache)``, ``backward(cache, delta, g) -> dx`` and optionally ``apply``.  ``infinite``:
-    the passes pad with ``-inf``, so a dtype without one (``float8_e4m3fn``) is refused."""
+    the passes pad with ``-inf``, so a dtype without one (``float8_e4m3fn``) is refused.
+    ``settings``: the layer's own, for its ``config`` (``count_include_pad``)."""
     window = pair(name, "window", window)
     strides = window if strides is None else pair(name, "strides", strides)
     dilation = pair(name, "dilation", dilation)
     padding = geo.normalize_padding(name, padding)
-    _check_ceil_mode(name, ceil_mode, padding, window)
+    ceil_mode = _check_ceil_mode(name, ceil_mode, padding, window)
 
     def geometry(in_hw) -> geo.Window:
         g = geo.window(name, in_hw, window, strides, dilation, padding, ceil_mode)
@@ -100,18 +102,19 @@ def _pool_layer(name: str, window, strides, padding,
 
     return numpy_as_jax(Layer(init, forward_, backward_, apply_, name, config=config(
         kind="window", size=window, strides=strides, dilation=dilation, padding=padding,
-        ceil_mode=ceil_mode)))
+        ceil_mode=ceil_mode, **settings)))
 
 
-def _check_ceil_mode(name: str, ceil_mode, padding, window) -> None:
-    """``ceil_mode`` is a bool; with it, each requested pad is at most half the window, as
+def _check_ceil_mode(name: str, ceil_mode, padding, window) -> bool:
+    """``ceil_mode`` as a bool; with it, each requested pad is at most half the window, as
     PyTorch asks (``"SAME"`` chooses its own pads, and ceil mode changes nothing there)."""
-    flag(name, "ceil_mode", ceil_mode)
+    ceil_mode = flag(name, "ceil_mode", ceil_mode)
     if ceil_mode and not isinstance(padding, str):
         half = tuple(k // 2 for k in window)
         if any(p > h for pads, h in zip(padding, half) for p in pads):
             raise ValueError(f"{name}: with ceil_mode, padding {padding} must be at most half "
                              f"the window {window} on each side (<= {half}), as PyTorch")
+    return ceil_mode
 
 
 def _check_dilated_windows(name: str, g: geo.Window) -> None:
@@ -177,7 +180,7 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
         return fast.spread(delta / ref.window_size(g, count_include_pad, delta.dtype), g)  # 5.2
 
     return _pool_layer(name, window, strides, padding, forward, backward,
-                       ceil_mode=ceil_mode)
+                       ceil_mode=ceil_mode, count_include_pad=count_include_pad)
 
 
 # --- max pooling -----------------------------------------------------------------------------

@@ -173,12 +173,18 @@ def _uneven_field(field: _Field, g: geo.Window, transposed: bool) -> _Field:
 
 
 def _merge(fields) -> _Field | None:
-    """Where branches merge, a unit sees what any branch's unit sees: the widest field."""
+    """Where branches merge, a unit sees what any branch's unit sees: the union of their
+    fields, from the first branch's first pixel to the last one's last (per axis)."""
+    if all(f == fields[0] for f in fields):
+        return fields[0]       # copies of one field (a branch point's), even unevenly spaced
     if any(f is None or f.units is not None for f in fields):
         return None            # not followed through a merge of unevenly spaced units
-    return _Field(*(tuple(pick(v) for v in zip(*parts)) for pick, parts in zip(
-        (max, max, min), zip(*((f.size, f.jump, f.start) for f in fields)))),
-        whole=any(f.whole for f in fields))
+    start = tuple(min(axis) for axis in zip(*(f.start for f in fields)))
+    end = tuple(max(axis) for axis in zip(*((s + r for s, r in zip(f.start, f.size))
+                                            for f in fields)))
+    return _Field(tuple(e - s for s, e in zip(start, end)),
+                  tuple(max(axis) for axis in zip(*(f.jump for f in fields))), start,
+                  whole=any(f.whole for f in fields))
 
 
 def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
@@ -188,6 +194,8 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
     kind = cfg.get("kind")
     if isinstance(field, tuple) and not isinstance(field, _Field):
         return _merge(field) if kind in ("fanin_sum", "fanin_concat") else None
+    if kind in ("flatten", "dense", "global"):     # known even after an unknown field
+        return _Field(whole, whole, (0, 0), True)
     if field is None:
         return None
     if kind == "window":
@@ -209,8 +217,6 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
             return field._replace(jump=tuple(_ratio(j, s) for j, s in zip(field.jump,
                                                                           g.strides)))
         return _uneven_field(field, g, transposed=True)
-    if kind in ("flatten", "dense", "global"):
-        return _Field(whole, whole, (0, 0), True)
     if kind == "spatial_norm":      # normalised over every position: each unit sees them all
         return _Field(whole, field.jump, (0, 0), True)
     if kind in ("elementwise", "identity"):

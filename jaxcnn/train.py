@@ -129,9 +129,8 @@ def fit(net: Layer, params: Params, x_train, y_train, x_test=None, y_test=None, 
 
     Args:
       net, params: a ``Layer`` and its initial params (e.g. ``init_params(net, shape, seed)``).
-      x_train, y_train: images ``(N, H, W, C)`` (or ``(N, F)`` for a dense net) of the params'
-        dtype, and integer labels ``(N,)`` (or real targets of the net's output shape, for
-        e.g. ``squared_error``).
+      x_train, y_train: images ``(N, H, W, C)`` (``(N, F)`` for a dense net) in the params'
+        dtype; integer labels ``(N,)``, or real targets of the net's output shape.
       x_test, y_test: a held-out split, evaluated after every epoch (optional).
       loss: a ``jaxcnn`` ``Loss`` (default ``softmax_cross_entropy`` on logits).
       optimizer: an optax optimizer (default ``optax.adam(1e-3)``).
@@ -425,7 +424,7 @@ def _config(x_train, data, *, net, loss, batch_size, seed, grad, microbatch, pre
     config = {"n_train": len(x_train), "image_shape": list(x_train.shape[1:]),
               "dtype": str(x_train.dtype),
               "data_sha256": None if data is None else _data_digest(data),
-              "net_layers": net.name, _NET_SETTINGS: _net_settings(net), "loss": loss.name,
+              "net_layers": net.name, _NET_SETTINGS: _net_settings(net), _LOSS: loss.name,
               "batch_size": batch_size, "seed": seed,
               "grad": grad, "microbatch": microbatch, "precision": precision.compute,
               "loss_scale": precision.loss_scale}
@@ -443,17 +442,52 @@ def _config(x_train, data, *, net, loss, batch_size, seed, grad, microbatch, pre
                         ) from None
 
 
-def _net_settings(net: Layer, path: str = "") -> list[str]:
-    """Every layer of ``net``, combinators first, as ``"[i][j] name key=value ..."`` from its
-    ``config``: two nets of one name (``serial(Conv2D, Dropout)``) whose padding, dilation or
-    rate differ are told apart on resume.  A convolution's ``method`` is left out: its
-    lowerings compute the same equations (``tests/test_lowerings.py``)."""
+def _net_settings(net: Layer, path: str = "") -> list[list]:
+    """Every layer of ``net``, combinators first, as ``[path, name, {setting: value}]`` from
+    its ``config``: two nets of one name (``serial(Conv2D, Dropout)``) whose padding, dilation
+    or rate differ are told apart on resume.  Only settings of plain values (numbers, strings,
+    bools, ``None`` and tuples of them) are kept -- a function's or a set's text is not the
+    same in two processes; a convolution's ``method`` neither: its lowerings compute the same
+    equations (``tests/test_lowerings.py``)."""
     name = dict(net.config).get("kind", net.name) if net.layers else net.name
-    pairs = " ".join(f"{k}={v!r}" for k, v in net.config if k not in ("kind", "method"))
-    rows = [f"{path or '[]'} {name} {pairs}".rstrip()]
+    settings = {k: _plain(v) for k, v in net.config
+                if k not in ("kind", "method") and _plain(v) is not _NOT_PLAIN}
+    rows = [[path or "[]", name, settings]]
     for i, layer in enumerate(net.layers):
         rows += _net_settings(layer, f"{path}[{i}]")
     return rows
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value):
+    """``value`` as JSON keeps it -- an int, float, str, bool, ``None``, or a list of them (a
+    tuple's) -- or ``_NOT_PLAIN``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    return _NOT_PLAIN
+
+
+def _settings_differ(was: list, now: list) -> tuple | None:
+    """The first layers of two ``_net_settings`` lists that differ, as ``"[i] name k=v ..."``
+    texts (``None`` past the shorter's end); ``None`` if none does.  A setting only one side
+    records (one added to a layer since) is not compared."""
+    for a, b in itertools.zip_longest(was, now):
+        if a is None or b is None or a[:2] != b[:2] or any(
+                a[2][k] != b[2][k] for k in set(a[2]) & set(b[2])):
+            return tuple(None if r is None else " ".join(
+                [*r[:2], *(f"{k}={v!r}" for k, v in sorted(r[2].items()))]) for r in (a, b))
+    return None
 
 
 def _data_digest(arrays) -> str:
@@ -642,7 +676,10 @@ _STATISTICS_ROWS = "batch_statistics_rows"
 _NET_SETTINGS = "net_settings"
 """The config's entry for every layer's settings (``_net_settings``)."""
 
-_UNRECORDED = ("data_sha256", "net_layers", _NET_SETTINGS, "loss", _STATISTICS_ROWS)
+_LOSS = "loss_name"
+"""The config's entry for the loss's name (``info`` of an older run may hold a "loss")."""
+
+_UNRECORDED = ("data_sha256", "net_layers", _NET_SETTINGS, _LOSS, _STATISTICS_ROWS)
 """Settings newer than some checkpoints whose old value is unknown: compared only where saved."""
 
 
@@ -657,21 +694,17 @@ def _check_config(run: _Run, step: int, meta: dict) -> None:
             continue
         if name == "microbatch" and _STATISTICS_ROWS in saved:
             continue                    # a net with state: its statistics' rows are what counts
-        if saved.get(name) != run.config.get(name):
-            was, now = saved.get(name), run.config.get(name)
-            if name == _NET_SETTINGS:          # the first layer that differs, not every one
-                was, now = _first_difference(was, now)
+        was, now = saved.get(name), run.config.get(name)
+        if name == _NET_SETTINGS:       # the first layer that differs, as text
+            differ = _settings_differ(was, now)
+            if differ is not None:
+                raise ValueError(f"cannot resume: the checkpoint at step {step} in "
+                                 f"{run.ckpt.path(step)} was made with {name} {differ[0]}, "
+                                 f"this run has {name} {differ[1]}")
+        elif was != now:
             raise ValueError(f"cannot resume: the checkpoint at step {step} in "
                              f"{run.ckpt.path(step)} was made with {name}={was!r}, this run "
                              f"has {name}={now!r}{_why(name, saved)}")
-
-
-def _first_difference(was: list, now: list) -> tuple:
-    """The first entries of two layer lists that differ (``None`` past the shorter's end)."""
-    for a, b in itertools.zip_longest(was, now):
-        if a != b:
-            return a, b
-    return None, None
 
 
 def _why(name: str, saved: dict) -> str:
@@ -979,7 +1012,7 @@ def _summarise(run: _Run, state: _State, seconds: float) -> dict:
         "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
         "epochs": len(state.history), "steps": state.step, "batch_size": run.batch_size,
-        "loss": run.loss.name, "microbatch": run.microbatch, "precision": run.precision.compute,
+        _LOSS: run.loss.name, "microbatch": run.microbatch, "precision": run.precision.compute,
         "loss_scale": run.precision.loss_scale,
         **{k: run.config[k] for k in (_STATISTICS_ROWS,) if k in run.config},
         "seconds": round(seconds, 2), "grad": run.grad, "seed": run.seed,

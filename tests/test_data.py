@@ -63,7 +63,12 @@ def test_read_idx_detects_gzip_by_content_not_name(tmp_path, rng):
     (bytes([1, 0, 8, 1, 0, 0, 0, 1, 7]), r"corrupt IDX header: magic number 01 00 08 01, "
                                          r"expected 00 00 <type> <ndim> with type one of 08, 09"),
     (bytes([0, 0, 0x0A, 1, 0, 0, 0, 1, 7]), r"corrupt IDX header: magic number 00 00 0a 01"),
-    (bytes([0, 0, 8, 0]), r"corrupt IDX header: 0 dimensions"),
+    (bytes([0, 0, 8, 0]), r"corrupt IDX header: 0 dimensions, expected 1 to 32"),
+    (bytes([0, 0, 8, 65]) + bytes(4 * 65),       # numpy's limit is 64: not a raw numpy error
+     r"corrupt IDX header: 65 dimensions, expected 1 to 32"),
+    (bytes([0, 0, 8, 3, 0, 0, 0, 0]) + b"\xff" * 8,    # 0 bytes, but no array of that shape
+     r"corrupt IDX header: shape \(0, 4294967295, 4294967295\), whose sizes other than 0 "
+     r"would hold more than the 4294967296 bytes"),
     (bytes([0, 0, 8, 3, 0, 0, 0, 1]), r"corrupt IDX header: 3 dimensions need a 16-byte header, "
                                       r"the file has 8 bytes"),
     (bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3]),
@@ -139,7 +144,14 @@ def test_bad_idx_contents_are_named(tmp_path):
     write_mnist_like(tmp_path)
     data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 64), np.uint8))
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: expected images of rank 3 "
-                                         r"\(N, rows, cols\), got shape \(10, 64\)"):
+                                         r"\(N, rows, cols\), rows and cols >= 1, got shape "
+                                         r"\(10, 64\)"):
+        data.load("mnist", tmp_path)
+
+    write_mnist_like(tmp_path)                  # images of no pixels: not a data set
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 0, 0), np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: expected images of rank 3 .* "
+                                         r"got shape \(10, 0, 0\)"):
         data.load("mnist", tmp_path)
 
     write_mnist_like(tmp_path)
@@ -182,10 +194,34 @@ def test_digits_fixed_stratified_split():
     (np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, int), ValueError, r"no examples"),
     (np.zeros((3, 8, 8, 1), np.float32), np.array([0, 5, 10]), ValueError,
      r"labels must lie in \[0, 10\), got values in \[0, 10\] \(1 out of range, first at index 2\)"),
+    (np.zeros((3, 8, 0, 1), np.float32), np.zeros(3, int), ValueError,
+     r"images must have every size but the batch >= 1, got shape \(3, 8, 0, 1\)"),
+    (np.ones((9000, 2, 2, 1), np.float32), np.zeros(9000, int), ValueError,   # checked in
+     r"images must be finite, image 8500 holds NaN"),                         # blocks of rows
 ])
 def test_check_arrays(images, labels, exc, message):
+    if len(images) == 9000:
+        images[8500, 1, 0, 0] = np.inf
     with pytest.raises(exc, match="my set: " + message):
         data.check_arrays(images, labels, 10, "my set")
+
+
+def test_check_arrays_takes_ml_dtypes_floats_and_checks_num_classes():
+    import ml_dtypes
+    images = np.ones((2, 2, 2, 1), ml_dtypes.bfloat16)
+    data.check_arrays(images, np.zeros(2, np.int32), 3)                 # a float to JAX too
+    images[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^data: images must be finite, image 1 holds NaN"):
+        data.check_arrays(images, np.zeros(2, np.int32), 3)
+    for bad in (None, 0, True, 2.0):
+        with pytest.raises(TypeError, match=rf"^data: num_classes must be a positive int, got "
+                                            rf"{bad!r}"):
+            data.check_arrays(images, np.zeros(2, np.int32), bad)
+
+
+def test_a_path_with_a_nul_byte_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"a path with a NUL byte names no file"):
+        data.read_idx(str(tmp_path / "a\0b"))
 
 
 # --- reading safely: crafted files that must fail fast, without blocking or allocating ------

@@ -350,6 +350,8 @@ def test_initialize_without_flags_or_environment_is_a_no_op(no_distributed_env):
                               "1..65535, got '127.0.0.1'"),
     (("localhost:notaport", 1, 0), {}, "with a port in 1..65535, got 'localhost:notaport'"),
     (("localhost:0", 1, 0), {}, "with a port in 1..65535, got 'localhost:0'"),
+    (("localhost:\u00b2", 1, 0), {}, "with a port in 1..65535, got 'localhost:\u00b2'"),
+    (("localhost:\u0663", 1, 0), {}, "with a port in 1..65535"),     # not port 3
     (("127.0.0.1:1234", 2, 2), {}, r"process_id must lie in \[0, num_processes\), got "
                                    r"process_id=2, num_processes=2"),
 ])

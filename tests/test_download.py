@@ -21,7 +21,13 @@ FILES = [name + ".gz" for name in data.IDX_FILES.values()]
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves the temp tree; under ``/truncated/`` only the first half of each body, after a
-    ``Content-Length`` announcing all of it."""
+    ``Content-Length`` announcing all of it; under ``/oddlength/`` a ``Content-Length`` of
+    "\u00b2" (a digit to ``str.isdigit``, not to ``int``)."""
+
+    def send_header(self, keyword, value):
+        if keyword == "Content-Length" and self.path.startswith("/oddlength/"):
+            value = "\u00b2"
+        super().send_header(keyword, value)
 
     def copyfile(self, source, outputfile):
         body = source.read()
@@ -43,7 +49,7 @@ def site(tmp_path_factory):
               "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
               "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 20).astype(np.uint8)}
     md5 = {}
-    for folder in ("good", "corrupt", "missing", "truncated"):
+    for folder in ("good", "corrupt", "missing", "truncated", "oddlength"):
         os.makedirs(root / folder)
         for name, array in arrays.items():
             data.write_idx(root / folder / name, array)
@@ -132,6 +138,15 @@ def test_a_failed_download_leaves_nothing_and_names_the_fault(tmp_path, publishe
         data.download("mnist", tmp_path, mirror=f"{base}/{folder}")
     expected = [] if folder == "truncated" else FILES[:3]   # the files before it did verify
     assert sorted(os.listdir(tmp_path)) == sorted(expected)
+
+
+def test_a_content_length_that_is_no_number_is_ignored(tmp_path, published):
+    """The body is read to its end and verified by its MD5, as without the header."""
+    base, md5 = published
+    lines = []
+    data.download("mnist", tmp_path, mirror=f"{base}/oddlength", log=lines.append)
+    assert [line.split(":")[0] for line in lines] == FILES
+    assert all(line.endswith("verified)") for line in lines)
 
 
 def test_a_file_with_the_wrong_md5_is_replaced_only_by_a_verified_one(tmp_path, published):

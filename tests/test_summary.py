@@ -42,7 +42,8 @@ def test_params_agree_with_init_and_nesting_is_indexed():
 
 
 def brute_force_field(layers, shape):
-    """Perturb one input pixel at a time; the extent of the pixels that change the centre unit."""
+    """Perturb one input pixel at a time; the extent of the pixels that change the centre unit
+    (any of its channels: after a concatenation they come from different branches)."""
     net = jc.serial(*layers)
     params, out_shape = net.init(jax.random.key(0), shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
@@ -53,7 +54,7 @@ def brute_force_field(layers, shape):
     y0 = net.apply(params, base[None])
     ys = jax.jit(net.apply)(params, batch)
     i, j = out_shape[0] // 2, out_shape[1] // 2
-    changed = np.asarray(jnp.abs(ys[:, i, j, 0] - y0[0, i, j, 0]) > 0).reshape(h, w)
+    changed = np.asarray(jnp.abs(ys[:, i, j] - y0[:, i, j]).max(axis=-1) > 0).reshape(h, w)
     rows, cols = np.nonzero(changed)
     return (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
 
@@ -99,3 +100,32 @@ def test_summary_names_what_is_wrong_with_its_arguments():
         jc.summary(jc.zoo.small(), (8, 0, 1))
     with pytest.raises(TypeError, match=r"^summary: net must be a jaxcnn Layer, got function"):
         jc.summary(lambda x: x, (8, 8, 1))
+
+
+@pytest.mark.parametrize("merge", [jc.FanInConcat, jc.FanInSum])
+@pytest.mark.parametrize("branches", [
+    (jc.Conv2D(2, 3, padding=((2, 0), (2, 0))), jc.Conv2D(2, 3, padding=((0, 2), (0, 2)))),
+    (jc.serial(jc.Conv2D(2, 2, padding="SAME"), jc.Conv2D(2, 2, padding="SAME")),
+     jc.Conv2D(2, 3, padding="SAME")),
+    (jc.Identity(), jc.serial(jc.MaxPool2D(3, 1, padding=((2, 0), (0, 2))),
+                              jc.Conv2D(2, 2, padding=((1, 0), (1, 0))))),
+], ids=["opposite-pads", "inception-like", "offset-pool"])
+def test_a_merge_sees_the_union_of_its_branches_fields(branches, merge):
+    """Branches whose fields are offset from each other: a merged unit sees from the first
+    branch's first pixel to the last one's last, not the widest branch's field alone."""
+    layers = [jc.Conv2D(2, 1), jc.FanOut(2), jc.parallel(*branches), merge()]
+    s = jc.summary(jc.serial(*layers), (15, 15, 1))
+    assert tuple(int(v) for v in brute_force_field(layers, (15, 15, 1))) == \
+        s.rows[-1].receptive_field
+
+
+def test_the_whole_input_is_known_after_a_field_that_is_not():
+    """A residual block after a transposed convolution merges unevenly spaced units ("?"), but
+    a global pooling, a flatten or a dense layer after it sees the whole input all the same."""
+    for head in ([jc.GlobalAvgPool2D()], [jc.Flatten(), jc.Dense(3)]):
+        net = jc.serial(jc.ConvTranspose2D(1, 3, strides=2, padding="SAME"),
+                        jc.residual(jc.Conv2D(1, 3, padding="SAME")), *head)
+        rows = jc.summary(net, (6, 6, 1)).rows
+        assert rows[1].name == "FanOut" and rows[1].receptive_field == rows[0].receptive_field
+        assert [r.receptive_field for r in rows if r.name == "FanInSum"] == [None]
+        assert rows[-1].receptive_field == (6, 6)

@@ -432,9 +432,9 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     (dict(info=[("a", 1)]), TypeError, r"info must be a dict of JSON values, got a list"),
     (dict(info={"seed": 1, "batch_size": 8, "epochs": 3}), ValueError,
      r"info may not hold \['batch_size', 'epochs', 'seed'\]: fit records those itself"),
-    (dict(info={"batch_statistics_rows": 1, "loss": "l1", "net_settings": []}), ValueError,
-     r"info may not hold \['batch_statistics_rows', 'loss', 'net_settings'\]"),  # also without
-    #                       BatchNorm: else its resume would skip the microbatch check
+    (dict(info={"batch_statistics_rows": 1, "loss_name": "l1", "net_settings": []}), ValueError,
+     r"info may not hold \['batch_statistics_rows', 'loss_name', 'net_settings'\]"),  # also
+    #                 without BatchNorm: else its resume would skip the microbatch check
     (dict(optimizer=optax.MultiSteps(optax.adam(1e-2), 2), epochs=1), None, None),
     (dict(info={"net": "mine"}), None, None),                       # not fit's own entry
     (dict(print_fn=None), TypeError, r"print_fn must be callable"),
@@ -460,6 +460,37 @@ def test_bad_input_is_refused_before_training(digits, tmp_path, change, exc, mes
         train.fit(net, params, args.pop("x"), args.pop("y"), out=tmp_path, verbose=False,
                   **args)
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_runs_layer_settings_are_plain_values_that_survive_json():
+    """What a checkpoint records of each layer, compared on resume: plain values only (a
+    function's text holds its address, a set's order the hash seed), as JSON gives them back;
+    every setting that changes what a layer computes (count_include_pad, a NumPy bool's
+    ceil_mode as the bool); a setting one side lacks (newer than the checkpoint) not compared."""
+    custom = jc.Layer(*jc.Tanh()[:4], "MyTanh", config=(("fn", jnp.tanh), ("kind", "elementwise"),
+                                                        ("names", frozenset("abc")),
+                                                        ("scale", np.float32(2.0))))
+    net = jc.serial(jc.Conv2D(2, 3, method="lax"), custom,
+                    jc.AvgPool2D(2, count_include_pad=False), jc.MaxPool2D(2, ceil_mode=np.True_))
+    settings = train._net_settings(net)
+    assert json.loads(json.dumps(settings)) == settings
+    assert settings[0] == ["[]", "serial", {}]
+    assert "method" not in settings[1][2] and settings[1][2]["dilation"] == [1, 1]
+    assert settings[2] == ["[1]", "MyTanh", {"scale": 2.0}]
+    assert settings[3][2]["count_include_pad"] is False and settings[4][2]["ceil_mode"] is True
+    same = jc.serial(jc.Conv2D(2, 3), custom, jc.AvgPool2D(2, count_include_pad=False),
+                     jc.MaxPool2D(2, ceil_mode=True))
+    assert train._net_settings(same) == settings
+    included = jc.serial(*same.layers[:2], jc.AvgPool2D(2), same.layers[3])
+    was, now = train._settings_differ(settings, train._net_settings(included))
+    assert was.startswith("[2] AvgPool2D ceil_mode=False count_include_pad=False ")
+    assert now.startswith("[2] AvgPool2D ceil_mode=False count_include_pad=True ")
+    older = json.loads(json.dumps(settings))
+    del older[3][2]["count_include_pad"]             # a checkpoint before the setting existed
+    assert train._settings_differ(older, settings) is None
+    assert train._settings_differ(settings, settings[:-1]) == (
+        "[3] MaxPool2D ceil_mode=True dilation=[1, 1] padding='VALID' size=[2, 2] "
+        "strides=[2, 2]", None)
 
 
 def test_what_fit_cannot_take_for_net_out_or_a_resume(digits, tmp_path):
