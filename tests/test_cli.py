@@ -166,8 +166,8 @@ def _bad(directory, kind):
 @pytest.mark.parametrize("kind, message", [
     ("labels", r"mnist train set .*: labels must lie in \[0, 10\), got values in \[0, 10\] "
                r"\(3 out of range, first at index 10\)"),
-    ("rank", r"t10k-images-idx3-ubyte: expected images of rank 3 \(N, rows, cols\), got shape "
-             r"\(20, 64\)"),
+    ("rank", r"t10k-images-idx3-ubyte: expected images of rank 3 \(N, rows, cols\), rows and "
+             r"cols >= 1, got shape \(20, 64\)"),
     ("size", r"--arch small does not fit the mnist images \(2x2x1\): serial\[7\] MaxPool2D"),
     ("header", r"t10k-labels-idx1-ubyte: corrupt IDX header: the file has 3 bytes"),
     ("float", r"t10k-images-idx3-ubyte: float images must lie in \[0, 1\] \(they are kept as "
