@@ -25,8 +25,8 @@ in the dtype), so a layer's reference is ``jax.vjp`` both in the dtype and in fl
 same point, and the row compares with the closer (the dtype's is the one for a layer that draws
 random numbers in its dtype, stochastic pooling); the end-to-end rows, which would compound the
 16-bit rounding of every layer, run in float32 at the same params and input.  A layer's row
-that fails below float64 is compared again in float64 (``_rounding_rows``): a gradient that
-cancels to zero is rounding noise on both sides, not a wrong derivation.  Non-finite
+that fails is compared again in float64 (``_rounding_rows``): a gradient that cancels to zero
+is rounding noise on both sides, not a wrong derivation.  Non-finite
 inputs or params are refused (``ValueError``): gradients are compared where they exist.
 Max-pooling ties agree by construction (both sides route to the first maximum) and stochastic
 pooling uses the same key, hence the same draws, on both sides.  Finite differences are not
@@ -238,7 +238,7 @@ def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rn
     rows = [Row(i, layer.name, quantity + misfits[quantity], reference,
                 *_errors(misfits[quantity], g, w), tol, path=path)
             for quantity, g, w in zip(names, got, want)]
-    if not all(row.ok for row in rows) and dtype != "float64" and not any(misfits.values()):
+    if not all(row.ok for row in rows) and not any(misfits.values()):
         rows = _rounding_rows(rows, layer, p, a, delta, key, train, got)
     if finite_differences:
         rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path)
@@ -281,7 +281,7 @@ def _forward_rows(i, layer, p, a, y, key, train, tol, path) -> list[Row]:
 
 
 ROUNDING_FACTOR = 10
-"""A layer's row that fails below float64 passes as rounding when its error against
+"""A layer's row that fails passes as rounding when its error against
 ``jax.vjp`` in float64 is at most this many times that of the reference it failed against
 (the largest over ``ROUNDING_SAMPLES`` scalings of the residual), and the same backward run in
 float64 agrees with it there (``_rounding_rows``)."""
@@ -293,11 +293,16 @@ ROUNDING_SAMPLES = (1.0, 0.9, 0.75, 0.6)
 def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     """The failing rows compared again with ``jax.vjp`` in float64 at the same point (where this
     backend has float64).  A gradient that cancels to zero -- ``dx`` of a normalisation over two
-    entries, whose output is +-1 whatever they are -- is rounding noise in any lower dtype, on
-    the reference's side as on the hand-written one's.  Such a row passes (``Row.reference``:
-    "jax.vjp float64") when the hand-written backward run in float64 agrees with ``jax.vjp``
-    there (the derivation) and its error in the row's dtype is at most ``ROUNDING_FACTOR`` times
-    the reference's own (the rounding).  A wrong derivation fails the first."""
+    entries, whose output is +-1 whatever they are; a bias's right before a normalisation,
+    which subtracts it again -- is rounding noise in any dtype, on the reference's side as on
+    the hand-written one's.  Such a row passes (``Row.reference``: "jax.vjp float64") when the
+    hand-written backward run in float64 agrees with ``jax.vjp`` there (the derivation) and its
+    error in the row's dtype is at most ``ROUNDING_FACTOR`` times the reference's own, or
+    ``NOISE_ULPS`` rounding units of the layer's largest gradient entry (the rounding; the
+    hand-written sums need not cancel as autodiff's do).  A wrong derivation fails the first,
+    which allows only float64's own rounding (``NOISE_ULPS`` units of the layer's largest
+    float64 gradient entry), in rows of float64 as in the others: a gradient passes on the
+    rounding alone only where its entries are of that size."""
     def to64(tree):
         return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
                             jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
@@ -316,11 +321,14 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
                                            initial=0.0))) for o, r, e in zip(own, ref, exact)]
     except Exception:               # a backend without float64: the rows stand as they are
         return rows
+    top = max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
+    floor64 = NOISE_ULPS * float(np.finfo(np.float64).eps) * top / TOLERANCES["float64"]
     out = []
     for row, g, e, h, o in zip(rows, got, exact, hand64, own):
+        noise = max(ROUNDING_FACTOR * o, NOISE_ULPS * float(np.finfo(np.asarray(g).dtype).eps) * top)
         again = dataclasses.replace(row, reference="jax.vjp float64", **dict(zip(
-            ("max_abs", "max_rel", "cosine"), compare(g, e, ROUNDING_FACTOR * o / row.tolerance))))
-        derivation = compare(h, e)[1] <= TOLERANCES["float64"]
+            ("max_abs", "max_rel", "cosine"), compare(g, e, noise / row.tolerance))))
+        derivation = compare(h, e, floor64)[1] <= TOLERANCES["float64"]
         out.append(again if not row.ok and again.ok and derivation else row)
     return out
 
@@ -490,36 +498,71 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
     grads, ref = jax.jit(_end_to_end(net, loss), static_argnames="train")(
         params, x, targets, key, train=train)
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"])
-    floor = noise_floor(ref, tol)
     if jax.tree.structure(grads) != jax.tree.structure(ref):
         raise ValueError(f"check_grads: the hand-written gradients have the structure "
                          f"{jax.tree.structure(grads)}, the params {jax.tree.structure(ref)}")
+    own = jax.tree.leaves(jax.jit(_own_rounding(net, loss), static_argnames="train")(
+        params, x, targets, key, ref, train=train))
     rows = []
-    for quantity, g, w in zip(_leaf_names(ref), jax.tree.leaves(grads), jax.tree.leaves(ref)):
+    for quantity, g, w, floor, o in zip(_leaf_names(ref), jax.tree.leaves(grads),
+                                        jax.tree.leaves(ref), noise_floor(ref, tol), own):
         misfit = _misfit(g, w)
         rows.append(Row(None, "network", quantity + misfit, reference,
-                        *_errors(misfit, g, w, floor), tol))
+                        *_errors(misfit, g, w, max(floor, ROUNDING_FACTOR * float(o) / tol)),
+                        tol))
     return rows
 
 
+def _own_rounding(net: Layer, loss: Loss) -> Callable:
+    """``(params, x, targets, key, ref, train) -> per array max |jax.grad(c J) / c - ref|``,
+    ``c = _OWN_ROUNDING_SCALE``: how far ``jax.grad``'s own rounding moves each array."""
+    c = _OWN_ROUNDING_SCALE
+    scaled = loss._replace(value=lambda y, t: loss.value(y, t) * jnp.asarray(c, y.dtype))
+    auto = loss_and_grad(net, scaled, "autodiff")
+
+    def own(params, x, targets, key, ref, train):
+        again = auto(params, x, targets, key=key, train=train)[1]
+        return jax.tree.map(lambda a, r: jnp.max(jnp.abs(a / jnp.asarray(c, a.dtype) - r),
+                                                 initial=0.0), again, ref)
+
+    return own
+
+
 NOISE_ULPS = 100
-"""End to end, an error below ``NOISE_ULPS`` rounding units of the network's largest gradient
-entry is rounding, whatever the array (``noise_floor``)."""
+"""End to end, an error below ``NOISE_ULPS`` rounding units of the largest gradient entry of
+the same layer's arrays is rounding (``noise_floor``)."""
 
 
-def noise_floor(grads, tol: float) -> float:
-    """The smallest scale an end-to-end gradient array is compared at, so that an error below
-    ``NOISE_ULPS * eps * top`` passes (``top``: the largest entry of any array): ``NOISE_ULPS *
-    eps * top / tol``.  An array whose true gradient is zero -- a bias right before a
-    normalisation, which subtracts it again -- holds rounding noise on both sides, which its
-    own scale would call a 100% error.  A wrong backward makes errors of its own array's size;
-    only one in an array whose gradient is itself below that noise escapes (the per-layer rows
-    of ``check_grads``, which compare with no floor, still pin it)."""
+def noise_floor(grads, tol: float) -> list[float]:
+    """Per gradient array (in ``tree_leaves`` order), the smallest scale it is compared at end
+    to end, so that an error below ``NOISE_ULPS * eps * top`` passes (``top``: the largest entry
+    of the arrays of its layer -- the leaves of one params dict): ``NOISE_ULPS * eps * top /
+    tol``.  An array whose true gradient is zero -- a bias right before a normalisation, which
+    subtracts it again -- holds rounding noise on both sides, which its own scale would call a
+    100% error; its layer's kernel gradient sets the noise's size.  Another layer's does not:
+    a layer whose gradients are all small (the first of a deep sigmoid net) is compared at
+    its own scale.  ``_relative_errors`` also allows the reference's own rounding."""
     leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
-    if not leaves:
-        return 0.0
-    eps = max(float(np.finfo(g.dtype).eps) for g in leaves)
-    return NOISE_ULPS * eps * max(float(np.max(np.abs(g), initial=0.0)) for g in leaves) / tol
+    groups = _layer_groups(grads)
+    top = {}
+    for g, leaf in zip(groups, leaves):
+        top[g] = max(top.get(g, 0.0), float(np.max(np.abs(leaf), initial=0.0)))
+    return [NOISE_ULPS * float(np.finfo(leaf.dtype).eps) * top[g] / tol
+            for g, leaf in zip(groups, leaves)]
+
+
+def _layer_groups(tree) -> list[int]:
+    """Per leaf of a params tree, the number of the layer it belongs to: leaves that share
+    their path up to a dict key (one layer's params dict) share it."""
+    index: dict = {}
+    return [index.setdefault(path[:-1] if path and isinstance(path[-1], jax.tree_util.DictKey)
+                             else path, len(index))
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+_OWN_ROUNDING_SCALE = 0.75
+"""The loss scaling at which ``_relative_errors`` measures the reference's own rounding: the
+same ``jax.grad`` of ``0.75 J``, divided by 0.75, differs from it by rounding alone."""
 
 
 def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64, key=None,
@@ -527,13 +570,16 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
                 x=None, params=None) -> GradReport:
     """Audit one layer -- any object with the layer protocol -- on random params and inputs.
 
-    ``init(key, input_shape)`` makes the params (cast to ``dtype``) unless given as ``params``
-    (init's zeros -- a bias -- hide a forward that leaves them out: give other values to
-    see it); the input is standard normal of shape ``(batch, *input_shape)`` unless given as
-    ``x`` (stochastic pooling wants non-negative inputs), and the residual of the output is a
-    random normal cotangent.  A merge takes a tuple of shapes (and of arrays as ``x``), a
-    branch point gives a tuple of outputs.  The layer's ``init`` output shape is checked
-    against its forward, and its forward's output against its apply's.
+    The params are ``init(key, input_shape)``'s, each entry moved by a random normal step
+    (``_moved``: init's ones and zeros -- a scale, a bias -- would hide a backward or forward
+    that leaves them out), cast to ``dtype``, unless given as ``params``; the input is standard
+    normal of shape ``(batch, *input_shape)`` unless given as ``x`` (stochastic pooling wants
+    non-negative inputs), and the residual of the output is a random normal cotangent.  A
+    merge takes a tuple of shapes (and of arrays as ``x``), a branch point gives a tuple of
+    outputs.  The layer's ``init`` output shape is checked against its forward, and its
+    forward's output against its apply's.  A layer with a state (BatchNorm) is audited in
+    training mode and, bound to the state one training step leaves (``Layer.state``), in
+    evaluation mode too: rows of path ``"train=False"``.
     """
     what = _layer_what(layer)
     if finite_differences:
@@ -549,7 +595,8 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     if params is not None and jax.tree.structure(params) != jax.tree.structure(made):
         raise ValueError(f"{what}: params have the structure {jax.tree.structure(params)}, "
                          f"the layer's init makes {jax.tree.structure(made)}")
-    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), made if params is None else params)
+    params = jax.tree.map(lambda v: jnp.asarray(v, dtype), _moved(made, seed) if params is None
+                          else params)
     many = bool(shapes) and isinstance(shapes[0], tuple)
     if x is None:
         x = tuple(rng.normal(size=(batch, *s)) for s in shapes) if many else \
@@ -574,7 +621,37 @@ def check_layer(layer: Layer, input_shape, *, batch: int = 2, dtype=jnp.float64,
     delta = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), y)
     rows = _layer_rows(0, layer, params, x, delta, cache, key, train, finite_differences, rng,
                        y=y)
+    if train and getattr(layer, "state", None) is not None:
+        rows += _evaluated_rows(layer, shapes, params, x, cache, key, finite_differences, rng)
     return GradReport(tuple(rows), _dtype_of(x))
+
+
+def _moved(params, seed: int):
+    """``params`` with every floating entry moved by a normal step of half its array's spread
+    (of 1/2 where the entries are all equal: a scale of ones, a bias of zeros), drawn from
+    its own generator so that the input and residual are those of ``seed`` as before."""
+    rng = np.random.default_rng([int(seed) % 2 ** 64, 1])
+
+    def move(v):
+        if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating):
+            return v
+        v = np.asarray(v, np.float64)
+        return v + 0.5 * (float(np.std(v)) or 1.0) * rng.normal(size=v.shape)
+
+    return jax.tree.map(move, params)
+
+
+def _evaluated_rows(layer, shapes, params, x, cache, key, finite_differences, rng) -> list[Row]:
+    """The rows of ``layer`` bound to the state one training step on ``x`` leaves (``init``'s
+    blended with the batch's statistics, so neither zeros nor ones), evaluated: the backward
+    of eq. 7.13 with fixed statistics, which training-mode rows never run."""
+    state = layer.state.update(layer.state.init(shapes), cache)
+    bound = layer.state.bind(state)
+    y, cache = _pair(bound, "forward", bound.forward(params, x, key=key, train=False),
+                     "(y, cache)")
+    delta = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), y)
+    return _layer_rows(0, bound, params, x, delta, cache, key, False, finite_differences, rng,
+                       path=f"{layer.name} (train=False)", y=y)
 
 
 def _layer_what(layer) -> str:
@@ -660,20 +737,28 @@ def _array_names(net: Layer, params) -> list[str]:
 def _relative_errors(net: Layer, loss: Loss) -> Callable:
     """Jitted ``(params, x, targets, key) -> [relative error per parameter leaf]`` of
     ``_end_to_end`` in training mode, computed in the params' dtype on the device, each array
-    at no smaller a scale than ``noise_floor`` (for its dtype's tolerance)."""
-    both = _end_to_end(net, loss)
+    at no smaller a scale than ``noise_floor``'s (for its dtype's tolerance) and than
+    ``ROUNDING_FACTOR`` times the reference's own rounding (``_own_rounding``)."""
+    both, own_rounding = _end_to_end(net, loss), _own_rounding(net, loss)
 
     def relative(a, b, floor):
         scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(b)), floor), jnp.finfo(b.dtype).tiny)
         return jnp.max(jnp.abs(a - b)) / scale
 
     def errors(params, x, targets, key):
-        hand, ref = both(params, x, targets, key, True)
-        ref = jax.tree_util.tree_leaves(ref)
-        top = jnp.max(jnp.stack([jnp.max(jnp.abs(b)).astype(jnp.float32) for b in ref])) \
-            if ref else jnp.zeros((), jnp.float32)
-        floors = [(NOISE_ULPS * float(np.finfo(b.dtype).eps) * top
-                   / TOLERANCES[str(jnp.dtype(b.dtype))]).astype(b.dtype) for b in ref]
+        hand, ref_tree = both(params, x, targets, key, True)
+        own = jax.tree_util.tree_leaves(own_rounding(params, x, targets, key, ref_tree, True))
+        ref, groups = jax.tree_util.tree_leaves(ref_tree), _layer_groups(ref_tree)
+        tops = {}
+        for g, b in zip(groups, ref):
+            m = jnp.max(jnp.abs(b)).astype(jnp.float32)
+            tops[g] = jnp.maximum(tops[g], m) if g in tops else m
+        floors = []
+        for g, b, o in zip(groups, ref, own):
+            tol = TOLERANCES[str(jnp.dtype(b.dtype))]
+            floors.append(jnp.maximum(NOISE_ULPS * float(np.finfo(b.dtype).eps) * tops[g] / tol,
+                                      ROUNDING_FACTOR * o.astype(jnp.float32) / tol
+                                      ).astype(b.dtype))
         return [relative(a, b, f) for a, b, f in
                 zip(jax.tree_util.tree_leaves(hand), ref, floors)]
 

@@ -99,8 +99,17 @@ def _xent_delta(logits: Array, labels: Array) -> Array:
     _check_labels("softmax_cross_entropy", logits, labels)
     index, in_range = _class_indices(logits, labels)
     one_hot = index == jnp.arange(logits.shape[1], dtype=jnp.int32).reshape(1, -1)
-    delta = (jax.nn.softmax(logits, axis=1) - one_hot.astype(logits.dtype)) / logits.shape[0]
+    delta = _per_example(jax.nn.softmax(logits, axis=1) - one_hot.astype(logits.dtype))
     return jnp.where(in_range, delta, jnp.nan)
+
+
+def _per_example(a: Array) -> Array:
+    """``a / N`` for a batch of ``N`` rows; in float32 where ``N`` is past the dtype's largest
+    number (float16's 65504), which would make every entry 0."""
+    n = a.shape[0]
+    if n <= float(jnp.finfo(a.dtype).max):
+        return a / n
+    return (a.astype(jnp.float32) / n).astype(a.dtype)
 
 
 softmax_cross_entropy = Loss(_xent_value, _xent_delta, "softmax_cross_entropy")
@@ -126,17 +135,28 @@ def _check_targets(name: str, outputs, targets) -> None:
         raise TypeError(f"{name}: targets have dtype {targets.dtype} but outputs {outputs.dtype}")
 
 
+def _as_jax(targets):
+    """NumPy targets as ``jnp.asarray`` takes them, eagerly as under ``jit`` (float64 is float32
+    with JAX's 64-bit types off); anything else as it is, for the checks to name."""
+    return jnp.asarray(targets) if isinstance(targets, np.ndarray) else targets
+
+
 def _se_value(outputs: Array, targets: Array) -> Array:
-    """Eq. 2.5: ``J = 1/(2N) sum_n ||y_n - a_n||^2``."""
+    """Eq. 2.5: ``J = 1/(2N) sum_n ||y_n - a_n||^2``, summed in float32 at least (a 16-bit
+    sum of a batch's squares overflows float16 where their mean does not)."""
+    targets = _as_jax(targets)
     _check_targets("squared_error", outputs, targets)
-    return 0.5 * jnp.sum((targets - outputs) ** 2) / outputs.shape[0]
+    wide = outputs.dtype if jnp.finfo(outputs.dtype).bits >= 32 else jnp.float32
+    total = jnp.sum(jnp.square((targets - outputs).astype(wide)))
+    return (0.5 * total / outputs.shape[0]).astype(outputs.dtype)
 
 
 def _se_delta(outputs: Array, targets: Array) -> Array:
     """Eq. 2.5: ``dJ/da = -(y - a) / N``; after a sigmoid, eq. 2.2 makes it the source's
     output residual ``-(y - a) f'(z)``."""
+    targets = _as_jax(targets)
     _check_targets("squared_error", outputs, targets)
-    return -(targets - outputs) / outputs.shape[0]
+    return _per_example(-(targets - outputs))
 
 
 squared_error = Loss(_se_value, _se_delta, "squared_error")

@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.core import Array, Params, check_array, positive_int, split_key
+from jaxcnn.core import Array, Params, check_array, is_concrete, positive_int, split_key
 
 
-def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched"
-                 ) -> Callable[..., tuple[Array, Params]]:
+def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched",
+                 check: Callable | None = None) -> Callable[..., tuple[Array, Params]]:
     """``vg(params, x, targets, key, train) -> (J, grads)`` on consecutive chunks of
     ``microbatch`` examples, one after another (``lax.scan``), losses and gradients averaged:
     ``(params, x, targets, *, key=None, train=True) -> (J, grads)``.
@@ -27,7 +27,9 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
     call on the whole batch.  Otherwise the batch must be a multiple of ``microbatch``
     (``ValueError`` naming ``name``), and a given ``key`` is split into one key per chunk.
     Memory: one chunk's activations at a time, and every chunk's gradients until they are
-    averaged (the number of chunks times the parameters).
+    averaged (the number of chunks times the parameters).  ``check(params, x, targets, key,
+    train)``, where given, runs on the whole batch before it is chunked: inside the scan the
+    chunks are traced, so a loss's checks of concrete targets would not run (``labels_check``).
     """
     if microbatch is not None:
         microbatch = positive_int(name, "microbatch", microbatch)
@@ -44,6 +46,8 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         if n % microbatch:
             raise ValueError(f"{name}: the batch ({n}) must be a multiple of "
                              f"microbatch={microbatch} or at most it")
+        if check is not None:
+            check(params, x, targets, key, train)
         count = n // microbatch
         chunks = jax.tree.map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), (x, targets))
         keys = None if key is None else split_key(name, key, count)
@@ -59,6 +63,21 @@ def microbatched(vg: Callable, microbatch: int | None, name: str = "microbatched
         return jax.tree.map(lambda a: jnp.mean(a, axis=0), parts)
 
     return f
+
+
+def labels_check(net, loss) -> Callable[..., None]:
+    """``microbatched``'s ``check`` for ``net`` and ``loss``: concrete class labels put through
+    the loss's own checks (in range, one per row) against outputs of the net's shape, as the
+    whole batch's would be, rather than a NaN loss from the chunks."""
+    def check(params, x, targets, key, train):
+        if not (is_concrete(targets) and jnp.issubdtype(targets.dtype, jnp.integer)):
+            return
+        key = jax.random.key(0) if key is None else key           # shapes only: any key
+        out = jax.eval_shape(lambda p, a, k: net.apply(p, a, key=k, train=train), params, x, key)
+        if hasattr(out, "shape"):
+            loss.value(jnp.zeros(out.shape, out.dtype), targets)
+
+    return check
 
 
 def _batch(name: str, x) -> int:

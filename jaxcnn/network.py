@@ -9,7 +9,7 @@ import jax
 from jaxcnn.core import (Array, Cache, Layer, Params, check_key, check_train, config, in_layer,
                          layer_keys, split_key)
 from jaxcnn.losses import Loss, check_net, check_net_and_loss
-from jaxcnn.microbatch import microbatched
+from jaxcnn.microbatch import labels_check, microbatched
 from jaxcnn.precision import Policy, policy
 
 
@@ -117,7 +117,8 @@ def value_and_grad(net: Layer, loss: Loss, *, microbatch: int | None = None,
         value, grads, _ = eq_6_2(params, x, targets, key, train)
         return value, grads
 
-    return microbatched(whole, microbatch, "value_and_grad")      # checks x and targets
+    return microbatched(whole, microbatch, "value_and_grad",       # checks x and targets
+                        labels_check(net, loss))
 
 
 def _hand_written(net: Layer, loss: Loss, pol: Policy

@@ -24,7 +24,7 @@ import jax
 
 from jaxcnn.core import Array, Cache, Layer, Params, State, describe, map_leaves
 from jaxcnn.losses import Loss, check_net, check_net_and_loss
-from jaxcnn.microbatch import microbatched
+from jaxcnn.microbatch import labels_check, microbatched
 from jaxcnn.network import _hand_written
 from jaxcnn.precision import Policy, policy
 
@@ -123,21 +123,24 @@ def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = Non
     """
     check_net_and_loss("value_grad_and_state", net, loss)
     eq_6_2 = _hand_written(net, loss, policy(precision, "value_grad_and_state: precision"))
-    return chunked_with_state(net, eq_6_2, microbatch)
+    return chunked_with_state(net, eq_6_2, microbatch, labels_check(net, loss))
 
 
-def chunked_with_state(net: Layer, value_grad_cache: Callable, microbatch: int | None
+def chunked_with_state(net: Layer, value_grad_cache: Callable, microbatch: int | None,
+                       check: Callable | None = None
                        ) -> Callable[..., tuple[Array, Params, State]]:
     """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` in training mode from
     ``value_grad_cache(params, x, targets, key, train) -> (J, grads, cache)``: the state updated
     from the cache (``update_state``), on ``microbatch`` chunks averaged as ``microbatched``
-    averages the gradients."""
+    averages the gradients (``check``: its check of the whole batch)."""
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
         value, grads, cache = value_grad_cache(params, x, targets, key, train)
         return value, (grads, update_state(net, state, cache))
 
-    chunked = microbatched(whole, microbatch, "value_and_grad")
+    chunked = microbatched(whole, microbatch, "value_and_grad",
+                           None if check is None else
+                           lambda p_and_s, *rest: check(p_and_s[0], *rest))
 
     def f(params, state, x, targets, *, key=None):
         value, (grads, state) = chunked((params, state), x, targets, key=key, train=True)

@@ -30,7 +30,7 @@ import optax
 from jaxcnn import backend
 from jaxcnn.core import Array, Layer, Params, State, describe
 from jaxcnn.losses import Loss, check_net_and_loss
-from jaxcnn.microbatch import microbatched
+from jaxcnn.microbatch import labels_check, microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
 from jaxcnn.state import chunked_with_state, has_state, value_grad_and_state
@@ -126,7 +126,7 @@ def loss_and_grad(net: Layer, loss: Loss, grad: str = "manual", microbatch: int 
         value, grads, _ = vg(params, x, targets)
         return value, grads
 
-    return microbatched(f, microbatch, "value_and_grad")
+    return microbatched(f, microbatch, "value_and_grad", labels_check(net, loss))
 
 
 def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
@@ -159,7 +159,7 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
         return autodiff(pol, loss.value, lambda p, xc: net.forward(p, xc, key=key, train=train))(
             params, x, targets)
 
-    return chunked_with_state(net, value_grad_cache, microbatch)
+    return chunked_with_state(net, value_grad_cache, microbatch, labels_check(net, loss))
 
 
 def check_optimizer(where: str, optimizer) -> None:

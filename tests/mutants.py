@@ -81,7 +81,10 @@ def mutate(layer, wrong_backward):
         cache, x = cache_and_x
         return wrong_backward(layer, params, cache, x, delta)
 
-    return layer._replace(forward=forward, backward=backward)
+    state = layer.state           # a BatchNorm's update reads the layer's own cache, in front
+    if state is not None:
+        state = state._replace(update=lambda s, cache_and_x: layer.state.update(s, cache_and_x[0]))
+    return layer._replace(forward=forward, backward=backward, state=state)
 
 
 def branch_point_one_branch_only(layer, params, cache, x, delta):

@@ -507,8 +507,8 @@ def test_a_merge_returning_too_few_input_residuals_is_refused():
 
 def test_a_forward_that_is_not_apply_is_pinned_on_its_layer():
     """A forward that leaves out the bias, apply and backward right: at init's zero bias the
-    two agree; at other params check_layer adds a failing 'y' row, and check_grads pins the
-    layer rather than only the end-to-end rows."""
+    two agree; at other params -- check_layer's own, init's moved -- check_layer adds a
+    failing 'y' row, and check_grads pins the layer rather than only the end-to-end rows."""
     dense = jc.Dense(3)
 
     def forward(p, x, *, key=None, train=True):
@@ -516,7 +516,9 @@ def test_a_forward_that_is_not_apply_is_pinned_on_its_layer():
         return y - p["b"][None], cache
 
     wrong = dense._replace(forward=forward)
-    assert jc.check_layer(wrong, (4,)).ok                              # b = 0: the same
+    init, _ = dense.init(jax.random.key(0), (4,))
+    assert jc.check_layer(wrong, (4,), params=init).ok                 # b = 0: the same
+    assert [r.quantity for r in jc.check_layer(wrong, (4,)).rows if not r.ok] == ["y"]
     params = {"w": jnp.ones((4, 3), jnp.float64), "b": jnp.arange(3.0)}
     report = jc.check_layer(wrong, (4,), params=params)
     assert not report.ok and [r.quantity for r in report.rows if not r.ok] == ["y"]
@@ -560,3 +562,95 @@ def test_check_layer_refuses_a_bad_key_and_takes_a_cache_of_python_ints():
         return dp, dx.reshape(shape)
 
     assert jc.check_layer(dense._replace(forward=forward, backward=backward), (4,)).ok
+
+
+# --- mistakes that init's round values, one mode, or a net-wide scale would hide ----------------
+
+def _scale_forgotten(layer, params, cache, x, delta):
+    """A normalisation's input residual without its scale (eq. 7.10 without ``gamma``): right
+    where the scale is 1, as init makes it."""
+    grads, dx = layer.backward(params, cache, delta)
+    return grads, dx / params["scale"].reshape(1, 1, 1, -1)
+
+
+@pytest.mark.parametrize("layer", [jc.BatchNorm(), jc.LayerNorm(), jc.GroupNorm(1)],
+                         ids=lambda layer: layer.name)
+def test_check_layer_moves_inits_ones_and_zeros(layer):
+    """``check_layer`` audits at init's params moved off their ones and zeros, so a scale left
+    out of the backward fails there; at init's own params it would pass."""
+    bad = mutate(layer, _scale_forgotten)
+    params, _ = layer.init(jax.random.key(0), (4, 4, 3))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    assert jc.check_layer(bad, (4, 4, 3), params=params).ok         # init's: scale 1
+    report = jc.check_layer(bad, (4, 4, 3))
+    assert not report.ok and report.first_bad_layer == 0, str(report)
+    assert jc.check_layer(layer, (4, 4, 3)).ok
+
+
+def test_check_layer_audits_a_stateful_layer_evaluated_too():
+    """BatchNorm's evaluated backward (fixed statistics, eq. 7.13) is audited bound to the state
+    a training step leaves: a mistake there alone fails the ``train=False`` rows."""
+    layer = jc.BatchNorm()
+
+    def evaluated_doubled(inner, params, cache, x, delta):
+        grads, dx = inner.backward(params, cache, delta)
+        return grads, dx * 2.0
+
+    bad = layer._replace(state=layer.state._replace(
+        bind=lambda s: mutate(layer.state.bind(s), evaluated_doubled)))
+    report = jc.check_layer(bad, (4, 4, 3))
+    assert not report.ok and report.first_bad_path == "BatchNorm (train=False)", str(report)
+    assert [r.path for r in report.rows if not r.ok] == ["BatchNorm (train=False)"]
+    good = jc.check_layer(layer, (4, 4, 3))
+    assert good.ok and len(good.rows) == 6 and "BatchNorm (train=False)" in str(good)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bias_before_a_normalisation_is_rounding_in_every_dtype(seed):
+    """The bias's true gradient is 0 (the normalisation subtracts it again): both sides are
+    rounding noise, in float64 as below it -- no false alarm, in a layer's audit or a net's."""
+    stack = jc.serial(jc.Conv2D(3, 3, padding="SAME"), jc.BatchNorm())
+    for dtype in (jnp.float32, jnp.float64):
+        report = jc.check_layer(stack, (5, 5, 2), seed=seed, dtype=dtype)
+        assert report.ok, str(report)
+    net = jc.serial(stack, jc.ReLU(), jc.Flatten(), jc.Dense(4))
+    params, _ = net.init(jax.random.key(seed), (5, 5, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(seed + 10), (4, 5, 5, 2), jnp.float64)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, jnp.arange(4))
+    assert report.ok, str(report)
+
+
+def test_gradient_check_compares_each_layer_at_its_own_scale():
+    """A deep sigmoid net's first layer has gradients far below the last one's: a sign flipped
+    in its bias gradient is a 200% error there, which a net-wide rounding floor would pass."""
+    def flipped(layer, params, cache, x, delta):
+        grads, dx = layer.backward(params, cache, delta)
+        return {**grads, "b": -grads["b"]}, dx
+
+    layers = [mutate(jc.Dense(16), flipped), jc.Sigmoid()]
+    for _ in range(7):
+        layers += [jc.Dense(16), jc.Sigmoid()]
+    net = jc.serial(*layers, jc.Dense(3))
+    params, _ = net.init(jax.random.key(0), (16,))
+    x = jax.random.normal(jax.random.key(1), (8, 16), jnp.float32)
+    labels = jnp.arange(8) % 3
+    check = audit.gradient_check(net, jc.softmax_cross_entropy, params, x, labels)
+    assert check.worst_name == "serial[0] Dense params['b']" and check.worst > 1.0, check
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, labels)
+    assert not [r for r in report.rows if r.layer is None and r.quantity == "params[0]['b']"][0].ok
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (jc.Conv2D(3, 3, padding="SAME"), (6, 6, 2)), (jc.Conv2D(4, 3, strides=2, groups=2), (7, 7, 2)),
+    (jc.ConvTranspose2D(2, 3, strides=2), (3, 3, 2)), (jc.Dense(3), (5,)),
+    (jc.MaxPool2D(2), (6, 6, 2)), (jc.AvgPool2D(3, 2, padding="SAME"), (7, 7, 2)),
+    (jc.GlobalAvgPool2D(), (4, 4, 2)), (jc.Flatten(), (3, 3, 2)), (jc.Sigmoid(), (4,)),
+    (jc.Softmax(), (5,)), (jc.LayerNorm(), (4, 4, 3)), (jc.GroupNorm(2), (4, 4, 4)),
+    (jc.BatchNorm(), (4, 4, 3)), (jc.Dropout(0.3), (4, 4, 2)),
+], ids=lambda v: v.name if isinstance(v, Layer) else "")
+def test_every_layer_passes_its_audit_on_one_example(layer, shape):
+    """Batch 1, as ``vmap`` runs a layer per example (eq. 6.3): a backward that squeezed an
+    axis, or divided by the batch where it should not, would be wrong here alone."""
+    report = jc.check_layer(layer, shape, batch=1)
+    assert report.ok, str(report)

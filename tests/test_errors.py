@@ -405,6 +405,60 @@ def test_out_of_range_labels_raise_through_value_and_grad_when_concrete():
     assert np.isnan(float(value))                      # traced: documented, never silent
 
 
+def test_concrete_labels_are_checked_before_the_batch_is_chunked():
+    """In ``microbatch``'s chunks (a ``lax.scan``) the labels are traced; the whole batch's
+    concrete labels are checked first, as without chunks -- never a NaN loss instead."""
+    net = jc.serial(jc.Flatten(), jc.Dense(3))
+    params, _ = net.init(KEY, (2, 2, 1))
+    x, labels = jnp.ones((4, 2, 2, 1), jnp.float32), np.array([0, 1, 2, 7])
+    message = r"^softmax_cross_entropy: labels must lie in \[0, 3\), got values in \[0, 7\]"
+    for grad in ("manual", "autodiff"):
+        with pytest.raises(ValueError, match=message):
+            jc.train.loss_and_grad(net, jc.softmax_cross_entropy, grad, 2)(params, x, labels)
+        with pytest.raises(ValueError, match=message):
+            jc.train.loss_grad_and_state(net, jc.softmax_cross_entropy, grad, 2)(
+                params, (), x, labels)
+    with pytest.raises(ValueError, match=message):
+        jc.value_grad_and_state(net, jc.softmax_cross_entropy, microbatch=2)(params, (), x, labels)
+    value, _ = jc.value_and_grad(net, jc.softmax_cross_entropy, microbatch=2)(
+        params, x, labels % 3)
+    assert np.isfinite(float(value))
+
+
+def test_squared_error_takes_numpy_targets_eagerly_as_under_jit():
+    """NumPy float64 targets are float32 with JAX's 64-bit types off, eagerly as under jit
+    (the tests run with them on, so this runs in a process of its own)."""
+    import subprocess
+    import sys
+    code = ("import jax, jax.numpy as jnp, numpy as np, jaxcnn as jc\n"
+            "net = jc.serial(jc.Dense(3)); p, _ = net.init(jax.random.key(0), (4,))\n"
+            "x, t = jnp.ones((4, 4), jnp.float32), np.ones((4, 3))\n"
+            "vg = jc.value_and_grad(net, jc.squared_error)\n"
+            "print(float(vg(p, x, t)[0]) == float(jax.jit(vg)(p, x, t)[0]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "JAX_ENABLE_X64": "0",
+                              "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+def test_float16_losses_past_65504_examples_and_sums():
+    """A float16 batch of 70,000 rows: 1/N is computed in float32, not N in float16 (inf, every
+    residual 0); a squared error whose batch sum overflows float16 has a finite mean."""
+    net = jc.serial(jc.Dense(3, param_dtype=jnp.float16))
+    params, _ = net.init(KEY, (4,))
+    x = jax.random.normal(KEY, (70_000, 4), jnp.float16)
+    labels = jnp.arange(70_000) % 3
+    _, grads = jc.value_and_grad(net, jc.softmax_cross_entropy)(params, x, labels)
+    reference = jax.grad(lambda p: jc.softmax_cross_entropy.value(net.apply(p, x), labels))(params)
+    w, w_ref = (np.asarray(g[0]["w"], np.float32) for g in (grads, reference))
+    assert np.abs(w).max() > 0.1
+    np.testing.assert_allclose(w, w_ref, rtol=2e-2, atol=2e-3)
+    ones = jnp.ones((2048, 8, 8, 1), jnp.float16)
+    assert float(jc.squared_error.value(ones, jnp.zeros_like(ones))) == 32.0
+    delta = jc.squared_error.delta(x[:, :3], jnp.zeros((70_000, 3), jnp.float16))
+    assert np.abs(np.asarray(delta, np.float32)).max() > 0
+
+
 # --- found by a hostile-user review (see the commit): each was a raw error or silent garbage ---
 
 @pytest.mark.parametrize("dtype, classes", [(jnp.int8, 200), (jnp.uint8, 256), (jnp.uint8, 300),
