@@ -654,3 +654,42 @@ def test_every_layer_passes_its_audit_on_one_example(layer, shape):
     axis, or divided by the batch where it should not, would be wrong here alone."""
     report = jc.check_layer(layer, shape, batch=1)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("dtype, factor", [(jnp.bfloat16, 1.5), (jnp.float16, 1.08),
+                                           (jnp.float32, 1.0 + 5e-4)])
+def test_a_mistake_below_float64_alone_is_not_passed_as_rounding(dtype, factor):
+    """A kernel gradient scaled in the 16-bit or float32 path only (the float64 backward is
+    right): the rounding rescue allows the reference's own rounding to a gradient of real
+    size, not 100 units of its dtype, so the row fails -- in a layer's audit and a net's."""
+    def scaled_below_float64(layer, params, cache, x, delta):
+        grads, dx = layer.backward(params, cache, delta)
+        if x.dtype != jnp.float64:
+            grads = {**grads, "w": grads["w"] * jnp.asarray(factor, grads["w"].dtype)}
+        return grads, dx
+
+    bad = mutate(jc.Dense(8), scaled_below_float64)
+    report = jc.check_layer(bad, (16,), batch=4, dtype=dtype)
+    assert [r.quantity for r in report.rows if not r.ok] == ["params['w']"], str(report)
+    net = jc.serial(bad, jc.ReLU(), jc.Dense(3))
+    params, _ = net.init(jax.random.key(0), (16,))
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    x = jax.random.normal(jax.random.key(1), (6, 16), dtype)
+    report = jc.check_grads(net, jc.softmax_cross_entropy, params, x, jnp.arange(6) % 3)
+    assert report.first_bad_layer == 0, str(report)
+
+
+def test_a_wrapped_stateful_layer_is_audited_in_training():
+    """A BatchNorm wrapped with a cache of its own, which its state cannot read: audited in
+    training as before, without an evaluated pass to crash on."""
+    bn = jc.BatchNorm()
+
+    def forward(params, x, *, key=None, train=True):
+        y, cache = bn.forward(params, x, key=key, train=train)
+        return y, (cache,)
+
+    def backward(params, cache, delta):
+        return bn.backward(params, cache[0], delta)
+
+    report = jc.check_layer(bn._replace(forward=forward, backward=backward), (4, 4, 3))
+    assert report.ok and len(report.rows) == 3, str(report)
