@@ -300,10 +300,10 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     error in the row's dtype is at most ``ROUNDING_FACTOR`` times the reference's own -- or,
     for a gradient that is 0 to float64's rounding, ``NOISE_ULPS`` rounding units of the
     layer's largest gradient entry (the hand-written sums need not cancel as autodiff's do);
-    a gradient of any real size keeps the reference's own rounding as its allowance.  A wrong derivation fails the first,
-    which allows only float64's own rounding (``NOISE_ULPS`` units of the layer's largest
-    float64 gradient entry), in rows of float64 as in the others: a gradient passes on the
-    rounding alone only where its entries are of that size."""
+    a gradient of any real size keeps the reference's own rounding as its allowance.  A wrong
+    derivation fails the first, which allows only float64's own rounding (``NOISE_ULPS`` units
+    of the layer's largest float64 gradient entry), in rows of float64 as in the others: a
+    gradient passes on the rounding alone only where its entries are of that size."""
     def to64(tree):
         return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
                             jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
@@ -512,9 +512,9 @@ def _end_to_end_rows(net, loss, params, x, targets, key, train) -> list[Row]:
     for quantity, g, w, floor, o in zip(_leaf_names(ref), jax.tree.leaves(grads),
                                         jax.tree.leaves(ref), noise_floor(ref, tol), own):
         misfit = _misfit(g, w)
+        floor = max(float(floor), ROUNDING_FACTOR * float(o) / tol)
         rows.append(Row(None, "network", quantity + misfit, reference,
-                        *_errors(misfit, g, w, max(floor, ROUNDING_FACTOR * float(o) / tol)),
-                        tol))
+                        *_errors(misfit, g, w, floor), tol))
     return rows
 
 
@@ -538,7 +538,7 @@ NOISE_ULPS = 100
 the same layer's arrays is rounding (``noise_floor``)."""
 
 
-def noise_floor(grads, tol: float) -> list[float]:
+def noise_floor(grads, tol: float | None = None) -> list:
     """Per gradient array (in ``tree_leaves`` order), the smallest scale it is compared at end
     to end, so that an error below ``NOISE_ULPS * eps * top`` passes (``top``: the largest entry
     of the arrays of its layer -- the leaves of one params dict): ``NOISE_ULPS * eps * top /
@@ -546,13 +546,16 @@ def noise_floor(grads, tol: float) -> list[float]:
     subtracts it again -- holds rounding noise on both sides, which its own scale would call a
     100% error; its layer's kernel gradient sets the noise's size.  Another layer's does not:
     a layer whose gradients are all small (the first of a deep sigmoid net) is compared at
-    its own scale.  ``_relative_errors`` also allows the reference's own rounding."""
-    leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
-    groups = _layer_groups(grads)
+    its own scale.  ``tol=None``: each array's dtype's (``TOLERANCES``).  Float32 scalars,
+    traceable (``gradient_check`` runs it under ``jit``).  The end-to-end comparisons also
+    allow the reference's own rounding (``_own_rounding``)."""
+    leaves, groups = jax.tree.leaves(grads), _layer_groups(grads)
     top = {}
     for g, leaf in zip(groups, leaves):
-        top[g] = max(top.get(g, 0.0), float(np.max(np.abs(leaf), initial=0.0)))
-    return [NOISE_ULPS * float(np.finfo(leaf.dtype).eps) * top[g] / tol
+        m = jnp.max(jnp.abs(leaf), initial=0.0).astype(jnp.float32)
+        top[g] = jnp.maximum(top[g], m) if g in top else m
+    return [NOISE_ULPS * float(jnp.finfo(leaf.dtype).eps) * top[g]
+            / (TOLERANCES[str(jnp.dtype(leaf.dtype))] if tol is None else tol)
             for g, leaf in zip(groups, leaves)]
 
 
@@ -758,17 +761,10 @@ def _relative_errors(net: Layer, loss: Loss) -> Callable:
     def errors(params, x, targets, key):
         hand, ref_tree = both(params, x, targets, key, True)
         own = jax.tree_util.tree_leaves(own_rounding(params, x, targets, key, ref_tree, True))
-        ref, groups = jax.tree_util.tree_leaves(ref_tree), _layer_groups(ref_tree)
-        tops = {}
-        for g, b in zip(groups, ref):
-            m = jnp.max(jnp.abs(b)).astype(jnp.float32)
-            tops[g] = jnp.maximum(tops[g], m) if g in tops else m
-        floors = []
-        for g, b, o in zip(groups, ref, own):
-            tol = TOLERANCES[str(jnp.dtype(b.dtype))]
-            floors.append(jnp.maximum(NOISE_ULPS * float(np.finfo(b.dtype).eps) * tops[g] / tol,
-                                      ROUNDING_FACTOR * o.astype(jnp.float32) / tol
-                                      ).astype(b.dtype))
+        ref = jax.tree_util.tree_leaves(ref_tree)
+        floors = [jnp.maximum(f, ROUNDING_FACTOR * o.astype(jnp.float32)
+                              / TOLERANCES[str(jnp.dtype(b.dtype))]).astype(b.dtype)
+                  for f, o, b in zip(noise_floor(ref_tree), own, ref)]
         return [relative(a, b, f) for a, b, f in
                 zip(jax.tree_util.tree_leaves(hand), ref, floors)]
 
