@@ -323,17 +323,17 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     except Exception:               # a backend without float64: the rows stand as they are
         return rows
     top = max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
-    floor64 = NOISE_ULPS * float(np.finfo(np.float64).eps) * top / TOLERANCES["float64"]
+    noise64 = NOISE_ULPS * float(np.finfo(np.float64).eps) * top     # float64's own rounding
     out = []
     for row, g, e, h, o in zip(rows, got, exact, hand64, own):
         noise = ROUNDING_FACTOR * o
-        if float(np.max(np.abs(e), initial=0.0)) <= floor64 * TOLERANCES["float64"]:
+        if float(np.max(np.abs(e), initial=0.0)) <= noise64:
             # a gradient that is 0 to float64's rounding: any dtype's rounding of the layer's
             # sums, not only autodiff's, which may cancel more exactly
             noise = max(noise, NOISE_ULPS * float(np.finfo(np.asarray(g).dtype).eps) * top)
         again = dataclasses.replace(row, reference="jax.vjp float64", **dict(zip(
             ("max_abs", "max_rel", "cosine"), compare(g, e, noise / row.tolerance))))
-        derivation = compare(h, e, floor64)[1] <= TOLERANCES["float64"]
+        derivation = compare(h, e, noise64 / TOLERANCES["float64"])[1] <= TOLERANCES["float64"]
         out.append(again if not row.ok and again.ok and derivation else row)
     return out
 

@@ -71,6 +71,7 @@ FILES = "jaxcnn-files.json"
 _FORMAT = 1                            # meta["format"]: how a checkpoint verifies itself
 _SET_ASIDE = ".corrupt"                # a corrupt step passed over on resume: <step>.corrupt
 _STEP = r"(?:0|[1-9][0-9]*)"          # a step directory's name, as orbax writes it: ASCII only
+_STEP_NAME = re.compile(_STEP, re.ASCII)
 _OURS = re.compile(_STEP + r"(\.corrupt|\.orbax-checkpoint-tmp.*)?", re.ASCII)  # checkpoints/
 _TEMPORARY = re.compile(r"\.(summary\.json|metrics\.jsonl|curves\.png)\..*\.tmp")  # in out/
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -538,7 +539,7 @@ def check_path(ckpt_dir: str) -> None:
 
 def _run_steps(ckpt_dir: str) -> list[str]:
     try:
-        return [n for n in os.listdir(ckpt_dir) if re.fullmatch(_STEP, n, re.ASCII)]
+        return [n for n in os.listdir(ckpt_dir) if _STEP_NAME.fullmatch(n)]
     except (FileNotFoundError, NotADirectoryError):
         return []
 
