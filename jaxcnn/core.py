@@ -261,7 +261,11 @@ def static_number(layer: str, arg: str, value, expected: str = "a number",
         shape = f" of shape {tuple(value.shape)} and dtype {value.dtype}" \
             if hasattr(value, "shape") and hasattr(value, "dtype") else ""
         raise TypeError(f"{layer}: {arg} must be {expected}, got {describe(value)}{shape}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:                   # an int past float64's range
+        raise ValueError(f"{layer}: {arg} must be {expected}, got an int of "
+                         f"{len(str(abs(value)))} digits, past a float's range") from None
 
 
 def check_array(layer: str, arg: str, x, what: str = "") -> None:

@@ -65,9 +65,9 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcnn import backend
-from jaxcnn.core import Array, Layer, Params, State
+from jaxcnn.core import Array, Layer, Params, State, check_key, is_concrete
 from jaxcnn.losses import Loss, check_net_and_loss
-from jaxcnn.microbatch import microbatched
+from jaxcnn.microbatch import labels_check, microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
 from jaxcnn.state import has_state, update_state
@@ -188,12 +188,18 @@ def _check_plan(where: str, plan) -> None:
     if not isinstance(plan, DataParallel):
         raise TypeError(f"{where}: plan must be a DataParallel (jaxcnn.distributed."
                         f"data_parallel(devices)), got {type(plan).__name__}")
+    names = getattr(plan.mesh, "axis_names", None)
+    if names != (BATCH,):
+        raise ValueError(f"{where}: plan must hold a mesh of one axis {BATCH!r} "
+                         f"(jaxcnn.distributed.data_parallel(devices)), got axes {names!r}")
 
 
-def _check_global_batch(where: str, plan: DataParallel, x, targets) -> None:
+def _check_global_batch(where: str, plan: DataParallel, x, targets, key=None) -> None:
     """The batch handed to a sharded step divides over the devices (``check_batch_size``),
-    and ``targets`` hold one row per row of ``x`` -- checked on the global shapes, before
-    ``shard_map`` would report per-device ones."""
+    ``targets`` hold one row per row of ``x``, and ``key`` is one key -- checked on the global
+    values, before ``shard_map`` would report per-device ones, or none."""
+    if key is not None:
+        check_key(where, key)
     shape = getattr(x, "shape", None)
     if not shape:
         raise ValueError(f"{where}: x must be an array with a batch axis, got "
@@ -204,6 +210,11 @@ def _check_global_batch(where: str, plan: DataParallel, x, targets) -> None:
         raise ValueError(f"{where}: targets must have x's global batch of {shape[0]} rows "
                          f"along their first axis, got {got}")
     check_batch_size(plan, shape[0])
+    mine = set(plan.mesh.devices.flat)
+    if any(isinstance(a, jax.Array) and is_concrete(a) and a.committed
+           and not a.sharding.device_set <= mine for a in (x, targets)):
+        raise ValueError(f"{where}: x and targets must lie on the plan's devices "
+                         f"({plan.describe()}): shard them with shard_batch(plan, ...)")
 
 
 def check_batch_size(plan: DataParallel, batch_size: int) -> None:
@@ -250,6 +261,7 @@ def replicate(plan: DataParallel, tree: Any) -> Any:
 def local_rows(plan: DataParallel, batch_size: int) -> np.ndarray:
     """The rows ``0 .. batch_size - 1`` of a global batch that this process's devices hold,
     in the order ``jax.make_array_from_process_local_data`` expects them."""
+    check_batch_size(plan, batch_size)
     index_map = plan.batch.addressable_devices_indices_map((batch_size,))
     blocks = sorted({index[0].indices(batch_size)[:2] for index in index_map.values()})
     return np.concatenate([np.arange(start, stop) for start, stop in blocks])
@@ -264,7 +276,10 @@ def shard_batch(plan: DataParallel, array: np.ndarray, index: np.ndarray) -> Arr
         raise TypeError(f"shard_batch: index must be a 1-D array of row numbers, got "
                         f"{index.dtype} of shape {index.shape}")
     check_batch_size(plan, len(index))
-    rows = len(array) if hasattr(array, "__len__") else 0
+    if not hasattr(array, "shape"):
+        raise TypeError(f"shard_batch: array must be a NumPy or JAX array, got "
+                        f"{type(array).__name__}")
+    rows = len(array) if array.ndim else 0
     if index.min() < 0 or index.max() >= rows:
         raise ValueError(f"shard_batch: index must hold row numbers in [0, {rows}) of the "
                          f"array, got values in [{index.min()}, {index.max()}]")
@@ -278,6 +293,8 @@ def host_copy(tree: Any) -> Any:
     on one device, and for saving).  A sharded array (a batch) is refused: its first device's
     rows are not the array."""
     def copy(a):
+        if not isinstance(a, jax.Array):
+            return np.asarray(a)
         if not a.sharding.is_fully_replicated:
             raise ValueError(f"host_copy: expected replicated arrays (params, optimizer "
                              f"state), got an array of shape {a.shape} sharded as "
@@ -320,16 +337,19 @@ def loss_and_grad(net: Layer, loss: Loss, plan: DataParallel, grad: str = "manua
         value, grads = vg(params, x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
-    chunked = microbatched(_autodiff_local(net, loss, pol), microbatch, "value_and_grad")
+    chunked = microbatched(_autodiff_local(net, loss, pol, stateful=False), microbatch,
+                           "value_and_grad")
 
     def automatic(params, x, targets, *, key, train):   # chunks split the shard's key, as manual
         value, (grads, _) = chunked((params, ()), x, targets, key=shard_key(key), train=train)
         return lax.pmean((value, grads), BATCH)
 
     local = manual if grad == "manual" else automatic
+    labels = labels_check(net, loss)
 
     def f(params, x, targets, *, key=None, train=True):
-        _check_global_batch("loss_and_grad", plan, x, targets)
+        _check_global_batch("loss_and_grad", plan, x, targets, key)
+        labels(params, x, targets, key, train)
         mapped = jax.shard_map(
             lambda p, xs, ts, k: local(p, xs, ts, key=k, train=train), mesh=plan.mesh,
             in_specs=(P(), P(BATCH), P(BATCH), P()), out_specs=(P(), P()))
@@ -346,6 +366,7 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
     replicated (``replicate``).  ``key`` is the step's key; shard d draws from
     ``fold_in(key, d)``.
     """
+    check_net_and_loss("distributed.make_step", net, loss)
     if has_state(net):
         raise ValueError(f"make_step: {net.name} keeps a state (such as BatchNorm's running "
                          f"statistics), which this step would leave at its initial value; use "
@@ -382,15 +403,19 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
         def local(params, state, x, targets, key):
             return lax.pmean(vgs(params, state, x, targets, key=shard_key(key)), BATCH)
     else:
-        chunked = microbatched(_autodiff_local(net, loss, pol), microbatch, "value_and_grad")
+        chunked = microbatched(_autodiff_local(net, loss, pol, has_state(net)), microbatch,
+                               "value_and_grad")
 
         def local(params, state, x, targets, key):   # chunks split the shard's key, as manual
             value, (grads, state) = chunked((params, state), x, targets, key=shard_key(key),
                                             train=True)
             return lax.pmean((value, grads, state), BATCH)
 
+    labels = labels_check(net, loss)
+
     def f(params, state, x, targets, *, key=None):
-        _check_global_batch("loss_grad_and_state", plan, x, targets)
+        _check_global_batch("loss_grad_and_state", plan, x, targets, key)
+        labels(params, x, targets, key, True)
         mapped = jax.shard_map(local, mesh=plan.mesh,
                                in_specs=(P(), P(), P(BATCH), P(BATCH), P()),
                                out_specs=(P(), P(), P()))
@@ -399,14 +424,13 @@ def loss_grad_and_state(net: Layer, loss: Loss, plan: DataParallel, grad: str = 
     return f
 
 
-def _autodiff_local(net: Layer, loss: Loss, pol: Policy) -> Callable:
+def _autodiff_local(net: Layer, loss: Loss, pol: Policy, stateful: bool) -> Callable:
     """One device's ``((params, state), x, targets, key, train) -> (J_d, (grads_d, state_d))``
     by ``jax.grad`` of its own loss under the policy ``pol``, the params marked device-varying
     first so that the gradient is this device's (the module docstring): through ``net.apply``
-    for a net without state (the state ``()`` passed through), through ``net.forward`` --
-    whose cache holds the batch statistics -- for one with, its state updated from them."""
-    stateful = has_state(net)
-
+    where no state is kept (the state ``()`` passed through: a net without one, or
+    ``loss_and_grad``'s), through ``net.forward`` -- whose cache holds the batch statistics --
+    where ``stateful``, the state updated from them."""
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
 
@@ -453,12 +477,19 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     JAX's cluster detection (Cloud TPU pods, Slurm, Open MPI, Kubernetes).  With none of them
     set, nothing happens.  Every process runs the same program with its own ``process_id``.
     """
+    if coordinator == "auto":
+        given = {k: v for k, v in (("num_processes", num_processes),
+                                   ("process_id", process_id)) if v is not None}
+        if given:
+            raise ValueError(f"coordinator 'auto' leaves the number of processes and this "
+                             f"process's id to JAX's cluster detection; got also "
+                             f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: pass a "
+                             f"coordinator host:port with them, or neither")
+        jax.distributed.initialize()
+        return True
     env_num, env_id = (os.environ.get(name) for name in ENV[1:])
     num_processes = _env_int(ENV[1], env_num) if num_processes is None else num_processes
     process_id = _env_int(ENV[2], env_id) if process_id is None else process_id
-    if coordinator == "auto":
-        jax.distributed.initialize()
-        return True
     coordinator = coordinator or os.environ.get(ENV[0]) or None
     if coordinator is None and num_processes is None and process_id is None:
         return False

@@ -776,13 +776,23 @@ def _check_batch_loss(run: _Run, params, net_state, x, y, step: int, stage: str)
     if math.isfinite(value):
         return
     if step == 0:
-        raise ValueError(
-            f"{stage}: the loss of the first batch is {value} with the initial parameters, "
-            f"on finite images (largest magnitude {float(np.max(np.abs(x))):.3g}): the data "
-            f"overflow the network's forward in {x.dtype} -- a problem of the data, not of "
-            f"the gradients; scale the images (to [0, 1], say)")
+        raise _data_overflow(stage, value, x, x.dtype)
     raise NonFiniteLossError(f"non-finite loss ({value}) at step {step}, found by the "
                              f"{stage}; training stopped" + _kept(run), step)
+
+
+def _data_overflow(stage: str, value: float, x, dtype) -> ValueError:
+    """A non-finite loss at step 0, the initial parameters' forward on finite images: the data
+    overflow the forward in ``dtype`` (the params', or a precision policy's), not the gradients."""
+    dtype = jnp.dtype(dtype)
+    hint = "" if dtype != jnp.float16 else (
+        f", or compute in bfloat16 or float32 (float16's largest finite value is "
+        f"{float(jnp.finfo(dtype).max):g})")
+    return ValueError(
+        f"{stage}: the loss of the first batch is {value} with the initial parameters, on "
+        f"finite images (largest magnitude {float(np.max(np.abs(x))):.3g}): the data overflow "
+        f"the network's forward in {dtype.name} -- a problem of the data, not of the "
+        f"gradients; scale the images (to [0, 1], say){hint}")
 
 
 def _check_before_training(run: _Run, state: _State) -> GradCheck:
@@ -841,6 +851,10 @@ def _run_epoch(run: _Run, state: _State, epoch: int, run_step: Callable, bar,
                              "gradient check")
         new = run_step(params, opt_state, net_state, batches[b], step)
         value = float(new[3])
+        if not math.isfinite(value) and step == 0:      # the forward alone: no update yet
+            raise _data_overflow("step 0", value, run.x_train[batches[b]],
+                                 run.precision.compute if run.precision.active else
+                                 run.x_train.dtype)
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"non-finite loss ({value}) at step {step} (epoch {epoch + 1}, batch {b + 1} of "

@@ -19,7 +19,6 @@ if "jax" in sys.modules:
 warnings.simplefilter("error")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
@@ -187,6 +186,11 @@ def check_fit(out: str) -> None:
                                                                         np.arange(16)))),
          negative_index=error_of(lambda: dist.shard_batch(dist.data_parallel(), x,
                                                           -np.arange(1, 9))),
+         odd_local_rows=error_of(lambda: dist.local_rows(dist.data_parallel(), 6)),
+         other_devices=error_of(lambda: dist.loss_and_grad(
+             NET, LOSS, dist.data_parallel([4, 5, 6, 7]))(
+             params, *(dist.shard_batch(dist.data_parallel(4), a, np.arange(16))
+                       for a in (x, y)))),
          cli_odd_batch=error_of(lambda: cli._check_device_flags(
              argparse.Namespace(batch_size=20), "all")))
 
@@ -212,6 +216,11 @@ def check_state(out: str) -> None:
         chunked = jax.jit(train.loss_grad_and_state(BN_NET, LOSS, g, microbatch=4))(
             params, state, x, y)
         results[f"sharded_{g}"], results[f"chunked_{g}"] = leaves(sharded), leaves(chunked)
+        # loss_and_grad, which keeps no state: the batch statistics per device all the same
+        results[f"lg_sharded_{g}"] = leaves(dist.loss_and_grad(BN_NET, LOSS, plan, g)(
+            rparams, xs, ys))
+        results[f"lg_chunked_{g}"] = leaves(jax.jit(train.loss_and_grad(
+            BN_NET, LOSS, g, microbatch=4))(params, x, y))
     whole = jax.jit(train.loss_grad_and_state(BN_NET, LOSS))(params, state, x, y)
     xv, yv = DIGITS.x_train[:160], DIGITS.y_train[:160]
     kw = dict(optimizer=ADAM, epochs=2, batch_size=32, verbose=False)

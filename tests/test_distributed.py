@@ -162,6 +162,14 @@ def test_batch_statistics_are_per_device_as_microbatches_are(worker, grad):
     assert not np.allclose(r["whole"][1], r["chunked_manual"][1], **F32)
 
 
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_loss_and_grad_of_a_batchnorm_net_on_devices_is_the_microbatched_one(worker, grad):
+    """``loss_and_grad`` keeps no state; on a net with BatchNorm each device still normalises
+    its own rows, in either gradient mode: the single-device gradient in microbatches of 4."""
+    r = worker["state"]
+    assert_trees_close(r[f"lg_sharded_{grad}"], r[f"lg_chunked_{grad}"], F32)
+
+
 def test_a_sharded_batchnorm_run_ends_where_the_microbatched_run_does(worker):
     r = worker["state"]
     assert_trees_close(r["fit_sharded"], r["fit_single"], RUN_F32)
@@ -259,6 +267,11 @@ def test_device_and_batch_errors_name_the_numbers(worker):
     assert r["cli_odd_batch"] == ("ValueError: --batch-size 20 must divide by the number of "
                                   "devices (8): each takes an equal share of every batch; try "
                                   "16, 24")
+    assert r["odd_local_rows"] == ("ValueError: batch_size (6) must divide by the number of "
+                                   "devices (8): each device takes batch_size / 8 rows; try 8")
+    assert r["other_devices"] == ("ValueError: loss_and_grad: x and targets must lie on the "
+                                  "plan's devices (4 cpu devices): shard them with "
+                                  "shard_batch(plan, ...)")
     assert r["negative_index"] == ("ValueError: shard_batch: index must hold row numbers in "
                                    "[0, 160) of the array, got values in [-8, -1]")
 
@@ -289,6 +302,44 @@ def test_the_step_builders_check_their_arguments_when_built():
              r"^check_batch_size: batch_size must be an int, got None")]:
         with pytest.raises(exc, match=message):
             build()
+
+
+def test_a_sharded_step_checks_what_the_plain_step_checks():
+    """Labels out of range, a key that is not one key, a mesh of another axis, a batch given
+    as a list: the single-device step's errors, before ``shard_map`` (where the labels are
+    traced and would give a NaN loss, and the key a raw JAX error)."""
+    plan = dist.data_parallel(1)
+    digits = data.load_digits()
+    x, y = digits.x_train[:8], digits.y_train[:8].copy()
+    y[3], y[5] = 12, -1
+    params, _ = train.init_params(NET, (8, 8, 1))
+    state = jc.init_state(NET, (8, 8, 1))
+    labels = r"softmax_cross_entropy: labels must lie in \[0, 10\), got values in \[-1, 12\]"
+    for grad in train.GRADS:
+        with pytest.raises(ValueError, match=labels):
+            dist.loss_and_grad(NET, jc.softmax_cross_entropy, plan, grad)(params, x, y)
+        with pytest.raises(ValueError, match=labels):
+            dist.loss_grad_and_state(NET, jc.softmax_cross_entropy, plan, grad)(
+                params, state, x, y)
+    step = dist.loss_and_grad(NET, jc.softmax_cross_entropy, plan)
+    y = digits.y_train[:8]
+    for key, got in [(jax.random.split(jax.random.key(0), 2), r"an array of shape \(2,\)"),
+                     (0, "int 0")]:
+        with pytest.raises(TypeError, match=r"^loss_and_grad: key must be one JAX random key, "
+                                            r"jax.random.key\(seed\), got " + got):
+            step(params, x, y, key=key)
+    other = dist.DataParallel(jax.make_mesh((1,), ("data",)))
+    with pytest.raises(ValueError, match=r"^loss_and_grad: plan must hold a mesh of one axis "
+                                         r"'batch' .*, got axes \('data',\)"):
+        dist.loss_and_grad(NET, jc.softmax_cross_entropy, other)
+    with pytest.raises(TypeError, match=r"^shard_batch: array must be a NumPy or JAX array, "
+                                        r"got list"):
+        dist.shard_batch(plan, x.tolist(), np.arange(4))
+    with pytest.raises(TypeError, match=r"^distributed.make_step: net must be"):
+        dist.make_step(None, jc.softmax_cross_entropy, ADAM, plan)
+    copied = dist.host_copy({"w": np.ones(3), "b": dist.replicate(plan, np.zeros(2))})
+    assert all(type(a) is np.ndarray for a in copied.values())
+    np.testing.assert_array_equal(copied["w"], np.ones(3))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -354,6 +405,9 @@ def test_initialize_without_flags_or_environment_is_a_no_op(no_distributed_env):
     (("localhost:\u0663", 1, 0), {}, "with a port in 1..65535"),     # not port 3
     (("127.0.0.1:1234", 2, 2), {}, r"process_id must lie in \[0, num_processes\), got "
                                    r"process_id=2, num_processes=2"),
+    (("auto", -3, "x"), {}, r"coordinator 'auto' leaves the number of processes and this "
+                            r"process's id to JAX's cluster detection; got also "
+                            r"num_processes=-3, process_id='x'"),
 ])
 def test_initialize_says_what_is_missing(no_distributed_env, args, environ, message):
     for name, value in environ.items():

@@ -338,6 +338,34 @@ def test_float16_refuses_images_beyond_its_range(digits):
     assert np.isfinite(result.summary["train_loss"])
 
 
+@pytest.mark.parametrize("precision", ["float16", Policy("float16", 1.0)])
+def test_images_in_range_that_overflow_a_float16_forward_are_a_data_problem(digits, precision):
+    """Images of at most 6e4 pass float16's range, but the forward's sums pass 65504: the
+    loss of step 0 -- the initial parameters' forward, no update yet, the loss scale not yet
+    applied -- is not finite.  A ValueError naming the data, with or without a loss scale,
+    never a divergence blamed on the scale."""
+    net = jc.serial(jc.Flatten(), jc.Dense(10))
+    params, _ = train.init_params(net, (8, 8, 1))
+    x = np.full((8, 8, 8, 1), 6e4, np.float32)
+    with pytest.raises(ValueError, match=r"^step 0: the loss of the first batch is (nan|inf) with the "
+                                         r"initial parameters, on finite images \(largest "
+                                         r"magnitude 6e\+04\): the data overflow the network's "
+                                         r"forward in float16 .* or compute in bfloat16 or "
+                                         r"float32 \(float16's largest finite value is 65504\)"):
+        train.fit(net, params, x, digits.y_train[:8], epochs=1, batch_size=4, verbose=False,
+                  precision=precision)
+    result = train.fit(net, params, x, digits.y_train[:8], epochs=1, batch_size=4,
+                       verbose=False, optimizer=optax.sgd(0.0))
+    assert np.isfinite(result.summary["train_loss"])
+
+
+def test_a_loss_scale_past_a_float_is_refused():
+    with pytest.raises(ValueError, match=r"^precision: the loss scale must be a positive finite "
+                                         r"number, got an int of 401 digits, past a float's "
+                                         r"range"):
+        policy(Policy("float16", 10 ** 400))
+
+
 def test_an_overflowing_loss_scale_is_named_when_the_run_diverges():
     net = jc.serial(jc.Flatten(), jc.Dense(32), jc.ReLU(), jc.Dense(10))
     params, _ = train.init_params(net, (4, 4, 1))
