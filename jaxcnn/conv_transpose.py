@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
-from jaxcnn.core import (Array, Layer, apply_from_forward, check_cache, check_delta,
+from jaxcnn.core import (LARGEST, Array, Layer, apply_from_forward, check_cache, check_delta,
                          check_input_shape, check_precision, config, flag, numpy_as_jax, pair,
                          positive_int, split_key)
 from jaxcnn.conv import check_channels, kernel_and_bias
@@ -81,11 +81,12 @@ def adjoint_window(layer: str, in_hw, size, strides, dilation, padding,
     """
     in_hw = tuple(int(n) for n in in_hw)
     if padding == "SAME":
-        return geo.window(layer, tuple(n * s for n, s in zip(in_hw, strides)), size, strides,
-                          dilation, "SAME")
+        return geo.window(layer, _capped(layer, tuple(n * s for n, s in zip(in_hw, strides)),
+                                         in_hw, strides), size, strides, dilation, "SAME")
     pads = ((0, 0), (0, 0)) if padding == "VALID" else padding
     out_hw = tuple((n - 1) * s - lo - hi + d * (k - 1) + 1 + op for n, s, (lo, hi), d, k, op
                    in zip(in_hw, strides, pads, dilation, size, output_padding))   # eq. 4.11
+    _capped(layer, out_hw, in_hw, strides)
     if min(out_hw) < 1:
         raise ValueError(f"{layer}: padding {pads} leaves an empty output {out_hw} for input "
                          f"{in_hw}: (H - 1) s - top - bottom + d (k - 1) + 1 + output_padding "
@@ -93,6 +94,14 @@ def adjoint_window(layer: str, in_hw, size, strides, dilation, padding,
                          f"dilation {tuple(dilation)}, output_padding {tuple(output_padding)})")
     return geo.window(layer, out_hw, size, strides, dilation,
                       tuple((lo, hi - op) for (lo, hi), op in zip(pads, output_padding)))
+
+
+def _capped(layer: str, out_hw, in_hw, strides) -> tuple[int, int]:
+    """``out_hw``, whose sides are capped at ``LARGEST`` as the settings that make them are."""
+    if max(out_hw) > LARGEST:
+        raise ValueError(f"{layer}: the output {out_hw} for input {in_hw} at strides "
+                         f"{tuple(strides)} has a side past {LARGEST} (2**31 - 1)")
+    return out_hw
 
 
 def _window(name: str, in_hw, s: _Settings) -> geo.Window:

@@ -44,16 +44,24 @@ def is_shape(shape) -> bool:
         isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape)
 
 
-def check_shapes(name: str, shapes, n: int | None = None) -> tuple[Shape, ...]:
-    """``init``'s tuple of per-example shapes (of length ``n`` if given)."""
-    if is_shape(shapes) or not isinstance(shapes, (tuple, list)) \
-            or not all(is_shape(s) for s in shapes):
+def check_shapes(name: str, shapes, n: int | None = None, nested: bool = False) -> tuple:
+    """``init``'s tuple of per-example shapes (of length ``n`` if given); with ``nested``, a
+    branch's entry may itself be a tuple of shapes (a branch that branches again), as
+    ``check_arrays``'s arrays."""
+    def entry(s) -> bool:
+        return is_shape(s) or nested and isinstance(s, (tuple, list)) and bool(s) and all(
+            map(entry, s))
+
+    def as_tuple(s):
+        return tuple(int(d) for d in s) if is_shape(s) else tuple(map(as_tuple, s))
+
+    if is_shape(shapes) or not isinstance(shapes, (tuple, list)) or not all(map(entry, shapes)):
         raise ValueError(f"{name}: expected a tuple of per-example input shapes (one per "
                          f"branch), got {shapes!r} -- put FanOut(n) or parallel(...) before it")
     if n is not None and len(shapes) != n:
         raise ValueError(f"{name}: expected {n} input shapes, one per branch, got {len(shapes)}: "
-                         f"{tuple(tuple(s) for s in shapes)}")
-    return tuple(tuple(int(d) for d in s) for s in shapes)
+                         f"{as_tuple(shapes)}")
+    return as_tuple(shapes)
 
 
 def check_arrays(name: str, xs, n: int | None = None, what: str = "inputs",
@@ -176,7 +184,7 @@ def parallel(*layers: Layer) -> Layer:
         return params
 
     def init(key, input_shapes):
-        shapes = check_shapes("parallel", input_shapes, n)
+        shapes = check_shapes("parallel", input_shapes, n, nested=True)
         params, outs = [], []
         for i, (layer, k, shape) in enumerate(zip(layers, split_key("parallel", key, n), shapes)):
             with in_layer(f"parallel[{i}]"):

@@ -12,7 +12,8 @@ Output shape, parameter count, forward FLOPs and receptive field of every layer 
   unit sees the whole input; ``BatchNorm`` counts as evaluated, a per-channel affine map.
   Padding moves a field but does not change its size (at the border part of it lies in the
   padding).  Where branches merge, a unit sees the widest of
-  their fields.
+  their fields; a merge of branches whose units are spaced differently, or a concatenation
+  along a spatial axis, leaves the field unknown (``?``).
 - A transposed convolution (``ConvTranspose2D``) counts, like the convolution it is the
   adjoint of, 2 per multiply-add of every input entry with every kernel tap (eq. 4.10, those
   the crop drops included) plus 1 per output for the bias.  Its units are not evenly spaced
@@ -20,7 +21,7 @@ Output shape, parameter count, forward FLOPs and receptive field of every layer 
   or one of them for ``k = 3``, ``s = 2``.  From there on fields are followed unit by unit
   over one period of units (``_Uneven``); the receptive field shown is the widest unit's
   (holes between dilated taps included), the jump ``j / s`` a fraction, and a merge of such
-  fields unknown (``?``).
+  fields unknown (``?``), as is one whose period takes more than ``_PERIODS`` taps to follow.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from jaxcnn import _geometry as geo
 from jaxcnn.conv_transpose import adjoint_window
-from jaxcnn.core import Layer, check_input_shape
+from jaxcnn.core import Layer, check_input_shape, in_layer
 
 __all__ = ["Summary", "SummaryRow", "summary"]
 
@@ -150,12 +151,21 @@ def _through(axis: _Uneven, reads, period: int, shift: int) -> _Uneven:
                    period, shift)
 
 
-def _uneven_field(field: _Field, g: geo.Window, transposed: bool) -> _Field:
+_PERIODS = 2**16
+"""The most taps read over one period of an unevenly spaced field's units (the period is the
+product of the transposed strides, 4-16 in a decoder); past it the field is unknown rather
+than slow to follow."""
+
+
+def _uneven_field(field: _Field, g: geo.Window, transposed: bool) -> _Field | None:
     """``field`` after the window ``g`` of a convolution or pooling, or after the transposed
     convolution whose adjoint window ``g`` is (output unit ``u`` reads the input units ``i``
     with ``i s + p d - t = u``), followed unit by unit over one period of units."""
     axes = field.units or tuple(_Uneven((s,), (s + r - 1,), 1, j)
                                 for s, r, j in zip(field.start, field.size, field.jump))
+    if any(a.period * (s if transposed else 1) * k > _PERIODS
+           for a, s, k in zip(axes, g.strides, g.size)):
+        return None
     out = []
     for axis, k, s, d, (t, _) in zip(axes, g.size, g.strides, g.dilation, g.padding):
         if transposed:
@@ -179,11 +189,12 @@ def _merge(fields) -> _Field | None:
         return fields[0]       # copies of one field (a branch point's), even unevenly spaced
     if any(f is None or f.units is not None for f in fields):
         return None            # not followed through a merge of unevenly spaced units
+    if any(f.jump != fields[0].jump for f in fields):
+        return None            # units spaced differently: no one field fits every unit
     start = tuple(min(axis) for axis in zip(*(f.start for f in fields)))
     end = tuple(max(axis) for axis in zip(*((s + r for s, r in zip(f.start, f.size))
                                             for f in fields)))
-    return _Field(tuple(e - s for s, e in zip(start, end)),
-                  tuple(max(axis) for axis in zip(*(f.jump for f in fields))), start,
+    return _Field(tuple(e - s for s, e in zip(start, end)), fields[0].jump, start,
                   whole=any(f.whole for f in fields))
 
 
@@ -193,6 +204,10 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
     cfg = dict(layer.config)
     kind = cfg.get("kind")
     if isinstance(field, tuple) and not isinstance(field, _Field):
+        if kind == "identity":
+            return field
+        if kind == "fanin_concat" and cfg["axis"] % len(in_shape[0]) != len(in_shape[0]) - 1:
+            return None     # joined along a spatial axis: a unit's field depends on its branch
         return _merge(field) if kind in ("fanin_sum", "fanin_concat") else None
     if kind in ("flatten", "dense", "global"):     # known even after an unknown field
         return _Field(whole, whole, (0, 0), True)
@@ -273,14 +288,16 @@ def summary(net: Layer, input_shape) -> Summary:
     def walk(layer: Layer, shape, field, key, prefix: str):
         if not layer.layers:
             return leaf(layer, shape, field, key, prefix)
-        branches = dict(layer.config).get("kind") == "parallel"
+        kind = dict(layer.config).get("kind", layer.name)
+        branches = kind == "parallel"
         outs = []
         for i, (sub, k) in enumerate(zip(layer.layers, jax.random.split(key, len(layer.layers)))):
             at = f"{prefix}.{i}" if prefix else f"{i}"
-            if branches:
-                outs.append(walk(sub, shape[i], None if field is None else field[i], k, at))
-            else:
-                shape, field = walk(sub, shape, field, k, at)
+            with in_layer(f"{kind}[{i}]"):          # errors named as init names them
+                if branches:
+                    outs.append(walk(sub, shape[i], None if field is None else field[i], k, at))
+                else:
+                    shape, field = walk(sub, shape, field, k, at)
         if branches:
             shapes, fields = zip(*outs)
             return tuple(shapes), (None if any(f is None for f in fields) else tuple(fields))

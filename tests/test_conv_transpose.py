@@ -274,6 +274,12 @@ def test_bad_inputs_are_refused_at_trace_time():
         cropped.init(jax.random.key(0), (1, 1, 3))
     with pytest.raises(ValueError, match=r"leaves an empty output"):
         jax.jit(cropped.apply)(params, jnp.ones((1, 1, 1, 3), jnp.float32))
+    for padding, side in (("VALID", 4294967297), ("SAME", 6442450941)):  # every setting <= 2**31-1
+        with pytest.raises(ValueError, match=rf"^ConvTranspose2D: the output \({side}, {side}\) "
+                                             rf"for input \(3, 3\) at strides \(2147483647, "
+                                             rf"2147483647\) has a side past 2147483647"):
+            jc.ConvTranspose2D(1, 3, 2 ** 31 - 1, padding=padding).init(jax.random.key(0),
+                                                                          (3, 3, 1))
     with pytest.raises(ValueError, match=r"ConvTranspose2D: backward got delta of shape "
                                          r"\(1, 8, 8, 2\), expected .* \(1, 9, 9, 2\)"):
         jax.jit(lambda p, x, d: layer.backward(p, layer.forward(p, x)[1], d))(

@@ -271,6 +271,28 @@ def test_a_branch_that_branches_again_inside_parallel():
         jc.parallel(jc.Identity(), jc.Identity()).apply(((), ()), [x, 3])
 
 
+def test_a_nested_branch_is_initialised_merged_and_given_its_state():
+    """A branch that branches again, then merged branch by branch: ``init`` takes the nested
+    shapes ``forward`` takes arrays of (and ``init_state`` too, for a BatchNorm inside), and
+    the backward equals ``jax.vjp``."""
+    net = jc.serial(jc.FanOut(2),
+                    jc.parallel(jc.serial(jc.FanOut(2), jc.Identity()),
+                                jc.serial(jc.Conv2D(2, 1, use_bias=False), jc.BatchNorm())),
+                    jc.parallel(jc.FanInSum(), jc.Identity()), jc.FanInSum())
+    params, out = init64(net, (4, 4, 2))
+    assert out == (4, 4, 2)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 4, 2)))
+    assert net.apply(params, x).shape == (3, *out)
+    check_layer_vjp(net, params, x)
+    state = jc.init_state(net, (4, 4, 2))
+    assert len(jax.tree.leaves(state)) == 2        # BatchNorm's running mean and variance
+    with pytest.raises(ValueError, match=r"^parallel: expected a tuple of per-example input "
+                                         r"shapes \(one per branch\), got \(\(\(4, 4, 2\), "
+                                         r"'a'\), \(4, 4, 2\)\)"):
+        jc.parallel(jc.Identity(), jc.Identity()).init(jax.random.key(0), (((4, 4, 2), "a"),
+                                                                           (4, 4, 2)))
+
+
 def test_residual_is_the_composition_it_names():
     block = jc.residual(jc.Conv2D(2, 3, padding="SAME"), jc.ReLU())
     assert block.name == "serial(FanOut, parallel(serial(Conv2D, ReLU), Identity), FanInSum)"

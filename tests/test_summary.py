@@ -119,6 +119,41 @@ def test_a_merge_sees_the_union_of_its_branches_fields(branches, merge):
         s.rows[-1].receptive_field
 
 
+def test_a_merge_it_cannot_follow_is_unknown_not_wrong():
+    """Units of one merge must see one field at one spacing.  Branches whose units are spaced
+    differently (strides 2 and 1 to the same 4x4 map: every unit then sees 8x8, not the 10x10
+    of a union at the larger jump) and a concatenation along a spatial axis (a unit's field
+    then depends on the branch its row came from) leave it unknown -- but a concatenation of
+    channels and an Identity over a branch point's tuple keep it."""
+    C = jc.Conv2D
+    apart = jc.serial(jc.FanOut(2), jc.parallel(C(1, 3, 2), C(1, 6)), jc.FanInSum(), C(1, 3))
+    assert [r.receptive_field for r in jc.summary(apart, (9, 9, 1)).rows][-2:] == [None, None]
+    for axis, field in ((0, None), (1, None), (-1, (3, 3)), (2, (3, 3))):
+        rows = jc.summary(jc.serial(jc.FanOut(2), jc.FanInConcat(axis), C(1, 3)), (4, 4, 1)).rows
+        assert rows[-1].receptive_field == field, axis
+    rows = jc.summary(jc.serial(jc.FanOut(2), jc.Identity(), jc.FanInSum(), C(1, 3)), (6, 6, 1)).rows
+    assert [r.receptive_field for r in rows] == [(1, 1), (1, 1), (1, 1), (3, 3)]
+
+
+def test_a_huge_transposed_stride_leaves_the_field_unknown_at_once():
+    """A period of 2**20 units would take seconds to follow unit by unit: unknown instead."""
+    net = jc.serial(jc.ConvTranspose2D(1, 3, 2 ** 20), jc.Conv2D(1, 3))
+    assert [r.receptive_field for r in jc.summary(net, (1, 1, 1)).rows] == [None, None]
+    small = jc.serial(jc.ConvTranspose2D(1, 3, 1024), jc.Conv2D(1, 3))
+    assert [r.receptive_field for r in jc.summary(small, (1, 1, 1)).rows] == [(1, 1), (1, 1)]
+
+
+def test_a_wiring_error_is_named_by_its_path_as_init_names_it():
+    net = jc.serial(jc.Conv2D(2, 3), jc.FanOut(2), jc.parallel(jc.Conv2D(3, 1), jc.Identity()),
+                    jc.FanInSum())
+    with pytest.raises(ValueError) as from_init:
+        net.init(jax.random.key(0), (6, 6, 1))
+    with pytest.raises(ValueError, match=r"^serial\[3\] FanInSum: the inputs must have one "
+                                         r"shape") as from_summary:
+        jc.summary(net, (6, 6, 1))
+    assert str(from_summary.value) == str(from_init.value)
+
+
 def test_the_whole_input_is_known_after_a_field_that_is_not():
     """A residual block after a transposed convolution merges unevenly spaced units ("?"), but
     a global pooling, a flatten or a dense layer after it sees the whole input all the same."""
