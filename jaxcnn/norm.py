@@ -276,9 +276,8 @@ def BatchNorm(momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = Tr
     ``new = momentum * old + (1 - momentum) * batch statistic`` (eq. 7.14) -- Flax's
     convention, ``momentum`` the weight of the old value; PyTorch's ``momentum`` is ``1 -``
     ours (its default 0.1 is our 0.9).  The running variance averages the same biased variance
-    training normalised with (as Flax; PyTorch averages the unbiased one): it is defined for a
-    channel of one entry, and ``M / (M - 1)`` is 1 to within a percent for the hundreds of
-    entries per channel of a conv net.  ``update`` is affine in the batch statistics, so the
+    training normalised with (as Flax; PyTorch averages the unbiased one): ``M / (M - 1)`` is 1
+    to within a percent for the hundreds of entries per channel of a conv net.  ``update`` is affine in the batch statistics, so the
     mean of the updated states of several chunks or devices is the update with their mean
     statistics.  ``bind(state)`` is the same layer evaluating with ``state`` (cast to the
     input's dtype): the affine map ``y = scale (x - mean) / sqrt(var + eps) + bias``, backward
@@ -390,7 +389,7 @@ def GroupNorm(num_groups: int, epsilon: float = 1e-5, use_scale: bool = True,
     ``(N, H, W, G, C / G)``, eqs. 7.1-7.4 over ``H, W`` and the last axis (eq. 7.12); training
     and evaluation alike, no state.  Backward: eq. 7.10 over the same entries,
     ``M = H W C / G``; ``dscale``, ``dbias`` per channel (eq. 7.5).  Every unit of the output
-    depends on the whole of its example's input.
+    depends on every position of its example's input, in its group's channels.
     """
     name = "GroupNorm"
     num_groups = positive_int(name, "num_groups", num_groups)

@@ -223,6 +223,16 @@ def test_embedded_figures_exist():
     assert embedded >= 10
 
 
+def test_the_docs_hold_no_control_characters():
+    """A LaTeX command written through a Python string without ``r`` loses its backslash:
+    ``\\top`` becomes a tab and ``op`` (``a^\\top`` renders as ``a^op``), ``\\frac`` a form feed."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        bad = re.search(r"[\x00-\x09\x0b-\x1f\x7f]", text)        # all but the newline
+        assert bad is None, (f"{path.name}:{text.count(chr(10), 0, bad.start()) + 1}: control "
+                             f"character {bad.group()!r}")
+
+
 def test_examples_page_names_every_example():
     text = (DOCS / "examples.md").read_text()
     for example in (ROOT / "examples").glob("*.py"):
