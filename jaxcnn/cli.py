@@ -6,20 +6,22 @@ Each subcommand is one function that adds its parser and sets ``run`` (``args ->
 listed in ``COMMANDS``.  Exit codes: 0 success, 2 bad input or options (nothing was trained),
 1 a fault during training (non-finite loss, diverging gradients), a failed gradient check
 or a failed download, 130 interrupted (Ctrl-C, any command), 143 stopped by SIGTERM
-(``jaxcnn train``); running out of memory is bad input (2).  Errors and checkpoint warnings
+(``jaxcnn train``), 141 when the reader of the output went away (``| head``: SIGPIPE's code,
+nothing more printed); running out of memory is bad input (2).  Errors and checkpoint warnings
 go to stderr as one line, ``jaxcnn <command>: error: <message>`` (or ``warning:``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import shlex
 import signal
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 
@@ -166,10 +168,11 @@ def _add_train(subparsers) -> None:
     p.add_argument("--check-grads", type=_non_negative_int, default=0, metavar="N",
                    help="every N steps compare the hand-written gradients with jax.grad and "
                         "stop if they diverge (0: only once, before training)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out that holds a previous run, deleting it")
+    how = p.add_mutually_exclusive_group()     # one continues the run, the other replaces it
+    how.add_argument("--resume", action="store_true",
+                     help="continue from the last checkpoint in --out")
+    how.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an --out that holds a previous run, deleting it")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="N",
                    help="also checkpoint every N steps (0: at the end of each epoch only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -283,16 +286,21 @@ def _run_train(args) -> int:
         with _sigterm_as_interrupt():
             from jaxcnn import distributed
 
+            for module in EXTRAS["train"]:  # a missing one named now, not after the epochs
+                importlib.import_module(module)
             try:                            # before anything touches a device
                 distributed.initialize(args.coordinator, args.num_processes, args.process_id)
             except (ValueError, RuntimeError) as err:
                 return _error("train", f"jax.distributed: {err}", 2)
+            prepared = _prepare(args)       # bad data refused before a directory is made
+            if isinstance(prepared, int):
+                return prepared
             if out is None:
                 try:
                     out, lock = _default_out(args)
                 except OSError as err:
                     return _error("train", err, 2)
-            return _train(args, out)
+            return _train(args, out, prepared)
     except KeyboardInterrupt as err:
         from jaxcnn.checkpoints import has_checkpoint
 
@@ -310,7 +318,20 @@ def _run_train(args) -> int:
             lock.release()
 
 
-def _train(args, out: str) -> int:
+class _Prepared(NamedTuple):
+    """What ``jaxcnn train`` checks before it touches the output directory."""
+
+    ds: Any
+    net: Any
+    params: Any
+    optimizer: Any
+    devices: Any
+    lr_given: bool
+
+
+def _prepare(args) -> _Prepared | int:
+    """The data set, the net, its initial params and the optimizer, every option checked;
+    an exit code (2, said on stderr) where one is wrong."""
     from jaxcnn import data, distributed, train, zoo
 
     devices = args.devices or ("all" if jax.process_count() > 1 else None)
@@ -319,6 +340,9 @@ def _train(args, out: str) -> int:
     args.lr = recipe.lr if args.lr is None else args.lr
     args.epochs = recipe.epochs if args.epochs is None else args.epochs
     try:
+        if args.dataset == "digits" and args.data_dir is not None:
+            raise ValueError(f"--data-dir applies to {' and '.join(SOURCES)}, whose IDX files "
+                             f"it holds; the digits ship with scikit-learn")
         if devices is not None:     # fail before loading the data
             _check_device_flags(args, devices)
         if args.download:           # DownloadError is an OSError: exit 2, nothing trained
@@ -339,7 +363,13 @@ def _train(args, out: str) -> int:
             raise ValueError(f"--lr {args.lr:g}: {err}") from None
     except (ValueError, TypeError, OSError) as err:
         return _error("train", err, 2)
+    return _Prepared(ds, net, params, optimizer, devices, lr_given)
 
+
+def _train(args, out: str, prepared: _Prepared) -> int:
+    from jaxcnn import distributed, train
+
+    ds, net, params, optimizer, devices, lr_given = prepared
     n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
     if distributed.is_main():
         print(f"{ds.describe()}\n{args.arch}: {n_params:,} parameters; {args.optimizer} lr "
@@ -388,6 +418,8 @@ def _train_hint(message: str) -> str:
     if " was made with batch_statistics_rows=" in message:
         return "; give --microbatch with that number of rows, or --overwrite to start again"
     for name, flag in _RESUME_FLAGS.items():
+        if f" was made with {name}=None," in message:       # the option was not given then
+            return f"; drop {flag}, or --overwrite to start again"
         if f" was made with {name}=" in message:
             return f"; repeat its {flag}, or --overwrite to start again"
     return ""
@@ -526,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
     except KeyboardInterrupt:                # train handles its own; check, show, data here
         return _error(name, "interrupted", 130)
+    except BrokenPipeError:                  # `jaxcnn check | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
     except (MemoryError, jax.errors.JaxRuntimeError) as err:    # NumPy's, or XLA's allocator
         if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
             raise

@@ -24,6 +24,7 @@ import http.client
 import math
 import os
 import re
+import shlex
 import stat
 import struct
 import tempfile
@@ -409,9 +410,9 @@ def load_idx_dataset(data_dir, name: str = "mnist", num_classes: int = 10) -> Da
         if name not in SOURCES:
             raise
         raise FileNotFoundError(f"{err}; download them with: jaxcnn data download {name} "
-                                f"--data-dir {data_dir} (or add --download to jaxcnn train; "
-                                f"in Python: jaxcnn.data.download({name!r}, {data_dir!r}))"
-                                ) from err
+                                f"--data-dir {shlex.quote(data_dir)} (or add --download to "
+                                f"jaxcnn train; in Python: jaxcnn.data.download({name!r}, "
+                                f"{data_dir!r}))") from err
     x_train, y_train = _idx_split(paths, "train", name, num_classes)
     x_test, y_test = _idx_split(paths, "test", name, num_classes)
     if x_train.shape[1:] != x_test.shape[1:]:

@@ -50,6 +50,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
+    losses = [_finite_or_nan(h.get(k)) for h in history for k in ("train_loss", "test_loss")]
     for key, label, ax in (("train_loss", "train (epoch mean)", ax_loss),
                            ("test_loss", "test", ax_loss),
                            ("train_accuracy", "train", ax_acc),
@@ -57,7 +58,8 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
         values = [_finite_or_nan(h.get(key)) for h in history]
         if not all(np.isnan(values)):
             ax.plot(epochs, values, marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss",    # log where it can be
+                yscale="log" if any(v > 0 for v in losses) else "linear")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -193,11 +193,31 @@ def photo(size=None, *, path=None, channels: int = 1, factor: int = 3) -> np.nda
     return _shrink(a[top:top + h * f, left:left + w * f], f)
 
 
+def _kernel(where: str, w, names=None) -> np.ndarray:
+    """``w`` as a finite float32 ``HWIO`` kernel ``(kh, kw, C, F)`` with ``F >= 1``, and
+    ``names`` (if given) one per output channel; ``ValueError`` naming ``where`` otherwise."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 4 or 0 in w.shape:
+        raise ValueError(f"{where}: expected a kernel (kh, kw, C, F) with no empty axis, got "
+                         f"shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{where}: the kernel holds non-finite weights")
+    if names is not None and len(names) != w.shape[3]:
+        raise ValueError(f"{where}: expected {w.shape[3]} names, one per output channel, got "
+                         f"{len(names)}")
+    return w
+
+
 def apply_kernels(image: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
                   padding="VALID") -> np.ndarray:
     """``Conv2D`` with kernel ``w (kh, kw, C, F)`` (and bias ``b (F,)``) on ``image (H, W, C)``:
     the feature maps ``(H_out, W_out, F)``, one channel per kernel (eq. 4.2)."""
-    w = jnp.asarray(w, jnp.float32)
+    w = jnp.asarray(_kernel("apply_kernels", w), jnp.float32)
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"apply_kernels: expected an image (H, W, C), got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("apply_kernels: the image holds non-finite values")
     conv = Conv2D(w.shape[3], w.shape[:2], padding=padding, use_bias=b is not None)
     params = {"w": w} if b is None else {"w": w, "b": jnp.asarray(b, jnp.float32)}
     return np.asarray(conv.apply(params, jnp.asarray(image[None], jnp.float32))[0])
@@ -383,6 +403,11 @@ def plot_kernels(kernels, path, *, names: Sequence[str] | None = None, title: st
     """
     if isinstance(kernels, dict):
         names, stack = list(kernels), [np.asarray(k, np.float32) for k in kernels.values()]
+        if not stack or any(k.ndim != 2 or 0 in k.shape for k in stack):
+            raise ValueError(f"plot_kernels: expected a non-empty dict of 2-D kernels, got "
+                             f"shapes {[k.shape for k in stack]}")
+        if not all(np.all(np.isfinite(k)) for k in stack):
+            raise ValueError("plot_kernels: a kernel holds non-finite weights")
         fig = _figure(2.6 * len(stack), 3.1)
         axes = fig.subplots(1, len(stack), squeeze=False)[0]
         for ax, name, k in zip(axes, names, stack):
@@ -394,10 +419,7 @@ def plot_kernels(kernels, path, *, names: Sequence[str] | None = None, title: st
         fig.suptitle(title or "Classic 3x3 kernels (weights in each cell)", fontsize=13)
         return Shown(_save(fig, path), {"kernels": dict(zip(names, stack))})
 
-    w = np.asarray(kernels, np.float32)
-    if w.ndim != 4:
-        raise ValueError(f"plot_kernels: expected a kernel (kh, kw, C, F) or a dict of 2-D "
-                         f"kernels, got shape {w.shape}")
+    w = _kernel("plot_kernels", kernels, names)
     per_channel = w.sum(axis=2)                                   # (kh, kw, F)
     f = per_channel.shape[2]
     cols = min(f, 8)
@@ -429,7 +451,7 @@ def plot_feature_maps(image: np.ndarray, w: np.ndarray, path, *, b: np.ndarray |
     to 0 is drawn red/blue around 0, others in grey levels; each panel has its own colour scale.
     ``inset_kernels`` draws each kernel in the corner of its panel.
     """
-    w = np.asarray(w, np.float32)
+    w = _kernel("plot_feature_maps", w, names)
     maps = apply_kernels(image, w, b)
     f = maps.shape[2]
     cols = 3 if f <= 5 else min(f + 1, 6 if f <= 16 else 8)
@@ -938,15 +960,16 @@ def _image_needs(figures, arch: str | None, learned) -> dict[str, tuple[int, int
 
 
 def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = None,
-           seed: int = 0) -> list[Shown]:
+           seed: int | None = None) -> list[Shown]:
     """Draw ``figure`` (one of ``FIGURES`` or ``"all"``) into the directory ``out``.
 
     ``checkpoint`` (kernels, features): a training run's output directory, whose first-layer
     kernels are drawn too.  ``image`` (features, pooling, receptive-field): a photograph in
     place of Grace Hopper.  ``arch`` (receptive-field): a ``jaxcnn.zoo`` net, default
-    ``"deepid"``.  ``seed``: stochastic pooling's draws, the receptive-field net's parameters
-    (an integer of 64 bits).  An ``image`` smaller than a figure needs is refused before
-    anything is drawn.
+    ``"deepid"``.  ``seed`` (pooling, receptive-field): stochastic pooling's draws, the
+    receptive-field net's parameters (an integer of 64 bits; ``None``: 0).  An option for a
+    figure that does not use it, and an ``image`` smaller than a figure needs, are refused
+    before anything is drawn.
     """
     if figure not in FIGURES + ("all",):
         raise ValueError(f"unknown figure {figure!r}; expected one of "
@@ -954,10 +977,11 @@ def render(figure: str, out, *, checkpoint=None, image=None, arch: str | None = 
     figures = FIGURES if figure == "all" else (figure,)
     for option, value, takes in (("--checkpoint", checkpoint, ("kernels", "features")),
                                  ("--image", image, ("features", "pooling", "receptive-field")),
-                                 ("--arch", arch, ("receptive-field",))):
+                                 ("--arch", arch, ("receptive-field",)),
+                                 ("--seed", seed, ("pooling", "receptive-field"))):
         if value is not None and figure != "all" and figure not in takes:
             raise ValueError(f"{option} applies to {' and '.join(takes)}, not {figure}")
-    seed = check_seed("render", seed)
+    seed = 0 if seed is None else check_seed("render", seed)
     if image is not None:
         rows, cols = read_image(image).shape[:2]   # fail before drawing anything
     learned = first_conv_kernel(checkpoint) if checkpoint is not None else None
@@ -1069,9 +1093,9 @@ def add_show_command(subparsers) -> None:
     p.add_argument("--arch", choices=tuple(ARCHS), default=None,
                    help="receptive-field: the zoo network (default: deepid, the source's "
                         "face-recognition net)")
-    p.add_argument("--seed", type=_seed_arg, default=0,
-                   help="stochastic pooling draws; initial parameters of the receptive-field "
-                        "net (default: 0)")
+    p.add_argument("--seed", type=_seed_arg, default=None,
+                   help="pooling: stochastic pooling draws; receptive-field: initial parameters "
+                        "of the net (default: 0)")
     p.set_defaults(run=_run_show)
 
 

@@ -125,6 +125,26 @@ def test_default_out_dir(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "runs" / "fashion-mnist-small" / "summary.json").exists()
 
 
+def test_a_run_refused_for_its_data_leaves_no_directory(tmp_path, capsys, monkeypatch):
+    """Without ``--out`` the run's directory is chosen and locked, but only once the data are
+    read: missing files leave no ``runs/...`` behind, and the command the error suggests can
+    be pasted as it is (its directory quoted)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "--dataset", "mnist", "--data-dir", "no such")
+    assert code == 2 and not (tmp_path / "runs").exists()
+    assert "download them with: jaxcnn data download mnist --data-dir 'no such' (or" in err
+
+
+def test_a_resume_that_adds_an_option_says_to_drop_it(tmp_path, capsys):
+    a = tmp_path / "a"
+    assert run(capsys, "--epochs", 1, "--out", a, "--quiet")[0] == 0
+    code, _, err = run(capsys, "--epochs", 2, "--out", a, "--resume", "--microbatch", 8,
+                       "--quiet")
+    assert code == 2 and err.endswith("was made with microbatch=None, this run has "
+                                      "microbatch=8; drop --microbatch, or --overwrite to start "
+                                      "again\n"), err
+
+
 def test_non_finite_loss_exits_1_naming_the_step(tmp_path, capsys, monkeypatch):
     # one finite but huge image overflows the forward (the IDX loader refuses floats outside
     # [0, 1], so it is put in after loading)
@@ -203,7 +223,9 @@ def test_bad_data_exits_2_before_training(tmp_path, capsys, kind, message):
     (["--devices", "9"], "--devices 9, but 1 device is available (cpu)"),
     (["--lr", "1e39"], "--lr 1e+39"),
     (["--seed", str(2 ** 63)], f"argument --seed: must be an integer of 64 bits, got '{2 ** 63}'"),
-    (["--resume", "--overwrite"], "resume continues the run in out and overwrite replaces it"),
+    (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
+    (["--data-dir", "d"], "--data-dir applies to mnist and fashion-mnist, whose IDX files it "
+                          "holds; the digits ship with scikit-learn"),
 ])
 def test_bad_options_exit_2_before_training(tmp_path, capsys, args, message):
     code, out, err = run(capsys, *args, "--out", tmp_path / "o")
@@ -257,15 +279,28 @@ def test_version_and_every_option_has_help_with_its_default_once(capsys):
                 assert shown.count("default") <= 1, (p.prog, action.option_strings, shown)
 
 
-def test_a_missing_extra_is_named_in_one_line(tmp_path, capsys, monkeypatch):
-    """Without the train extra (here: scikit-learn hidden), one line names the extra."""
-    for module in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+@pytest.mark.parametrize("missing", ["sklearn", "matplotlib", "tqdm"])
+def test_a_missing_extra_is_named_in_one_line(tmp_path, capsys, monkeypatch, missing):
+    """Without a module of the train extra, one line names the extra -- before anything is
+    trained or written (matplotlib draws only the last epoch's curves, tqdm the first bar)."""
+    for module in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
         monkeypatch.setitem(sys.modules, module, None)
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, missing, None)
     code, out, err = run(capsys, "--out", tmp_path / "o")
-    assert code == 2
-    assert err == ("jaxcnn train: error: this command needs the 'train' extra (sklearn is not "
-                   "installed): pip install 'jaxcnn[train]'\n")
+    assert code == 2 and out == "" and not (tmp_path / "o").exists()
+    assert err == (f"jaxcnn train: error: this command needs the 'train' extra ({missing} is "
+                   f"not installed): pip install 'jaxcnn[train]'\n")
+
+
+def test_a_reader_that_goes_away_ends_check_quietly(tmp_path):
+    """``jaxcnn check | head -1``: the pipe closes before the table is printed -- exit 141
+    (SIGPIPE's code), no traceback, never the 1 of a failed check."""
+    with subprocess.Popen([sys.executable, "-m", "jaxcnn.cli", "check"], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}) as proc:
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 141 and err == b"", err.decode()[-2000:]
 
 
 def test_each_zoo_net_carries_a_recipe_and_lenet5_learns_with_it(optimized_xla):

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 import jaxcnn as jc
-from jaxcnn import data, show, train
+from jaxcnn import data, report, show, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("convolution_5x5.png", "kernels_classic.png", "kernels_learned.png",
@@ -240,6 +240,9 @@ def test_command_with_another_photograph(tmp_path, capsys):
                                       "receptive-field, not kernels"),
     (("transposed", "--checkpoint", "x"), "--checkpoint applies to kernels and features, "
                                           "not transposed"),
+    (("kernels", "--seed", "5"), "--seed applies to pooling and receptive-field, not kernels"),
+    (("transposed", "--seed", "0"), "--seed applies to pooling and receptive-field, not "
+                                    "transposed"),
     (("features", "--image", "{tmp}/missing.png"), "cannot read the image"),
     (("features", "--image", "{tmp}/notes.txt"), "cannot read the image"),
     (("features", "--checkpoint", "{tmp}"), "no checkpoints in"),
@@ -362,6 +365,40 @@ def test_plot_pooling_refuses_what_it_cannot_draw(tmp_path, kwargs, exc, message
     with pytest.raises(exc, match=message):
         show.plot_pooling(tmp_path / "p.png", **kwargs)
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("draw, message", [
+    (lambda p: show.plot_kernels(np.zeros((3, 3, 1, 0)), p),
+     r"^plot_kernels: expected a kernel \(kh, kw, C, F\) with no empty axis, got shape "
+     r"\(3, 3, 1, 0\)"),
+    (lambda p: show.plot_kernels({}, p),
+     r"^plot_kernels: expected a non-empty dict of 2-D kernels, got shapes \[\]"),
+    (lambda p: show.plot_kernels({"a": [[np.nan, 1], [0, np.inf]]}, p),
+     r"^plot_kernels: a kernel holds non-finite weights"),
+    (lambda p: show.plot_kernels(np.ones((3, 3, 1, 4)), p, names=["a"]),
+     r"^plot_kernels: expected 4 names, one per output channel, got 1"),
+    (lambda p: show.plot_feature_maps(np.full((8, 8, 1), np.nan), np.ones((3, 3, 1, 2)), p),
+     r"^apply_kernels: the image holds non-finite values"),
+    (lambda p: show.apply_kernels(np.ones((8, 8, 1)), np.ones((3, 3))),
+     r"^apply_kernels: expected a kernel \(kh, kw, C, F\) with no empty axis, got shape "
+     r"\(3, 3\)"),
+    (lambda p: show.apply_kernels(np.ones((8, 8)), np.ones((3, 3, 1, 1))),
+     r"^apply_kernels: expected an image \(H, W, C\), got shape \(8, 8\)"),
+])
+def test_the_kernel_figures_refuse_what_they_cannot_draw(tmp_path, draw, message):
+    with pytest.raises(ValueError, match=message):
+        draw(tmp_path / "k.png")
+    assert not (tmp_path / "k.png").exists()
+
+
+def test_curves_of_losses_that_reach_zero_are_drawn_without_a_warning(tmp_path):
+    """A log scale needs a positive loss: all zero (a perfect fit) or none (NaN) draws on a
+    linear one -- under the suite's warnings-as-errors, matplotlib's warning would fail."""
+    for losses in ((0.0, 0.0), (float("nan"), 0.0), (0.5, 0.0)):
+        history = [{"epoch": 1, "train_loss": losses[0], "test_loss": losses[1],
+                    "train_accuracy": 1.0, "test_accuracy": 1.0}]
+        report.plot_curves(history, tmp_path / "c.png")
+        assert (tmp_path / "c.png").stat().st_size > 0
 
 
 def test_photo_refuses_sizes_that_are_not_counts():
