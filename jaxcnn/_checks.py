@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from jaxcnn.core import Layer, Params
-from jaxcnn.data import check_arrays
+from jaxcnn.data import _first_non_finite, check_arrays
 
 
 def positive_int(name: str, value) -> int:
@@ -19,6 +19,33 @@ def positive_int(name: str, value) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")
     return int(value)
+
+
+def check_one_input(where: str, x) -> None:
+    """``fit`` and ``evaluate`` take one array of examples: a tuple (the inputs of a net with
+    several, ``jaxcnn.graph``) or a list is refused by name, not stacked into one array."""
+    if isinstance(x, (tuple, list)):
+        raise TypeError(f"{where}: expected one array of examples, got a {type(x).__name__}; a "
+                        f"net of several inputs trains through value_and_grad or make_step "
+                        f"with a tuple of arrays, not {where}")
+
+
+def _check_real_targets(x, targets, want: tuple, what: str) -> None:
+    """Real targets of the outputs' shape ``want``, for finite images; both finite (the
+    class-label branch's ``check_arrays`` checks the images so)."""
+    tshape = getattr(targets, "shape", None)
+    if tshape == want[:1] and len(want) == 2:       # one entry per image: labels meant
+        raise TypeError(f"{what}: class labels must be an integer array (cast with "
+                        f".astype(np.int32)), got {targets.dtype}; real targets need the "
+                        f"outputs' shape {want}")
+    if tshape != want:
+        raise ValueError(f"{what}: targets must have shape {want} (one network output per "
+                         f"image), got {tshape}")
+    for name, a in (("images", x), ("targets", targets)):
+        bad = None if a.dtype.kind in "biuOSU" else _first_non_finite(a)  # ml_dtypes: "V"
+        if bad is not None:
+            raise ValueError(f"{what}: {name} must be finite, {name[:-1]} {bad} holds NaN or "
+                             f"infinite values")
 
 
 def check_data(net: Layer, params: Params, x, targets, what: str, loss=None) -> None:
@@ -42,9 +69,8 @@ def check_data(net: Layer, params: Params, x, targets, what: str, loss=None) -> 
             raise ValueError(f"{what}: integer labels need a network with outputs (N, classes), "
                              f"this one gives {out.shape[1:]} per example")
         check_arrays(x, targets, out.shape[1], what, any_rank=True)
-    elif getattr(targets, "shape", None) != (shape[0], *out.shape[1:]):
-        raise ValueError(f"{what}: targets must have shape {(shape[0], *out.shape[1:])} (one "
-                         f"network output per image), got {getattr(targets, 'shape', None)}")
+    else:
+        _check_real_targets(x, targets, (shape[0], *out.shape[1:]), what)
     if loss is not None:
         n = max(shape[0], 1)
         try:            # shapes and dtypes only: the loss's own checks, on the whole set's

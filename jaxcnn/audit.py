@@ -779,6 +779,7 @@ def gradient_check(net: Layer, loss: Loss, params: Params, x, targets, *,
     relative error per parameter array: cheap enough for ``fit`` to run every few steps.
     A NaN error counts as the worst.
     """
+    check_net_and_loss("gradient_check", net, loss)
     if _dtype_of(x) in LOW_PRECISION:          # as check_grads' end-to-end rows
         params, x, targets = _widen((params, x, targets))
     values = _relative_errors(net, loss)(params, x, targets, key)
@@ -794,6 +795,7 @@ def default_tolerance(params: Params) -> float:
     when the params' widest float dtype is float64, else ``1e-4`` (float32, and float16 or
     bfloat16 params, whose end-to-end comparison runs in float32) -- ``fit``'s default
     ``grad_tol``."""
-    widest = max((np.finfo(leaf.dtype).bits for leaf in jax.tree_util.tree_leaves(params)
+    widest = max((np.finfo(jax.dtypes.canonicalize_dtype(leaf.dtype)).bits  # as JAX computes:
+                  for leaf in jax.tree_util.tree_leaves(params)      # float32 without x64
                   if jnp.issubdtype(leaf.dtype, jnp.floating)), default=32)
     return TOLERANCES["float64" if widest >= 64 else "float32"]

@@ -71,8 +71,8 @@ from jaxcnn.microbatch import labels_check, microbatched
 from jaxcnn.network import value_and_grad
 from jaxcnn.precision import Policy, autodiff, policy
 from jaxcnn.state import has_state, update_state
-from jaxcnn.step import GRADS, loss_grad_and_state as local_loss_grad_and_state, memoise, \
-    state_step, update_step
+from jaxcnn.step import GRADS, _update_step, loss_grad_and_state as local_loss_grad_and_state, \
+    memoise, state_step
 
 __all__ = [
     "BATCH", "ENV", "DataParallel", "data_parallel", "check_batch_size",
@@ -371,7 +371,8 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
         raise ValueError(f"make_step: {net.name} keeps a state (such as BatchNorm's running "
                          f"statistics), which this step would leave at its initial value; use "
                          f"fit_step, or fit with devices=")
-    step = update_step(loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
+    step = _update_step("distributed.make_step",
+                        loss_and_grad(net, loss, plan, grad, microbatch, precision), optimizer)
     rep = plan.replicated
     return jax.jit(step, out_shardings=(rep, rep, rep))
 

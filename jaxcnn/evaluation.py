@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import backend
-from jaxcnn._checks import check_data, positive_int
+from jaxcnn._checks import check_data, check_one_input, positive_int
 from jaxcnn.core import Layer, Params, State
 from jaxcnn.losses import Loss, check_net_and_loss
 from jaxcnn.state import with_state
@@ -77,13 +77,10 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, targets, *,
     evaluates with ``state`` (``jaxcnn.state``: ``fit``'s ``FitResult.state``)."""
     batch_size = positive_int("batch_size", batch_size)
     check_net_and_loss("evaluate", net, loss)
+    check_one_input("evaluate", x)
     x, targets = np.asarray(x), np.asarray(targets)
     if x.ndim and len(x) == 0:
         raise ValueError(f"evaluate: no examples (x of shape {x.shape}); a mean over none "
                          f"is not defined")
-    check_data(net, params, x, targets, "evaluate", loss)   # integer labels: images finite too
-    if not np.issubdtype(targets.dtype, np.integer) and np.issubdtype(x.dtype, np.floating) \
-            and not np.isfinite(x).all():
-        raise ValueError(f"evaluate: x must be finite, {int((~np.isfinite(x)).sum())} of its "
-                         f"{x.size} entries are NaN or infinite")
+    check_data(net, params, x, targets, "evaluate", loss)   # finite images and targets too
     return evaluator(net, loss, batch_size)(params, x, targets, state)

@@ -123,16 +123,17 @@ def value_grad_and_state(net: Layer, loss: Loss, *, microbatch: int | None = Non
     """
     check_net_and_loss("value_grad_and_state", net, loss)
     eq_6_2 = _hand_written(net, loss, policy(precision, "value_grad_and_state: precision"))
-    return chunked_with_state(net, eq_6_2, microbatch, labels_check(net, loss))
+    return chunked_with_state(net, eq_6_2, microbatch, labels_check(net, loss),
+                              "value_grad_and_state")
 
 
 def chunked_with_state(net: Layer, value_grad_cache: Callable, microbatch: int | None,
-                       check: Callable | None = None
+                       check: Callable | None = None, name: str = "loss_grad_and_state"
                        ) -> Callable[..., tuple[Array, Params, State]]:
     """``(params, state, x, targets, *, key=None) -> (J, grads, state)`` in training mode from
     ``value_grad_cache(params, x, targets, key, train) -> (J, grads, cache)``: the state updated
     from the cache (``update_state``), on ``microbatch`` chunks averaged as ``microbatched``
-    averages the gradients (``check``: its check of the whole batch)."""
+    averages the gradients (``check``: its check of the whole batch; ``name`` in errors)."""
     def whole(params_and_state, x, targets, key, train):
         params, state = params_and_state
         value, grads, cache = value_grad_cache(params, x, targets, key, train)
@@ -142,7 +143,11 @@ def chunked_with_state(net: Layer, value_grad_cache: Callable, microbatch: int |
                            None if check is None else
                            lambda p_and_s, *rest: check(p_and_s[0], *rest))
 
-    def f(params, state, x, targets, *, key=None):
+    def f(params, state, x, targets, *, key=None, train=True):
+        if train is not True:
+            raise ValueError(f"{name}: the state is updated in training mode only, got "
+                             f"train={train!r}; an evaluated net's gradients: "
+                             f"value_and_grad(jc.with_state(net, state), loss)(..., train=False)")
         value, (grads, state) = chunked((params, state), x, targets, key=key, train=True)
         return value, grads, state
 

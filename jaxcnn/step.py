@@ -159,7 +159,8 @@ def loss_grad_and_state(net: Layer, loss: Loss, grad: str = "manual",
         return autodiff(pol, loss.value, lambda p, xc: net.forward(p, xc, key=key, train=train))(
             params, x, targets)
 
-    return chunked_with_state(net, value_grad_cache, microbatch, labels_check(net, loss))
+    return chunked_with_state(net, value_grad_cache, microbatch, labels_check(net, loss),
+                              "loss_grad_and_state")
 
 
 def check_optimizer(where: str, optimizer) -> None:
@@ -208,13 +209,18 @@ def _train_step(where: str, net, loss, optimizer, grad, microbatch, precision) -
         raise ValueError(f"{where}: {net.name} keeps a state (such as BatchNorm's running "
                          f"statistics), which this step would leave at its initial value; use "
                          f"state_step(loss_grad_and_state(net, loss, ...), optimizer), or fit")
-    return update_step(loss_and_grad(net, loss, grad, microbatch, precision), optimizer)
+    return _update_step(where, loss_and_grad(net, loss, grad, microbatch, precision), optimizer)
 
 
 def update_step(vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
     """``train_step`` for any ``vg(params, x, targets, *, key, train) -> (J, grads)``: the
     gradients, then the optax update.  (``jaxcnn.distributed`` passes its sharded ``vg``.)"""
-    check_optimizer("train_step", optimizer)
+    return _update_step("update_step", vg, optimizer)
+
+
+def _update_step(where: str, vg: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``update_step``, its errors naming ``where``."""
+    check_optimizer(where, optimizer)
 
     def step(params, opt_state, x, targets, key):
         value, grads = vg(params, x, targets, key=key, train=True)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from jaxcnn import distributed, report
-from jaxcnn._checks import check_data, positive_int
+from jaxcnn._checks import check_data, check_one_input, positive_int
 from jaxcnn.audit import GradCheck, check_grads as audit_grads, default_tolerance, gradient_check
 from jaxcnn.checkpoints import (CHECKPOINT_DIR, OUTPUT_FILES, CheckpointError, CheckpointWarning,
                                 Checkpoints, check_path, load_checkpoint, lock_out, named_arrays,
@@ -329,6 +329,8 @@ def _checked_sets(net, loss, precision, params, x_train, y_train, x_test, y_test
     (``check_data``), and whose images the step's ``precision`` can hold."""
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
+    for x in (x_train, x_test):
+        check_one_input("fit", x)
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     check_data(net, params, x_train, y_train, "training set", loss)
     _check_range(precision, x_train, "training set")
@@ -646,16 +648,38 @@ def _resume(run: _Run, state: _State) -> _State:
     restored = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), restored)
     params, opt_state, net_state = (restored["params"], restored["opt_state"],
                                     restored["net_state"])
+    run.log(f"resuming from the checkpoint at step {step} (epoch "
+            f"{step // run.steps_per_epoch} of {run.epochs}) in {run.ckpt.directory}")
+    opt_state = _passed_hyperparams(run, opt_state, run.optimizer.init(params))
     if run.plan is not None:
         params, opt_state, net_state = distributed.replicate(run.plan,
                                                              (params, opt_state, net_state))
-    run.log(f"resuming from the checkpoint at step {step} (epoch "
-            f"{step // run.steps_per_epoch} of {run.epochs}) in {run.ckpt.directory}")
     changes = _changes(run, step, meta)
     _write_metrics(run, meta["history"])
     return _State(params, opt_state, jax.random.wrap_key_data(jnp.asarray(restored["key"])),
                   np.asarray(restored["order"]), step, meta["history"], meta["epoch_losses"],
                   meta["seconds"], meta.get("gradient_check"), net_state, changes)
+
+
+def _passed_hyperparams(run: _Run, restored, fresh):
+    """``restored`` with the hyperparameters of the optimizer passed: ``optax.inject_hyperparams``
+    keeps them in its state, where the checkpoint's would otherwise override it -- unlike a
+    plain optax optimizer's, held in its closure.  Scheduled ones (their own state) are kept."""
+    def injected(node) -> bool:
+        return hasattr(node, "hyperparams") and hasattr(node, "hyperparams_states")
+
+    def pick(old, new):
+        if not injected(old):
+            return old
+        taken = {k: new.hyperparams[k] if k in new.hyperparams and k not in
+                 old.hyperparams_states else v for k, v in old.hyperparams.items()}
+        for k, v in taken.items():
+            if not np.array_equal(np.asarray(v), np.asarray(old.hyperparams[k])):
+                run.log(f"taking the optimizer's {k} = {np.asarray(v).item():g} (the checkpoint's "
+                        f"optimizer state held {np.asarray(old.hyperparams[k]).item():g})")
+        return old._replace(hyperparams=taken)
+
+    return jax.tree_util.tree_map(pick, restored, fresh, is_leaf=injected)
 
 
 def _changes(run: _Run, step: int, meta: dict) -> tuple[dict, ...]:

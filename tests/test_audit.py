@@ -326,6 +326,15 @@ def test_gradient_check_in_16_bits_compares_in_float32():
     assert check.worst <= audit.TOLERANCES["float32"], check.report(0.0)
 
 
+def test_the_default_tolerance_is_of_the_dtype_jax_computes_in():
+    """float64 NumPy params with x64 off are float32 arrays to JAX: float32's tolerance, not
+    float64's (``fit`` would report a mismatch that is float32 rounding)."""
+    params = {"w": np.zeros((2, 3), np.float64)}
+    assert audit.default_tolerance(params) == audit.TOLERANCES["float64"]
+    with jax.enable_x64(False):
+        assert audit.default_tolerance(params) == audit.TOLERANCES["float32"]
+
+
 # --- the point of the audit: one or more examples, finite --------------------------------------
 
 @pytest.mark.parametrize("where, value, named", [

@@ -188,6 +188,17 @@ def test_evaluate_refuses_what_it_cannot_score(digits):
             train.evaluate(NET, xent, params, x, y)
     with pytest.raises(TypeError, match=r"^evaluate: loss must be a jaxcnn Loss"):
         train.evaluate(NET, lambda o, t: 0.0, params, xt, yt)
+    two = (r"^{}: expected one array of examples, got a tuple; a net of several inputs trains "
+           r"through value_and_grad or make_step")
+    with pytest.raises(TypeError, match=two.format("evaluate")):
+        train.evaluate(NET, xent, params, (xt, xt), yt)
+    with pytest.raises(TypeError, match=two.format("fit")):
+        train.fit(NET, params, (xt, xt), yt, verbose=False)
+    with pytest.raises(ValueError, match=r"^value_grad_and_state: the state is updated in "
+                                         r"training mode only, got train=False"):
+        jc.value_grad_and_state(NET, xent)(params, (), xt, yt, train=False)
+    with pytest.raises(TypeError, match=r"^gradient_check: net must be a jaxcnn Layer"):
+        jc.audit.gradient_check(None, xent, params, xt, yt)
     bn = jc.serial(jc.Conv2D(2, 3), jc.BatchNorm(), jc.Flatten(), jc.Dense(10))
     bn_params, _ = bn.init(jax.random.key(0), (8, 8, 1))
     with pytest.raises(ValueError, match=r"keeps a state \(such as BatchNorm's running "
@@ -306,6 +317,42 @@ def test_a_run_resumes_only_with_its_microbatch(digits, tmp_path):
     assert resumed.summary["steps"] == 20
 
 
+def test_a_resume_trains_on_with_the_hyperparameters_of_the_optimizer_passed(digits,
+                                                                              tmp_path):
+    """``optax.inject_hyperparams`` keeps them in the optimizer state: on resume the rate of
+    the optimizer passed applies (as a plain optimizer's, held in its closure, does), so the
+    summary's record of the change is true; a scheduled rate continues from the checkpoint's
+    count, and the same optimizer resumes bitwise as a run never stopped."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    kw = dict(batch_size=16, verbose=False)
+
+    def adam(lr):
+        return optax.chain(optax.clip_by_global_norm(1.0),
+                           optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=0.8))
+    train.fit(NET, params, x, y, epochs=1, optimizer=adam(1e-3), info={"lr": 1e-3},
+              out=tmp_path / "a", **kw)
+    lines = []
+    changed = train.fit(NET, params, x, y, epochs=2, optimizer=adam(1e-1), info={"lr": 1e-1},
+                        resume_may_change=("lr",), resume=True, out=tmp_path / "a",
+                        **{**kw, "verbose": True}, progress=False, print_fn=lines.append)
+    assert float(changed.opt_state[1].hyperparams["learning_rate"]) == np.float32(1e-1)
+    assert float(changed.opt_state[1].hyperparams["b1"]) == np.float32(0.8)
+    assert changed.summary["changes"] == [{"step": 4, "setting": "lr", "from": 1e-3,
+                                           "to": 1e-1}]
+    assert "taking the optimizer's learning_rate = 0.1 (the checkpoint's optimizer state held " \
+           "0.001)" in lines
+    scheduled = optax.inject_hyperparams(optax.adam)(
+        learning_rate=optax.linear_schedule(1e-2, 1e-3, 8))
+    train.fit(NET, params, x, y, epochs=1, optimizer=scheduled, out=tmp_path / "b", **kw)
+    resumed = train.fit(NET, params, x, y, epochs=2, optimizer=scheduled, out=tmp_path / "b",
+                        resume=True, **kw)
+    straight = train.fit(NET, params, x, y, epochs=2, optimizer=scheduled, **kw)
+    for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)),
+                    jax.tree.leaves((straight.params, straight.opt_state))):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_resume_equals_uninterrupted(digits, tmp_path):
     net = STOCHASTIC_NET      # the step keys matter too
     params, _ = train.init_params(net, (8, 8, 1), seed=3)
@@ -399,6 +446,27 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state["params"]))
 
 
+def test_real_targets_and_their_images_are_checked_finite_before_training(digits, tmp_path):
+    """``squared_error``'s real targets take the branch without class labels: a NaN in an
+    image, a target or the test set is named before the first step, as it is for labels --
+    not a divergence at step 1, nor a data overflow blamed on finite images, nor a NaN test
+    loss in the summary."""
+    params, _ = train.init_params(NET, (8, 8, 1))
+    x = digits.x_train[:40].copy()
+    t, tt = np.eye(10, dtype=np.float32)[digits.y_train[:40]], \
+        np.eye(10, dtype=np.float32)[digits.y_test[:20]]
+    x[30, 3, 3, 0], t[5, 2], tt[7, 0] = np.nan, np.inf, np.nan
+    kw = dict(loss=jc.squared_error, epochs=1, batch_size=BATCH, verbose=False)
+    clean_x, clean_t = digits.x_train[:40], np.eye(10, dtype=np.float32)[digits.y_train[:40]]
+    for args, message in [((x, clean_t), r"^training set: images must be finite, image 30 "),
+                          ((clean_x, t), r"^training set: targets must be finite, target 5 "),
+                          ((clean_x, clean_t, digits.x_test[:20], tt),
+                           r"^test set: targets must be finite, target 7 ")]:
+        with pytest.raises(ValueError, match=message):
+            train.fit(NET, params, *args, out=tmp_path / "o", **kw)
+        assert not (tmp_path / "o" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("change, exc, message", [
     (dict(y=np.full(200, 10, np.int32)), ValueError,
      r"training set: labels must lie in \[0, 10\), got values in \[10, 10\]"),
@@ -415,7 +483,10 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(digits, tmp_pat
     (dict(x=np.zeros((200, 8, 8, 1), np.float64)), TypeError,
      r"images of shape \(200, 8, 8, 1\) and dtype float64 do not fit the network: .*float32"),
     (dict(y=np.zeros(199, np.int32)), ValueError, r"expected one label per image, shape \(200,\)"),
-    (dict(y=np.zeros(200, np.float32)), ValueError, r"targets must have shape \(200, 10\)"),
+    (dict(y=np.zeros(200, np.float32)), TypeError,
+     r"class labels must be an integer array \(cast with .astype\(np.int32\)\), got float32; "
+     r"real targets need the outputs' shape \(200, 10\)"),
+    (dict(y=np.zeros((200, 3), np.float32)), ValueError, r"targets must have shape \(200, 10\)"),
     (dict(epochs=0), ValueError, "epochs must be a positive integer, got 0"),
     (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
     (dict(batch_size=2.5), TypeError, "batch_size must be an int, got 2.5"),
