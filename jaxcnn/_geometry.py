@@ -73,7 +73,7 @@ def normalize_padding(layer: str, padding):
         pads = tuple(int(v) for v in (t, b, l, r))
         if any(int(v) != v or isinstance(v, bool) for v in (t, b, l, r)):
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):                  # OverflowError: inf
         raise ValueError(f"{layer}: unknown padding {padding!r}; expected one of {PADDINGS} "
                          f"or ((top, bottom), (left, right))") from None
     if min(pads) < 0 or max(pads) > LARGEST:

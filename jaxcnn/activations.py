@@ -12,14 +12,16 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.core import (Array, Layer, check_array, check_cache, check_delta, check_input_shape,
-                         check_no_params, config, numpy_as_jax)
+from jaxcnn.core import (Array, Layer, Static, check_array, check_cache, check_delta,
+                         check_input_shape, check_no_params, config, made_by, numpy_as_jax)
 
 
 class ActivationCache(NamedTuple):
-    """What an activation's forward saves: its output ``a``."""
+    """What an activation's forward saves: its output ``a``, and which activation made it
+    (``core.made_by``: another's ``a`` would take the wrong slope)."""
 
     a: Array
+    layer: Static | None = None
 
 
 def _activation(name: str, f: Callable[[Array], Array],
@@ -46,18 +48,20 @@ def _activation(name: str, f: Callable[[Array], Array],
                              f"axis first, got shape {tuple(x.shape)}")
         return f(x)
 
+    settings = config(kind="elementwise")
+    tag = made_by(name, settings)
+
     def forward(params, x, *, key=None, train=True):
         a = apply(params, x)
-        return a, ActivationCache(a)
+        return a, ActivationCache(a, tag)
 
     def backward(params, cache, delta):
         check_no_params(name, params)
-        check_cache(name, cache, ActivationCache)
+        check_cache(name, cache, ActivationCache, tag)
         check_delta(name, delta, cache.a.shape, cache.a.dtype)
         return (), slope(cache.a, delta)
 
-    return numpy_as_jax(Layer(init, forward, backward, apply, name,
-                              config=config(kind="elementwise")))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name, config=settings))
 
 
 def Sigmoid() -> Layer:

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, check_cache, check_delta, check_input, check_input_shape,
-                         check_param, check_param_keys, check_precision, config, flag,
-                         numpy_as_jax, pair, positive_int, split_key)
+                         check_param, check_param_dtype, check_param_keys, check_precision, config,
+                         flag, numpy_as_jax, pair, positive_int, split_key)
 from jaxcnn.lowering import dispatch
 from jaxcnn.lowering.plan import check_method, conv_plan
 
@@ -125,6 +125,7 @@ def Conv2D(features: int, kernel_size, strides=1, padding="VALID", dilation=1, g
     """
     name = "Conv2D"
     precision = check_precision(name, precision)
+    param_dtype = check_param_dtype(name, param_dtype)
     s = _settings(name, features, kernel_size, strides, padding, dilation, groups, use_bias,
                   method)
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (LARGEST, Array, Layer, apply_from_forward, check_cache, check_delta,
-                         check_input_shape, check_precision, config, flag, numpy_as_jax, pair,
-                         positive_int, split_key)
+                         check_input_shape, check_param_dtype, check_precision, config, flag,
+                         numpy_as_jax, pair, positive_int, split_key)
 from jaxcnn.conv import check_channels, kernel_and_bias
 from jaxcnn.lowering import xla
 from jaxcnn.reference import conv_transpose as ref
@@ -149,6 +149,7 @@ def ConvTranspose2D(features: int, kernel_size, strides=1, padding="VALID", outp
     """
     name = "ConvTranspose2D"
     precision = check_precision(name, precision)
+    param_dtype = check_param_dtype(name, param_dtype)
     s = _settings(name, features, kernel_size, strides, padding, output_padding, dilation,
                   groups, use_bias)
 

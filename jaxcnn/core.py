@@ -183,11 +183,29 @@ def pair(layer: str, arg: str, value, *, minimum: int = 1) -> tuple[int, int]:
 
 
 def positive_int(layer: str, arg: str, value) -> int:
+    """A count (features, groups, a microbatch): an int from 1 to ``LARGEST``."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{layer}: {arg} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{layer}: {arg} must be >= 1, got {value}")
+    if value > LARGEST:
+        raise ValueError(f"{layer}: {arg} must be <= 2**31 - 1, got {value}")
     return int(value)
+
+
+def check_param_dtype(layer: str, dtype) -> jnp.dtype:
+    """The dtype ``init`` makes a layer's params in: a floating-point one (JAX's initialisers
+    draw floats), checked when the layer is made."""
+    try:
+        if dtype is None:                     # NumPy's float64, not a choice
+            raise TypeError
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{layer}: param_dtype must be a floating-point dtype "
+                        f"(jnp.float32, ...), got {describe(dtype)}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{layer}: param_dtype must be a floating-point dtype, got {dtype}")
+    return dtype
 
 
 def flag(layer: str, arg: str, value) -> bool:
@@ -320,11 +338,25 @@ def check_delta(layer: str, delta, expected: Shape, dtype=None) -> None:
         raise TypeError(f"{layer}: backward got delta of dtype {delta.dtype}, expected {dtype}")
 
 
-def check_cache(layer: str, cache, kind: type) -> None:
-    """``backward``'s cache is the ``kind`` its forward returns."""
+def check_cache(layer: str, cache, kind: type, made_by: Static | None = None) -> None:
+    """``backward``'s cache is the ``kind`` its forward returns -- and, where a cache type is
+    shared by layers whose caches differ (the poolings' routes, the normalisations' sets),
+    made by this layer: ``made_by`` (``made_by(name, config)``) against the cache's ``layer``."""
     if not isinstance(cache, kind):
         raise TypeError(f"{layer}: backward expects the cache its forward returned "
                         f"({kind.__name__}), got {describe(cache)}")
+    made = getattr(cache, "layer", None)
+    if made_by is not None and made is not None and made != made_by:
+        def named(tag):
+            return f"{tag.value[0]}({', '.join(f'{k}={v!r}' for k, v in tag.value[1])})"
+        raise TypeError(f"{layer}: backward expects the cache its own forward returned, got "
+                        f"one made by {named(made)}, not by this {named(made_by)}")
+
+
+def made_by(name: str, settings: tuple) -> Static:
+    """The tag a shared cache type carries in its ``layer`` field: the layer's name and
+    ``config``, checked by ``check_cache``."""
+    return Static((name, settings))
 
 
 def check_no_params(layer: str, params) -> None:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, Static, apply_from_forward, check_array, check_cache,
                          check_delta, check_input, check_input_shape, check_no_params, check_param,
-                         check_param_keys, check_precision, config, flag, numpy_as_jax,
-                         positive_int, split_key)
+                         check_param_dtype, check_param_keys, check_precision, config, flag,
+                         numpy_as_jax, positive_int, split_key)
 
 
 class DenseCache(NamedTuple):
@@ -38,6 +38,7 @@ def Dense(features: int, use_bias: bool = True, *,
     features = positive_int(name, "features", features)
     use_bias = flag(name, "use_bias", use_bias)
     precision = check_precision(name, precision)
+    param_dtype = check_param_dtype(name, param_dtype)
 
     def init(key, input_shape):
         (n_in,) = check_input_shape(name, input_shape, 1,

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
-                         check_param_keys, check_train, config, flag, numpy_as_jax, positive_int,
-                         static_number, wide)
+                         check_param_dtype, check_param_keys, check_train, config, flag, made_by,
+                         numpy_as_jax, positive_int, static_number, wide)
 
 
 class NormCache(NamedTuple):
@@ -55,6 +55,7 @@ class NormCache(NamedTuple):
     inv_std: Array
     mean: Array | None = None
     var: Array | None = None
+    layer: Static | None = None         # core.made_by: another normalisation's sets differ
 
 
 Plan = Callable[[Shape], tuple[Shape, tuple[int, ...]]]
@@ -181,6 +182,10 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
     raises); ``None``: the input's statistics in both modes (LayerNorm, GroupNorm).
     """
 
+    layer_config = config(kind=kind, epsilon=epsilon, use_scale=use_scale, use_bias=use_bias,
+                          **settings)
+    tag = made_by(name, layer_config)
+
     def init(key, input_shape):
         shape = _input_shape(name, input_shape)
         plan((1, *shape))
@@ -196,6 +201,7 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         scale, bias = _channel_params(name, params, x.shape[-1], x.dtype, use_scale, use_bias)
         view, axes = plan(x.shape)
         acc = wide(x.dtype)
+        _check_epsilon(name, epsilon, acc)
         v = x.astype(acc).reshape(view)
         if fixed is None or check_train(name, train):
             _check_set_size(name, math.prod(view[a] for a in axes), x.shape, fixed is not None)
@@ -211,11 +217,11 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         if use_bias:
             y = y + _per_channel(bias.astype(acc), x.ndim)
         cache = NormCache(Static(jax.ShapeDtypeStruct(x.shape, x.dtype)), x_hat, inv_std,
-                          mean, var)
+                          mean, var, tag)
         return y.astype(x.dtype), cache
 
     def backward(params, cache, delta):
-        check_cache(name, cache, NormCache)
+        check_cache(name, cache, NormCache, tag)
         shape, dtype = cache.input.value.shape, cache.input.value.dtype
         scale, _ = _channel_params(name, params, shape[-1], dtype, use_scale, use_bias)
         check_delta(name, delta, shape, dtype)
@@ -242,14 +248,25 @@ def _norm_layer(name: str, plan: Plan, epsilon: float, use_scale: bool, use_bias
         return grads, dx.reshape(shape).astype(dtype)
 
     return numpy_as_jax(Layer(init, forward, backward, apply_from_forward(forward), name,
-                              config=config(kind=kind, epsilon=epsilon, use_scale=use_scale,
-                                            use_bias=use_bias, **settings), state=state))
+                              config=layer_config, state=state))
 
 
-def _settings(name: str, epsilon, use_scale, use_bias) -> float:
-    flag(name, "use_scale", use_scale)
-    flag(name, "use_bias", use_bias)
-    return _check_number(name, "epsilon", epsilon, 0.0, math.inf, "()")
+def _settings(name: str, epsilon, use_scale, use_bias) -> tuple[float, bool, bool]:
+    """``epsilon`` and the two flags, checked and normalised (a NumPy bool to a bool); the
+    dtype the statistics are computed in bounds ``epsilon`` further (``_check_epsilon``)."""
+    use_scale, use_bias = flag(name, "use_scale", use_scale), flag(name, "use_bias", use_bias)
+    return _check_number(name, "epsilon", epsilon, 0.0, math.inf, "()"), use_scale, use_bias
+
+
+def _check_epsilon(name: str, epsilon: float, acc) -> None:
+    """``epsilon`` a normal number of ``acc``, the dtype of the statistics (float32 at least):
+    a smaller one flushes to 0 (a constant set's ``1 / sigma`` infinite), a larger one is
+    infinite (the output the bias alone) -- at trace time, when the dtype is known."""
+    info = jnp.finfo(acc)
+    if not float(info.tiny) <= epsilon <= float(info.max):
+        raise ValueError(f"{name}: epsilon must be a normal {jnp.dtype(acc).name} number, in "
+                         f"[{float(info.tiny):g}, {float(info.max):g}], for inputs of this "
+                         f"dtype, got {epsilon:g}")
 
 
 # --- batch normalisation ---------------------------------------------------------------------
@@ -286,7 +303,8 @@ def BatchNorm(momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = Tr
     ``jc.with_state(net, state).apply(params, x, train=False)``.
     """
     name = "BatchNorm"
-    epsilon = _settings(name, epsilon, use_scale, use_bias)
+    epsilon, use_scale, use_bias = _settings(name, epsilon, use_scale, use_bias)
+    param_dtype = check_param_dtype(name, param_dtype)
     momentum = _check_number(name, "momentum", momentum, 0.0, 1.0, "[]")
 
     def plan(shape):
@@ -326,9 +344,11 @@ def _running_update(name: str, momentum: float, state: State, cache: NormCache) 
     """Eq. 7.14: ``momentum * old + (1 - momentum) * batch statistic``, for the mean and the
     (biased) variance a training forward cached; affine in them."""
     _check_state(name, state)
-    if not isinstance(cache, NormCache):
+    made = None if not isinstance(cache, NormCache) or cache.layer is None else \
+        cache.layer.value[0]
+    if not isinstance(cache, NormCache) or made not in (None, name):
         raise ValueError(f"{name}: update expects the NormCache of a BatchNorm forward, got "
-                         f"{type(cache).__name__} -- a cache from another layer?")
+                         f"{made or type(cache).__name__}'s -- a cache from another layer?")
     if cache.mean is None:
         raise ValueError(f"{name}: update needs the cache of a training forward (train=True), "
                          f"which holds the batch's statistics; this one is from an evaluation "
@@ -369,7 +389,8 @@ def LayerNorm(epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = Tr
     ``dbias`` summed over every other axis (eq. 7.5).
     """
     name = "LayerNorm"
-    epsilon = _settings(name, epsilon, use_scale, use_bias)
+    epsilon, use_scale, use_bias = _settings(name, epsilon, use_scale, use_bias)
+    param_dtype = check_param_dtype(name, param_dtype)
 
     def plan(shape):
         return tuple(shape), (len(shape) - 1,)
@@ -393,7 +414,8 @@ def GroupNorm(num_groups: int, epsilon: float = 1e-5, use_scale: bool = True,
     """
     name = "GroupNorm"
     num_groups = positive_int(name, "num_groups", num_groups)
-    epsilon = _settings(name, epsilon, use_scale, use_bias)
+    epsilon, use_scale, use_bias = _settings(name, epsilon, use_scale, use_bias)
+    param_dtype = check_param_dtype(name, param_dtype)
 
     def plan(shape):
         c = shape[-1]

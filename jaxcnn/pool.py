@@ -20,7 +20,7 @@ import numpy as np
 from jaxcnn import _geometry as geo
 from jaxcnn.core import (Array, Layer, Static, check_cache, check_delta, check_input,
                          check_input_shape, check_key, check_no_params, check_train, config, flag,
-                         is_concrete, numpy_as_jax, pair, wide)
+                         is_concrete, made_by, numpy_as_jax, pair, wide)
 from jaxcnn.lowering import pool as fast
 from jaxcnn.reference import pool as ref
 
@@ -39,6 +39,7 @@ class PoolCache(NamedTuple):
     input: Static
     index: Array | None = None
     x: Array | None = None
+    layer: Static | None = None         # core.made_by: another pooling's routes are not ours
 
 
 def _pool_layer(name: str, window, strides, padding,
@@ -85,12 +86,17 @@ def _pool_layer(name: str, window, strides, padding,
                             f"(float16, bfloat16, float32)")
         return geometry(x.shape[1:3])
 
+    layer_config = config(kind="window", size=window, strides=strides, dilation=dilation,
+                          padding=padding, ceil_mode=ceil_mode, **settings)
+    tag = made_by(name, layer_config)
+
     def forward_(params, x, *, key=None, train=True):
-        return forward(x, checked(params, x), key, train)
+        y, cache = forward(x, checked(params, x), key, train)
+        return y, cache._replace(layer=tag)
 
     def backward_(params, cache, delta):
         check_no_params(name, params)
-        check_cache(name, cache, PoolCache)
+        check_cache(name, cache, PoolCache, tag)
         shape, dtype = cache.input.value.shape, cache.input.value.dtype
         g = geometry(shape[1:3])
         check_delta(name, delta, (shape[0], *g.out_hw, shape[3]), dtype)
@@ -100,9 +106,7 @@ def _pool_layer(name: str, window, strides, padding,
         g = checked(params, x)
         return apply(x, g, key, train) if apply is not None else forward(x, g, key, train)[0]
 
-    return numpy_as_jax(Layer(init, forward_, backward_, apply_, name, config=config(
-        kind="window", size=window, strides=strides, dilation=dilation, padding=padding,
-        ceil_mode=ceil_mode, **settings)))
+    return numpy_as_jax(Layer(init, forward_, backward_, apply_, name, config=layer_config))
 
 
 def _check_ceil_mode(name: str, ceil_mode, padding, window) -> bool:
@@ -129,8 +133,13 @@ def _check_dilated_windows(name: str, g: geo.Window) -> None:
 
 
 def _check_non_negative(name: str, x) -> None:
-    """Stochastic pooling's domain, checked where ``x`` holds values (not under ``jit``)."""
+    """Stochastic pooling's domain, checked where ``x`` holds values (not under ``jit``): finite
+    (a NaN or an infinity in a window's sum ``S`` would decide its draw silently), >= 0."""
     if is_concrete(x) and x.size:
+        if not bool(jnp.isfinite(x).all()):
+            raise ValueError(f"{name}: inputs must be finite (each window is a distribution "
+                             f"over its entries, eq. 5.5), got "
+                             f"{int((~jnp.isfinite(x)).sum())} NaN or infinite entries")
         low = float(jnp.min(x))
         if low < 0:
             raise ValueError(f"{name}: inputs must be >= 0 (each window is a distribution over "
@@ -176,8 +185,10 @@ def AvgPool2D(window, strides=None, padding="VALID", count_include_pad: bool = T
         y = fast.window_sums(x.astype(acc), g) / size                             # eq. 5.1
         return y.astype(x.dtype), PoolCache(_static(x))
 
-    def backward(cache, delta, g):
-        return fast.spread(delta / ref.window_size(g, count_include_pad, delta.dtype), g)  # 5.2
+    def backward(cache, delta, g):          # |R| in float32 at least: float16 holds < 65520
+        acc = wide(delta.dtype)
+        share = delta.astype(acc) / ref.window_size(g, count_include_pad, acc)
+        return fast.spread(share.astype(delta.dtype), g)                          # eq. 5.2
 
     return _pool_layer(name, window, strides, padding, forward, backward,
                        ceil_mode=ceil_mode, count_include_pad=count_include_pad)
@@ -243,13 +254,14 @@ def StochasticPool2D(window, strides=None) -> Layer:
     Test time (``train=False``; eq. 5.7): ``y = sum(p a) = sum(a^2) / S``, 0 where ``S = 0``,
     with its exact derivative ``dy/da_i = (2 a_i - y) / S`` (eq. 5.8; 0 where ``S = 0``).
 
-    Inputs must be >= 0 (after a ReLU or sigmoid): each window is a distribution over its
-    entries.  A concrete input is checked (``ValueError`` naming the most negative entry); a
-    traced one (under ``jit``, ``grad``, ``vmap``) cannot be, and then a negative entry is never
-    drawn in training (eq. 5.5 samples by ``max(a, 0)``; a window with no positive entry outputs
-    its first entry, negative or not), while at test time eq. 5.7 divides by ``S = sum(a)``
-    with the negative entries counted, so ``y`` may leave the window's range (0 where
-    ``S <= 0``).
+    Inputs must be finite and >= 0 (after a ReLU or sigmoid): each window is a distribution
+    over its entries.  A concrete input is checked (``ValueError`` naming the most negative
+    entry, or the count of NaN and infinite ones); a traced one (under ``jit``, ``grad``,
+    ``vmap``) cannot be, and then a negative entry is never drawn in training (eq. 5.5 samples
+    by ``max(a, 0)``; a window with no positive entry outputs its first entry; a NaN or an
+    infinity in a window makes its draw arbitrary), while at test time eq. 5.7 divides by
+    ``S = sum(a)`` with the negative entries counted, so ``y`` may leave the window's range
+    (0 where ``S <= 0``, NaN or infinite).
     """
     name = "StochasticPool2D"
 
@@ -280,6 +292,8 @@ def GlobalAvgPool2D() -> Layer:
     as large as the input, the output's spatial axes dropped).  Backward (eq. 5.10): every
     position gets ``delta[n, c] / (H W)``."""
     name = "GlobalAvgPool2D"
+    layer_config = config(kind="global")
+    tag = made_by(name, layer_config)
 
     def init(key, input_shape):
         h, w, c = check_input_shape(name, input_shape, 3, "(H, W, C)")
@@ -292,18 +306,18 @@ def GlobalAvgPool2D() -> Layer:
             raise ValueError(f"{name}: the input's height and width must be >= 1 (a mean over "
                              f"no positions is not defined), got {tuple(x.shape[1:3])} (input "
                              f"shape {tuple(x.shape)})")
-        return jnp.mean(x, axis=(1, 2)), PoolCache(_static(x))                 # eq. 5.10
+        return jnp.mean(x, axis=(1, 2)), PoolCache(_static(x), layer=tag)       # eq. 5.10
 
     def backward(params, cache, delta):
         check_no_params(name, params)
-        check_cache(name, cache, PoolCache)
+        check_cache(name, cache, PoolCache, tag)
         n, h, w, c = cache.input.value.shape
         check_delta(name, delta, (n, c), cache.input.value.dtype)
-        share = delta / jnp.asarray(h * w, delta.dtype)                          # eq. 5.10
+        acc = wide(delta.dtype)                 # H W in float32 at least, as the forward's mean
+        share = (delta.astype(acc) / (h * w)).astype(delta.dtype)                  # eq. 5.10
         return (), jnp.broadcast_to(share[:, None, None, :], (n, h, w, c))
 
     def apply(params, x, *, key=None, train=True):
         return forward(params, x)[0]
 
-    return numpy_as_jax(Layer(init, forward, backward, apply, name,
-                              config=config(kind="global")))
+    return numpy_as_jax(Layer(init, forward, backward, apply, name, config=layer_config))

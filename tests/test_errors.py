@@ -51,6 +51,9 @@ def x_of(*shape, dtype=jnp.float32):
      r"MaxPool2D: with ceil_mode, padding \(\(1, 1\), \(0, 3\)\) must be at most half the window "
      r"\(2, 4\) on each side \(<= \(1, 2\)\)"),
     (lambda: jc.Dense(0), r"Dense: features must be >= 1, got 0"),
+    (lambda: jc.Dense(2 ** 63), r"Dense: features must be <= 2\*\*31 - 1, got 9223372036854775808"),
+    (lambda: jc.Conv2D(1, 3, padding=((float("inf"), 0), (0, 0))),
+     r"Conv2D: unknown padding \(\(inf, 0\), \(0, 0\)\)"),
 ])
 def test_bad_settings(make, match):
     with pytest.raises(ValueError, match=match):
@@ -64,6 +67,11 @@ def test_bad_settings(make, match):
     (lambda: jc.MaxPool2D(2, ceil_mode=1), r"MaxPool2D: ceil_mode must be a bool, got int 1"),
     (lambda: jc.AvgPool2D(2, ceil_mode="True"), r"AvgPool2D: ceil_mode must be a bool, got str"),
     (lambda: jc.MaxPool2D(2, dilation=1.5), r"MaxPool2D: dilation must be an int or a pair of ints"),
+    (lambda: jc.Conv2D(1, 3, param_dtype=jnp.int32),
+     r"Conv2D: param_dtype must be a floating-point dtype, got int32"),
+    (lambda: jc.Dense(1, param_dtype="foo"),
+     r"Dense: param_dtype must be a floating-point dtype \(jnp.float32, ...\), got str 'foo'"),
+    (lambda: jc.ConvTranspose2D(1, 3, param_dtype=None), r"ConvTranspose2D: param_dtype must be"),
 ])
 def test_bad_setting_types(make, match):
     with pytest.raises(TypeError, match=match):
@@ -683,3 +691,52 @@ def test_max_pooling_refuses_a_dtype_without_infinity():
                                   np.asarray(jc.MaxPool2D(2).forward((), e5m2)[0], np.float32))
     np.testing.assert_array_equal(np.asarray(y, np.float32).ravel(),
                                   np.asarray(e5m2, np.float32).ravel()[[5, 7, 13, 15]])
+
+
+def test_a_cache_made_by_another_layer_is_refused_naming_both():
+    """Pooling routes and activation outputs are layer-specific: another pooling's cache (or
+    the same pooling's with other settings) would route the residual elsewhere, another
+    activation's output would take the wrong slope.  A TypeError naming both layers, under
+    ``jit`` too; a layer's own cache passes through ``jit``."""
+    x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+    ones = jnp.ones((1, 2, 2, 1))
+    for made, used in [(jc.AvgPool2D(3, 2), jc.MaxPool2D(3, 2)),
+                       (jc.MaxPool2D(3, 2), jc.MaxPool2D(2, 2)),
+                       (jc.AvgPool2D(3, 2), jc.StochasticPool2D(3, 2))]:
+        _, cache = made.forward((), x)
+        with pytest.raises(TypeError, match=rf"^{used.name}: backward expects the cache its own "
+                                            rf"forward returned, got one made by {made.name}\("):
+            jax.jit(used.backward)((), cache, ones)
+    _, cache = jc.Tanh().forward((), jnp.zeros((1, 2)))
+    with pytest.raises(TypeError, match=r"^Sigmoid: backward expects the cache its own forward "
+                                        r"returned, got one made by Tanh\(kind='elementwise'\), "
+                                        r"not by this Sigmoid"):
+        jc.Sigmoid().backward((), cache, jnp.ones((1, 2)))
+    pool = jc.MaxPool2D(2)
+    cache = jax.jit(lambda a: pool.forward((), a)[1])(x[:, :4, :4])
+    assert float(jc.MaxPool2D(2).backward((), cache, ones)[1].sum()) == 4.0
+
+
+@pytest.mark.parametrize("layer, shape", [(jc.GlobalAvgPool2D(), (1, 1)),
+                                          (jc.AvgPool2D(256), (1, 1, 1, 1))])
+def test_float16_average_pooling_over_more_positions_than_float16_holds(layer, shape):
+    """A window of 65,536 positions: 1 / |R| in float32, not |R| in float16 (infinite), so the
+    backward equals jax.vjp of the forward instead of zeros."""
+    x = jnp.ones((1, 256, 256, 1), jnp.float16)
+    _, cache = layer.forward((), x)
+    delta = jnp.ones(shape, jnp.float16)
+    got = layer.backward((), cache, delta)[1]
+    want = jax.vjp(lambda a: layer.apply((), a), x)[1](delta)[0]
+    assert float(got[0, 0, 0, 0]) == float(want[0, 0, 0, 0]) > 0
+
+
+def test_stochastic_pooling_refuses_non_finite_inputs_where_it_can():
+    """A NaN or an infinity in a window's sum would decide its draw silently: refused where
+    the input holds values, as a negative entry is."""
+    for bad in (np.nan, np.inf):
+        x = jnp.array([1.0, bad, 1.0, 1.0]).reshape(1, 2, 2, 1)
+        for kw in (dict(train=False), dict(key=jax.random.key(0))):
+            with pytest.raises(ValueError, match=r"^StochasticPool2D: inputs must be finite "
+                                                 r"\(each window is a distribution over its "
+                                                 r"entries, eq. 5.5\), got 1 NaN or infinite"):
+                jc.StochasticPool2D(2).apply((), x, **kw)

@@ -437,6 +437,17 @@ def test_summary_counts_the_elementwise_kinds():
     (lambda: jc.BatchNorm(momentum=1.5), ValueError, r"^BatchNorm: momentum must be in "
                                                      r"\[0, 1\], got 1.5"),
     (lambda: jc.BatchNorm(epsilon=0), ValueError, r"^BatchNorm: epsilon must be in \(0, inf\)"),
+    (lambda: jc.BatchNorm(epsilon=1e-40).apply(  # flushes to 0 in float32
+        {"scale": jnp.ones(2, jnp.float32), "bias": jnp.zeros(2, jnp.float32)},
+        jnp.ones((4, 2), jnp.float32)), ValueError,
+     r"^BatchNorm: epsilon must be a normal float32 number, in \[1.17549e-38, 3.40282e\+38\], "
+     r"for inputs of this dtype, got 1e-40"),
+    (lambda: jax.jit(jc.LayerNorm(epsilon=1e39).apply)(         # infinite in float32
+        {"scale": jnp.ones(2, jnp.bfloat16), "bias": jnp.zeros(2, jnp.bfloat16)},
+        jnp.ones((4, 2), jnp.bfloat16)), ValueError,
+     r"^LayerNorm: epsilon must be a normal float32 number, .* got 1e\+39"),
+    (lambda: jc.GroupNorm(2, param_dtype=jnp.int32), TypeError,
+     r"^GroupNorm: param_dtype must be a floating-point dtype, got int32"),
     (lambda: jc.LayerNorm(use_scale="yes"), TypeError, r"^LayerNorm: use_scale must be a bool"),
     (lambda: jc.Dropout(1.0), ValueError, r"^Dropout: rate must be in \[0, 1\), the "
                                           r"probability of dropping an entry, got 1.0"),
@@ -458,6 +469,37 @@ def test_summary_counts_the_elementwise_kinds():
 def test_bad_settings(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+@pytest.mark.parametrize("make", [jc.BatchNorm, jc.LayerNorm, lambda **kw: jc.GroupNorm(1, **kw)])
+def test_numpy_bools_are_flags(make):
+    """``use_scale=np.False_`` is a bool to the layer (as to Conv2D and Dense): its params and
+    its passes as with ``False``."""
+    layer, plain = make(use_scale=np.False_, use_bias=np.True_), make(use_scale=False)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 3, 2)), jnp.float32)
+    params, _ = layer.init(jax.random.key(0), x.shape[1:])
+    assert set(params) == {"bias"} and dict(layer.config)["use_scale"] is False
+    y, cache = layer.forward(params, x)
+    np.testing.assert_array_equal(y, plain.apply(params, x))
+    assert set(layer.backward(params, cache, y)[0]) == {"bias"}
+
+
+def test_a_cache_from_another_normalisation_is_refused():
+    """LayerNorm's cache holds other sets' statistics than BatchNorm's: its backward and its
+    state update name the layer that made it, not return another layer's residual."""
+    x = jnp.asarray([[1.0, 2.0], [3.0, 5.0]])
+    params = {"scale": jnp.ones(2), "bias": jnp.zeros(2)}
+    _, cache = jc.LayerNorm().forward(params, x)
+    bn = jc.BatchNorm()
+    with pytest.raises(TypeError, match=r"^BatchNorm: backward expects the cache its own "
+                                        r"forward returned, got one made by LayerNorm\("):
+        bn.backward(params, cache, jnp.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"^BatchNorm: update expects the NormCache of a "
+                                         r"BatchNorm forward, got LayerNorm's"):
+        bn.state.update(jc.init_state(bn, (2,)), cache)
+    _, own = bn.forward(params, x)              # a bound BatchNorm takes the unbound one's
+    bound = jc.with_state(bn, jc.init_state(bn, (2,)))
+    np.testing.assert_array_equal(bound.backward(params, own, x)[1], bn.backward(params, own, x)[1])
 
 
 def test_settings_given_as_concrete_arrays_are_numbers():
