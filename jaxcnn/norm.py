@@ -31,11 +31,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn.core import (Array, Layer, Shape, State, StateFns, Static, apply_from_forward,
                          check_array, check_cache, check_delta, check_input_shape, check_param,
-                         check_param_dtype, check_param_keys, check_train, config, flag, made_by,
-                         numpy_as_jax, positive_int, static_number, wide)
+                         check_param_dtype, check_param_keys, check_train, config, flag,
+                         is_concrete, made_by, numpy_as_jax, positive_int, static_number, wide)
 
 
 class NormCache(NamedTuple):
@@ -372,6 +373,14 @@ def _state_entry(name: str, state: State, key: str, c: int) -> Array:
     if tuple(value.shape) != (c,):
         raise ValueError(f"{name}: state[{key!r}] has shape {tuple(value.shape)}, expected "
                          f"({c},) for this input -- a state from another network?")
+    if not jnp.issubdtype(value.dtype, jnp.floating):     # complex too: its imaginary part
+        raise TypeError(f"{name}: state[{key!r}] must be a real floating-point array, got "
+                        f"{value.dtype}")
+    low = float(np.min(np.asarray(value))) if key == "var" and is_concrete(value) and \
+        value.size else 0.0                    # in NumPy: a state bound under jit is a constant
+    if low < 0:
+        raise ValueError(f"{name}: state['var'] must be >= 0 (a variance), got a most negative "
+                         f"entry of {low}")
     return value
 
 

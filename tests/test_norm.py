@@ -297,6 +297,16 @@ def test_batchnorm_state_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"^BatchNorm: state\['mean'\] has shape \(3,\), "
                                          r"expected \(2,\) for this input"):
         bound.apply(params, x, train=False)
+    for state, exc, match in [
+            ({"mean": jnp.zeros(2, jnp.int32), "var": jnp.ones(2)}, TypeError,
+             r"^BatchNorm: state\['mean'\] must be a real floating-point array, got int32"),
+            ({"mean": jnp.zeros(2), "var": jnp.ones(2, jnp.complex128)}, TypeError,
+             r"^BatchNorm: state\['var'\] must be a real floating-point array, got complex"),
+            ({"mean": jnp.zeros(2), "var": -jnp.ones(2)}, ValueError,
+             r"^BatchNorm: state\['var'\] must be >= 0 \(a variance\), got a most negative "
+             r"entry of -1.0")]:
+        with pytest.raises(exc, match=match):
+            bn.state.bind(state).apply(params, x, train=False)
 
 
 # --- Dropout ---------------------------------------------------------------------------------
