@@ -758,7 +758,7 @@ def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monk
         holder.stdout.close()
     monkeypatch.chdir(tmp_path)
 
-    def interrupted(args, out):
+    def interrupted(args, out, prepared):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "_train", interrupted)
     assert cli.main(["train", "--quiet"]) == 130
@@ -790,7 +790,7 @@ def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     before = signal.getsignal(signal.SIGTERM)
 
-    def terminated(args, out):
+    def terminated(args, out, prepared):
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(1000):               # the handler runs at the next bytecode
             pass
