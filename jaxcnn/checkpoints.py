@@ -525,8 +525,9 @@ def _tuples(tree):
 
 def check_path(ckpt_dir: str) -> None:
     """``ValueError`` for a checkpoint directory jaxcnn cannot keep: a URL (``gs://...``; the
-    lock and the atomic renames need a local file system), or a path with ``[`` or ``]``, which
-    orbax takes for a glob pattern, leaving every step it writes there unreadable."""
+    lock and the atomic renames need a local file system), a path with ``[`` or ``]``, which
+    orbax takes for a glob pattern, or with a backslash, which tensorstore takes for a path
+    separator (the arrays land in another directory): every step written there unreadable."""
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", ckpt_dir):
         raise ValueError(f"{ckpt_dir}: a URL; jaxcnn writes its runs to a local directory (its "
                          f"lock and atomic renames need a local file system)")
@@ -535,6 +536,10 @@ def check_path(ckpt_dir: str) -> None:
         raise ValueError(f"{ckpt_dir}: orbax-checkpoint reads a path holding '[' or ']' as a "
                          f"pattern and could not read its checkpoints back; choose an output "
                          f"directory without them")
+    if "\\" in ckpt_dir:
+        raise ValueError(f"{ckpt_dir}: tensorstore reads a backslash in a path as a separator "
+                         f"and would write the arrays of every checkpoint elsewhere; choose an "
+                         f"output directory without one")
 
 
 def _run_steps(ckpt_dir: str) -> list[str]:
@@ -589,10 +594,34 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool, clear: bool = True) 
         raise ValueError(f"{out} already holds the outputs of a run ({', '.join(written)}) "
                          f"but no checkpoint to resume; choose another output directory, or "
                          f"overwrite it")
+    if overwrite and not resume:
+        _check_ours(ckpt_dir)
     if clear:
         os.makedirs(out, exist_ok=True)
         _remove_ours(out, ckpt_dir, everything=overwrite and not resume)
     return ckpt_dir
+
+
+_STEP_ENTRIES = re.compile(r"(meta|state)(\.orbax-checkpoint-tmp.*)?|jaxcnn-files\.json|"
+                           r"commit_success\.txt|_[A-Z_]+", re.ASCII)
+"""What a step directory of jaxcnn's holds: its two orbax items (or their temporaries), its
+seal, orbax's commit file and metadata (``_CHECKPOINT_METADATA``)."""
+
+
+def _check_ours(ckpt_dir: str) -> None:
+    """``ValueError`` before ``overwrite`` removes anything, where a directory under
+    ``checkpoints/`` that is named as jaxcnn names its steps holds files jaxcnn does not write
+    (another program's checkpoint, say): it is not jaxcnn's to delete."""
+    if not os.path.isdir(ckpt_dir):
+        return
+    for name in sorted(filter(_OURS.fullmatch, os.listdir(ckpt_dir))):
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        foreign = sorted(n for n in os.listdir(path) if not _STEP_ENTRIES.fullmatch(n))
+        if foreign:
+            raise ValueError(f"{path} holds files jaxcnn does not write ({', '.join(foreign)}); "
+                             f"overwrite removes only jaxcnn's checkpoints: move it away first")
 
 
 def _remove_ours(out: str, ckpt_dir: str, everything: bool) -> None:
@@ -723,6 +752,8 @@ def claim_fresh_out(base: str) -> tuple[str, OutLock]:
     for out in _candidates(base):
         if os.path.lexists(out) and not (os.path.isdir(out) and not holds_run(out)):
             continue
+        if os.path.realpath(os.path.join(out, LOCK_FILE)) in _CLAIMED:    # this process's
+            continue
         try:
             lock = lock_out(out)
         except ValueError:                  # in use, or its lock file a link
@@ -734,15 +765,25 @@ def claim_fresh_out(base: str) -> tuple[str, OutLock]:
 
 
 def latest_out(base: str) -> str | None:
-    """The newest run among ``base``, ``base-2``, ...: the highest-numbered that holds a
-    checkpoint (``None``: none does).  ``jaxcnn train --resume`` without ``--out``."""
-    found, misses = None, 0
-    for out in _candidates(base):
-        if os.path.isdir(out):
-            misses = 0
-            if _run_steps(os.path.join(out, CHECKPOINT_DIR)):
-                found = out
-        else:
-            misses += 1
-            if misses > 8:                  # numbering stops; a few gaps are tolerated
-                return found
+    """The newest run among ``base``, ``base-2``, ...: the one whose newest checkpoint was
+    written last (``None``: none holds one) -- ``jaxcnn train --resume`` without ``--out``.
+    By time, not by number: a fresh run fills the first free name, a gap left by a removed
+    run included."""
+    parent, name = os.path.split(base)
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return None
+    numbered = re.compile(re.escape(name) + r"(-[2-9]|-[1-9][0-9]+)?", re.ASCII)
+    written = {}
+    for entry in filter(numbered.fullmatch, entries):
+        ckpt_dir = os.path.join(parent, entry, CHECKPOINT_DIR)
+        times = []
+        for step in _run_steps(ckpt_dir):
+            try:
+                times.append(os.stat(os.path.join(ckpt_dir, step)).st_mtime_ns)
+            except OSError:                 # removed meanwhile
+                pass
+        if times:
+            written[os.path.join(parent, entry)] = max(times)
+    return max(written, key=written.get) if written else None

@@ -440,6 +440,9 @@ def write_idx(path, array: np.ndarray) -> None:
     if code is None:
         raise TypeError(f"write_idx: dtype {array.dtype} has no IDX type code; expected one of "
                         f"{', '.join(str(d) for d in codes)}")
+    if not 1 <= array.ndim <= 32 or max(array.shape) >= 2 ** 32:     # as read_idx reads them
+        raise ValueError(f"write_idx: an IDX file holds 1 to 32 dimensions, each below 2**32, "
+                         f"got shape {array.shape}")
     data = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
             + array.astype(_IDX_DTYPES[code]).tobytes())
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
@@ -635,6 +638,10 @@ def download(name: str, data_dir=None, *, mirror: str | None = None,
         raise ValueError(f"no download for the data set {name!r}; expected one of "
                          f"{', '.join(SOURCES)} (the digits ship with scikit-learn)")
     source, log = SOURCES[name], log or (lambda line: None)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout < math.inf:
+        raise ValueError(f"download: timeout must be a positive number of seconds, got "
+                         f"{timeout!r}")
     fault = None if mirror is None else _mirror_fault(mirror)
     if fault is not None:
         raise ValueError(f"mirror: {fault}")

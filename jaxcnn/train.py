@@ -634,9 +634,17 @@ def _resume(run: _Run, state: _State) -> _State:
     """The state of ``out``'s newest good checkpoint (``Checkpoints.find_good``), which must
     have been made with this run's settings (``config``, compared before any array is read:
     ``ValueError`` naming the first that differs).  Corrupt newer ones are reported
-    (``CheckpointWarning``) and set aside; ``metrics.jsonl`` is rewritten from the history."""
+    (``CheckpointWarning``) and set aside; ``metrics.jsonl`` is rewritten from the history --
+    after a resume past the last epoch is refused (``_check_past_end``), so that a refusal
+    changes nothing in ``out``."""
     step, restored, meta, passed = run.ckpt.find_good(
         _saved(run, state), functools.partial(_check_config, run), what="cannot resume")
+    changes = _changes(run, step, meta)
+    try:
+        _check_past_end(run, step, len(meta["history"]), changes)
+    except ValueError:                          # reported, left where they are
+        warn_passed(passed, step, aside=False, stacklevel=4)
+        raise
     if passed:
         warn_passed(passed, step, aside=True, stacklevel=4)
         run.ckpt.set_aside([bad for bad, _ in passed])
@@ -654,7 +662,6 @@ def _resume(run: _Run, state: _State) -> _State:
     if run.plan is not None:
         params, opt_state, net_state = distributed.replicate(run.plan,
                                                              (params, opt_state, net_state))
-    changes = _changes(run, step, meta)
     _write_metrics(run, meta["history"])
     return _State(params, opt_state, jax.random.wrap_key_data(jnp.asarray(restored["key"])),
                   np.asarray(restored["order"]), step, meta["history"], meta["epoch_losses"],
@@ -1011,24 +1018,31 @@ def _retract_summary(run: _Run) -> None:
         os.remove(path)
 
 
-def _nothing_to_do(run: _Run, state: _State) -> FitResult:
-    """A resumed run that has done its epochs: its outputs completed (a kill may have come
-    between its last checkpoint and them), no gradient check, no step.  A checkpoint inside an
-    epoch past ``epochs`` is refused (``ValueError``): its parameters are not those of the
-    last epoch its history reports."""
-    if state.step % run.steps_per_epoch:
+def _check_past_end(run: _Run, step: int, epochs_done: int, changes) -> None:
+    """A resume at or past the last step has nothing to train: a checkpoint inside an epoch
+    past ``epochs`` is refused (``ValueError``: its parameters are not those of the last epoch
+    its history reports), and so is a change of setting, which would apply to no step."""
+    if step < run.epochs * run.steps_per_epoch:
+        return
+    if step % run.steps_per_epoch:
         raise ValueError(
-            f"cannot resume with epochs={run.epochs}: the checkpoint at step {state.step} in "
-            f"{run.ckpt.directory} is inside epoch {state.step // run.steps_per_epoch + 1}, "
+            f"cannot resume with epochs={run.epochs}: the checkpoint at step {step} in "
+            f"{run.ckpt.directory} is inside epoch {step // run.steps_per_epoch + 1}, "
             f"past the {run.epochs * run.steps_per_epoch} steps of {run.epochs} epochs; pass "
-            f"epochs >= {state.step // run.steps_per_epoch + 1} to finish it")
-    now = [c for c in state.changes if c["step"] == state.step]
+            f"epochs >= {step // run.steps_per_epoch + 1} to finish it")
+    now = [c for c in changes if c["step"] == step]
     if now:
         raise ValueError(
             f"cannot resume with {now[0]['setting']}={now[0]['to']!r}: the checkpoint at step "
-            f"{state.step} in {run.ckpt.directory} has done its {len(state.history)} epochs, so "
-            f"the change would apply to no step; pass epochs > {len(state.history)} to train "
+            f"{step} in {run.ckpt.directory} has done its {epochs_done} epochs, so "
+            f"the change would apply to no step; pass epochs > {epochs_done} to train "
             f"on with it")
+
+
+def _nothing_to_do(run: _Run, state: _State) -> FitResult:
+    """A resumed run that has done its epochs (``_check_past_end`` passed): its outputs
+    completed (a kill may have come between its last checkpoint and them), no gradient check,
+    no step."""
     run.log(f"nothing to do: the checkpoint at step {state.step} in {run.ckpt.directory} has "
             f"done {len(state.history)} of epochs={run.epochs}; pass more epochs to train "
             f"further")

@@ -42,6 +42,16 @@ def test_read_idx_round_trip_raw_and_gzipped(tmp_path, rng, dtype, name):
     np.testing.assert_array_equal(back, array)
 
 
+def test_write_idx_refuses_what_read_idx_would(tmp_path):
+    """A scalar, 33 dimensions, a side of 2**32: files no IDX reader takes, refused by name."""
+    for array in (np.array(5, np.uint8), np.zeros((1,) * 33, np.uint8),
+                  np.zeros((2 ** 32, 0), np.uint8)):
+        with pytest.raises(ValueError, match=r"^write_idx: an IDX file holds 1 to 32 "
+                                             r"dimensions, each below 2\*\*32, got shape"):
+            data.write_idx(tmp_path / "a-idx1-ubyte", array)
+    assert not (tmp_path / "a-idx1-ubyte").exists()
+
+
 def test_read_idx_by_hand(tmp_path):
     # magic 00 00 08 02 (ubyte, 2 dims), sizes 2 and 3 big-endian, then 6 bytes in C order
     (tmp_path / "m").write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6]))

@@ -214,6 +214,14 @@ def test_every_request_has_a_timeout(tmp_path, published):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), float("inf"), "5", True])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, timeout):
+    with pytest.raises(ValueError, match=r"^download: timeout must be a positive number of "
+                                         r"seconds, got"):
+        data.download("mnist", tmp_path, timeout=timeout)
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_size_cap_stops_a_download(tmp_path, published, monkeypatch):
     base, _ = published
     monkeypatch.setattr(data, "MAX_IDX_BYTES", 100)

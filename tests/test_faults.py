@@ -457,6 +457,16 @@ def test_overwrite_removes_only_what_jaxcnn_wrote(finished, tmp_path):
                                   "007.corrupt"}
     assert [h["epoch"] for h in metrics(out)] == [1]
     assert not (out / ".summary.json.x1y2.tmp").exists()
+    other = out / "checkpoints" / "100"            # named as a step, another program's files
+    other.mkdir()
+    (other / "flax_model.msgpack").write_text("theirs")
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match=r"checkpoints/100 holds files jaxcnn does not write "
+                                         r"\(flax_model.msgpack\); overwrite removes only "
+                                         r"jaxcnn's checkpoints: move it away first"):
+        run_fit(out, epochs=1, overwrite=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == kept
+    assert (out / "summary.json").exists()
 
 
 def test_writes_never_follow_a_planted_symbolic_link(tmp_path):
@@ -580,6 +590,28 @@ def test_a_checkpoint_inside_an_epoch_past_epochs_is_refused(tmp_path):
     assert run_fit(out, every=1, resume=True).summary["steps"] == 10      # epochs=2 finishes it
 
 
+LOCK = checkpoints.LOCK_FILE
+
+
+def test_a_refused_resume_changes_nothing_in_out(tmp_path):
+    """The newest checkpoint corrupt and the one before inside an epoch past ``epochs``: the
+    resume is refused before the corrupt one is set aside or ``metrics.jsonl`` rewritten, so
+    ``summary.json`` still matches the checkpoints it certified."""
+    out = tmp_path / "run"
+    run_fit(out, epochs=2, every=3)
+    assert steps_in(out) == ["9", "10"]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK}
+    (out / "checkpoints" / "10" / "jaxcnn-files.json").unlink()
+    del before[out / "checkpoints" / "10" / "jaxcnn-files.json"]
+    with pytest.warns(train.CheckpointWarning), \
+            pytest.raises(ValueError, match=r"^cannot resume with epochs=1: the checkpoint at "
+                                            r"step 9 .* is inside epoch 2"):
+        run_fit(out, epochs=1, resume=True)
+    assert steps_in(out) == ["9", "10"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK} \
+        == before                                  # the lock file records its last holder
+
+
 class _Stop(Exception):
     pass
 
@@ -641,6 +673,10 @@ def test_output_directories_orbax_or_a_run_cannot_share(finished, tmp_path):
                                          r"as a pattern"):
         run_fit(tmp_path / "run[1]", epochs=1)
     assert not (tmp_path / "run[1]").exists()
+    with pytest.raises(ValueError, match=r"tensorstore reads a backslash in a path as a "
+                                         r"separator"):       # its arrays would land in a/b/
+        run_fit(tmp_path / "a\\b", epochs=1)
+    assert not (tmp_path / "a\\b").exists() and not (tmp_path / "a").exists()
     with pytest.raises(ValueError, match=r"^gs://bucket/run/checkpoints: a URL; jaxcnn writes "
                                          r"its runs to a local directory"):
         run_fit("gs://bucket/run", epochs=1)
@@ -770,6 +806,27 @@ def test_fresh_directories_are_claimed_as_they_are_chosen(tmp_path, capsys, monk
     assert capsys.readouterr().err == (f"jaxcnn train: error: interrupted; the last checkpoint "
                                        f"in {tmp_path / 'done'} is intact, continue with "
                                        f"--resume\n")
+
+
+def test_claims_and_the_newest_run_without_out(tmp_path):
+    """Two claims in one process get two directories; ``--resume`` without ``--out`` takes the
+    run whose newest checkpoint was written last, whatever the numbers and gaps -- a fresh run
+    fills the first free name, here the gap ``-2`` left between ``base`` and ``base-12``."""
+    base = str(tmp_path / "runs" / "digits-small")
+    first, lock1 = checkpoints.claim_fresh_out(base)
+    second, lock2 = checkpoints.claim_fresh_out(base)
+    assert (first, second) == (base, base + "-2")
+    for lock in (lock1, lock2):
+        lock.release()
+    assert checkpoints.latest_out(base) is None
+    for name, when in (("digits-small", 100), ("digits-small-12", 200),
+                       ("digits-small-2", 300), ("digits-small-extra", 400)):
+        step = tmp_path / "runs" / name / "checkpoints" / "5"
+        step.mkdir(parents=True)
+        os.utime(step, (when, when))
+    assert checkpoints.latest_out(base) == base + "-2"
+    os.utime(tmp_path / "runs" / "digits-small-12" / "checkpoints" / "5", (500, 500))
+    assert checkpoints.latest_out(base) == base + "-12"
 
 
 def test_an_out_that_cannot_be_created_is_named(tmp_path, capsys):
