@@ -117,7 +117,9 @@ class GradReport:
 
     @property
     def worst(self) -> float:
-        return max((row.max_rel for row in self.rows if not row.kink), default=0.0)
+        """The largest relative error of the rows (a NaN one counts as infinite)."""
+        return max((math.inf if math.isnan(row.max_rel) else row.max_rel
+                    for row in self.rows if not row.kink), default=0.0)
 
     def __str__(self) -> str:
         head = ("layer", "name", "gradient", "reference", "max abs err", "max rel err",
@@ -240,6 +242,8 @@ def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rn
             for quantity, g, w in zip(names, got, want)]
     if not all(row.ok for row in rows) and not any(misfits.values()):
         rows = _rounding_rows(rows, layer, p, a, delta, key, train, got)
+    if dtype in LOW_PRECISION and not any(misfits.values()):
+        rows = _derivation_rows(rows, layer, p, a, delta, key, train)
     if finite_differences:
         rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path)
     if y is not None:
@@ -303,17 +307,18 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     a gradient of any real size keeps the reference's own rounding as its allowance.  A wrong
     derivation fails the first, which allows only float64's own rounding (``NOISE_ULPS`` units
     of the layer's largest float64 gradient entry), in rows of float64 as in the others: a
-    gradient passes on the rounding alone only where its entries are of that size."""
+    gradient passes on the rounding alone only where its entries are of that size -- at the
+    given input and at the same input scaled to entries of at most 1, so that a gradient
+    dwarfed by another only at a huge input (a bias's ``sum delta`` beside ``sum delta x`` at
+    ``x ~ 1e15``) is compared at its own size too."""
     def to64(tree):
         return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
                             jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
     try:
         with jax.enable_x64(True):
             p64, a64, d64 = to64((p, a, delta))
-            exact = [np.asarray(e)
-                     for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
-            _, cache = layer.forward(p64, a64, key=key, train=train)    # eager: a cache may
-            hand64 = jax.tree.leaves(_backward(layer, p64, cache, d64))   # hold Python ints
+            exact, hand64, noise64 = _float64_pass(layer, p64, a64, d64, key, train)
+            unit = _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)
             own = [0.0] * len(exact)
             for c in ROUNDING_SAMPLES:
                 scaled = jax.tree.map(lambda d: (d * c).astype(d.dtype), delta)
@@ -322,10 +327,9 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
                                            initial=0.0))) for o, r, e in zip(own, ref, exact)]
     except Exception:               # a backend without float64: the rows stand as they are
         return rows
-    top = max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
-    noise64 = NOISE_ULPS * float(np.finfo(np.float64).eps) * top     # float64's own rounding
+    top = noise64 / (NOISE_ULPS * float(np.finfo(np.float64).eps))
     out = []
-    for row, g, e, h, o in zip(rows, got, exact, hand64, own):
+    for i, (row, g, e, h, o) in enumerate(zip(rows, got, exact, hand64, own)):
         noise = ROUNDING_FACTOR * o
         if float(np.max(np.abs(e), initial=0.0)) <= noise64:
             # a gradient that is 0 to float64's rounding: any dtype's rounding of the layer's
@@ -333,9 +337,58 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
             noise = max(noise, NOISE_ULPS * float(np.finfo(np.asarray(g).dtype).eps) * top)
         again = dataclasses.replace(row, reference="jax.vjp float64", **dict(zip(
             ("max_abs", "max_rel", "cosine"), compare(g, e, noise / row.tolerance))))
-        derivation = compare(h, e, noise64 / TOLERANCES["float64"])[1] <= TOLERANCES["float64"]
+        derivation = all(compare(hh[i], ee[i], nn / TOLERANCES["float64"])[1]
+                         <= TOLERANCES["float64"]
+                         for ee, hh, nn in ((exact, hand64, noise64), unit))
         out.append(again if not row.ok and again.ok and derivation else row)
     return out
+
+
+def _derivation_rows(rows, layer, p, a, delta, key, train) -> list[Row]:
+    """16-bit rows that passed, checked once more as the derivation: a 16-bit tolerance of a
+    percent or two would pass a backward that drops a term that small (a leaky ReLU's slope of
+    0.01 left out), so the same backward must also agree with ``jax.vjp`` in float64 at the
+    same point (and at the input scaled to at most 1), to float64's rounding; a row that does
+    not is shown failing against "jax.vjp float64" at float64's tolerance."""
+    def to64(tree):
+        return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
+                            jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
+    try:
+        with jax.enable_x64(True):
+            p64, a64, d64 = to64((p, a, delta))
+            passes = [_float64_pass(layer, p64, a64, d64, key, train),
+                      _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)]
+    except Exception:               # a backend without float64: the rows stand as they are
+        return rows
+    out, tol64 = [], TOLERANCES["float64"]
+    for i, row in enumerate(rows):
+        errors = [compare(hand[i], exact[i], noise / tol64) for exact, hand, noise in passes]
+        worst = max(errors, key=lambda e: e[1])
+        failed = row.ok and not row.kink and not worst[1] <= tol64
+        out.append(dataclasses.replace(row, reference="jax.vjp float64", max_abs=worst[0],
+                                       max_rel=worst[1], cosine=worst[2], tolerance=tol64)
+                   if failed else row)
+    return out
+
+
+def _float64_pass(layer, p64, a64, d64, key, train) -> tuple[list, list, float]:
+    """At one float64 point: ``jax.vjp``'s gradients, the hand-written backward's, and float64's
+    own rounding there (``NOISE_ULPS`` units of the layer's largest gradient entry)."""
+    exact = [np.asarray(e) for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
+    _, cache = layer.forward(p64, a64, key=key, train=train)     # eager: a cache may hold
+    hand = [np.asarray(h) for h in jax.tree.leaves(_backward(layer, p64, cache, d64))]  # ints
+    top = max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
+    return exact, hand, NOISE_ULPS * float(np.finfo(np.float64).eps) * top
+
+
+def _unit_scaled(a):
+    """Each floating array of the input divided by its largest magnitude (where above 1)."""
+    def unit(v):
+        if not (hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating)) or not v.size:
+            return v
+        m = float(np.max(np.abs(v)))
+        return v / m if np.isfinite(m) and m > 1 else v
+    return jax.tree.map(unit, a)
 
 
 def _worst(got, want) -> float:
@@ -782,9 +835,16 @@ def gradient_check(net: Layer, loss: Loss, params: Params, x, targets, *,
     check_net_and_loss("gradient_check", net, loss)
     if _dtype_of(x) in LOW_PRECISION:          # as check_grads' end-to-end rows
         params, x, targets = _widen((params, x, targets))
-    values = _relative_errors(net, loss)(params, x, targets, key)
-    errs = dict(zip(_array_names(net, params), (float(e) for e in values)))
-    worst_name = max(errs, key=lambda k: -1.0 if math.isnan(errs[k]) else errs[k]) \
+    errors = _relative_errors(net, loss)
+    values = [float(e) for e in errors(params, x, targets, key)]
+    if any(float(np.max(np.abs(v), initial=0.0)) > 1 for v in jax.tree.leaves(x)):
+        # again at the batch scaled to entries of at most 1: a gradient dwarfed by another
+        # only at huge inputs (a bias's sum of delta beside sum delta x) is compared at its size
+        unit = [float(e) for e in errors(params, _unit_scaled(x), targets, key)]
+        values = [math.nan if math.isnan(u) or math.isnan(v) else max(u, v)
+                  for u, v in zip(unit, values)]
+    errs = dict(zip(_array_names(net, params), values))
+    worst_name = max(errs, key=lambda k: math.inf if math.isnan(errs[k]) else errs[k]) \
         if errs else "-"
     worst = max((v if not math.isnan(v) else math.inf for v in errs.values()), default=0.0)
     return GradCheck(errs, worst, worst_name)

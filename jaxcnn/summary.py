@@ -210,7 +210,7 @@ def _next_field(layer: Layer, field, whole: tuple[int, int], in_shape):
             return None     # joined along a spatial axis: a unit's field depends on its branch
         return _merge(field) if kind in ("fanin_sum", "fanin_concat") else None
     if kind in ("flatten", "dense", "global"):     # known even after an unknown field
-        return _Field(whole, whole, (0, 0), True)
+        return None if whole is None else _Field(whole, whole, (0, 0), True)
     if field is None:
         return None
     if kind == "window":
@@ -265,7 +265,7 @@ def summary(net: Layer, input_shape) -> Summary:
     check_input_shape("summary", input_shape, rank, "")    # one example's shape, e.g. (H, W, C)
     input_shape = tuple(int(d) for d in input_shape)
     rows: list[SummaryRow] = []
-    whole = input_shape[:2]
+    whole = input_shape[:2] if len(input_shape) == 3 else None   # images only have a field
 
     def leaf(layer: Layer, shape, field, key, prefix: str):
         shapes = []

@@ -1,5 +1,7 @@
 """``jc.check_grads`` / ``jc.check_layer``: a correct net passes, and a planted mistake is pinned
 on the layer that makes it."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -324,6 +326,79 @@ def test_gradient_check_in_16_bits_compares_in_float32():
     check = audit.gradient_check(net, jc.softmax_cross_entropy, params, x, labels)
     assert audit.default_tolerance(params) == audit.TOLERANCES["float32"]
     assert check.worst <= audit.TOLERANCES["float32"], check.report(0.0)
+
+
+class _InputCache(NamedTuple):
+    x: jax.Array
+
+
+def _affine(flip_beta: bool = False, drop_leak: bool = False) -> jc.Layer:
+    """``y = gamma x + beta`` per channel, then a leaky ReLU of slope 0.03; a planted mistake:
+    ``dbeta`` of the wrong sign, or the leak's slope left out of ``dx`` (ReLU's derivative)."""
+    def init(key, shape):
+        c = shape[-1]
+        return {"gamma": jnp.ones((c,)), "beta": jnp.zeros((c,))}, tuple(shape)
+
+    def per_channel(v, ndim):
+        return v.reshape((1,) * (ndim - 1) + (-1,))
+
+    def forward(p, x, *, key=None, train=True):
+        z = x * per_channel(p["gamma"], x.ndim) + per_channel(p["beta"], x.ndim)
+        return jnp.where(z > 0, z, 0.03 * z), _InputCache(x)
+
+    def backward(p, cache, delta):
+        gamma = per_channel(p["gamma"], delta.ndim)
+        z = cache.x * gamma + per_channel(p["beta"], delta.ndim)
+        dz = jnp.where(z > 0, delta, 0 if drop_leak else 0.03 * delta).astype(delta.dtype)
+        axes = tuple(range(delta.ndim - 1))
+        dbeta = jnp.sum(dz, axis=axes)
+        return {"gamma": jnp.sum(dz * cache.x, axis=axes),
+                "beta": -dbeta if flip_beta else dbeta}, dz * gamma
+
+    def apply(p, x, *, key=None, train=True):
+        return forward(p, x)[0]
+    return jc.Layer(init, forward, backward, apply, "Affine")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_a_wrong_gradient_dwarfed_at_a_huge_input_is_caught(dtype):
+    """At inputs of 1e15, ``dbeta = sum delta`` is 1e-15 of ``dgamma = sum delta x``: within
+    float64's rounding of the layer's largest gradient.  Its sign flipped must still fail --
+    the derivation is also compared at the input scaled to at most 1 -- and the right layer
+    pass."""
+    x = 1e15 * np.random.default_rng(0).normal(size=(2, 5, 4, 3))
+    assert not jc.check_layer(_affine(flip_beta=True), (5, 4, 3), x=x, dtype=dtype).ok
+    assert jc.check_layer(_affine(), (5, 4, 3), x=x, dtype=dtype).ok
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_audit_catches_a_term_below_its_tolerance(dtype):
+    """A leak of 0.03 left out of the backward is within bfloat16's 2.4e-2 relative error of
+    the whole residual: the 16-bit rows also hold the derivation to float64's rounding."""
+    wrong = jc.check_layer(_affine(drop_leak=True), (4, 4, 3), dtype=dtype)
+    assert not wrong.ok        # float16's tolerance of 1e-2 fails it anyway; bfloat16's not
+    assert ("jax.vjp float64" in str(wrong)) == (dtype == "bfloat16"), str(wrong)
+    assert jc.check_layer(_affine(), (4, 4, 3), dtype=dtype).ok
+
+
+def test_fits_gradient_check_catches_a_bias_dwarfed_by_its_weights():
+    """``gradient_check`` (``fit``'s) at a batch of entries ~1e6 also compares at the batch
+    scaled to at most 1, where a bias's gradient of the wrong sign is not below the floor."""
+    dense = jc.Dense(3)
+
+    def flipped(p, cache, delta):
+        grads, dx = dense.backward(p, cache, delta)
+        return {**grads, "b": -grads["b"]}, dx
+    rng = np.random.default_rng(0)
+    x = (1e6 * rng.normal(size=(8, 4))).astype(np.float32)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    params, _ = dense.init(jax.random.key(0), (4,))
+    params = (jax.tree.map(lambda a: a.astype(jnp.float32), params),)
+    wrong = audit.gradient_check(jc.serial(dense._replace(backward=flipped)),
+                                 jc.softmax_cross_entropy, params, x, y)
+    assert wrong.worst > 1 and wrong.worst_name == "serial[0] Dense params['b']"
+    assert audit.gradient_check(jc.serial(dense), jc.softmax_cross_entropy, params, x, y).worst \
+        <= audit.TOLERANCES["float32"]
 
 
 def test_the_default_tolerance_is_of_the_dtype_jax_computes_in():
