@@ -401,6 +401,12 @@ def test_fits_gradient_check_catches_a_bias_dwarfed_by_its_weights():
         <= audit.TOLERANCES["float32"]
 
 
+def test_a_nan_error_is_the_worst():
+    rows = tuple(audit.Row(0, "Dense", q, "jax.vjp", e, e, 1.0, 1e-4)
+                 for q, e in (("params['w']", 0.0), ("params['b']", float("nan"))))
+    assert audit.GradReport(rows, "float32").worst == float("inf")
+
+
 def test_the_default_tolerance_is_of_the_dtype_jax_computes_in():
     """float64 NumPy params with x64 off are float32 arrays to JAX: float32's tolerance, not
     float64's (``fit`` would report a mismatch that is float32 rounding)."""

@@ -164,3 +164,11 @@ def test_the_whole_input_is_known_after_a_field_that_is_not():
         assert rows[1].name == "FanOut" and rows[1].receptive_field == rows[0].receptive_field
         assert [r.receptive_field for r in rows if r.name == "FanInSum"] == [None]
         assert rows[-1].receptive_field == (6, 6)
+
+
+def test_a_net_without_images_prints_with_unknown_fields():
+    """A dense net on ``(F,)`` vectors has no receptive field: ``?``, not a crash in ``str``."""
+    for net in (jc.serial(jc.Flatten(), jc.Dense(3)), jc.Dense(3)):
+        s = jc.summary(net, (4,))
+        assert all(r.receptive_field is None for r in s.rows)
+        assert str(s).splitlines()[-2].endswith("?")
