@@ -311,12 +311,9 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     given input and at the same input scaled to entries of at most 1, so that a gradient
     dwarfed by another only at a huge input (a bias's ``sum delta`` beside ``sum delta x`` at
     ``x ~ 1e15``) is compared at its own size too."""
-    def to64(tree):
-        return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
-                            jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
     try:
         with jax.enable_x64(True):
-            p64, a64, d64 = to64((p, a, delta))
+            p64, a64, d64 = _to64((p, a, delta))
             exact, hand64, noise64 = _float64_pass(layer, p64, a64, d64, key, train)
             unit = _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)
             own = [0.0] * len(exact)
@@ -350,12 +347,9 @@ def _derivation_rows(rows, layer, p, a, delta, key, train) -> list[Row]:
     0.01 left out), so the same backward must also agree with ``jax.vjp`` in float64 at the
     same point (and at the input scaled to at most 1), to float64's rounding; a row that does
     not is shown failing against "jax.vjp float64" at float64's tolerance."""
-    def to64(tree):
-        return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
-                            jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
     try:
         with jax.enable_x64(True):
-            p64, a64, d64 = to64((p, a, delta))
+            p64, a64, d64 = _to64((p, a, delta))
             passes = [_float64_pass(layer, p64, a64, d64, key, train),
                       _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)]
     except Exception:               # a backend without float64: the rows stand as they are
@@ -369,6 +363,12 @@ def _derivation_rows(rows, layer, p, a, delta, key, train) -> list[Row]:
                                        max_rel=worst[1], cosine=worst[2], tolerance=tol64)
                    if failed else row)
     return out
+
+
+def _to64(tree):
+    """Every floating array of ``tree`` as a float64 NumPy array (under ``enable_x64``)."""
+    return jax.tree.map(lambda v: np.asarray(v, np.float64) if hasattr(v, "dtype") and
+                        jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
 
 
 def _float64_pass(layer, p64, a64, d64, key, train) -> tuple[list, list, float]:
