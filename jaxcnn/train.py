@@ -680,10 +680,14 @@ def _passed_hyperparams(run: _Run, restored, fresh):
             return old
         taken = {k: new.hyperparams[k] if k in new.hyperparams and k not in
                  old.hyperparams_states else v for k, v in old.hyperparams.items()}
+        def shown(v) -> str:
+            v = np.asarray(v)
+            return f"{v.item():g}" if v.size == 1 else str(v.tolist())
+
         for k, v in taken.items():
             if not np.array_equal(np.asarray(v), np.asarray(old.hyperparams[k])):
-                run.log(f"taking the optimizer's {k} = {np.asarray(v).item():g} (the checkpoint's "
-                        f"optimizer state held {np.asarray(old.hyperparams[k]).item():g})")
+                run.log(f"taking the optimizer's {k} = {shown(v)} (the checkpoint's optimizer "
+                        f"state held {shown(old.hyperparams[k])})")
         return old._replace(hyperparams=taken)
 
     return jax.tree_util.tree_map(pick, restored, fresh, is_leaf=injected)
