@@ -240,10 +240,13 @@ def _layer_rows(i, layer, p, a, delta, cache, key, train, finite_differences, rn
     rows = [Row(i, layer.name, quantity + misfits[quantity], reference,
                 *_errors(misfits[quantity], g, w), tol, path=path)
             for quantity, g, w in zip(names, got, want)]
-    if not all(row.ok for row in rows) and not any(misfits.values()):
-        rows = _rounding_rows(rows, layer, p, a, delta, key, train, got)
-    if dtype in LOW_PRECISION and not any(misfits.values()):
-        rows = _derivation_rows(rows, layer, p, a, delta, key, train)
+    rescue = not all(row.ok for row in rows) and not any(misfits.values())
+    hold = dtype in LOW_PRECISION and not any(misfits.values())
+    passes = _float64_passes(layer, p, a, delta, key, train) if rescue or hold else None
+    if rescue and passes is not None:
+        rows = _rounding_rows(rows, layer, p, a, delta, key, train, got, passes)
+    if hold and passes is not None:
+        rows = _derivation_rows(rows, passes)
     if finite_differences:
         rows += _fd_rows(i, layer, p, a, delta, key, train, names, got, rng, path)
     if y is not None:
@@ -294,7 +297,7 @@ ROUNDING_SAMPLES = (1.0, 0.9, 0.75, 0.6)
 """The scalings of the residual at which the reference's own rounding error is measured."""
 
 
-def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
+def _rounding_rows(rows, layer, p, a, delta, key, train, got, passes) -> list[Row]:
     """The failing rows compared again with ``jax.vjp`` in float64 at the same point (where this
     backend has float64).  A gradient that cancels to zero -- ``dx`` of a normalisation over two
     entries, whose output is +-1 whatever they are; a bias's right before a normalisation,
@@ -311,11 +314,9 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
     given input and at the same input scaled to entries of at most 1, so that a gradient
     dwarfed by another only at a huge input (a bias's ``sum delta`` beside ``sum delta x`` at
     ``x ~ 1e15``) is compared at its own size too."""
+    exact, _, top = passes[0]
     try:
         with jax.enable_x64(True):
-            p64, a64, d64 = _to64((p, a, delta))
-            exact, hand64, noise64 = _float64_pass(layer, p64, a64, d64, key, train)
-            unit = _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)
             own = [0.0] * len(exact)
             for c in ROUNDING_SAMPLES:
                 scaled = jax.tree.map(lambda d: (d * c).astype(d.dtype), delta)
@@ -324,45 +325,58 @@ def _rounding_rows(rows, layer, p, a, delta, key, train, got) -> list[Row]:
                                            initial=0.0))) for o, r, e in zip(own, ref, exact)]
     except Exception:               # a backend without float64: the rows stand as they are
         return rows
-    top = noise64 / (NOISE_ULPS * float(np.finfo(np.float64).eps))
     out = []
-    for i, (row, g, e, h, o) in enumerate(zip(rows, got, exact, hand64, own)):
+    for i, (row, g, e, o) in enumerate(zip(rows, got, exact, own)):
         noise = ROUNDING_FACTOR * o
-        if float(np.max(np.abs(e), initial=0.0)) <= noise64:
+        if float(np.max(np.abs(e), initial=0.0)) <= _ulps(np.float64, top):
             # a gradient that is 0 to float64's rounding: any dtype's rounding of the layer's
             # sums, not only autodiff's, which may cancel more exactly
-            noise = max(noise, NOISE_ULPS * float(np.finfo(np.asarray(g).dtype).eps) * top)
+            noise = max(noise, _ulps(np.asarray(g).dtype, top))
         again = dataclasses.replace(row, reference="jax.vjp float64", **dict(zip(
             ("max_abs", "max_rel", "cosine"), compare(g, e, noise / row.tolerance))))
-        derivation = all(compare(hh[i], ee[i], nn / TOLERANCES["float64"])[1]
-                         <= TOLERANCES["float64"]
-                         for ee, hh, nn in ((exact, hand64, noise64), unit))
+        derivation = _derivation(passes, i)[1] <= TOLERANCES["float64"]
         out.append(again if not row.ok and again.ok and derivation else row)
     return out
 
 
-def _derivation_rows(rows, layer, p, a, delta, key, train) -> list[Row]:
+def _derivation_rows(rows, passes) -> list[Row]:
     """16-bit rows that passed, checked once more as the derivation: a 16-bit tolerance of a
     percent or two would pass a backward that drops a term that small (a leaky ReLU's slope of
     0.01 left out), so the same backward must also agree with ``jax.vjp`` in float64 at the
     same point (and at the input scaled to at most 1), to float64's rounding; a row that does
     not is shown failing against "jax.vjp float64" at float64's tolerance."""
-    try:
-        with jax.enable_x64(True):
-            p64, a64, d64 = _to64((p, a, delta))
-            passes = [_float64_pass(layer, p64, a64, d64, key, train),
-                      _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)]
-    except Exception:               # a backend without float64: the rows stand as they are
-        return rows
     out, tol64 = [], TOLERANCES["float64"]
     for i, row in enumerate(rows):
-        errors = [compare(hand[i], exact[i], noise / tol64) for exact, hand, noise in passes]
-        worst = max(errors, key=lambda e: e[1])
+        worst = _derivation(passes, i)
         failed = row.ok and not row.kink and not worst[1] <= tol64
         out.append(dataclasses.replace(row, reference="jax.vjp float64", max_abs=worst[0],
                                        max_rel=worst[1], cosine=worst[2], tolerance=tol64)
                    if failed else row)
     return out
+
+
+def _derivation(passes, i: int) -> tuple[float, float, float]:
+    """The worse, over the float64 ``passes``, of ``compare`` of leaf ``i``'s hand-written
+    gradient with ``jax.vjp``'s, at a floor of float64's rounding of the layer's largest entry."""
+    return max((compare(hand[i], exact[i], _ulps(np.float64, top) / TOLERANCES["float64"])
+                for exact, hand, top in passes), key=lambda errors: errors[1])
+
+
+def _ulps(dtype, top: float) -> float:
+    """``NOISE_ULPS`` rounding units of ``dtype`` at the size ``top``."""
+    return NOISE_ULPS * float(np.finfo(dtype).eps) * top
+
+
+def _float64_passes(layer, p, a, delta, key, train) -> list | None:
+    """``_float64_pass`` at the layer's point and at its input scaled to at most 1
+    (``_unit_scaled``); ``None`` on a backend without float64."""
+    try:
+        with jax.enable_x64(True):
+            p64, a64, d64 = _to64((p, a, delta))
+            return [_float64_pass(layer, p64, a64, d64, key, train),
+                    _float64_pass(layer, p64, _unit_scaled(a64), d64, key, train)]
+    except Exception:               # the rows then stand as they are
+        return None
 
 
 def _to64(tree):
@@ -372,13 +386,12 @@ def _to64(tree):
 
 
 def _float64_pass(layer, p64, a64, d64, key, train) -> tuple[list, list, float]:
-    """At one float64 point: ``jax.vjp``'s gradients, the hand-written backward's, and float64's
-    own rounding there (``NOISE_ULPS`` units of the layer's largest gradient entry)."""
+    """At one float64 point: ``jax.vjp``'s gradients, the hand-written backward's, and the
+    layer's largest gradient entry (the size its rounding is measured at)."""
     exact = [np.asarray(e) for e in jax.tree.leaves(_vjp(layer, p64, a64, d64, key, train))]
     _, cache = layer.forward(p64, a64, key=key, train=train)     # eager: a cache may hold
     hand = [np.asarray(h) for h in jax.tree.leaves(_backward(layer, p64, cache, d64))]  # ints
-    top = max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
-    return exact, hand, NOISE_ULPS * float(np.finfo(np.float64).eps) * top
+    return exact, hand, max((float(np.max(np.abs(e), initial=0.0)) for e in exact), default=0.0)
 
 
 def _unit_scaled(a):
